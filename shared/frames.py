@@ -1,0 +1,242 @@
+"""The frame codec of the Jumpoint channel: a sans-IO encoder and parser.
+
+Every frame is a 10-byte header followed by a payload::
+
+    type (u8) | flags (u8) | stream id (u32, big endian) | length (u32, big endian)
+
+The tables in docs/protocol.md list the same constants; a test checks them
+against the enums below.  L{FrameParser} is fed bytes in arbitrary chunks and
+returns whole frames; it refuses any frame longer than its current limit
+before buffering it, so a peer cannot make it hold more than one frame.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+ALPN_PROTOCOL = b"jumpoint/1"
+"""The ALPN name of the protocol; the suffix is the protocol version."""
+
+PROTOCOL_VERSION = 1
+
+HEADER = struct.Struct("!BBII")
+HEADER_SIZE = HEADER.size
+
+MAX_PAYLOAD_BEFORE_HELLO = 16 * 1024
+"""Largest frame payload accepted before the hello exchange completes."""
+
+MAX_PAYLOAD = 256 * 1024
+"""Largest frame payload accepted once the channel is established."""
+
+MAX_DATA_CHUNK = 64 * 1024
+"""Largest DATA payload a sender produces."""
+
+MAX_CONTROL_PAYLOAD = 64 * 1024
+"""Largest CONTROL or OPEN payload (a JSON document)."""
+
+MAX_STREAM_ID = 2**31 - 1
+CONTROL_STREAM = 0
+
+
+class FrameType(enum.IntEnum):
+    """Frame types (docs/protocol.md, table "Frame types")."""
+
+    DATA = 0x0
+    OPEN = 0x1
+    WINDOW_UPDATE = 0x2
+    RESET = 0x3
+    PING = 0x4
+    GOAWAY = 0x5
+    CONTROL = 0x6
+
+
+class Flag(enum.IntFlag):
+    """Frame flags (docs/protocol.md, table "Flags")."""
+
+    NONE = 0x0
+    FIN = 0x1
+    ACK = 0x2
+
+
+class ErrorCode(enum.IntEnum):
+    """Reason codes carried by RESET and GOAWAY (docs/protocol.md, table "Error codes")."""
+
+    NO_ERROR = 0
+    PROTOCOL_ERROR = 1
+    INTERNAL_ERROR = 2
+    FLOW_CONTROL_ERROR = 3
+    FRAME_SIZE_ERROR = 4
+    REFUSED = 5
+    UNREACHABLE = 6
+    TIMED_OUT = 7
+    DENIED = 8
+    LIMIT = 9
+    CANCEL = 10
+    REVOKED = 11
+    KEEPALIVE_TIMEOUT = 12
+    SESSION_CLOSED = 13
+    SHUTDOWN = 14
+
+
+def describe_code(code: int) -> str:
+    """A readable name for a possibly unknown error code."""
+    try:
+        return ErrorCode(code).name.lower()
+    except ValueError:
+        return f"code {code}"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame."""
+
+    type: FrameType
+    flags: int
+    stream_id: int
+    payload: bytes
+
+
+class FrameError(Exception):
+    """The byte stream is not a valid sequence of frames: drop the connection.
+
+    @ivar code: the L{ErrorCode} to send in the GOAWAY that closes the connection.
+    """
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+# Per-type payload rules: (exact length or None, must be on the control stream,
+# must be on a data stream).
+_RULES: dict[FrameType, tuple[int | None, bool, bool]] = {
+    FrameType.DATA: (None, False, True),
+    FrameType.OPEN: (None, False, True),
+    FrameType.WINDOW_UPDATE: (4, False, True),
+    FrameType.RESET: (None, False, True),
+    FrameType.PING: (8, True, False),
+    FrameType.GOAWAY: (None, True, False),
+    FrameType.CONTROL: (None, True, False),
+}
+
+
+def encode_header(frame_type: FrameType, flags: int, stream_id: int, length: int) -> bytes:
+    """The 10-byte header of a frame."""
+    return HEADER.pack(frame_type, flags, stream_id, length)
+
+
+def encode_frame(frame_type: FrameType, flags: int, stream_id: int, payload: bytes) -> bytes:
+    """One whole frame as bytes."""
+    return HEADER.pack(frame_type, flags, stream_id, len(payload)) + payload
+
+
+def encode_window_update(stream_id: int, increment: int) -> bytes:
+    return encode_frame(FrameType.WINDOW_UPDATE, 0, stream_id, struct.pack("!I", increment))
+
+
+_CODE = struct.Struct("!I")
+MAX_REASON_BYTES = 1024
+
+
+def encode_reason(code: int, reason: str) -> bytes:
+    """The payload of RESET and GOAWAY: a u32 code and a UTF-8 reason (truncated)."""
+    raw = reason.encode("utf-8")[:MAX_REASON_BYTES]
+    return _CODE.pack(code) + raw
+
+
+def decode_reason(payload: bytes) -> tuple[int, str]:
+    """Decode a RESET or GOAWAY payload; raises L{FrameError} when it is too short."""
+    if len(payload) < _CODE.size:
+        raise FrameError(ErrorCode.FRAME_SIZE_ERROR, "reason payload shorter than 4 bytes")
+    (code,) = _CODE.unpack_from(payload)
+    return code, payload[_CODE.size :].decode("utf-8", errors="replace")
+
+
+def decode_window_increment(payload: bytes) -> int:
+    (increment,) = _CODE.unpack(payload)
+    return int(increment)
+
+
+def validate(frame: Frame) -> None:
+    """Check the per-type rules of a decoded frame; raises L{FrameError}."""
+    exact, control_only, data_only = _RULES[frame.type]
+    if exact is not None and len(frame.payload) != exact:
+        raise FrameError(
+            ErrorCode.FRAME_SIZE_ERROR,
+            f"{frame.type.name} frame with a {len(frame.payload)}-byte payload"
+            f" (expected {exact})",
+        )
+    if control_only and frame.stream_id != CONTROL_STREAM:
+        raise FrameError(
+            ErrorCode.PROTOCOL_ERROR, f"{frame.type.name} frame on stream {frame.stream_id}"
+        )
+    if data_only and frame.stream_id == CONTROL_STREAM:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, f"{frame.type.name} frame on stream 0")
+    if frame.type in (FrameType.RESET, FrameType.GOAWAY) and len(frame.payload) < 4:
+        raise FrameError(ErrorCode.FRAME_SIZE_ERROR, f"{frame.type.name} frame too short")
+    if frame.type in (FrameType.OPEN, FrameType.CONTROL) and (
+        len(frame.payload) > MAX_CONTROL_PAYLOAD
+    ):
+        raise FrameError(ErrorCode.FRAME_SIZE_ERROR, f"{frame.type.name} payload too large")
+
+
+class FrameParser:
+    """Incremental frame parser with an explicit size limit.
+
+    Feed it with L{feed}; it returns the complete frames found so far.  The
+    limit starts at L{MAX_PAYLOAD_BEFORE_HELLO} and is raised with
+    L{raise_limit} once the peer has been accepted.
+    """
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD_BEFORE_HELLO) -> None:
+        self._buffer = bytearray()
+        self._max_payload = max_payload
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes are waiting for the rest of their frame."""
+        return len(self._buffer)
+
+    def raise_limit(self, max_payload: int = MAX_PAYLOAD) -> None:
+        self._max_payload = max_payload
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add C{data} and return every frame now complete; raises L{FrameError}."""
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            view: bytes | bytearray = buffer
+        else:
+            view = data
+        frames: list[Frame] = []
+        offset = 0
+        end = len(view)
+        header = HEADER
+        while end - offset >= HEADER_SIZE:
+            type_value, flags, stream_id, length = header.unpack_from(view, offset)
+            if length > self._max_payload:
+                raise FrameError(
+                    ErrorCode.FRAME_SIZE_ERROR,
+                    f"frame of {length} bytes exceeds the limit of {self._max_payload}",
+                )
+            if end - offset - HEADER_SIZE < length:
+                break
+            try:
+                frame_type = FrameType(type_value)
+            except ValueError:
+                raise FrameError(
+                    ErrorCode.PROTOCOL_ERROR, f"unknown frame type 0x{type_value:02x}"
+                ) from None
+            start = offset + HEADER_SIZE
+            frame = Frame(frame_type, flags, stream_id, bytes(view[start : start + length]))
+            validate(frame)
+            frames.append(frame)
+            offset = start + length
+        if buffer:
+            del buffer[:offset]
+        elif offset < end:
+            buffer += view[offset:]
+        return frames

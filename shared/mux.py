@@ -1,0 +1,615 @@
+"""The stream multiplexer: many flow-controlled streams over one byte channel.
+
+Layers, bottom up (compare magic-wormhole's dilation and Twisted's HTTP/2):
+
+* L{shared.frames.FrameParser} turns bytes into frames (size-limited, sans-IO);
+* L{Multiplexer} owns the stream table, the keepalive and the connection-wide
+  producer state; it is the L{IPushProducer} registered on the transport, so
+  when the TLS transport's buffer fills, every stream's source is paused;
+* L{Stream} is one flow-controlled stream with a credit window in each
+  direction.  Its application (L{StreamApplication}) receives data, FIN and
+  RESET, and is told to pause or resume sending.
+
+Flow control (docs/protocol.md, "Flow control"): each side grants its peer a
+credit window per stream.  A sender may only send as many DATA bytes as it has
+credit; the receiver re-opens the window with WINDOW_UPDATE once its
+application has consumed the data -- while the application has paused
+reception (its own socket is full) consumed credit is held back.  Windows
+start at L{MuxSettings.initial_window} and double, up to
+L{MuxSettings.max_stream_window}, whenever a whole window is consumed within a
+few round trips, as long as the sum of all windows stays under
+L{MuxSettings.session_window_cap}.  A stream that exceeds its credit is reset;
+framing errors drop the whole connection.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from shared import frames
+from shared.frames import ErrorCode, Flag, Frame, FrameError, FrameType
+
+
+@dataclass(frozen=True)
+class MuxSettings:
+    """Tunables of one multiplexed connection (docs/protocol.md, "Limits")."""
+
+    initial_window: int = 256 * 1024
+    max_stream_window: int = 8 * 1024 * 1024
+    session_window_cap: int = 64 * 1024 * 1024
+    max_streams: int = 256
+    keepalive_interval: float = 15.0
+    keepalive_timeout: float = 45.0
+    max_pending_per_stream: int = 1024 * 1024
+    control_buffer_cap: int = 1024 * 1024
+    default_rtt: float = 0.05
+
+
+class StreamApplication(Protocol):
+    """What a stream tells its application (a local or remote socket bridge)."""
+
+    def stream_data(self, data: bytes) -> None:
+        """Bytes arrived from the peer."""
+
+    def stream_ended(self) -> None:
+        """The peer will send no more data (half-close)."""
+
+    def stream_reset(self, code: int, reason: str) -> None:
+        """The stream was aborted by the peer or by the multiplexer."""
+
+    def pause_sending(self) -> None:
+        """Stop calling L{Stream.write} until L{resume_sending}."""
+
+    def resume_sending(self) -> None:
+        """Writing may continue."""
+
+
+class MuxHandler(Protocol):
+    """What the multiplexer tells its owner (the channel protocol)."""
+
+    def control_received(self, message: dict[str, Any]) -> None:
+        """A control message arrived on stream 0."""
+
+    def stream_requested(self, stream: Stream, payload: bytes) -> None:
+        """The peer opened C{stream}; attach an application or reset it."""
+
+    def mux_closing(self, code: int, reason: str, by_peer: bool) -> None:
+        """The connection is going away; the transport will be closed."""
+
+
+class StreamState:
+    """Names for a stream's lifecycle, for logs and statistics."""
+
+    OPEN = "open"
+    HALF_CLOSED_LOCAL = "half-closed (local)"
+    HALF_CLOSED_REMOTE = "half-closed (remote)"
+    CLOSED = "closed"
+
+
+@dataclass
+class Stream:
+    """One flow-controlled stream.  Created only by L{Multiplexer}."""
+
+    mux: Multiplexer
+    stream_id: int
+    send_window: int
+    recv_window: int
+    app: StreamApplication | None = None
+    recv_credit: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    local_fin: bool = False
+    remote_fin: bool = False
+    closed: bool = False
+    _pending: bytearray = field(default_factory=bytearray)
+    _pending_fin: bool = False
+    _window_blocked: bool = False
+    _connection_blocked: bool = False
+    _app_told_paused: bool = False
+    _receive_paused: bool = False
+    _unacked: int = 0
+    _held: int = 0
+    _epoch: float = 0.0
+
+    @property
+    def state(self) -> str:
+        if self.closed:
+            return StreamState.CLOSED
+        if self.local_fin:
+            return StreamState.HALF_CLOSED_LOCAL
+        if self.remote_fin:
+            return StreamState.HALF_CLOSED_REMOTE
+        return StreamState.OPEN
+
+    # -- the application's side ------------------------------------------
+
+    def attach(self, app: StreamApplication) -> None:
+        """Connect the application; it must be attached before the stream sees traffic."""
+        self.app = app
+        self._update_app_pause()
+
+    def write(self, data: bytes) -> None:
+        """Send C{data}, as far as the credit allows; the rest waits in a bounded buffer."""
+        if self.closed or self.local_fin or not data:
+            return
+        self.bytes_sent += len(data)
+        if self._pending:
+            self._pending += data
+            if len(self._pending) > self.mux.settings.max_pending_per_stream:
+                self.reset(ErrorCode.LIMIT, "sender ignored backpressure")
+            return
+        allowed = self.send_window
+        if allowed >= len(data):
+            self.send_window -= len(data)
+            self.mux._send_data(self.stream_id, data)
+            return
+        if allowed > 0:
+            self.send_window = 0
+            self.mux._send_data(self.stream_id, data[:allowed])
+        self._pending += data[allowed:]
+        self._set_window_blocked(True)
+
+    def end_write(self) -> None:
+        """Half-close: send FIN once pending data is out."""
+        if self.closed or self.local_fin:
+            return
+        self.local_fin = True
+        if self._pending:
+            self._pending_fin = True
+        else:
+            self.mux._send_fin(self.stream_id)
+            self._check_done()
+
+    def reset(self, code: int, reason: str) -> None:
+        """Abort the stream and tell the peer why."""
+        if self.closed:
+            return
+        self.mux._write_frame(
+            FrameType.RESET, 0, self.stream_id, frames.encode_reason(code, reason)
+        )
+        self._finish()
+
+    def pause_receiving(self) -> None:
+        """The application cannot take more data: hold back credit."""
+        self._receive_paused = True
+
+    def resume_receiving(self) -> None:
+        """The application has drained its buffer: release held credit."""
+        if not self._receive_paused:
+            return
+        self._receive_paused = False
+        held, self._held = self._held, 0
+        if held:
+            self._consumed(held)
+
+    # -- the multiplexer's side ------------------------------------------
+
+    def _deliver(self, data: bytes) -> None:
+        if self.app is None:
+            self.reset(ErrorCode.INTERNAL_ERROR, "stream has no application")
+            return
+        self.app.stream_data(data)
+        if self._receive_paused:
+            self._held += len(data)
+        else:
+            self._consumed(len(data))
+
+    def _consumed(self, amount: int) -> None:
+        self._unacked += amount
+        if self._unacked < self.recv_window // 4 or self.closed or self.remote_fin:
+            return
+        increment = self._unacked
+        self._unacked = 0
+        now = self.mux.clock.seconds()
+        grow = self.mux._grant_growth(self, now - self._epoch)
+        self._epoch = now
+        self.recv_credit += increment + grow
+        self.mux._send_window_update(self.stream_id, increment + grow)
+
+    def _data_received(self, data: bytes) -> None:
+        if len(data) > self.recv_credit:
+            self.reset(ErrorCode.FLOW_CONTROL_ERROR, "peer sent more than its credit window")
+            self._notify_reset(ErrorCode.FLOW_CONTROL_ERROR, "peer exceeded its credit window")
+            return
+        self.recv_credit -= len(data)
+        self.bytes_received += len(data)
+        self._deliver(data)
+
+    def _fin_received(self) -> None:
+        if self.remote_fin:
+            return
+        self.remote_fin = True
+        if self.app is not None:
+            self.app.stream_ended()
+        self._check_done()
+
+    def _window_update(self, increment: int) -> None:
+        if increment == 0 or self.send_window + increment > 2**31 - 1:
+            self.reset(ErrorCode.FLOW_CONTROL_ERROR, "invalid window increment")
+            self._notify_reset(ErrorCode.FLOW_CONTROL_ERROR, "peer sent an invalid window update")
+            return
+        self.send_window += increment
+        if not self._pending:
+            return
+        pending = self._pending
+        allowed = min(self.send_window, len(pending))
+        self.send_window -= allowed
+        self.mux._send_data(self.stream_id, bytes(pending[:allowed]))
+        del pending[:allowed]
+        if not pending:
+            if self._pending_fin:
+                self._pending_fin = False
+                self.mux._send_fin(self.stream_id)
+                self._check_done()
+            self._set_window_blocked(False)
+
+    def _set_window_blocked(self, blocked: bool) -> None:
+        self._window_blocked = blocked
+        self._update_app_pause()
+
+    def _set_connection_blocked(self, blocked: bool) -> None:
+        self._connection_blocked = blocked
+        self._update_app_pause()
+
+    def _update_app_pause(self) -> None:
+        should_pause = self._window_blocked or self._connection_blocked
+        if should_pause == self._app_told_paused or self.app is None or self.closed:
+            return
+        self._app_told_paused = should_pause
+        if should_pause:
+            self.app.pause_sending()
+        else:
+            self.app.resume_sending()
+
+    def _notify_reset(self, code: int, reason: str) -> None:
+        app = self.app
+        self._finish()
+        if app is not None:
+            app.stream_reset(code, reason)
+
+    def _check_done(self) -> None:
+        if self.local_fin and self.remote_fin and not self._pending and not self.closed:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._pending.clear()
+        self.mux._stream_finished(self)
+
+
+_PING = struct.Struct("!d")
+
+
+@implementer(IPushProducer)
+class Multiplexer:
+    """The multiplexer of one channel; see the module docstring."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        is_client: bool,
+        handler: MuxHandler,
+        clock: IReactorTime,
+        settings: MuxSettings | None = None,
+        on_rtt: Callable[[float], None] | None = None,
+    ) -> None:
+        self.settings = settings or MuxSettings()
+        self.clock = clock
+        self.handler = handler
+        self.is_client = is_client
+        self.streams: dict[int, Stream] = {}
+        self.transport: ITransport | None = None
+        self.parser = frames.FrameParser()
+        self.established = False
+        self.closing = False
+        self.srtt: float | None = None
+        self._on_rtt = on_rtt
+        self._next_stream_id = 1 if is_client else 2
+        self._highest_peer_stream = 0
+        self._paused = False
+        self._control_bytes_while_paused = 0
+        self._total_windows = 0
+        self._keepalive_call: IDelayedCall | None = None
+        self._ping_deadline: IDelayedCall | None = None
+        self._ping_outstanding = False
+
+    # -- wiring ----------------------------------------------------------
+
+    def make_connection(self, transport: ITransport) -> None:
+        """Start writing to C{transport} and register as its producer."""
+        self.transport = transport
+        transport.registerProducer(self, True)  # type: ignore[attr-defined]
+
+    def establish(self) -> None:
+        """The peer passed the hello exchange: raise the frame limit, allow streams."""
+        self.established = True
+        self.parser.raise_limit()
+
+    def start_keepalive(self) -> None:
+        """Ping every keepalive interval; drop the connection when a ping goes unanswered."""
+        self._send_ping()
+
+    # -- inbound ---------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        """Feed bytes from the transport; protocol errors close the connection."""
+        if self.closing:
+            return
+        try:
+            for frame in self.parser.feed(data):
+                self._frame_received(frame)
+                if self.closing:
+                    return
+        except FrameError as error:
+            self.log.warn(
+                "closing channel: protocol error: {reason}", reason=error.reason
+            )
+            self.go_away(error.code, error.reason)
+
+    def _frame_received(self, frame: Frame) -> None:
+        kind = frame.type
+        if kind is FrameType.DATA:
+            stream = self.streams.get(frame.stream_id)
+            if stream is None:
+                self._check_known(frame)
+                return
+            if frame.payload:
+                stream._data_received(frame.payload)
+            if frame.flags & Flag.FIN and not stream.closed:
+                stream._fin_received()
+        elif kind is FrameType.WINDOW_UPDATE:
+            stream = self.streams.get(frame.stream_id)
+            if stream is not None:
+                stream._window_update(frames.decode_window_increment(frame.payload))
+            else:
+                self._check_known(frame)
+        elif kind is FrameType.OPEN:
+            self._open_received(frame)
+        elif kind is FrameType.RESET:
+            code, reason = frames.decode_reason(frame.payload)
+            stream = self.streams.get(frame.stream_id)
+            if stream is not None:
+                stream._notify_reset(code, reason)
+        elif kind is FrameType.PING:
+            self._ping_received(frame)
+        elif kind is FrameType.GOAWAY:
+            code, reason = frames.decode_reason(frame.payload)
+            self._close(code, reason, by_peer=True)
+        elif kind is FrameType.CONTROL:
+            self._control_received(frame.payload)
+
+    def _check_known(self, frame: Frame) -> None:
+        """Frames for streams that never existed are a protocol error."""
+        peer_parity = 0 if self.is_client else 1
+        own = frame.stream_id % 2 != peer_parity
+        highest = self._next_stream_id - 2 if own else self._highest_peer_stream
+        if frame.stream_id > highest:
+            raise FrameError(
+                ErrorCode.PROTOCOL_ERROR,
+                f"{frame.type.name} frame for stream {frame.stream_id}, which was never opened",
+            )
+
+    def _open_received(self, frame: Frame) -> None:
+        if not self.established:
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "OPEN before the hello exchange")
+        stream_id = frame.stream_id
+        expected_parity = 0 if self.is_client else 1
+        if stream_id % 2 != expected_parity or stream_id <= self._highest_peer_stream:
+            raise FrameError(
+                ErrorCode.PROTOCOL_ERROR, f"OPEN with an invalid stream id {stream_id}"
+            )
+        self._highest_peer_stream = stream_id
+        stream = self._new_stream(stream_id)
+        if len(self.streams) > self.settings.max_streams:
+            self.log.warn(
+                "stream {stream_id} refused: limit of {limit} connections reached",
+                stream_id=stream_id,
+                limit=self.settings.max_streams,
+            )
+            stream.reset(
+                ErrorCode.LIMIT,
+                f"the session already carries {self.settings.max_streams} connections",
+            )
+            return
+        self.handler.stream_requested(stream, frame.payload)
+
+    def _ping_received(self, frame: Frame) -> None:
+        if frame.flags & Flag.ACK:
+            self._ping_outstanding = False
+            if self._ping_deadline is not None and self._ping_deadline.active():
+                self._ping_deadline.cancel()
+            self._ping_deadline = None
+            (sent,) = _PING.unpack(frame.payload)
+            rtt = max(self.clock.seconds() - sent, 0.0)
+            self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
+            if self._on_rtt is not None:
+                self._on_rtt(rtt)
+        else:
+            self._write_control_frame(FrameType.PING, Flag.ACK, frame.payload)
+
+    def _control_received(self, payload: bytes) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "CONTROL payload is not JSON") from None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "CONTROL message without a type")
+        self.handler.control_received(message)
+
+    # -- outbound --------------------------------------------------------
+
+    def open_stream(self, payload: bytes) -> Stream:
+        """Open a new stream towards the peer; C{payload} says what to connect it to."""
+        stream_id = self._next_stream_id
+        self._next_stream_id += 2
+        stream = self._new_stream(stream_id)
+        self._write_frame(FrameType.OPEN, 0, stream_id, payload)
+        return stream
+
+    def send_control(self, message: dict[str, Any]) -> None:
+        """Send one control message on stream 0."""
+        payload = json.dumps(message, separators=(",", ":")).encode("utf-8")
+        if len(payload) > frames.MAX_CONTROL_PAYLOAD:
+            raise ValueError("control message too large")
+        self._write_control_frame(FrameType.CONTROL, 0, payload)
+
+    def go_away(self, code: int, reason: str) -> None:
+        """Tell the peer why the connection closes, then close it."""
+        if self.closing:
+            return
+        self._write_frame(FrameType.GOAWAY, 0, 0, frames.encode_reason(code, reason))
+        self._close(code, reason, by_peer=False)
+
+    def _send_data(self, stream_id: int, data: bytes) -> None:
+        chunk = frames.MAX_DATA_CHUNK
+        write = self._write
+        header = frames.HEADER.pack
+        if len(data) <= chunk:
+            write(header(FrameType.DATA, 0, stream_id, len(data)) + data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), chunk):
+            part = view[start : start + chunk]
+            write(header(FrameType.DATA, 0, stream_id, len(part)) + part)
+
+    def _send_fin(self, stream_id: int) -> None:
+        self._write_frame(FrameType.DATA, Flag.FIN, stream_id, b"")
+
+    def _send_window_update(self, stream_id: int, increment: int) -> None:
+        self._write_control_frame(
+            FrameType.WINDOW_UPDATE, 0, struct.pack("!I", increment), stream_id
+        )
+
+    def _write_frame(self, frame_type: FrameType, flags: int, stream_id: int, payload: bytes) -> None:
+        self._write(frames.encode_frame(frame_type, flags, stream_id, payload))
+
+    def _write_control_frame(
+        self, frame_type: FrameType, flags: int, payload: bytes, stream_id: int = 0
+    ) -> None:
+        """Write a frame that bypasses flow control, counting it while the peer is not reading."""
+        data = frames.encode_frame(frame_type, flags, stream_id, payload)
+        if self._paused:
+            self._control_bytes_while_paused += len(data)
+            if self._control_bytes_while_paused > self.settings.control_buffer_cap:
+                self.log.warn("closing channel: the peer does not read its control frames")
+                self._close(
+                    ErrorCode.LIMIT, "the peer does not read its control frames", by_peer=False
+                )
+                return
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    # -- streams ---------------------------------------------------------
+
+    def _new_stream(self, stream_id: int) -> Stream:
+        window = self.settings.initial_window
+        stream = Stream(
+            mux=self,
+            stream_id=stream_id,
+            send_window=window,
+            recv_window=window,
+            recv_credit=window,
+        )
+        stream._epoch = self.clock.seconds()
+        stream._connection_blocked = self._paused
+        self.streams[stream_id] = stream
+        self._total_windows += window
+        return stream
+
+    def _grant_growth(self, stream: Stream, elapsed: float) -> int:
+        """How much to grow C{stream}'s receive window, given how fast it was consumed."""
+        settings = self.settings
+        rtt = self.srtt if self.srtt is not None else settings.default_rtt
+        if elapsed > 4 * max(rtt, 0.001) or stream.recv_window >= settings.max_stream_window:
+            return 0
+        growth = min(stream.recv_window, settings.max_stream_window - stream.recv_window)
+        if self._total_windows + growth > settings.session_window_cap:
+            return 0
+        stream.recv_window += growth
+        self._total_windows += growth
+        return growth
+
+    def _stream_finished(self, stream: Stream) -> None:
+        if self.streams.pop(stream.stream_id, None) is not None:
+            self._total_windows -= stream.recv_window
+
+    # -- keepalive -------------------------------------------------------
+
+    def _send_ping(self) -> None:
+        self._keepalive_call = None
+        if self.closing:
+            return
+        if not self._ping_outstanding:
+            self._ping_outstanding = True
+            self._write_control_frame(FrameType.PING, 0, _PING.pack(self.clock.seconds()))
+            self._ping_deadline = self.clock.callLater(
+                self.settings.keepalive_timeout, self._ping_timed_out
+            )
+        self._keepalive_call = self.clock.callLater(
+            self.settings.keepalive_interval, self._send_ping
+        )
+
+    def _ping_timed_out(self) -> None:
+        self._ping_deadline = None
+        reason = f"no answer to a keepalive ping within {self.settings.keepalive_timeout:g}s"
+        self.log.warn("closing channel: {reason}", reason=reason)
+        self.go_away(ErrorCode.KEEPALIVE_TIMEOUT, reason)
+
+    # -- closing ---------------------------------------------------------
+
+    def connection_lost(self, reason: str) -> None:
+        """The transport is gone: reset every stream locally."""
+        self._close(ErrorCode.CANCEL, reason, by_peer=True, transport_gone=True)
+
+    def _close(
+        self, code: int, reason: str, *, by_peer: bool, transport_gone: bool = False
+    ) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        for call in (self._keepalive_call, self._ping_deadline):
+            if call is not None and call.active():
+                call.cancel()
+        self._keepalive_call = self._ping_deadline = None
+        for stream in list(self.streams.values()):
+            stream._notify_reset(code, reason)
+        self.handler.mux_closing(code, reason, by_peer)
+        transport = self.transport
+        if transport is not None and not transport_gone:
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+            transport.loseConnection()
+
+    # -- IPushProducer (the transport tells us it is full or drained) ----
+
+    def pauseProducing(self) -> None:
+        if self._paused:
+            return
+        self._paused = True
+        self._control_bytes_while_paused = 0
+        for stream in list(self.streams.values()):
+            stream._set_connection_blocked(True)
+
+    def resumeProducing(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        for stream in list(self.streams.values()):
+            stream._set_connection_blocked(False)
+
+    def stopProducing(self) -> None:
+        self._close(ErrorCode.CANCEL, "transport stopped", by_peer=True, transport_gone=True)
