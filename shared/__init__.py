@@ -1,0 +1,1 @@
+"""Code both sides use: wire protocol, multiplexer, config schema, errors."""

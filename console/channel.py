@@ -1,0 +1,186 @@
+"""The console's side of the channel: connect, hello, requests, and how it ended.
+
+L{connect} dials the Jumpoint from a profile over mutually authenticated TLS
+and returns a L{ConsoleChannel} once the Jumpoint has welcomed it.  Failures
+become L{JumpError}s that say what happened: Jumpoint unreachable, which side
+rejected which certificate, or the reason the Jumpoint gave.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from twisted.internet import error as net_error
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from console import __version__
+from console.profiles import Profile
+from shared import control
+from shared.channel import ChannelProtocol
+from shared.errors import (
+    CertificateRejected,
+    JumpError,
+    JumpointUnreachable,
+    ProtocolViolation,
+    SessionLost,
+    error_from_json,
+)
+from shared.frames import PROTOCOL_VERSION, ErrorCode, describe_code
+from shared.mux import MuxSettings, Stream
+from shared.tls import client_options, describe_tls_failure
+
+CONNECT_TIMEOUT = 15.0
+
+
+class ConsoleChannel(ChannelProtocol):
+    """The console's connection to one Jumpoint."""
+
+    is_client = True
+
+    def __init__(self, clock: IReactorTime, profile: Profile) -> None:
+        super().__init__(clock, MuxSettings(), handshake_timeout=CONNECT_TIMEOUT)
+        self.profile = profile
+        self.welcome: Deferred[dict[str, Any]] = Deferred()
+        self.lost: Deferred[JumpError] = Deferred()
+        self.session_closed_reason: tuple[str, str] | None = None
+        self._requests: dict[int, Deferred[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._goaway: tuple[int, str] | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def channel_started(self) -> None:
+        assert self.mux is not None
+        self.mux.send_control(
+            {"type": control.HELLO, "version": PROTOCOL_VERSION, "client": f"jump {__version__}"}
+        )
+
+    def mux_closing(self, code: int, reason: str, by_peer: bool) -> None:
+        self._goaway = (code, reason)
+
+    def channel_lost(self, reason: Failure) -> None:
+        error = self._explain_loss(reason)
+        for pending in list(self._requests.values()):
+            pending.errback(error)
+        self._requests.clear()
+        if not self.welcome.called:
+            self.welcome.errback(error)
+        if not self.lost.called:
+            self.lost.callback(error)
+
+    def _explain_loss(self, reason: Failure) -> JumpError:
+        tls = describe_tls_failure(reason)
+        welcomed = self.welcome.called
+        if tls is not None and not welcomed:
+            side, why = tls
+            who = "this console rejected the Jumpoint's certificate" if side == "console" else (
+                "the Jumpoint rejected this console's certificate"
+            )
+            return CertificateRejected(
+                f"{who}: {why}",
+                hint="enroll again with a new enrollment file from your administrator"
+                if side == "jumpoint"
+                else f"check the address of profile {self.profile.name!r}"
+                f" ({self.profile.address}) and that it matches the Jumpoint",
+            )
+        if self._goaway is not None:
+            code, why = self._goaway
+            if code in (ErrorCode.REVOKED, ErrorCode.DENIED) and not welcomed:
+                return CertificateRejected(
+                    f"the Jumpoint rejected this console's certificate: {why}",
+                    hint="ask your administrator for a new enrollment file",
+                )
+            if self.session_closed_reason is not None:
+                return SessionLost(f"the Jumpoint closed the session: {self.session_closed_reason[1]}")
+            return SessionLost(f"the Jumpoint closed the connection ({describe_code(code)}): {why}")
+        if not welcomed:
+            return JumpointUnreachable(
+                f"the connection to the Jumpoint at {self.profile.address} closed during the"
+                f" handshake: {reason.getErrorMessage()}"
+            )
+        return SessionLost(f"the connection to the Jumpoint was lost: {reason.getErrorMessage()}")
+
+    # -- control -----------------------------------------------------------
+
+    def control_received(self, message: dict[str, Any]) -> None:
+        assert self.mux is not None
+        try:
+            kind = control.check_message(message, control.JUMPOINT_MESSAGES)
+        except ProtocolViolation as violation:
+            self.mux.go_away(ErrorCode.PROTOCOL_ERROR, violation.message)
+            return
+        if kind == control.WELCOME:
+            if self.welcome.called:
+                self.mux.go_away(ErrorCode.PROTOCOL_ERROR, "second welcome")
+                return
+            self.mux.establish()
+            self.mux.start_keepalive()
+            self.welcome.callback(message)
+        elif kind in (control.RESULT, control.ERROR):
+            pending = self._requests.pop(message["id"], None)
+            if pending is None:
+                self.mux.go_away(ErrorCode.PROTOCOL_ERROR, "reply to an unknown request")
+            elif kind == control.RESULT:
+                pending.callback(message)
+            else:
+                pending.errback(error_from_json(message["error"]))
+        elif kind == control.SESSION_CLOSED:
+            self.session_closed_reason = (message["code"], message["reason"])
+
+    def request(self, kind: str, **fields: Any) -> Deferred[dict[str, Any]]:
+        """Send a request; the Deferred fires with the result or fails with a L{JumpError}."""
+        assert self.mux is not None
+        request_id = next(self._ids)
+        pending: Deferred[dict[str, Any]] = Deferred()
+        self._requests[request_id] = pending
+        self.mux.send_control({"type": kind, "id": request_id, **fields})
+        return pending
+
+    def stream_requested(self, stream: Stream, payload: bytes) -> None:
+        stream.reset(ErrorCode.REFUSED, "the console accepts no streams")
+
+    def close(self) -> None:
+        """Close the connection politely."""
+        if self.mux is not None and not self.mux.closing:
+            self.mux.go_away(ErrorCode.NO_ERROR, "console closed")
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+
+def _connect_error(failure: Failure, profile: Profile) -> JumpError:
+    value = failure.value
+    where = f"the Jumpoint at {profile.address}"
+    hint = (
+        f"check that `jumpoint serve` runs there and that profile {profile.name!r}"
+        " has the right address"
+    )
+    if isinstance(value, JumpError):
+        return value
+    if isinstance(value, net_error.ConnectionRefusedError):
+        return JumpointUnreachable(f"{where} refused the connection", hint=hint)
+    if isinstance(value, net_error.DNSLookupError):
+        return JumpointUnreachable(f"cannot resolve {profile.host}", hint=hint)
+    if isinstance(value, net_error.TimeoutError | net_error.ConnectingCancelledError):
+        return JumpointUnreachable(f"connecting to {where} timed out", hint=hint)
+    return JumpointUnreachable(f"cannot reach {where}: {failure.getErrorMessage()}", hint=hint)
+
+
+async def connect(reactor: Any, profile: Profile) -> ConsoleChannel:
+    """Connect to the profile's Jumpoint and wait for its welcome."""
+    ca, certificate, key = profile.read_credentials()
+    options = client_options(profile.server_name, ca, certificate, key)
+    endpoint = wrapClientTLS(
+        options, HostnameEndpoint(reactor, profile.host, profile.port, timeout=CONNECT_TIMEOUT)
+    )
+    channel = ConsoleChannel(reactor, profile)
+    try:
+        await endpoint.connect(Factory.forProtocol(lambda: channel))
+    except Exception:
+        raise _connect_error(Failure(), profile) from None
+    await channel.welcome
+    return channel

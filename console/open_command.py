@@ -1,0 +1,258 @@
+"""`jump open ITEM`: open a session, bind its tunnels, show them, close cleanly.
+
+The session ends at the first of: Ctrl-C or SIGTERM, the C{--for} duration,
+the command given after C{--} exiting, or the Jumpoint closing the session
+(revocation, shutdown, connection lost).  L{run_open} returns the exit status:
+the command's own status with C{-- CMD}, 0 for a requested close, and the
+L{SessionLost} code when the Jumpoint ended it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from console.channel import connect
+from console.logrouter import LOG_ROUTER
+from console.profiles import load_profile
+from console.tunnels import TunnelSession
+from console.view import JsonView, PlainView, SessionView, TerminalView
+from shared import control
+from shared.errors import ExitCode, JumpError, SessionLost, UsageError
+
+log = Logger()
+
+STATS_INTERVAL = 1.0
+CLOSE_TIMEOUT = 3.0
+CHILD_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class OpenOptions:
+    item: str
+    profile: str | None = None
+    as_json: bool = False
+    duration: float | None = None
+    command: tuple[str, ...] = ()
+    local_address: str | None = None
+    stats_interval: float = STATS_INTERVAL
+
+
+@dataclass(frozen=True)
+class Ending:
+    """Why the session ends, and the exit status that goes with it."""
+
+    code: str
+    reason: str
+    status: int
+    error: JumpError | None = None
+
+
+class _Child(ProcessProtocol):
+    """The command run with the tunnels up; reports its exit status."""
+
+    def __init__(self) -> None:
+        self.ended: Deferred[int] = Deferred()
+
+    def processEnded(self, reason: Failure) -> None:
+        value = reason.value
+        status = 0
+        if isinstance(value, ProcessTerminated):
+            if value.signal is not None:
+                status = 128 + int(value.signal)
+            else:
+                status = int(value.exitCode or 0)
+        elif not isinstance(value, ProcessDone):
+            status = ExitCode.FAILURE
+        self.ended.callback(status)
+
+
+def choose_view(options: OpenOptions, out: TextIO, seconds: Any) -> SessionView:
+    if options.as_json:
+        return JsonView(out, seconds)
+    if options.command or not out.isatty():
+        return PlainView(sys.stderr if options.command else out)
+    return TerminalView(out, seconds)
+
+
+def command_environment(session: TunnelSession) -> dict[str, str]:
+    tunnels = [t.describe() for t in session.tunnels]
+    first = session.tunnels[0]
+    env = dict(os.environ)
+    env.update(
+        {
+            "JUMP_LOCAL_ADDR": first.local_address,
+            "JUMP_LOCAL_PORT": str(first.local_port),
+            "JUMP_TUNNELS": json.dumps(tunnels),
+            "JUMP_SESSION": session.session_id,
+            "JUMP_ITEM": session.item,
+        }
+    )
+    return env
+
+
+async def run_open(reactor: Any, options: OpenOptions, out: TextIO) -> int:
+    """Run one session to its end; returns the process exit status."""
+    if options.command and shutil.which(options.command[0]) is None:
+        raise UsageError(f"command not found: {options.command[0]}")
+    profile = load_profile(options.profile)
+    channel = await connect(reactor, profile)
+    try:
+        result = await channel.request(control.OPEN_SESSION, item=options.item)
+        session = TunnelSession(channel, options.item, result)
+        session.bind_all(
+            lambda port, factory, address: reactor.listenTCP(
+                port, factory, backlog=511, interface=address
+            ),
+            options.local_address,
+        )
+    except BaseException:
+        channel.close()
+        raise
+    view = choose_view(options, out, reactor.seconds)
+    if isinstance(view, TerminalView):
+        LOG_ROUTER.note = view.note
+    view.ready(options.item, session.session_id, [t.describe() for t in session.tunnels])
+
+    ending: Deferred[Ending] = Deferred()
+
+    def finish(end: Ending) -> None:
+        if not ending.called:
+            ending.callback(end)
+
+    def lost(error: JumpError) -> None:
+        code = "revoked" if channel.session_closed_reason else "jumpoint_lost"
+        finish(Ending(code, error.message, error.exit_code, error))
+
+    channel.lost.addCallback(lost)
+
+    calls = []
+    if options.duration is not None:
+        calls.append(
+            reactor.callLater(
+                options.duration,
+                finish,
+                Ending("expired", f"the --for duration of {options.duration:g}s ran out", 0),
+            )
+        )
+
+    def tick() -> None:
+        view.update(session.counters())
+        calls.append(reactor.callLater(options.stats_interval, tick))
+
+    calls.append(reactor.callLater(options.stats_interval, tick))
+
+    child: _Child | None = None
+    if options.command:
+        child = _Child()
+        executable = shutil.which(options.command[0]) or options.command[0]
+        reactor.spawnProcess(
+            child,
+            executable,
+            list(options.command),
+            env=command_environment(session),
+            childFDs={0: 0, 1: 1, 2: 2},
+        )
+        child.ended.addCallback(
+            lambda status: finish(
+                Ending("command_exited", f"the command exited with status {status}", status)
+            )
+        )
+
+    def on_signal(number: int, frame: object) -> None:
+        name = "interrupted" if number == signal.SIGINT else "terminated"
+        if child is not None and not child.ended.called:
+            if number != signal.SIGINT:
+                child.transport.signalProcess("TERM")  # type: ignore[union-attr]
+            return
+        reactor.callFromThread(finish, Ending(name, f"{name} by the user", 0))
+
+    previous = {s: signal.signal(s, on_signal) for s in _signals()}
+    try:
+        end = await ending
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for call in calls:
+            if call.active():
+                call.cancel()
+    if child is not None and not child.ended.called:
+        await _stop_child(reactor, child)
+    await _close_session(reactor, session, end)
+    view.closed(end.code, end.reason, session.counters())
+    LOG_ROUTER.note = None
+    if end.error is not None:
+        raise end.error
+    return end.status
+
+
+def _signals() -> list[int]:
+    numbers = [signal.SIGINT]
+    if hasattr(signal, "SIGTERM"):
+        numbers.append(signal.SIGTERM)
+    return numbers
+
+
+async def _stop_child(reactor: Any, child: _Child) -> None:
+    transport = child.transport
+    assert transport is not None
+    try:
+        transport.signalProcess("TERM")
+    except Exception:
+        return
+    timer = reactor.callLater(CHILD_GRACE, _kill, child)
+    await child.ended
+    if timer.active():
+        timer.cancel()
+
+
+def _kill(child: _Child) -> None:
+    if child.transport is not None and not child.ended.called:
+        try:
+            child.transport.signalProcess("KILL")
+        except Exception:
+            log.warn("could not kill the command")
+
+
+async def _close_session(reactor: Any, session: TunnelSession, end: Ending) -> None:
+    """Stop listening, tell the Jumpoint, close the channel (bounded in time)."""
+    session.closing = True
+    session.stop_listening()
+    channel = session.channel
+    if channel.lost.called:
+        session.abort_connections()
+        return
+    request = channel.request(control.CLOSE_SESSION, reason=end.reason)
+    timer = reactor.callLater(CLOSE_TIMEOUT, request.cancel)
+    try:
+        await request
+    except Exception as error:
+        log.info("closing the session: {error}", error=error)
+    if timer.active():
+        timer.cancel()
+    session.abort_connections()
+    channel.close()
+    if not channel.lost.called:
+        close_timer = reactor.callLater(CLOSE_TIMEOUT, _abort, channel)
+        await channel.lost
+        if close_timer.active():
+            close_timer.cancel()
+
+
+def _abort(channel: Any) -> None:
+    if channel.transport is not None:
+        channel.transport.abortConnection()
+
+
+__all__ = ["OpenOptions", "SessionLost", "run_open"]

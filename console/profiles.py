@@ -1,0 +1,152 @@
+"""Console profiles: one enrolled identity per Jumpoint, in the user's config directory.
+
+Layout under the jump home (C{$JUMP_HOME}, else C{$XDG_CONFIG_HOME/jump}, else
+C{~/.config/jump}; C{%APPDATA%\\jump} on Windows)::
+
+    profiles/NAME/profile.yaml   address, server name, user, Jumpoint name
+    profiles/NAME/ca.pem         the Jumpoint's CA
+    profiles/NAME/client.pem     the user's certificate
+    profiles/NAME/client.key     the user's private key (mode 0600)
+    current                      the profile chosen last
+
+Directories are created with mode 0700.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from shared.enrollment import Enrollment
+from shared.errors import ProfileError
+from shared.files import write_private
+
+HOME_ENV = "JUMP_HOME"
+PROFILE_ENV = "JUMP_PROFILE"
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def jump_home() -> Path:
+    """The console's configuration directory."""
+    explicit = os.environ.get(HOME_ENV)
+    if explicit:
+        return Path(explicit)
+    if sys.platform == "win32" and os.environ.get("APPDATA"):
+        return Path(os.environ["APPDATA"]) / "jump"
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "jump"
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    if sys.platform != "win32":
+        os.chmod(path, 0o700)
+    return path
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    directory: Path
+    jumpoint_name: str
+    host: str
+    port: int
+    server_name: str
+    user: str
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def read_credentials(self) -> tuple[bytes, bytes, bytes]:
+        """CA certificate, client certificate and client key (PEM)."""
+        try:
+            return (
+                (self.directory / "ca.pem").read_bytes(),
+                (self.directory / "client.pem").read_bytes(),
+                (self.directory / "client.key").read_bytes(),
+            )
+        except OSError as error:
+            raise ProfileError(
+                f"profile {self.name!r} is damaged: {error}",
+                hint="enroll again with `jump enroll FILE`",
+            ) from None
+
+
+def save_profile(enrollment: Enrollment, name: str | None, home: Path | None = None) -> Profile:
+    """Store an enrollment as a profile and make it the current one."""
+    home = home or jump_home()
+    profile_name = name or enrollment.jumpoint_name
+    if not _PROFILE_NAME.match(profile_name):
+        raise ProfileError(f"invalid profile name {profile_name!r}")
+    directory = _private_dir(home / "profiles" / profile_name)
+    _private_dir(home)
+    (directory / "ca.pem").write_text(enrollment.ca_certificate, encoding="ascii")
+    (directory / "client.pem").write_text(enrollment.certificate, encoding="ascii")
+    write_private(directory / "client.key", enrollment.private_key.encode("ascii"))
+    document = {
+        "jumpoint": enrollment.jumpoint_name,
+        "host": enrollment.host,
+        "port": enrollment.port,
+        "server_name": enrollment.server_name,
+        "user": enrollment.user,
+    }
+    (directory / "profile.yaml").write_text(yaml.safe_dump(document), encoding="utf-8")
+    set_current(profile_name, home)
+    return load_profile(profile_name, home)
+
+
+def set_current(name: str, home: Path | None = None) -> None:
+    home = home or jump_home()
+    (home / "current").write_text(name + "\n", encoding="utf-8")
+
+
+def list_profiles(home: Path | None = None) -> list[str]:
+    root = (home or jump_home()) / "profiles"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "profile.yaml").is_file())
+
+
+def load_profile(name: str | None = None, home: Path | None = None) -> Profile:
+    """The named profile, else C{$JUMP_PROFILE}, else the current one, else the only one."""
+    home = home or jump_home()
+    available = list_profiles(home)
+    chosen = name or os.environ.get(PROFILE_ENV)
+    if not chosen:
+        current = home / "current"
+        if current.is_file():
+            chosen = current.read_text(encoding="utf-8").strip()
+        elif len(available) == 1:
+            chosen = available[0]
+    if not available:
+        raise ProfileError(
+            "this console is not enrolled with any Jumpoint",
+            hint="ask your administrator for an enrollment file and run `jump enroll FILE`",
+        )
+    if not chosen or chosen not in available:
+        raise ProfileError(
+            f"no profile named {chosen!r}" if chosen else "no profile chosen",
+            hint=f"available profiles: {', '.join(available)} (use --profile NAME)",
+        )
+    directory = home / "profiles" / chosen
+    try:
+        data = yaml.safe_load((directory / "profile.yaml").read_text(encoding="utf-8"))
+        return Profile(
+            name=chosen,
+            directory=directory,
+            jumpoint_name=str(data["jumpoint"]),
+            host=str(data["host"]),
+            port=int(data["port"]),
+            server_name=str(data["server_name"]),
+            user=str(data["user"]),
+        )
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as error:
+        raise ProfileError(
+            f"profile {chosen!r} is damaged: {error}", hint="enroll again with `jump enroll FILE`"
+        ) from None

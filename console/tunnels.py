@@ -1,0 +1,202 @@
+"""A session's tunnels on the console: local listeners, connections and statistics.
+
+Each tunnel pair gets one listener.  Every accepted connection becomes one
+stream on the channel (L{TcpBridge}), up to the session's connection limit;
+beyond it a connection is refused at once and logged.  L{TunnelSession}
+keeps the counters the live view and the C{stats} events show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+
+from console.channel import ConsoleChannel
+from console.listeners import Listen, bind
+from shared.bridge import TcpBridge
+from shared.control import StreamTarget
+from shared.errors import JumpError, ProtocolViolation
+from shared.frames import ErrorCode
+
+log = Logger()
+
+FAILURE_CODES = {
+    ErrorCode.REFUSED,
+    ErrorCode.UNREACHABLE,
+    ErrorCode.TIMED_OUT,
+    ErrorCode.DENIED,
+    ErrorCode.LIMIT,
+}
+
+
+class _Refused(Protocol):
+    """Closes a local connection at once (over the connection limit)."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+@dataclass
+class Tunnel:
+    """One local→remote pair of an open session, with its counters."""
+
+    local_address: str
+    requested_port: int | None
+    remote_host: str
+    remote_port: int
+    local_port: int = 0
+    listening: IListeningPort | None = None
+    status: str = "pending"
+    bridges: set[TcpBridge] = field(default_factory=set)
+    total_connections: int = 0
+    refused_connections: int = 0
+    failed_connections: int = 0
+    closed_bytes_to_remote: int = 0
+    closed_bytes_from_remote: int = 0
+    last_error: str | None = None
+
+    @property
+    def binding(self) -> str:
+        return f"{self.local_address}:{self.local_port} -> {self.remote_host}:{self.remote_port}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "local_address": self.local_address,
+            "local_port": self.local_port,
+            "remote_host": self.remote_host,
+            "remote_port": self.remote_port,
+        }
+
+    def counters(self) -> dict[str, Any]:
+        to_remote = self.closed_bytes_to_remote + sum(b.stream.bytes_sent for b in self.bridges)
+        from_remote = self.closed_bytes_from_remote + sum(
+            b.stream.bytes_received for b in self.bridges
+        )
+        return {
+            **self.describe(),
+            "status": self.status,
+            "connections": len(self.bridges),
+            "total_connections": self.total_connections,
+            "refused_connections": self.refused_connections,
+            "failed_connections": self.failed_connections,
+            "bytes_to_remote": to_remote,
+            "bytes_from_remote": from_remote,
+            "last_error": self.last_error,
+        }
+
+    def connection_closed(self, bridge: TcpBridge) -> None:
+        self.bridges.discard(bridge)
+        self.closed_bytes_to_remote += bridge.stream.bytes_sent
+        self.closed_bytes_from_remote += bridge.stream.bytes_received
+        if bridge.reset_code in FAILURE_CODES:
+            self.failed_connections += 1
+            self.last_error = bridge.close_reason
+            log.warn(
+                "connection to {remote_host}:{remote_port} via {local} failed: {reason}",
+                remote_host=self.remote_host,
+                remote_port=self.remote_port,
+                local=f"{self.local_address}:{self.local_port}",
+                reason=bridge.close_reason,
+            )
+
+
+class TunnelFactory(ServerFactory):
+    """Accepts local connections for one tunnel and opens a stream for each."""
+
+    def __init__(self, session: TunnelSession, tunnel: Tunnel) -> None:
+        self.session = session
+        self.tunnel = tunnel
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        session, tunnel = self.session, self.tunnel
+        mux = session.channel.mux
+        if mux is None or mux.closing or session.closing:
+            return _Refused()
+        if session.current_connections() >= session.max_connections:
+            tunnel.refused_connections += 1
+            log.warn(
+                "refused a local connection to {local}: the session already carries"
+                " {limit} connections (the limit)",
+                local=f"{tunnel.local_address}:{tunnel.local_port}",
+                limit=session.max_connections,
+            )
+            return _Refused()
+        stream = mux.open_stream(StreamTarget(tunnel.remote_host, tunnel.remote_port).encode())
+        bridge = TcpBridge(stream, on_closed=tunnel.connection_closed)
+        tunnel.bridges.add(bridge)
+        tunnel.total_connections += 1
+        return bridge
+
+
+def _parse_tunnels(result: dict[str, Any]) -> list[Tunnel]:
+    entries = result.get("tunnels")
+    if not isinstance(entries, list) or not entries:
+        raise ProtocolViolation("the Jumpoint sent a session without tunnels")
+    tunnels = []
+    for entry in entries:
+        try:
+            local_port = entry["local_port"]
+            tunnels.append(
+                Tunnel(
+                    local_address=str(entry["local_address"]),
+                    requested_port=None if local_port == "auto" else int(local_port),
+                    remote_host=str(entry["remote_host"]),
+                    remote_port=int(entry["remote_port"]),
+                )
+            )
+        except (KeyError, TypeError, ValueError):
+            raise ProtocolViolation("the Jumpoint sent a malformed tunnel") from None
+    return tunnels
+
+
+class TunnelSession:
+    """The console's view of one open session."""
+
+    def __init__(self, channel: ConsoleChannel, item: str, result: dict[str, Any]) -> None:
+        self.channel = channel
+        self.item = item
+        self.session_id = str(result.get("session", "?"))
+        self.max_connections = int(result.get("max_connections", 256))
+        self.tunnels = _parse_tunnels(result)
+        self.closing = False
+
+    def current_connections(self) -> int:
+        return sum(len(t.bridges) for t in self.tunnels)
+
+    def bind_all(self, listen: Listen, local_address: str | None = None) -> None:
+        """Bind every tunnel's listener; on any failure unbind the others and raise."""
+        try:
+            for tunnel in self.tunnels:
+                if local_address is not None:
+                    tunnel.local_address = local_address
+                result = bind(
+                    listen, tunnel.local_address, tunnel.requested_port, TunnelFactory(self, tunnel)
+                )
+                tunnel.listening = result.port
+                tunnel.local_address = result.address
+                tunnel.local_port = result.local_port
+                tunnel.status = "listening"
+        except JumpError:
+            self.stop_listening()
+            raise
+
+    def stop_listening(self) -> None:
+        for tunnel in self.tunnels:
+            if tunnel.listening is not None:
+                tunnel.listening.stopListening()
+                tunnel.listening = None
+            tunnel.status = "closed"
+
+    def abort_connections(self) -> None:
+        for tunnel in self.tunnels:
+            for bridge in list(tunnel.bridges):
+                if bridge.transport is not None:
+                    bridge.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def counters(self) -> list[dict[str, Any]]:
+        return [t.counters() for t in self.tunnels]

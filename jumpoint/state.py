@@ -1,0 +1,181 @@
+"""The Jumpoint's state database (SQLite): users and their certificates.
+
+SQLite needs no server, commits are atomic, and several processes (the
+daemon and the admin's C{jumpoint user ...} commands) may use the file at
+once.  The schema is versioned: L{MIGRATIONS} lists the steps, and opening a
+database applies the missing ones inside a transaction.  The running daemon
+notices commits by other processes through C{PRAGMA data_version}, which is
+how C{jumpoint user revoke} reaches it without a restart.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.errors import ConfigError, UnknownUser, UsageError
+
+MIGRATIONS: list[str] = [
+    # 1: users and certificates
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        user_group TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE TABLE certificates (
+        serial TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL REFERENCES users(name),
+        issued_at TEXT NOT NULL,
+        not_after TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE INDEX certificates_by_user ON certificates(user_name);
+    """,
+]
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    group: str
+    created_at: str
+    revoked_at: str | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+class StateDatabase:
+    """A connection to the state database; one per process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)
+        except sqlite3.Error as error:
+            raise ConfigError(f"{path}: cannot open the state database: {error}") from None
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _migrate(self) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else 0
+            if version > len(MIGRATIONS):
+                raise ConfigError(
+                    f"{self.path}: the state database has schema version {version}, newer than"
+                    f" this jumpoint ({len(MIGRATIONS)})",
+                    hint="upgrade jumpoint",
+                )
+            for step in MIGRATIONS[version:]:
+                for statement in step.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            if row is None:
+                db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
+            else:
+                db.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("SELECT version FROM schema_version").fetchone()[0])
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (PRAGMA data_version)."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def add_user(self, name: str, group: str, serial: str, not_after: str) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT revoked_at FROM users WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] is None:
+                raise UsageError(
+                    f"user {name!r} already exists",
+                    hint=f"run `jumpoint user revoke {name}` first to issue a new enrollment",
+                )
+            now = _now()
+            db.execute(
+                "INSERT INTO users (name, user_group, created_at, revoked_at) VALUES (?, ?, ?, NULL)"
+                " ON CONFLICT(name) DO UPDATE SET user_group = excluded.user_group,"
+                " created_at = excluded.created_at, revoked_at = NULL",
+                (name, group, now),
+            )
+            db.execute(
+                "INSERT INTO certificates (serial, user_name, issued_at, not_after)"
+                " VALUES (?, ?, ?, ?)",
+                (serial, name, now, not_after),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def revoke_user(self, name: str) -> int:
+        """Revoke the user and all their certificates; returns how many certificates."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT revoked_at FROM users WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise UnknownUser(f"no user named {name!r}", hint="see `jumpoint user list`")
+            now = _now()
+            db.execute(
+                "UPDATE users SET revoked_at = COALESCE(revoked_at, ?) WHERE name = ?", (now, name)
+            )
+            cursor = db.execute(
+                "UPDATE certificates SET revoked_at = ? WHERE user_name = ? AND revoked_at IS NULL",
+                (now, name),
+            )
+            db.execute("COMMIT")
+            return cursor.rowcount
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def list_users(self) -> list[User]:
+        rows = self._db.execute(
+            "SELECT name, user_group, created_at, revoked_at FROM users ORDER BY name"
+        ).fetchall()
+        return [User(*row) for row in rows]
+
+    def user_for_certificate(self, serial: str) -> tuple[User | None, str]:
+        """The active user owning certificate C{serial}, or C{None} and the reason why not."""
+        row = self._db.execute(
+            "SELECT u.name, u.user_group, u.created_at, u.revoked_at, c.revoked_at"
+            " FROM certificates c JOIN users u ON u.name = c.user_name WHERE c.serial = ?",
+            (serial,),
+        ).fetchone()
+        if row is None:
+            return None, "the certificate is not registered on this Jumpoint"
+        user = User(*row[:4])
+        if row[4] is not None or not user.active:
+            return None, f"the certificate of user {user.name!r} has been revoked"
+        return user, ""
+
+    def revoked_serials(self) -> set[str]:
+        rows = self._db.execute(
+            "SELECT serial FROM certificates WHERE revoked_at IS NOT NULL"
+        ).fetchall()
+        return {row[0] for row in rows}

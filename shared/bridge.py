@@ -1,0 +1,177 @@
+"""The bridge between one TCP connection and one multiplexed stream.
+
+The same class serves both ends: on the console it wraps an accepted local
+connection, on the Jumpoint the connection to the target.  Backpressure runs
+both ways through Twisted's producer interfaces:
+
+* stream → socket: the bridge registers a L{_CreditValve} as the producer of
+  its TCP transport.  When the transport's buffer is full Twisted pauses the
+  valve, which holds back the stream's credit, so the peer stops sending.
+* socket → stream: when the stream has no credit (or the channel's TLS
+  transport is full) the stream tells the bridge to pause, and the bridge
+  stops reading its socket.
+
+Half-close: end of input on the socket becomes FIN on the stream, and FIN
+from the stream becomes a shutdown of writing on the socket.  The socket is
+closed when both directions have ended, or aborted when the stream is reset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from shared.frames import ErrorCode, describe_code
+from shared.mux import Stream
+
+
+@implementer(IPushProducer)
+class _CreditValve:
+    """Producer registered on the TCP transport: paused means "do not re-open the window"."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+
+    def pauseProducing(self) -> None:
+        self.stream.pause_receiving()
+
+    def resumeProducing(self) -> None:
+        self.stream.resume_receiving()
+
+    def stopProducing(self) -> None:
+        self.stream.pause_receiving()
+
+
+@implementer(IHalfCloseableProtocol)
+class TcpBridge(Protocol):
+    """Relays bytes between a TCP connection and a stream (see module docstring).
+
+    The stream may start carrying data before the TCP connection exists (the
+    Jumpoint connects to the target after the OPEN); until then data from the
+    stream waits in a buffer bounded by the stream's credit window.
+
+    @ivar close_reason: why the bridge ended, for statistics and logs.
+    """
+
+    def __init__(
+        self, stream: Stream, on_closed: Callable[[TcpBridge], None] | None = None
+    ) -> None:
+        self.stream = stream
+        self.on_closed = on_closed
+        self.close_reason: str | None = None
+        self.reset_code: int | None = None
+        self._before_connect: list[bytes] | None = []
+        self._ended_before_connect = False
+        self._sending_paused = False
+        self._read_closed = False
+        self._write_closed = False
+        self._finished = False
+        stream.attach(self)
+
+    # -- TCP side --------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        if self._finished:
+            transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        tcp = ITCPTransport(transport, None)
+        if tcp is not None:
+            tcp.setTcpNoDelay(True)
+        transport.registerProducer(_CreditValve(self.stream), True)  # type: ignore[attr-defined]
+        buffered, self._before_connect = self._before_connect, None
+        self.stream.resume_receiving()
+        if buffered:
+            transport.writeSequence(buffered)
+        if self._sending_paused:
+            transport.pauseProducing()  # type: ignore[attr-defined]
+        if self._ended_before_connect:
+            self.stream_ended()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.stream.write(data)
+
+    def readConnectionLost(self) -> None:
+        self._read_closed = True
+        self.stream.end_write()
+        self._maybe_close()
+
+    def writeConnectionLost(self) -> None:
+        self._write_closed = True
+        self._maybe_close()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.stream.closed:
+            text = reason.getErrorMessage()
+            self.stream.reset(ErrorCode.CANCEL, f"connection closed: {text}")
+            self.close_reason = self.close_reason or f"aborted: {text}"
+        self._finish()
+
+    # -- stream side (StreamApplication) ---------------------------------
+
+    def stream_data(self, data: bytes) -> None:
+        if self._before_connect is not None:
+            self._before_connect.append(data)
+            return
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def stream_ended(self) -> None:
+        if self._before_connect is not None:
+            self._ended_before_connect = True
+            return
+        transport = self.transport
+        assert transport is not None
+        if not self._write_closed:
+            self._write_closed = True
+            transport.loseWriteConnection()  # type: ignore[attr-defined]
+            self._maybe_close()
+
+    def stream_reset(self, code: int, reason: str) -> None:
+        self.reset_code = code
+        self.close_reason = f"{describe_code(code)}: {reason}"
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+        else:
+            self._finish()
+
+    def pause_sending(self) -> None:
+        self._sending_paused = True
+        if self.transport is not None and self._before_connect is None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resume_sending(self) -> None:
+        self._sending_paused = False
+        if self.transport is not None and self._before_connect is None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    # -- lifecycle -------------------------------------------------------
+
+    def wait_for_connection(self) -> None:
+        """The TCP side is not connected yet: hold back credit until it is."""
+        self.stream.pause_receiving()
+
+    def connection_failed(self, code: ErrorCode, reason: str) -> None:
+        """The TCP side could not be connected: reset the stream with C{reason}."""
+        self.reset_code = code
+        self.close_reason = f"{describe_code(code)}: {reason}"
+        self.stream.reset(code, reason)
+        self._finish()
+
+    def _maybe_close(self) -> None:
+        if self._read_closed and self._write_closed and self.transport is not None:
+            self.close_reason = self.close_reason or "closed"
+            self.transport.loseConnection()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._before_connect = None
+        if self.on_closed is not None:
+            self.on_closed(self)
