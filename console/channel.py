@@ -78,8 +78,10 @@ class ConsoleChannel(ChannelProtocol):
         welcomed = self.welcome.called
         if tls is not None and not welcomed:
             side, why = tls
-            who = "this console rejected the Jumpoint's certificate" if side == "console" else (
-                "the Jumpoint rejected this console's certificate"
+            who = (
+                "this console rejected the Jumpoint's certificate"
+                if side == "console"
+                else ("the Jumpoint rejected this console's certificate")
             )
             return CertificateRejected(
                 f"{who}: {why}",
@@ -96,7 +98,9 @@ class ConsoleChannel(ChannelProtocol):
                     hint="ask your administrator for a new enrollment file",
                 )
             if self.session_closed_reason is not None:
-                return SessionLost(f"the Jumpoint closed the session: {self.session_closed_reason[1]}")
+                return SessionLost(
+                    f"the Jumpoint closed the session: {self.session_closed_reason[1]}"
+                )
             return SessionLost(f"the Jumpoint closed the connection ({describe_code(code)}): {why}")
         if not welcomed:
             return JumpointUnreachable(

@@ -33,8 +33,6 @@ profile_option = click.option(
 )
 
 
-
-
 def run_reactor(main: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
     """Run the reactor until C{main} finishes; re-raise its error, return its status."""
     from twisted.internet import reactor
@@ -46,12 +44,12 @@ def run_reactor(main: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
 
         def done(result: object) -> None:
             outcome.append(result)
-            reactor.stop()  # type: ignore[attr-defined]
+            reactor.stop()
 
         finished.addBoth(done)
 
-    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.callWhenRunning(start)
+    reactor.run()
     if not outcome:
         click.echo(f"{PROGRAM}: interrupted", err=True)
         return 130
@@ -67,7 +65,7 @@ def run_reactor(main: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
 def cli(verbose: bool) -> None:
     """The access console: open tunnels through a Jumpoint."""
     LOG_ROUTER.level = LogLevel.info if verbose else LogLevel.warn
-    globalLogBeginner.beginLoggingTo([LOG_ROUTER], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([LOG_ROUTER], redirectStandardIO=False)  # type: ignore[list-item]
 
 
 @cli.command()
@@ -136,7 +134,7 @@ def _print_items(entries: list[dict[str, Any]], as_json: bool) -> None:
 @click.option("--for", "duration", help="Close the session after this long (30s, 5m, 1h).")
 @click.option("--local-address", help="Listen on this 127.x.y.z address instead of the item's.")
 @profile_option
-def open(  # noqa: A001 - the command is called "open"
+def open(
     item: str,
     command: tuple[str, ...],
     as_json: bool,

@@ -198,7 +198,7 @@ async def run_open(reactor: Any, options: OpenOptions, out: TextIO) -> int:
 
 
 def _signals() -> list[int]:
-    numbers = [signal.SIGINT]
+    numbers: list[int] = [signal.SIGINT]
     if hasattr(signal, "SIGTERM"):
         numbers.append(signal.SIGTERM)
     return numbers

@@ -84,7 +84,9 @@ def init(directory: str, name: str, listen: str, addresses: tuple[str, ...], for
     click.echo(f"created Jumpoint {name!r} in {target}")
     click.echo(f"  configuration: {config_path}")
     click.echo(f"  addresses in the server certificate: {', '.join(chosen)}")
-    click.echo(f"next: jumpoint user add NAME --group default --out NAME.enroll --config {config_path}")
+    click.echo(
+        f"next: jumpoint user add NAME --group default --out NAME.enroll --config {config_path}"
+    )
 
 
 def _default_addresses(host: str) -> list[str]:
@@ -129,7 +131,10 @@ def user() -> None:
 @click.option("--group", required=True, help="The user's group (from jumpoint.yaml).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
 @click.option(
-    "--valid-days", type=click.IntRange(1, 3650), default=365, show_default=True,
+    "--valid-days",
+    type=click.IntRange(1, 3650),
+    default=365,
+    show_default=True,
     help="Lifetime of the client certificate.",
 )
 @config_option
@@ -147,9 +152,7 @@ def user_add(
     certificate = client.certificate
     database = StateDatabase(config.state_database)
     try:
-        database.add_user(
-            name, group, client.serial, certificate.not_valid_after_utc.isoformat()
-        )
+        database.add_user(name, group, client.serial, certificate.not_valid_after_utc.isoformat())
     finally:
         database.close()
     enrollment = Enrollment(

@@ -35,6 +35,6 @@ def run_foreground(config: JumpointConfig, log_format: str) -> None:
             hint="is another Jumpoint running? change jumpoint.listen",
         ) from None
     start_logging(log_format, sys.stdout)
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
     log.info("Jumpoint {name} stopped", name=config.name)

@@ -98,9 +98,7 @@ class JumpointChannel(ChannelProtocol):
     is_client = False
 
     def __init__(self, core: JumpointCore) -> None:
-        super().__init__(
-            core.clock, core.mux_settings(), core.config.limits.handshake_timeout
-        )
+        super().__init__(core.clock, core.mux_settings(), core.config.limits.handshake_timeout)
         self.core = core
         self.user: User | None = None
         self.certificate_serial: str | None = None
@@ -155,8 +153,9 @@ class JumpointChannel(ChannelProtocol):
 
     def revoke(self, why: str) -> None:
         """The user was revoked: close the session and the connection."""
-        log.warn("closing the channel of {user}: {reason}", user=self.user and self.user.name,
-                 reason=why)
+        log.warn(
+            "closing the channel of {user}: {reason}", user=self.user and self.user.name, reason=why
+        )
         assert self.mux is not None
         if self.session is not None:
             self.mux.send_control(
@@ -315,14 +314,22 @@ class JumpointChannel(ChannelProtocol):
                 f"{target.host}:{target.port} is not a tunnel of item {session.item.name!r}"
                 " (rule: item host and remote ports)"
             )
-            log.warn("session {session}: denied stream {stream_id}: {reason}",
-                     session=session.session_id, stream_id=stream.stream_id, reason=reason)
+            log.warn(
+                "session {session}: denied stream {stream_id}: {reason}",
+                session=session.session_id,
+                stream_id=stream.stream_id,
+                reason=reason,
+            )
             stream.reset(ErrorCode.DENIED, reason)
             return
         if not session.has_room():
             reason = f"the session already carries {session.max_connections} connections"
-            log.warn("session {session}: refused stream {stream_id}: {reason}",
-                     session=session.session_id, stream_id=stream.stream_id, reason=reason)
+            log.warn(
+                "session {session}: refused stream {stream_id}: {reason}",
+                session=session.session_id,
+                stream_id=stream.stream_id,
+                reason=reason,
+            )
             stream.reset(ErrorCode.LIMIT, reason)
             return
 

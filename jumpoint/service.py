@@ -28,7 +28,7 @@ class JumpointService(MultiService):
     """The running daemon: the TLS listener and the revocation poller."""
 
     def __init__(self, core: JumpointCore, listener: StreamServerEndpointService) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.core = core
         self.listener = listener
         listener.setServiceParent(self)
@@ -37,7 +37,7 @@ class JumpointService(MultiService):
         poller.setServiceParent(self)
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         config = self.core.config
         log.info(
             "Jumpoint {name} listening on {host}:{port} with {items} items",
@@ -51,7 +51,7 @@ class JumpointService(MultiService):
         for channel in list(self.core.channels):
             if channel.mux is not None:
                 channel.mux.go_away(ErrorCode.SHUTDOWN, "the Jumpoint is shutting down")
-        result: Deferred[None] = super().stopService()  # type: ignore[assignment]
+        result: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
         self.core.database.close()
         return result
 
@@ -64,10 +64,9 @@ def makeService(config: JumpointConfig, reactor: Any = None) -> IService:
         reactor = default_reactor
 
     def connect_target(host: str, port: int, protocol: Protocol) -> Deferred[Any]:
-        endpoint = HostnameEndpoint(
-            reactor, host, port, timeout=config.limits.connect_timeout
-        )
-        return connectProtocol(endpoint, protocol)
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=config.limits.connect_timeout)
+        attempt: Deferred[Any] = connectProtocol(endpoint, protocol)
+        return attempt
 
     core = JumpointCore(
         config=config,

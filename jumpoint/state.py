@@ -117,8 +117,9 @@ class StateDatabase:
                 )
             now = _now()
             db.execute(
-                "INSERT INTO users (name, user_group, created_at, revoked_at) VALUES (?, ?, ?, NULL)"
-                " ON CONFLICT(name) DO UPDATE SET user_group = excluded.user_group,"
+                "INSERT INTO users (name, user_group, created_at, revoked_at)"
+                " VALUES (?, ?, ?, NULL) ON CONFLICT(name)"
+                " DO UPDATE SET user_group = excluded.user_group,"
                 " created_at = excluded.created_at, revoked_at = NULL",
                 (name, group, now),
             )

@@ -69,7 +69,7 @@ class ChannelProtocol(Protocol):
         self.mux = Multiplexer(
             is_client=self.is_client, handler=self, clock=self.clock, settings=self.settings
         )
-        self.mux.make_connection(transport)  # type: ignore[arg-type]
+        self.mux.make_connection(transport)
         self.channel_started()
 
     def dataReceived(self, data: bytes) -> None:

@@ -54,7 +54,9 @@ def check_message(message: dict[str, Any], allowed: set[str]) -> str:
     for name, expected in _FIELDS[kind].items():
         value = message.get(name)
         if not isinstance(value, expected) or isinstance(value, bool):
-            raise ProtocolViolation(f"control message {kind!r}: field {name!r} is missing or invalid")
+            raise ProtocolViolation(
+                f"control message {kind!r}: field {name!r} is missing or invalid"
+            )
         if isinstance(value, str) and len(value) > MAX_STRING:
             raise ProtocolViolation(f"control message {kind!r}: field {name!r} is too long")
     return kind

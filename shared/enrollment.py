@@ -40,7 +40,8 @@ class Enrollment:
             "version": VERSION,
             "jumpoint": {
                 "name": self.jumpoint_name,
-                "address": f"{self.host}:{self.port}" if ":" not in self.host
+                "address": f"{self.host}:{self.port}"
+                if ":" not in self.host
                 else f"[{self.host}]:{self.port}",
                 "server_name": self.server_name,
             },

@@ -166,8 +166,7 @@ def validate(frame: Frame) -> None:
     if exact is not None and len(frame.payload) != exact:
         raise FrameError(
             ErrorCode.FRAME_SIZE_ERROR,
-            f"{frame.type.name} frame with a {len(frame.payload)}-byte payload"
-            f" (expected {exact})",
+            f"{frame.type.name} frame with a {len(frame.payload)}-byte payload (expected {exact})",
         )
     if control_only and frame.stream_id != CONTROL_STREAM:
         raise FrameError(

@@ -126,8 +126,10 @@ def items(node: yaml.Node, where: Where) -> tuple[TcpItem, ...]:
     seen: set[str] = set()
     for index, entry in enumerate(checked):
         if entry.name in seen:
-            raise where.child(index).child("name").error(
-                node.value[index], f"duplicate item name {entry.name!r}"
+            raise (
+                where.child(index)
+                .child("name")
+                .error(node.value[index], f"duplicate item name {entry.name!r}")
             )
         seen.add(entry.name)
     return tuple(checked)

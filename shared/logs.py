@@ -7,7 +7,6 @@ never passed as log fields.
 
 from __future__ import annotations
 
-
 import sys
 from typing import IO
 
@@ -31,7 +30,7 @@ def make_observer(
     """An observer writing events at C{level} or above to C{output} (stderr by default)."""
     stream = output if output is not None else sys.stderr
     if log_format == "json":
-        observer = jsonFileLogObserver(stream)  # type: ignore[arg-type]
+        observer = jsonFileLogObserver(stream)
     else:
         observer = textFileLogObserver(stream, timeFormat="%Y-%m-%dT%H:%M:%S%z")
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)

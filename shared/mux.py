@@ -327,6 +327,10 @@ class Multiplexer:
 
     # -- wiring ----------------------------------------------------------
 
+    def is_closed(self) -> bool:
+        """Whether the connection is closing or closed (no more frames are handled)."""
+        return self.closing
+
     def make_connection(self, transport: ITransport) -> None:
         """Start writing to C{transport} and register as its producer."""
         self.transport = transport
@@ -349,13 +353,11 @@ class Multiplexer:
             return
         try:
             for frame in self.parser.feed(data):
-                self._frame_received(frame)
-                if self.closing:
+                if self.is_closed():
                     return
+                self._frame_received(frame)
         except FrameError as error:
-            self.log.warn(
-                "closing channel: protocol error: {reason}", reason=error.reason
-            )
+            self.log.warn("closing channel: protocol error: {reason}", reason=error.reason)
             self.go_away(error.code, error.reason)
 
     def _frame_received(self, frame: Frame) -> None:
@@ -492,7 +494,9 @@ class Multiplexer:
             FrameType.WINDOW_UPDATE, 0, struct.pack("!I", increment), stream_id
         )
 
-    def _write_frame(self, frame_type: FrameType, flags: int, stream_id: int, payload: bytes) -> None:
+    def _write_frame(
+        self, frame_type: FrameType, flags: int, stream_id: int, payload: bytes
+    ) -> None:
         self._write(frames.encode_frame(frame_type, flags, stream_id, payload))
 
     def _write_control_frame(

@@ -66,7 +66,7 @@ _CONSTRUCTOR = yaml.SafeLoader("")
 def _scalar(node: yaml.Node, where: Where) -> Any:
     if not isinstance(node, yaml.ScalarNode):
         raise where.error(node, "expected a single value")
-    return _CONSTRUCTOR.construct_object(node)  # type: ignore[no-untyped-call]
+    return _CONSTRUCTOR.construct_object(node)
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,9 @@ def mapping(node: yaml.Node, where: Where, fields: dict[str, Field]) -> dict[str
     return out
 
 
-def dict_of(check: Checker[T], key_pattern: str = r"^[A-Za-z0-9_.-]{1,128}$") -> Checker[dict[str, T]]:
+def dict_of(
+    check: Checker[T], key_pattern: str = r"^[A-Za-z0-9_.-]{1,128}$"
+) -> Checker[dict[str, T]]:
     """A mapping from names (matching C{key_pattern}) to values checked by C{check}."""
     pattern = re.compile(key_pattern)
 
@@ -226,7 +228,9 @@ def duration(maximum: float = 366 * 86400) -> Checker[float]:
     return checker
 
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?$"
+)
 
 
 def is_host(value: str) -> bool:

@@ -78,7 +78,10 @@ def describe_tls_failure(failure: Failure | BaseException) -> tuple[str, str] | 
     error = failure.value if isinstance(failure, Failure) else failure
     name = type(error).__name__
     if name == "VerificationError":
-        return "console", f"the Jumpoint's certificate does not match the profile's address: {error}"
+        return (
+            "console",
+            f"the Jumpoint's certificate does not match the profile's address: {error}",
+        )
     if not isinstance(error, SSL.Error):
         return None
     for reason in _openssl_reasons(error):
