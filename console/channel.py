@@ -35,6 +35,7 @@ from shared.mux import MuxSettings, Stream
 from shared.tls import client_options, describe_tls_failure
 
 CONNECT_TIMEOUT = 15.0
+CLOSE_TIMEOUT = 3.0
 
 
 class ConsoleChannel(ChannelProtocol):
@@ -148,12 +149,33 @@ class ConsoleChannel(ChannelProtocol):
     def stream_requested(self, stream: Stream, payload: bytes) -> None:
         stream.reset(ErrorCode.REFUSED, "the console accepts no streams")
 
-    def close(self) -> None:
-        """Close the connection politely."""
+    def close(self, reason: str = "console closed") -> None:
+        """Close the connection politely (GOAWAY, then TLS close)."""
         if self.mux is not None and not self.mux.closing:
-            self.mux.go_away(ErrorCode.NO_ERROR, "console closed")
+            self.mux.go_away(ErrorCode.NO_ERROR, reason)
         elif self.transport is not None:
             self.transport.loseConnection()
+
+    async def close_and_wait(self, reactor: Any, reason: str = "console closed") -> None:
+        """Close, and wait (at most a few seconds) until the connection is gone."""
+        self.close(reason)
+        if self.lost.called:
+            return
+        timer = reactor.callLater(CLOSE_TIMEOUT, self._abort)
+        waiter: Deferred[None] = Deferred()
+
+        def gone(result: JumpError) -> JumpError:
+            waiter.callback(None)
+            return result
+
+        self.lost.addBoth(gone)
+        await waiter
+        if timer.active():
+            timer.cancel()
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
 def _connect_error(failure: Failure, profile: Profile) -> JumpError:

@@ -99,7 +99,7 @@ def items(as_json: bool, profile: str | None) -> None:
         try:
             result = await channel.request(control.LIST_ITEMS)
         finally:
-            channel.close()
+            await channel.close_and_wait(reactor)
         entries = result.get("items")
         if not isinstance(entries, list):
             raise UsageError("the Jumpoint sent a malformed item list")

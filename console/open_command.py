@@ -117,8 +117,9 @@ async def run_open(reactor: Any, options: OpenOptions, out: TextIO) -> int:
             ),
             options.local_address,
         )
-    except BaseException:
-        channel.close()
+    except BaseException as error:
+        reason = error.message if isinstance(error, JumpError) else "console error"
+        await channel.close_and_wait(reactor, reason)
         raise
     view = choose_view(options, out, reactor.seconds)
     if isinstance(view, TerminalView):
@@ -242,17 +243,7 @@ async def _close_session(reactor: Any, session: TunnelSession, end: Ending) -> N
     if timer.active():
         timer.cancel()
     session.abort_connections()
-    channel.close()
-    if not channel.lost.called:
-        close_timer = reactor.callLater(CLOSE_TIMEOUT, _abort, channel)
-        await channel.lost
-        if close_timer.active():
-            close_timer.cancel()
-
-
-def _abort(channel: Any) -> None:
-    if channel.transport is not None:
-        channel.transport.abortConnection()
+    await channel.close_and_wait(reactor, end.reason)
 
 
 __all__ = ["OpenOptions", "SessionLost", "run_open"]

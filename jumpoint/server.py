@@ -104,6 +104,7 @@ class JumpointChannel(ChannelProtocol):
         self.certificate_serial: str | None = None
         self.session: Session | None = None
         self.peer = "?"
+        self.close_reason: str | None = None
         self._hello_done = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -138,7 +139,8 @@ class JumpointChannel(ChannelProtocol):
         log.info("console {peer} connected as user {user}", peer=self.peer, user=user.name)
 
     def mux_closing(self, code: int, reason: str, by_peer: bool) -> None:
-        self._end_session(reason if by_peer else f"{describe_code(code)}: {reason}")
+        self.close_reason = reason if by_peer else f"{describe_code(code)}: {reason}"
+        self._end_session(self.close_reason)
 
     def channel_lost(self, reason: Failure) -> None:
         self.core.channels.discard(self)
@@ -148,7 +150,7 @@ class JumpointChannel(ChannelProtocol):
                 "console {peer} (user {user}) disconnected: {reason}",
                 peer=self.peer,
                 user=self.user.name,
-                reason=reason.getErrorMessage(),
+                reason=self.close_reason or reason.getErrorMessage(),
             )
 
     def revoke(self, why: str) -> None:

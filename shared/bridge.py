@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from shared.frames import ErrorCode, describe_code
 from shared.mux import Stream
+from shared.sockets import tune_transport
 
 
 @implementer(IPushProducer)
@@ -83,6 +84,7 @@ class TcpBridge(Protocol):
         tcp = ITCPTransport(transport, None)
         if tcp is not None:
             tcp.setTcpNoDelay(True)
+        tune_transport(transport)
         transport.registerProducer(_CreditValve(self.stream), True)  # type: ignore[attr-defined]
         buffered, self._before_connect = self._before_connect, None
         self.stream.resume_receiving()

@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from shared.frames import ALPN_PROTOCOL
 from shared.mux import Multiplexer, MuxSettings, Stream
+from shared.sockets import tune_transport
 
 
 @implementer(IHandshakeListener)
@@ -38,6 +39,7 @@ class ChannelProtocol(Protocol):
         self._handshake_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
+        tune_transport(self.transport)
         self._handshake_timer = self.clock.callLater(
             self.handshake_timeout, self._handshake_timed_out
         )
@@ -83,6 +85,13 @@ class ChannelProtocol(Protocol):
         self._cancel_timer()
         if self.mux is not None:
             self.mux.connection_lost(reason.getErrorMessage())
+        else:
+            peer = self.transport.getPeer() if self.transport is not None else None
+            self.log.info(
+                "TLS handshake with {peer} failed: {reason}",
+                peer=f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}",
+                reason=reason.getErrorMessage(),
+            )
         self.channel_lost(reason)
 
     # -- for subclasses ----------------------------------------------------

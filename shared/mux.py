@@ -616,4 +616,4 @@ class Multiplexer:
             stream._set_connection_blocked(False)
 
     def stopProducing(self) -> None:
-        self._close(ErrorCode.CANCEL, "transport stopped", by_peer=True, transport_gone=True)
+        """The transport is going away; L{connection_lost} follows and closes the streams."""

@@ -78,10 +78,16 @@ def describe_tls_failure(failure: Failure | BaseException) -> tuple[str, str] | 
     error = failure.value if isinstance(failure, Failure) else failure
     name = type(error).__name__
     if name == "VerificationError":
-        return (
-            "console",
-            f"the Jumpoint's certificate does not match the profile's address: {error}",
-        )
+        wanted = []
+        for mismatch in getattr(error, "errors", []):
+            identity = getattr(mismatch, "mismatched_id", None)
+            value = getattr(identity, "hostname", None) or getattr(identity, "ip", None)
+            if isinstance(value, bytes):
+                value = value.decode("ascii", "replace")
+            if value is not None:
+                wanted.append(str(value))
+        names = ", ".join(wanted) or "the profile's address"
+        return "console", f"the Jumpoint's certificate is not valid for {names}"
     if not isinstance(error, SSL.Error):
         return None
     for reason in _openssl_reasons(error):

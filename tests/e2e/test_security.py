@@ -1,0 +1,127 @@
+"""End to end: certificates from another CA, revoked users, hostile bytes on the port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from pathlib import Path
+
+import yaml
+
+from shared.errors import ExitCode
+from tests.e2e.harness import Deployment, run, tool, tunnel_address, wait_until
+
+
+def _other_jumpoint(root: Path, name: str = "bob") -> dict[str, str]:
+    """An enrollment from a different Jumpoint (another CA)."""
+    other = Deployment(root)
+    other.items = []
+    other.create()
+    return yaml.safe_load((root / f"{other.user}.enroll").read_text())
+
+
+def _enroll_document(deployment: Deployment, document: dict[str, object], name: str) -> Path:
+    path = deployment.root / f"{name}.enroll"
+    path.write_text(yaml.safe_dump(document))
+    home = deployment.root / f"home-{name}"
+    result = run([*tool("jump"), "enroll", str(path)], {**deployment.env(), "JUMP_HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    return home
+
+
+def test_a_client_certificate_from_another_ca_is_refused(deployment: Deployment):
+    """The Jumpoint refuses a console whose certificate another CA signed, and says so."""
+    deployment.create().serve()
+    ours = yaml.safe_load((deployment.root / "alice.enroll").read_text())
+    foreign = _other_jumpoint(deployment.root / "other")
+    mixed = dict(ours, certificate=foreign["certificate"], private_key=foreign["private_key"])
+    home = _enroll_document(deployment, mixed, "mallory")
+    result = deployment.jump("items", JUMP_HOME=str(home))
+    assert result.returncode == ExitCode.CERTIFICATE, result.stderr
+    assert "the Jumpoint rejected this console's certificate" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_jumpoint_certificate_from_another_ca_is_refused_by_the_console(deployment: Deployment):
+    """The console refuses a Jumpoint that its profile's CA did not sign."""
+    deployment.create().serve()
+    ours = yaml.safe_load((deployment.root / "alice.enroll").read_text())
+    foreign = _other_jumpoint(deployment.root / "other")
+    # a profile that trusts another CA but points at our Jumpoint
+    impostor = dict(foreign, jumpoint=ours["jumpoint"])
+    home = _enroll_document(deployment, impostor, "victim")
+    result = deployment.jump("items", JUMP_HOME=str(home))
+    assert result.returncode == ExitCode.CERTIFICATE, result.stderr
+    assert "this console rejected the Jumpoint's certificate" in result.stderr
+
+
+def test_the_console_checks_the_jumpoint_name(deployment: Deployment):
+    """A profile whose server name is not in the Jumpoint's certificate is refused."""
+    deployment.create().serve()
+    ours = yaml.safe_load((deployment.root / "alice.enroll").read_text())
+    wrong = dict(ours, jumpoint=dict(ours["jumpoint"], server_name="jumpoint.elsewhere.example"))
+    home = _enroll_document(deployment, wrong, "wrongname")
+    result = deployment.jump("items", JUMP_HOME=str(home))
+    assert result.returncode == ExitCode.CERTIFICATE, result.stderr
+    assert "is not valid for jumpoint.elsewhere.example" in result.stderr
+
+
+def test_revoking_a_user_closes_their_session_and_refuses_new_ones(deployment: Deployment):
+    """`jumpoint user revoke` acts on the running daemon without a restart."""
+    deployment.items = [
+        {"name": "web", "type": "tcp", "host": "127.0.0.1",
+         "tunnels": [{"local_port": "auto", "remote_port": 9}]}
+    ]
+    deployment.create().serve()
+    session = deployment.open("web")
+    session.wait_for_event("ready")
+    revoked = deployment.jumpoint("user", "revoke", "alice")
+    assert "revoked" in revoked.stdout
+    assert session.wait() == ExitCode.SESSION_LOST
+    closed = session.json_events()[-1]
+    assert closed["event"] == "closed" and closed["code"] == "revoked"
+    assert "revoked" in closed["reason"]
+    again = deployment.jump("items")
+    assert again.returncode == ExitCode.CERTIFICATE
+    assert "revoked" in again.stderr
+    listing = deployment.jumpoint("user", "list", "--json")
+    assert '"status": "revoked"' in listing.stdout
+
+
+def test_garbage_and_a_tls_client_without_certificate_leave_the_jumpoint_serving(
+    deployment: Deployment,
+):
+    """Random bytes and a certificate-less TLS client are dropped; the Jumpoint still serves."""
+    deployment.items = [
+        {"name": "web", "type": "tcp", "host": "127.0.0.1",
+         "tunnels": [{"local_port": "auto", "remote_port": 9}]}
+    ]
+    server = deployment.create().serve()
+    address = ("127.0.0.1", deployment.port)
+    with socket.create_connection(address, timeout=10) as garbage:
+        garbage.sendall(os.urandom(64 * 1024))
+        try:
+            while garbage.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+    context = ssl.create_default_context(cafile=str(deployment.directory / "ca.pem"))
+    context.set_alpn_protocols(["jumpoint/1"])
+    with socket.create_connection(address, timeout=10) as raw:
+        refused = False
+        try:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(b"\x00" * 10)
+                tls.recv(1)  # TLS 1.3: the server's alert arrives after the handshake
+        except (ssl.SSLError, ConnectionResetError):
+            refused = True
+        assert refused
+    # a slow-loris that never finishes its handshake is dropped too (handshake deadline)
+    result = deployment.jump("items")
+    assert result.returncode == 0, result.stderr
+    session = deployment.open("web")
+    tunnel_address(session.wait_for_event("ready"))
+    assert server.popen.poll() is None
+    wait_until(lambda: any("TLS" in line for line in server.stdout_lines),
+               what="the Jumpoint to log the failed TLS handshake")
