@@ -27,7 +27,6 @@ from zope.interface import implementer
 
 from shared.frames import ErrorCode, describe_code
 from shared.mux import Stream
-from shared.sockets import tune_transport
 
 
 @implementer(IPushProducer)
@@ -84,7 +83,6 @@ class TcpBridge(Protocol):
         tcp = ITCPTransport(transport, None)
         if tcp is not None:
             tcp.setTcpNoDelay(True)
-        tune_transport(transport)
         transport.registerProducer(_CreditValve(self.stream), True)  # type: ignore[attr-defined]
         buffered, self._before_connect = self._before_connect, None
         self.stream.resume_receiving()
@@ -108,7 +106,8 @@ class TcpBridge(Protocol):
         self._maybe_close()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.stream.closed:
+        orderly = self._read_closed and self._write_closed
+        if not self.stream.closed and not orderly:
             text = reason.getErrorMessage()
             self.stream.reset(ErrorCode.CANCEL, f"connection closed: {text}")
             self.close_reason = self.close_reason or f"aborted: {text}"
@@ -131,6 +130,9 @@ class TcpBridge(Protocol):
         assert transport is not None
         if not self._write_closed:
             self._write_closed = True
+            # Twisted forgets a pending half-close when the buffer drains while a
+            # registered producer is paused; no more data comes after FIN anyway.
+            transport.unregisterProducer()  # type: ignore[attr-defined]
             transport.loseWriteConnection()  # type: ignore[attr-defined]
             self._maybe_close()
 

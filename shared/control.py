@@ -48,9 +48,8 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
 def check_message(message: dict[str, Any], allowed: set[str]) -> str:
     """Validate a decoded control message; return its type or raise L{ProtocolViolation}."""
     kind = message.get("type")
-    if kind not in allowed:
-        raise ProtocolViolation(f"unexpected control message type {kind!r}")
-    assert isinstance(kind, str)
+    if not isinstance(kind, str) or kind not in allowed:
+        raise ProtocolViolation(f"unexpected control message type {kind!r}"[:200])
     for name, expected in _FIELDS[kind].items():
         value = message.get(name)
         if not isinstance(value, expected) or isinstance(value, bool):
@@ -77,7 +76,7 @@ class StreamTarget:
         """Parse an OPEN payload; raises L{ProtocolViolation} for anything malformed."""
         try:
             data = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ProtocolViolation("OPEN payload is not JSON") from None
         if not isinstance(data, dict):
             raise ProtocolViolation("OPEN payload is not an object")

@@ -3,9 +3,12 @@
 Layers, bottom up (compare magic-wormhole's dilation and Twisted's HTTP/2):
 
 * L{shared.frames.FrameParser} turns bytes into frames (size-limited, sans-IO);
-* L{Multiplexer} owns the stream table, the keepalive and the connection-wide
-  producer state; it is the L{IPushProducer} registered on the transport, so
-  when the TLS transport's buffer fills, every stream's source is paused;
+* L{Multiplexer} owns the stream table, the keepalive and the round-robin
+  writer; it is the L{IPushProducer} registered on the transport.  Streams
+  with data to send take turns (one frame each) while the transport accepts
+  data; when it is full, each stream queues up to
+  L{MuxSettings.stream_queue_limit} bytes and then pauses its own source, so
+  a busy stream cannot starve the others and memory stays bounded;
 * L{Stream} is one flow-controlled stream with a credit window in each
   direction.  Its application (L{StreamApplication}) receives data, FIN and
   RESET, and is told to pause or resume sending.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,6 +52,7 @@ class MuxSettings:
     max_streams: int = 256
     keepalive_interval: float = 15.0
     keepalive_timeout: float = 45.0
+    stream_queue_limit: int = 64 * 1024
     max_pending_per_stream: int = 1024 * 1024
     control_buffer_cap: int = 1024 * 1024
     default_rtt: float = 0.05
@@ -96,7 +101,13 @@ class StreamState:
 
 @dataclass
 class Stream:
-    """One flow-controlled stream.  Created only by L{Multiplexer}."""
+    """One flow-controlled stream.  Created only by L{Multiplexer}.
+
+    Outbound data waits in a per-stream queue until the stream has credit
+    and the multiplexer's round-robin writer gets to it; the application is
+    paused while that queue holds L{MuxSettings.stream_queue_limit} bytes or
+    more, so one busy stream cannot crowd out the others.
+    """
 
     mux: Multiplexer
     stream_id: int
@@ -109,10 +120,10 @@ class Stream:
     local_fin: bool = False
     remote_fin: bool = False
     closed: bool = False
-    _pending: bytearray = field(default_factory=bytearray)
-    _pending_fin: bool = False
-    _window_blocked: bool = False
-    _connection_blocked: bool = False
+    _queue: deque[bytes | memoryview] = field(default_factory=deque)
+    _queued: int = 0
+    _queued_fin: bool = False
+    _scheduled: bool = False
     _app_told_paused: bool = False
     _receive_paused: bool = False
     _unacked: int = 0
@@ -129,6 +140,11 @@ class Stream:
             return StreamState.HALF_CLOSED_REMOTE
         return StreamState.OPEN
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes written by the application and not yet sent."""
+        return self._queued
+
     # -- the application's side ------------------------------------------
 
     def attach(self, app: StreamApplication) -> None:
@@ -137,33 +153,38 @@ class Stream:
         self._update_app_pause()
 
     def write(self, data: bytes) -> None:
-        """Send C{data}, as far as the credit allows; the rest waits in a bounded buffer."""
-        if self.closed or self.local_fin or not data:
+        """Queue C{data} for sending; it goes out as credit and the writer's turn allow."""
+        size = len(data)
+        if self.closed or self.local_fin or not size:
             return
-        self.bytes_sent += len(data)
-        if self._pending:
-            self._pending += data
-            if len(self._pending) > self.mux.settings.max_pending_per_stream:
-                self.reset(ErrorCode.LIMIT, "sender ignored backpressure")
+        self.bytes_sent += size
+        mux = self.mux
+        if (
+            not self._queued
+            and size <= self.send_window
+            and size <= frames.MAX_DATA_CHUNK
+            and mux._can_write_now()
+        ):
+            self.send_window -= size
+            mux._write(frames.HEADER.pack(FrameType.DATA, 0, self.stream_id, size) + data)
             return
-        allowed = self.send_window
-        if allowed >= len(data):
-            self.send_window -= len(data)
-            self.mux._send_data(self.stream_id, data)
+        self._queue.append(data)
+        self._queued += size
+        if self._queued > mux.settings.max_pending_per_stream:
+            self.reset(ErrorCode.LIMIT, "sender ignored backpressure")
+            self._notify_reset(ErrorCode.LIMIT, "the application ignored backpressure")
             return
-        if allowed > 0:
-            self.send_window = 0
-            self.mux._send_data(self.stream_id, data[:allowed])
-        self._pending += data[allowed:]
-        self._set_window_blocked(True)
+        if self.send_window > 0:
+            mux._schedule(self)
+        self._update_app_pause()
 
     def end_write(self) -> None:
-        """Half-close: send FIN once pending data is out."""
+        """Half-close: send FIN once queued data is out."""
         if self.closed or self.local_fin:
             return
         self.local_fin = True
-        if self._pending:
-            self._pending_fin = True
+        if self._queued:
+            self._queued_fin = True
         else:
             self.mux._send_fin(self.stream_id)
             self._check_done()
@@ -191,6 +212,31 @@ class Stream:
             self._consumed(held)
 
     # -- the multiplexer's side ------------------------------------------
+
+    def _send_some(self, limit: int) -> None:
+        """Send one DATA frame of at most C{limit} bytes (the writer's turn)."""
+        size = min(limit, self.send_window, self._queued)
+        if size > 0:
+            queue = self._queue
+            head = queue[0]
+            if len(head) <= size:
+                queue.popleft()
+                size = len(head)
+                chunk: bytes | memoryview = head
+            else:
+                view = head if isinstance(head, memoryview) else memoryview(head)
+                chunk, queue[0] = view[:size], view[size:]
+            self.send_window -= size
+            self._queued -= size
+            self.mux._write(frames.HEADER.pack(FrameType.DATA, 0, self.stream_id, size) + chunk)
+        if not self._queued:
+            if self._queued_fin:
+                self._queued_fin = False
+                self.mux._send_fin(self.stream_id)
+                self._check_done()
+        elif self.send_window > 0:
+            self.mux._schedule(self)
+        self._update_app_pause()
 
     def _deliver(self, data: bytes) -> None:
         if self.app is None:
@@ -237,30 +283,11 @@ class Stream:
             self._notify_reset(ErrorCode.FLOW_CONTROL_ERROR, "peer sent an invalid window update")
             return
         self.send_window += increment
-        if not self._pending:
-            return
-        pending = self._pending
-        allowed = min(self.send_window, len(pending))
-        self.send_window -= allowed
-        self.mux._send_data(self.stream_id, bytes(pending[:allowed]))
-        del pending[:allowed]
-        if not pending:
-            if self._pending_fin:
-                self._pending_fin = False
-                self.mux._send_fin(self.stream_id)
-                self._check_done()
-            self._set_window_blocked(False)
-
-    def _set_window_blocked(self, blocked: bool) -> None:
-        self._window_blocked = blocked
-        self._update_app_pause()
-
-    def _set_connection_blocked(self, blocked: bool) -> None:
-        self._connection_blocked = blocked
-        self._update_app_pause()
+        if self._queued:
+            self.mux._schedule(self)
 
     def _update_app_pause(self) -> None:
-        should_pause = self._window_blocked or self._connection_blocked
+        should_pause = self._queued >= self.mux.settings.stream_queue_limit
         if should_pause == self._app_told_paused or self.app is None or self.closed:
             return
         self._app_told_paused = should_pause
@@ -276,14 +303,15 @@ class Stream:
             app.stream_reset(code, reason)
 
     def _check_done(self) -> None:
-        if self.local_fin and self.remote_fin and not self._pending and not self.closed:
+        if self.local_fin and self.remote_fin and not self._queued and not self.closed:
             self._finish()
 
     def _finish(self) -> None:
         if self.closed:
             return
         self.closed = True
-        self._pending.clear()
+        self._queue.clear()
+        self._queued = 0
         self.mux._stream_finished(self)
 
 
@@ -319,6 +347,8 @@ class Multiplexer:
         self._next_stream_id = 1 if is_client else 2
         self._highest_peer_stream = 0
         self._paused = False
+        self._ready: deque[Stream] = deque()
+        self._flushing = False
         self._control_bytes_while_paused = 0
         self._total_windows = 0
         self._keepalive_call: IDelayedCall | None = None
@@ -444,7 +474,7 @@ class Multiplexer:
     def _control_received(self, payload: bytes) -> None:
         try:
             message = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise FrameError(ErrorCode.PROTOCOL_ERROR, "CONTROL payload is not JSON") from None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise FrameError(ErrorCode.PROTOCOL_ERROR, "CONTROL message without a type")
@@ -474,17 +504,31 @@ class Multiplexer:
         self._write_frame(FrameType.GOAWAY, 0, 0, frames.encode_reason(code, reason))
         self._close(code, reason, by_peer=False)
 
-    def _send_data(self, stream_id: int, data: bytes) -> None:
-        chunk = frames.MAX_DATA_CHUNK
-        write = self._write
-        header = frames.HEADER.pack
-        if len(data) <= chunk:
-            write(header(FrameType.DATA, 0, stream_id, len(data)) + data)
+    def _can_write_now(self) -> bool:
+        """Whether a stream may write directly (nothing is waiting for its turn)."""
+        return not self._paused and not self._ready and not self.closing
+
+    def _schedule(self, stream: Stream) -> None:
+        """Give C{stream} a turn in the round-robin writer, and run the writer."""
+        if not stream._scheduled:
+            stream._scheduled = True
+            self._ready.append(stream)
+        self._run_writer()
+
+    def _run_writer(self) -> None:
+        """Send one frame per waiting stream in turn, until the transport is full."""
+        if self._flushing:
             return
-        view = memoryview(data)
-        for start in range(0, len(data), chunk):
-            part = view[start : start + chunk]
-            write(header(FrameType.DATA, 0, stream_id, len(part)) + part)
+        self._flushing = True
+        try:
+            ready = self._ready
+            while ready and not self._paused and not self.closing:
+                stream = ready.popleft()
+                stream._scheduled = False
+                if not stream.closed:
+                    stream._send_some(frames.MAX_DATA_CHUNK)
+        finally:
+            self._flushing = False
 
     def _send_fin(self, stream_id: int) -> None:
         self._write_frame(FrameType.DATA, Flag.FIN, stream_id, b"")
@@ -530,7 +574,6 @@ class Multiplexer:
             recv_credit=window,
         )
         stream._epoch = self.clock.seconds()
-        stream._connection_blocked = self._paused
         self.streams[stream_id] = stream
         self._total_windows += window
         return stream
@@ -601,19 +644,17 @@ class Multiplexer:
     # -- IPushProducer (the transport tells us it is full or drained) ----
 
     def pauseProducing(self) -> None:
+        """The transport is full: streams queue (each up to its limit) until it drains."""
         if self._paused:
             return
         self._paused = True
         self._control_bytes_while_paused = 0
-        for stream in list(self.streams.values()):
-            stream._set_connection_blocked(True)
 
     def resumeProducing(self) -> None:
         if not self._paused:
             return
         self._paused = False
-        for stream in list(self.streams.values()):
-            stream._set_connection_blocked(False)
+        self._run_writer()
 
     def stopProducing(self) -> None:
         """The transport is going away; L{connection_lost} follows and closes the streams."""

@@ -18,6 +18,9 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         yield created
     finally:
         created.stop_all()
+        for process in created.processes:  # shown by pytest when the test fails
+            print(f"=== {' '.join(process.args[:4])} (exit {process.popen.returncode})")
+            print(process.output()[-20000:])
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
