@@ -578,23 +578,9 @@ class SshKit:
         self.dir = tmp / "ssh"
         self.dir.mkdir(mode=0o700)
         for name in ("host_key", "client_key"):
-            subprocess.run(
-                [
-                    tools["ssh-keygen"],
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    f"bench-{name}",
-                    "-f",
-                    str(self.dir / name),
-                ],
-                check=True,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-            )
+            keygen = [tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-C", f"bench-{name}"]
+            keygen += ["-f", str(self.dir / name)]
+            subprocess.run(keygen, check=True, stdin=subprocess.DEVNULL, capture_output=True)
         (self.dir / "authorized_keys").write_text((self.dir / "client_key.pub").read_text())
         os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
 
@@ -661,32 +647,20 @@ class SshKit:
         """Start an sshd and an ``ssh -N -L`` client forwarding to the two servers."""
         sshd_port, sshd, config = self.start_sshd(f"sshd-{key}")
         local_iperf, local_echo = free_port(), free_port()
-        argv = [
-            self.tools["ssh"],
-            "-N",
-            "-F",
-            "/dev/null",
-            "-o",
+        options = (
             "StrictHostKeyChecking=no",
-            "-o",
             "UserKnownHostsFile=/dev/null",
-            "-o",
             "ExitOnForwardFailure=yes",
-            "-o",
             "BatchMode=yes",
-            "-o",
             "IdentitiesOnly=yes",
-            "-o",
             "LogLevel=ERROR",
-            "-i",
-            str(self.dir / "client_key"),
-            "-p",
-            str(sshd_port),
-            "-L",
-            f"{LOOPBACK}:{local_iperf}:{LOOPBACK}:{iperf_port}",
-            "-L",
-            f"{LOOPBACK}:{local_echo}:{LOOPBACK}:{echo_port}",
-        ]
+        )
+        argv = [self.tools["ssh"], "-N", "-F", "/dev/null"]
+        for option in options:
+            argv += ["-o", option]
+        argv += ["-i", str(self.dir / "client_key"), "-p", str(sshd_port)]
+        for local, remote in ((local_iperf, iperf_port), (local_echo, echo_port)):
+            argv += ["-L", f"{LOOPBACK}:{local}:{LOOPBACK}:{remote}"]
         if cipher:
             argv += ["-c", cipher]
         argv.append(f"root@{LOOPBACK}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
@@ -32,7 +32,7 @@ from shared.errors import (
 )
 from shared.frames import PROTOCOL_VERSION, ErrorCode, describe_code
 from shared.mux import MuxSettings, Stream
-from shared.tls import client_options, describe_tls_failure
+from shared.tls import client_options, describe_tls_failure, wrap_client
 
 CONNECT_TIMEOUT = 15.0
 CLOSE_TIMEOUT = 3.0
@@ -200,12 +200,12 @@ async def connect(reactor: Any, profile: Profile) -> ConsoleChannel:
     """Connect to the profile's Jumpoint and wait for its welcome."""
     ca, certificate, key = profile.read_credentials()
     options = client_options(profile.server_name, ca, certificate, key)
-    endpoint = wrapClientTLS(
-        options, HostnameEndpoint(reactor, profile.host, profile.port, timeout=CONNECT_TIMEOUT)
-    )
+    endpoint = HostnameEndpoint(reactor, profile.host, profile.port, timeout=CONNECT_TIMEOUT)
     channel = ConsoleChannel(reactor, profile)
+    factory = Factory.forProtocol(lambda: channel)
+    factory.noisy = False
     try:
-        await endpoint.connect(Factory.forProtocol(lambda: channel))
+        await endpoint.connect(wrap_client(options, factory))
     except Exception:
         raise _connect_error(Failure(), profile) from None
     await channel.welcome

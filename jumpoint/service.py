@@ -11,15 +11,15 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, SSL4ServerEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
 from jumpoint.server import JumpointCore, JumpointFactory
 from jumpoint.state import StateDatabase
+from jumpoint.targets import make_connector
 from shared.config import JumpointConfig
 from shared.frames import ErrorCode
-from shared.tls import server_options
+from shared.tls import server_options, wrap_server
 
 log = Logger()
 
@@ -63,25 +63,21 @@ def makeService(config: JumpointConfig, reactor: Any = None) -> IService:
 
         reactor = default_reactor
 
-    def connect_target(host: str, port: int, protocol: Protocol) -> Deferred[Any]:
-        endpoint = HostnameEndpoint(reactor, host, port, timeout=config.limits.connect_timeout)
-        attempt: Deferred[Any] = connectProtocol(endpoint, protocol)
-        return attempt
-
     core = JumpointCore(
         config=config,
         database=StateDatabase(config.state_database),
         clock=reactor,
-        connect_target=connect_target,
+        connect_target=make_connector(reactor, config.limits.connect_timeout),
     )
     options = server_options(
         config.ca_certificate.read_bytes(),
         config.server_certificate.read_bytes(),
         config.server_key.read_bytes(),
     )
-    endpoint = SSL4ServerEndpoint(
-        reactor, config.listen_port, options, backlog=511, interface=config.listen_host
+    endpoint_class = TCP6ServerEndpoint if ":" in config.listen_host else TCP4ServerEndpoint
+    endpoint = endpoint_class(
+        reactor, config.listen_port, backlog=511, interface=config.listen_host
     )
-    listener = StreamServerEndpointService(endpoint, JumpointFactory(core))
+    listener = StreamServerEndpointService(endpoint, wrap_server(options, JumpointFactory(core)))
     listener._raiseSynchronously = True
     return JumpointService(core, listener)
