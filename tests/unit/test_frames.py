@@ -42,7 +42,9 @@ def _payload(min_size: int = 0, max_size: int = 64) -> st.SearchStrategy[bytes]:
     return st.binary(min_size=min_size, max_size=max_size)
 
 
-def _frame(kind: FrameType, stream: st.SearchStrategy[int], payload: st.SearchStrategy[bytes]):
+def _frame(
+    kind: FrameType, stream: st.SearchStrategy[int], payload: st.SearchStrategy[bytes]
+) -> st.SearchStrategy[Frame]:
     return st.builds(Frame, st.just(kind), flag_bits, stream, payload)
 
 

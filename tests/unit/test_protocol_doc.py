@@ -301,8 +301,8 @@ def test_frame_types_drift_in_doc_is_caught(old: str, new: str) -> None:
 
 def test_enum_drift_in_code_is_caught() -> None:
     text = doc_text()
-    extra = enum.IntEnum("FrameType", {**_enum_members(frames.FrameType), "PRIORITY": 7})
-    assert check_enum_table(text, "Frame types", FRAME_COLUMNS, _enum_members(extra)) != []
+    extra = {**_enum_members(frames.FrameType), "PRIORITY": 7}
+    assert check_enum_table(text, "Frame types", FRAME_COLUMNS, extra) != []
     renumbered = {**_enum_members(frames.ErrorCode), "SHUTDOWN": 15}
     assert check_enum_table(text, "Error codes", CODE_COLUMNS, renumbered) != []
     fewer = {k: v for k, v in _enum_members(frames.Flag).items() if k != "ACK"}
@@ -366,11 +366,13 @@ def test_control_drift_in_doc_is_caught(old: str, new: str) -> None:
 
 def test_control_drift_in_code_is_caught() -> None:
     text = doc_text()
-    more_fields = {**control._FIELDS, "close_session": {"id": int, "session": str}}
+    more_fields: dict[str, Mapping[str, object]] = {
+        **control._FIELDS, "close_session": {"id": int, "session": str}
+    }
     assert check_control_messages(
         text, more_fields, control.CONSOLE_MESSAGES, control.JUMPOINT_MESSAGES
     ) != []
-    new_type = {**control._FIELDS, "ping": {"id": int}}
+    new_type: dict[str, Mapping[str, object]] = {**control._FIELDS, "ping": {"id": int}}
     assert check_control_messages(
         text, new_type, control.CONSOLE_MESSAGES | {"ping"}, control.JUMPOINT_MESSAGES
     ) != []

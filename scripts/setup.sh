@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for jumpoint: Debian packages the tests use, and a
+# virtual environment (.venv) with jumpoint installed in editable mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(redis-server redis-tools curl ca-certificates)
+if [ "${JUMPOINT_SKIP_APT:-}" != 1 ]; then
+  if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
+  echo "setup: installing Debian packages: ${APT_PACKAGES[*]}" >&2
+  "${SUDO[@]}" apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q "${APT_PACKAGES[@]}" >&2
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  if ! "$PYTHON" -m venv .venv >&2; then
+    echo "setup: python3 -m venv failed; installing python3-venv" >&2
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q python3-venv >&2
+    "$PYTHON" -m venv .venv >&2
+  fi
+fi
+.venv/bin/python -m pip install -q --upgrade pip >&2
+.venv/bin/python -m pip install -q -e '.[test]' >&2
+echo "setup: ready (.venv/bin/jumpoint, .venv/bin/jump)" >&2
