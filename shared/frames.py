@@ -143,7 +143,7 @@ MAX_REASON_BYTES = 1024
 
 def encode_reason(code: int, reason: str) -> bytes:
     """The payload of RESET and GOAWAY: a u32 code and a UTF-8 reason (truncated)."""
-    raw = reason.encode("utf-8")[:MAX_REASON_BYTES]
+    raw = reason.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore").encode("utf-8")
     return _CODE.pack(code) + raw
 
 
@@ -221,14 +221,16 @@ class FrameParser:
                     ErrorCode.FRAME_SIZE_ERROR,
                     f"frame of {length} bytes exceeds the limit of {self._max_payload}",
                 )
-            if end - offset - HEADER_SIZE < length:
-                break
             try:
                 frame_type = FrameType(type_value)
             except ValueError:
                 raise FrameError(
                     ErrorCode.PROTOCOL_ERROR, f"unknown frame type 0x{type_value:02x}"
                 ) from None
+            if stream_id > MAX_STREAM_ID:
+                raise FrameError(ErrorCode.PROTOCOL_ERROR, f"stream id {stream_id} out of range")
+            if end - offset - HEADER_SIZE < length:
+                break
             start = offset + HEADER_SIZE
             frame = Frame(frame_type, flags, stream_id, bytes(view[start : start + length]))
             validate(frame)

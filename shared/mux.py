@@ -19,8 +19,9 @@ credit; the receiver re-opens the window with WINDOW_UPDATE once its
 application has consumed the data -- while the application has paused
 reception (its own socket is full) consumed credit is held back.  Windows
 start at L{MuxSettings.initial_window} and double, up to
-L{MuxSettings.max_stream_window}, whenever a whole window is consumed within a
-few round trips, as long as the sum of all windows stays under
+L{MuxSettings.max_stream_window}, whenever the quarter window that triggers a
+WINDOW_UPDATE was consumed within four round trips of the previous update, as
+long as the sum of all windows stays under
 L{MuxSettings.session_window_cap}.  A stream that exceeds its credit is reset;
 framing errors drop the whole connection.
 """
@@ -28,6 +29,7 @@ framing errors drop the whole connection.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -170,12 +172,14 @@ class Stream:
             return
         self._queue.append(data)
         self._queued += size
+        if self.send_window > 0:
+            mux._schedule(self)
+            if self.state == StreamState.CLOSED:  # the writer may have reset it
+                return
         if self._queued > mux.settings.max_pending_per_stream:
             self.reset(ErrorCode.LIMIT, "sender ignored backpressure")
             self._notify_reset(ErrorCode.LIMIT, "the application ignored backpressure")
             return
-        if self.send_window > 0:
-            mux._schedule(self)
         self._update_app_pause()
 
     def end_write(self) -> None:
@@ -398,6 +402,10 @@ class Multiplexer:
                 self._check_known(frame)
                 return
             if frame.payload:
+                if stream.remote_fin:
+                    stream.reset(ErrorCode.PROTOCOL_ERROR, "DATA after FIN")
+                    stream._notify_reset(ErrorCode.PROTOCOL_ERROR, "the peer sent DATA after FIN")
+                    return
                 stream._data_received(frame.payload)
             if frame.flags & Flag.FIN and not stream.closed:
                 stream._fin_received()
@@ -414,6 +422,8 @@ class Multiplexer:
             stream = self.streams.get(frame.stream_id)
             if stream is not None:
                 stream._notify_reset(code, reason)
+            else:
+                self._check_known(frame)
         elif kind is FrameType.PING:
             self._ping_received(frame)
         elif kind is FrameType.GOAWAY:
@@ -459,12 +469,16 @@ class Multiplexer:
 
     def _ping_received(self, frame: Frame) -> None:
         if frame.flags & Flag.ACK:
+            if not self._ping_outstanding:
+                return  # unsolicited: not ours to measure
             self._ping_outstanding = False
             if self._ping_deadline is not None and self._ping_deadline.active():
                 self._ping_deadline.cancel()
             self._ping_deadline = None
             (sent,) = _PING.unpack(frame.payload)
-            rtt = max(self.clock.seconds() - sent, 0.0)
+            rtt = self.clock.seconds() - sent
+            if not math.isfinite(rtt) or not 0 <= rtt <= self.settings.keepalive_timeout:
+                return
             self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
             if self._on_rtt is not None:
                 self._on_rtt(rtt)
@@ -604,6 +618,8 @@ class Multiplexer:
         if not self._ping_outstanding:
             self._ping_outstanding = True
             self._write_control_frame(FrameType.PING, 0, _PING.pack(self.clock.seconds()))
+            if self.is_closed():  # the control-frame cap may have closed it
+                return
             self._ping_deadline = self.clock.callLater(
                 self.settings.keepalive_timeout, self._ping_timed_out
             )

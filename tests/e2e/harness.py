@@ -164,12 +164,12 @@ class Process:
         self.join_output()
 
     def output(self) -> str:
-        return "\n".join(
-            ["--- stdout:", *self.stdout_lines, "--- stderr:", *self.stderr_lines]
-        )
+        return "\n".join(["--- stdout:", *self.stdout_lines, "--- stderr:", *self.stderr_lines])
 
 
-def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         args, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )
@@ -227,8 +227,15 @@ class Deployment:
     def create(self) -> Deployment:
         self.port = free_port()
         self.jumpoint(
-            "init", "--dir", str(self.directory), "--name", "test",
-            "--listen", f"127.0.0.1:{self.port}", "--address", "127.0.0.1",
+            "init",
+            "--dir",
+            str(self.directory),
+            "--name",
+            "test",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--address",
+            "127.0.0.1",
         )
         self.write_items()
         self.add_user(self.user)
@@ -253,8 +260,10 @@ class Deployment:
     def serve(self) -> Process:
         process = Process([*tool("jumpoint"), "serve", *self.serve_args], self.env())
         self.processes.append(process)
-        wait_until(lambda: port_open("127.0.0.1", self.port) or process.popen.poll() is not None,
-                   what="the Jumpoint to listen")
+        wait_until(
+            lambda: port_open("127.0.0.1", self.port) or process.popen.poll() is not None,
+            what="the Jumpoint to listen",
+        )
         assert process.popen.poll() is None, process.output()
         return process
 
@@ -274,7 +283,9 @@ def tunnel_address(ready: dict[str, Any], index: int = 0) -> tuple[str, int]:
 
 
 @contextmanager
-def background_process(args: list[str], ready: Callable[[], bool], what: str) -> Iterator[subprocess.Popen[bytes]]:
+def background_process(
+    args: list[str], ready: Callable[[], bool], what: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run a real server (redis-server, http.server...) until the block ends."""
     process = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

@@ -8,6 +8,7 @@ an HTTP server) are started by the tests themselves.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import threading
@@ -41,10 +42,8 @@ class _ThreadedServer:
             threading.Thread(target=self._run, args=(connection,), daemon=True).start()
 
     def _run(self, connection: socket.socket) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.handle(connection)
-        except OSError:
-            pass
 
     def handle(self, connection: socket.socket) -> None:
         raise NotImplementedError
@@ -60,10 +59,8 @@ class _ThreadedServer:
         self.listener.close()
         with self.lock:
             for connection in self.connections:
-                try:
+                with contextlib.suppress(OSError):
                     connection.close()
-                except OSError:
-                    pass
 
 
 class EchoServer(_ThreadedServer):

@@ -14,7 +14,9 @@ from tests.e2e.servers import EchoServer, FirehoseServer, SinkServer
 LIMIT = 256
 
 
-async def _open_all(host: str, port: int, count: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+async def _open_all(
+    host: str, port: int, count: int
+) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     return list(await asyncio.gather(*(asyncio.open_connection(host, port) for _ in range(count))))
 
 
@@ -40,8 +42,12 @@ def test_256_concurrent_connections_with_sha256_and_the_257th_refused(deployment
     echo = EchoServer()
     try:
         deployment.items = [
-            {"name": "echo", "type": "tcp", "host": "127.0.0.1",
-             "tunnels": [{"local_port": "auto", "remote_port": echo.port}]}
+            {
+                "name": "echo",
+                "type": "tcp",
+                "host": "127.0.0.1",
+                "tunnels": [{"local_port": "auto", "remote_port": echo.port}],
+            }
         ]
         deployment.create().serve()
         session = deployment.open("echo")
@@ -73,9 +79,13 @@ def test_256_concurrent_connections_with_sha256_and_the_257th_refused(deployment
         session.wait_for_stderr("refused a local connection")
         stats = wait_until(
             lambda: next(
-                (e for e in reversed(session.json_events())
-                 if e["event"] == "stats" and e["tunnels"][0]["total_connections"] == LIMIT
-                 and e["connections"] == 0),
+                (
+                    e
+                    for e in reversed(session.json_events())
+                    if e["event"] == "stats"
+                    and e["tunnels"][0]["total_connections"] == LIMIT
+                    and e["connections"] == 0
+                ),
                 None,
             ),
             what="stats after all connections closed",
@@ -85,7 +95,9 @@ def test_256_concurrent_connections_with_sha256_and_the_257th_refused(deployment
         echo.close()
 
 
-def _fill_until_blocked(sock: socket.socket, block: bytes, quiet: float = 2.0, limit: float = 60.0) -> int:
+def _fill_until_blocked(
+    sock: socket.socket, block: bytes, quiet: float = 2.0, limit: float = 60.0
+) -> int:
     """Write until nothing more is accepted for C{quiet} seconds; returns bytes written."""
     sock.setblocking(False)
     written = 0
@@ -110,9 +122,15 @@ def test_a_reader_that_stops_reading_keeps_memory_bounded(deployment: Deployment
     echo = EchoServer()
     try:
         deployment.items = [
-            {"name": "slow", "type": "tcp", "host": "127.0.0.1",
-             "tunnels": [{"local_port": "auto", "remote_port": sink.port},
-                         {"local_port": "auto", "remote_port": echo.port}]}
+            {
+                "name": "slow",
+                "type": "tcp",
+                "host": "127.0.0.1",
+                "tunnels": [
+                    {"local_port": "auto", "remote_port": sink.port},
+                    {"local_port": "auto", "remote_port": echo.port},
+                ],
+            }
         ]
         server = deployment.create().serve()
         session = deployment.open("slow")
@@ -144,8 +162,12 @@ def test_a_client_that_stops_reading_keeps_memory_bounded(deployment: Deployment
     firehose = FirehoseServer()
     try:
         deployment.items = [
-            {"name": "fire", "type": "tcp", "host": "127.0.0.1",
-             "tunnels": [{"local_port": "auto", "remote_port": firehose.port}]}
+            {
+                "name": "fire",
+                "type": "tcp",
+                "host": "127.0.0.1",
+                "tunnels": [{"local_port": "auto", "remote_port": firehose.port}],
+            }
         ]
         server = deployment.create().serve()
         session = deployment.open("fire")

@@ -70,8 +70,12 @@ def test_the_console_checks_the_jumpoint_name(deployment: Deployment):
 def test_revoking_a_user_closes_their_session_and_refuses_new_ones(deployment: Deployment):
     """`jumpoint user revoke` acts on the running daemon without a restart."""
     deployment.items = [
-        {"name": "web", "type": "tcp", "host": "127.0.0.1",
-         "tunnels": [{"local_port": "auto", "remote_port": 9}]}
+        {
+            "name": "web",
+            "type": "tcp",
+            "host": "127.0.0.1",
+            "tunnels": [{"local_port": "auto", "remote_port": 9}],
+        }
     ]
     deployment.create().serve()
     session = deployment.open("web")
@@ -94,8 +98,12 @@ def test_garbage_and_a_tls_client_without_certificate_leave_the_jumpoint_serving
 ):
     """Random bytes and a certificate-less TLS client are dropped; the Jumpoint still serves."""
     deployment.items = [
-        {"name": "web", "type": "tcp", "host": "127.0.0.1",
-         "tunnels": [{"local_port": "auto", "remote_port": 9}]}
+        {
+            "name": "web",
+            "type": "tcp",
+            "host": "127.0.0.1",
+            "tunnels": [{"local_port": "auto", "remote_port": 9}],
+        }
     ]
     server = deployment.create().serve()
     address = ("127.0.0.1", deployment.port)
@@ -123,5 +131,7 @@ def test_garbage_and_a_tls_client_without_certificate_leave_the_jumpoint_serving
     session = deployment.open("web")
     tunnel_address(session.wait_for_event("ready"))
     assert server.popen.poll() is None
-    wait_until(lambda: any("TLS" in line for line in server.stdout_lines),
-               what="the Jumpoint to log the failed TLS handshake")
+    wait_until(
+        lambda: any("TLS" in line for line in server.stdout_lines),
+        what="the Jumpoint to log the failed TLS handshake",
+    )

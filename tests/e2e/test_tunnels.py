@@ -30,14 +30,27 @@ def test_curl_through_a_tunnel_to_a_real_http_server(deployment: Deployment, tmp
     (site / "blob.bin").write_bytes(payload)
     http_port = free_port()
     with background_process(
-        [sys.executable, "-m", "http.server", str(http_port), "--bind", "127.0.0.1",
-         "--directory", str(site)],
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(http_port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(site),
+        ],
         lambda: port_open("127.0.0.1", http_port),
         "the HTTP server",
     ):
         deployment.items = [
-            {"name": "web", "type": "tcp", "host": "127.0.0.1", "local_address": "127.0.0.7",
-             "tunnels": [{"local_port": "auto", "remote_port": http_port}]}
+            {
+                "name": "web",
+                "type": "tcp",
+                "host": "127.0.0.1",
+                "local_address": "127.0.0.7",
+                "tunnels": [{"local_port": "auto", "remote_port": http_port}],
+            }
         ]
         deployment.create().serve()
         session = deployment.open("web")
@@ -50,7 +63,9 @@ def test_curl_through_a_tunnel_to_a_real_http_server(deployment: Deployment, tmp
         out = tmp_path / "fetched.bin"
         result = subprocess.run(
             ["curl", "-sS", "--fail", "-o", str(out), f"http://{host}:{port}/blob.bin"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert result.returncode == 0, result.stderr
         assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(payload).digest()
@@ -79,14 +94,28 @@ def test_redis_cli_through_a_tunnel(deployment: Deployment):
     assert redis, "redis-server is required (apt-get install redis-server)"
     redis_port = free_port()
     with background_process(
-        [redis, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
+        [
+            redis,
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
         lambda: port_open("127.0.0.1", redis_port),
         "redis-server",
     ):
         deployment.items = [
-            {"name": "cache", "type": "tcp", "host": "127.0.0.1", "local_address": "127.0.0.8",
-             "tunnels": [{"local_port": "auto", "remote_port": redis_port}]}
+            {
+                "name": "cache",
+                "type": "tcp",
+                "host": "127.0.0.1",
+                "local_address": "127.0.0.8",
+                "tunnels": [{"local_port": "auto", "remote_port": redis_port}],
+            }
         ]
         deployment.create().serve()
         session = deployment.open("cache")
@@ -115,9 +144,15 @@ def test_command_runs_with_the_tunnels_and_passes_its_exit_status(deployment: De
         "the HTTP server",
     ):
         deployment.items = [
-            {"name": "web", "type": "tcp", "host": "127.0.0.1",
-             "tunnels": [{"local_port": "auto", "remote_port": port},
-                         {"local_port": free_port(), "remote_port": 9}]}
+            {
+                "name": "web",
+                "type": "tcp",
+                "host": "127.0.0.1",
+                "tunnels": [
+                    {"local_port": "auto", "remote_port": port},
+                    {"local_port": free_port(), "remote_port": 9},
+                ],
+            }
         ]
         deployment.create().serve()
         script = (
@@ -137,8 +172,12 @@ def test_command_runs_with_the_tunnels_and_passes_its_exit_status(deployment: De
 def test_for_duration_closes_the_session(deployment: Deployment):
     """--for ends the session by itself with a closed event."""
     deployment.items = [
-        {"name": "web", "type": "tcp", "host": "127.0.0.1",
-         "tunnels": [{"local_port": "auto", "remote_port": 9}]}
+        {
+            "name": "web",
+            "type": "tcp",
+            "host": "127.0.0.1",
+            "tunnels": [{"local_port": "auto", "remote_port": 9}],
+        }
     ]
     deployment.create().serve()
     session = deployment.open("web", "--for", "1s")
@@ -152,9 +191,15 @@ def test_for_duration_closes_the_session(deployment: Deployment):
 def test_items_lists_the_configured_items(deployment: Deployment):
     """`jump items --json` shows every item the user may open."""
     deployment.items = [
-        {"name": "db", "type": "tcp", "host": "db.corp.example", "local_address": "127.0.0.5",
-         "tunnels": [{"local_port": 5432, "remote_port": 5432}], "tag": "prod",
-         "comments": "main database"},
+        {
+            "name": "db",
+            "type": "tcp",
+            "host": "db.corp.example",
+            "local_address": "127.0.0.5",
+            "tunnels": [{"local_port": 5432, "remote_port": 5432}],
+            "tag": "prod",
+            "comments": "main database",
+        },
     ]
     deployment.create().serve()
     result = deployment.jump("items", "--json")

@@ -159,7 +159,10 @@ class Pair:
     def _side(self, is_client: bool, settings: MuxSettings | None, h: RecordingHandler) -> Side:
         rtts: list[float] = []
         mux = Multiplexer(
-            is_client=is_client, handler=h, clock=self.clock, settings=settings,
+            is_client=is_client,
+            handler=h,
+            clock=self.clock,
+            settings=settings,
             on_rtt=rtts.append,
         )
         transport = FakeTransport()
@@ -620,9 +623,7 @@ def test_autotune_uses_measured_rtt() -> None:
 
 
 def test_autotune_respects_session_window_cap() -> None:
-    settings = MuxSettings(
-        initial_window=1024, max_stream_window=1 << 20, session_window_cap=4096
-    )
+    settings = MuxSettings(initial_window=1024, max_stream_window=1 << 20, session_window_cap=4096)
     pair = Pair(settings)
     fast, fast_app, fast_peer, _ = pair.open()
     _, _, idle_peer, _ = pair.open()
@@ -699,10 +700,6 @@ def test_duplicate_fin_is_ignored() -> None:
     assert not pair.server.mux.closing
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DATA after the peer's FIN is delivered to the application instead of being refused",
-)
 def test_data_after_fin_is_refused() -> None:
     pair = Pair()
     stream, _, _, peer_app = pair.open()
@@ -749,10 +746,25 @@ def test_reset_reason_is_truncated() -> None:
     pair.flush()
 
 
-def test_reset_of_unknown_stream_is_ignored() -> None:
+def test_reset_of_a_never_opened_stream_is_a_protocol_error() -> None:
     pair = Pair()
     pair.server.mux.data_received(
         encode_frame(FrameType.RESET, 0, 99, frames.encode_reason(ErrorCode.CANCEL, "x"))
+    )
+    assert pair.server.mux.closing
+
+
+def test_reset_of_a_closed_stream_is_ignored() -> None:
+    pair = Pair()
+    stream = pair.client.mux.open_stream(TARGET)
+    stream.attach(RecordingApp())
+    pair.flush()
+    stream.reset(ErrorCode.CANCEL, "gone")
+    pair.flush()
+    pair.server.mux.data_received(
+        encode_frame(
+            FrameType.RESET, 0, stream.stream_id, frames.encode_reason(ErrorCode.CANCEL, "x")
+        )
     )
     assert not pair.server.mux.closing
 
@@ -1066,10 +1078,6 @@ def test_control_message_size_limit() -> None:
         pair.client.mux.send_control({"type": "x", "pad": "a" * frames.MAX_CONTROL_PAYLOAD})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_send_ping schedules its timers after _write_control_frame closed the mux",
-)
 def test_no_timers_left_after_keepalive_ping_overflows_control_cap() -> None:
     pair = Pair(MuxSettings(control_buffer_cap=10))
     pair.client.mux.pauseProducing()

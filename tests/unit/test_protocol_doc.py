@@ -74,8 +74,9 @@ def _parse_number(cell: str) -> int | float:
 
 
 def _duplicates(names: list[str]) -> list[str]:
-    return [f"{name} is listed more than once" for name in sorted(set(names))
-            if names.count(name) > 1]
+    return [
+        f"{name} is listed more than once" for name in sorted(set(names)) if names.count(name) > 1
+    ]
 
 
 # -- checks ------------------------------------------------------------------
@@ -92,8 +93,9 @@ def check_enum_table(
         if name not in documented:
             problems.append(f"{heading}: {name} missing from the document")
         elif documented[name] != int(value):
-            problems.append(f"{heading}: {name} is {documented[name]} in the document,"
-                            f" {int(value)} in the code")
+            problems.append(
+                f"{heading}: {name} is {documented[name]} in the document, {int(value)} in the code"
+            )
     for name in documented.keys() - members.keys():
         problems.append(f"{heading}: {name} is documented but not in the code")
     values = list(documented.values())
@@ -150,15 +152,22 @@ def check_limits(text: str, settings: MuxSettings | None = None) -> list[str]:
         if expected is None:
             problems.append(f"Limits: {name} is neither a MuxSettings field nor a constant")
         elif type(expected) is not type(value) or expected != value:
-            problems.append(f"Limits: {name} is {value!r} in the document,"
-                            f" {expected!r} in the code")
+            problems.append(
+                f"Limits: {name} is {value!r} in the document, {expected!r} in the code"
+            )
     for name in sorted((code.keys() | REQUIRED_LIMITS) - documented.keys()):
         problems.append(f"Limits: {name} missing from the document")
     return problems
 
 
-JSON_TYPES = {int: "integer", str: "string", dict: "object", list: "array",
-              float: "number", bool: "boolean"}
+JSON_TYPES = {
+    int: "integer",
+    str: "string",
+    dict: "object",
+    list: "array",
+    float: "number",
+    bool: "boolean",
+}
 DIRECTIONS = {"console → jumpoint": "console", "jumpoint → console": "jumpoint"}
 
 
@@ -270,9 +279,21 @@ def test_header_layout_and_alpn() -> None:
 def test_required_sections() -> None:
     headings = set(re.findall(r"^## (.+)$", doc_text(), flags=re.MULTILINE))
     for heading in [
-        "Overview", "Frame layout", "Frame types", "Flags", "Error codes", "Limits",
-        "Hello exchange", "Control messages", "Flow control", "Half-close", "RESET",
-        "PING and keepalive", "GOAWAY and closing", "Errors", "Stream limit",
+        "Overview",
+        "Frame layout",
+        "Frame types",
+        "Flags",
+        "Error codes",
+        "Limits",
+        "Hello exchange",
+        "Control messages",
+        "Flow control",
+        "Half-close",
+        "RESET",
+        "PING and keepalive",
+        "GOAWAY and closing",
+        "Errors",
+        "Stream limit",
     ]:
         assert heading in headings, heading
 
@@ -321,9 +342,7 @@ def test_enum_drift_in_code_is_caught() -> None:
 def test_flag_and_code_drift_in_doc_is_caught(old: str, new: str) -> None:
     text = _replace_once(doc_text(), old, new)
     problems = check_enum_table(text, "Flags", CODE_COLUMNS, _enum_members(frames.Flag))
-    problems += check_enum_table(
-        text, "Error codes", CODE_COLUMNS, _enum_members(frames.ErrorCode)
-    )
+    problems += check_enum_table(text, "Error codes", CODE_COLUMNS, _enum_members(frames.ErrorCode))
     assert problems != []
 
 
@@ -367,16 +386,24 @@ def test_control_drift_in_doc_is_caught(old: str, new: str) -> None:
 def test_control_drift_in_code_is_caught() -> None:
     text = doc_text()
     more_fields: dict[str, Mapping[str, object]] = {
-        **control._FIELDS, "close_session": {"id": int, "session": str}
+        **control._FIELDS,
+        "close_session": {"id": int, "session": str},
     }
-    assert check_control_messages(
-        text, more_fields, control.CONSOLE_MESSAGES, control.JUMPOINT_MESSAGES
-    ) != []
+    assert (
+        check_control_messages(
+            text, more_fields, control.CONSOLE_MESSAGES, control.JUMPOINT_MESSAGES
+        )
+        != []
+    )
     new_type: dict[str, Mapping[str, object]] = {**control._FIELDS, "ping": {"id": int}}
-    assert check_control_messages(
-        text, new_type, control.CONSOLE_MESSAGES | {"ping"}, control.JUMPOINT_MESSAGES
-    ) != []
+    assert (
+        check_control_messages(
+            text, new_type, control.CONSOLE_MESSAGES | {"ping"}, control.JUMPOINT_MESSAGES
+        )
+        != []
+    )
     moved = control.CONSOLE_MESSAGES - {"hello"}
-    assert check_control_messages(
-        text, control._FIELDS, moved, control.JUMPOINT_MESSAGES | {"hello"}
-    ) != []
+    assert (
+        check_control_messages(text, control._FIELDS, moved, control.JUMPOINT_MESSAGES | {"hello"})
+        != []
+    )
