@@ -1,8 +1,9 @@
 """Connecting streams to their targets on the Jumpoint's network.
 
-IP literals are dialled directly; host names go through Twisted's
-L{HostnameEndpoint} (resolution, then every address, happy-eyeballs style).
-The connecting factory is quiet: no log line per connection attempt.
+IP literals are dialled directly with C{connectTCP} (no endpoint wrapper
+between the socket and the bridge, no resolver round trip); host names go
+through Twisted's L{HostnameEndpoint} (resolution, then every address,
+happy-eyeballs style).  Nothing is logged per connection attempt.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IConnector
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.python.failure import Failure
 
 Connector = Callable[[str, int, Protocol], "Deferred[Any]"]
 
@@ -31,24 +33,45 @@ class _OneProtocol(Factory):
         return self._protocol
 
 
-def target_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
-    """The endpoint that reaches C{host}:C{port}."""
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return HostnameEndpoint(reactor, host, port, timeout=timeout)
-    if address.version == 4:
-        return TCP4ClientEndpoint(reactor, str(address), port, timeout=timeout)
-    return TCP6ClientEndpoint(reactor, str(address), port, timeout=timeout)
+class _DirectConnection(ClientFactory):
+    """connectTCP for one protocol: the Deferred fires on connect or failure."""
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+        self._connector: IConnector | None = None
+        self.result: Deferred[Any] = Deferred(self._cancel)
+
+    def _cancel(self, result: Deferred[Any]) -> None:
+        if self._connector is not None:
+            self._connector.stopConnecting()
+
+    def startedConnecting(self, connector: IConnector) -> None:
+        self._connector = connector
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        if not self.result.called:
+            self.result.callback(self._protocol)
+        return self._protocol
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        if not self.result.called:
+            self.result.errback(reason)
 
 
 def make_connector(reactor: Any, timeout: float) -> Connector:
     """A function connecting a protocol to a target, as L{JumpointCore} wants it."""
 
     def connect(host: str, port: int, protocol: Protocol) -> Deferred[Any]:
-        attempt: Deferred[Any] = target_endpoint(reactor, host, port, timeout).connect(
-            _OneProtocol(protocol)
-        )
-        return attempt
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+            attempt: Deferred[Any] = endpoint.connect(_OneProtocol(protocol))
+            return attempt
+        factory = _DirectConnection(protocol)
+        reactor.connectTCP(str(address), port, factory, timeout=timeout)
+        return factory.result
 
     return connect

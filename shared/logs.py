@@ -8,20 +8,53 @@ never passed as log fields.
 from __future__ import annotations
 
 import sys
-from typing import IO
+import time
+from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
+    formatEvent,
     formatEventAsClassicLogText,
     globalLogBeginner,
     jsonFileLogObserver,
-    textFileLogObserver,
 )
+from zope.interface import implementer
 
 LOG_FORMATS = ("text", "json")
+
+
+@implementer(ILogObserver)
+class TextLogObserver:
+    """One line per event: C{TIME [namespace#level] message}, plus any traceback.
+
+    Lighter than Twisted's text observer (the time prefix is formatted once a
+    second), which matters when every tunnelled connection is logged.
+    """
+
+    def __init__(self, output: IO[str]) -> None:
+        self._output = output
+        self._second = -1
+        self._stamp = ""
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        when = event.get("log_time") or time.time()
+        second = int(when)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(second))
+        level = event.get("log_level")
+        level_name = level.name if level is not None else "-"
+        line = (
+            f"{self._stamp} [{event.get('log_namespace', '-')}#{level_name}] {formatEvent(event)}"
+        )
+        failure = event.get("log_failure")
+        if failure is not None:
+            line += "\n" + failure.getTraceback()
+        self._output.write(line.rstrip("\n") + "\n")
+        self._output.flush()
 
 
 def make_observer(
@@ -29,10 +62,7 @@ def make_observer(
 ) -> ILogObserver:
     """An observer writing events at C{level} or above to C{output} (stderr by default)."""
     stream = output if output is not None else sys.stderr
-    if log_format == "json":
-        observer = jsonFileLogObserver(stream)
-    else:
-        observer = textFileLogObserver(stream, timeFormat="%Y-%m-%dT%H:%M:%S%z")
+    observer = jsonFileLogObserver(stream) if log_format == "json" else TextLogObserver(stream)
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
     return FilteringLogObserver(observer, [predicate])
 
