@@ -1,0 +1,158 @@
+"""The TCP bridge's backpressure and half-close, and the state database."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from jumpoint import pki
+from jumpoint.state import MIGRATIONS, StateDatabase
+from shared.bridge import TcpBridge
+from shared.errors import UnknownUser, UsageError
+from shared.files import write_private
+from shared.frames import FrameParser, FrameType
+from shared.mux import Multiplexer, MuxSettings
+
+
+class WireTransport(StringTransport):
+    """A transport under the mux that records frames and half-closes."""
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+class Handler:
+    def control_received(self, message: dict[str, Any]) -> None:
+        pass
+
+    def stream_requested(self, stream: Any, payload: bytes) -> None:
+        pass
+
+    def mux_closing(self, code: int, reason: str, by_peer: bool) -> None:
+        pass
+
+
+def make_mux() -> tuple[Multiplexer, StringTransport]:
+    mux = Multiplexer(is_client=True, handler=Handler(), clock=Clock(), settings=MuxSettings())
+    wire = StringTransport()
+    mux.make_connection(wire)
+    mux.establish()
+    return mux, wire
+
+
+def frames_in(wire: StringTransport) -> list[Any]:
+    return FrameParser(1 << 20).feed(wire.value())
+
+
+def test_a_full_socket_holds_back_credit_until_it_drains() -> None:
+    """Credit is re-opened only once the local socket has taken the data."""
+    mux, wire = make_mux()
+    stream = mux.open_stream(b"{}")
+    local = WireTransport()
+    bridge = TcpBridge(stream)
+    bridge.makeConnection(local)
+    assert local.producer is not None and local.streaming
+    window = stream.recv_window
+    # the socket's buffer is full: Twisted pauses the registered producer
+    local.producer.pauseProducing()
+    wire.clear()
+    stream._data_received(b"x" * (window // 2))
+    assert local.value() == b"x" * (window // 2)  # delivered to the socket's buffer...
+    assert not any(f.type is FrameType.WINDOW_UPDATE for f in frames_in(wire))  # ...not credited
+    local.producer.resumeProducing()  # drained
+    updates = [f for f in frames_in(wire) if f.type is FrameType.WINDOW_UPDATE]
+    assert len(updates) == 1
+
+
+def test_a_stream_that_cannot_send_stops_reading_the_socket() -> None:
+    """With a full queue the bridge pauses its socket; it resumes once the queue drains."""
+    mux, wire = make_mux()
+    stream = mux.open_stream(b"{}")
+    local = WireTransport()
+    bridge = TcpBridge(stream)
+    bridge.makeConnection(local)
+    mux.pauseProducing()  # the channel's TLS transport is full
+    bridge.dataReceived(b"y" * (mux.settings.stream_queue_limit + 1))
+    assert local.producerState == "paused"
+    mux.resumeProducing()
+    assert local.producerState == "producing"
+    assert stream.queued_bytes == 0
+
+
+def test_end_of_input_becomes_fin_and_fin_becomes_a_write_shutdown() -> None:
+    mux, wire = make_mux()
+    stream = mux.open_stream(b"{}")
+    local = WireTransport()
+    bridge = TcpBridge(stream)
+    bridge.makeConnection(local)
+    wire.clear()
+    bridge.readConnectionLost()
+    (fin,) = frames_in(wire)
+    assert fin.type is FrameType.DATA and fin.flags & 1 and fin.payload == b""
+    stream._fin_received()
+    assert local.write_closed
+    assert local.producer is None  # unregistered before the half-close (Twisted quirk)
+
+
+def test_data_before_the_target_connects_waits_without_credit() -> None:
+    """On the Jumpoint, bytes that arrive before the target connects are held, uncredited."""
+    mux, wire = make_mux()
+    stream = mux.open_stream(b"{}")
+    bridge = TcpBridge(stream)
+    bridge.wait_for_connection()
+    wire.clear()
+    window = stream.recv_window
+    stream._data_received(b"z" * window)
+    assert not any(f.type is FrameType.WINDOW_UPDATE for f in frames_in(wire))
+    target = WireTransport()
+    bridge.makeConnection(target)
+    assert target.value() == b"z" * window
+    assert any(f.type is FrameType.WINDOW_UPDATE for f in frames_in(wire))
+
+
+def test_state_database_users_and_revocation(tmp_path: Path) -> None:
+    database = StateDatabase(tmp_path / "state.db")
+    assert database.schema_version == len(MIGRATIONS)
+    database.add_user("alice", "default", "abc1", "2099-01-01")
+    with pytest.raises(UsageError, match="already exists"):
+        database.add_user("alice", "default", "abc2", "2099-01-01")
+    user, why = database.user_for_certificate("abc1")
+    assert user is not None and user.name == "alice" and why == ""
+    other = StateDatabase(tmp_path / "state.db")  # the admin command: another connection
+    before = database.data_version()
+    assert other.revoke_user("alice") == 1
+    assert database.data_version() != before  # the daemon notices
+    user, why = database.user_for_certificate("abc1")
+    assert user is None and "revoked" in why
+    assert database.user_for_certificate("ffff") == (
+        None,
+        "the certificate is not registered on this Jumpoint",
+    )
+    with pytest.raises(UnknownUser):
+        other.revoke_user("bob")
+    # re-enrolling a revoked user issues a new certificate; the old one stays revoked
+    database.add_user("alice", "ops", "abc3", "2099-01-01")
+    assert database.user_for_certificate("abc3")[0] is not None
+    assert database.user_for_certificate("abc1")[0] is None
+    assert [u.group for u in database.list_users()] == ["ops"]
+    reopened = StateDatabase(tmp_path / "state.db")  # migrations are not re-run
+    assert reopened.schema_version == len(MIGRATIONS)
+
+
+def test_private_files_are_0600(tmp_path: Path) -> None:
+    ca = pki.create_ca("unit")
+    write_private(tmp_path / "ca.key", ca.key_pem)
+    assert stat.S_IMODE((tmp_path / "ca.key").stat().st_mode) == 0o600
+    server = pki.issue_server(ca, "unit", ["jump.corp.example", "10.0.0.5", "::1"])
+    from cryptography import x509
+
+    names = server.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert names.value.get_values_for_type(x509.DNSName) == ["jump.corp.example"]
+    assert [str(a) for a in names.value.get_values_for_type(x509.IPAddress)] == ["10.0.0.5", "::1"]
