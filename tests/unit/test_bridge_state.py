@@ -73,7 +73,7 @@ def test_a_full_socket_holds_back_credit_until_it_drains() -> None:
 
 def test_a_stream_that_cannot_send_stops_reading_the_socket() -> None:
     """With a full queue the bridge pauses its socket; it resumes once the queue drains."""
-    mux, wire = make_mux()
+    mux, _wire = make_mux()
     stream = mux.open_stream(b"{}")
     local = WireTransport()
     bridge = TcpBridge(stream)
