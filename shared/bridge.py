@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from shared.frames import ErrorCode, describe_code
 from shared.mux import Stream
+from shared.sockets import send_now
 
 
 @implementer(IPushProducer)
@@ -121,6 +122,7 @@ class TcpBridge(Protocol):
             return
         assert self.transport is not None
         self.transport.write(data)
+        send_now(self.transport)
 
     def stream_ended(self) -> None:
         if self._before_connect is not None:

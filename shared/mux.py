@@ -42,6 +42,7 @@ from zope.interface import implementer
 
 from shared import frames
 from shared.frames import ErrorCode, Flag, Frame, FrameError, FrameType
+from shared.sockets import send_now
 
 
 @dataclass(frozen=True)
@@ -575,6 +576,7 @@ class Multiplexer:
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.closing:
             self.transport.write(data)
+            send_now(self.transport)
 
     # -- streams ---------------------------------------------------------
 
