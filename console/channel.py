@@ -52,6 +52,7 @@ class ConsoleChannel(ChannelProtocol):
         self._requests: dict[int, Deferred[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._goaway: tuple[int, str] | None = None
+        self._goaway_by_peer = False
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -63,6 +64,7 @@ class ConsoleChannel(ChannelProtocol):
 
     def mux_closing(self, code: int, reason: str, by_peer: bool) -> None:
         self._goaway = (code, reason)
+        self._goaway_by_peer = by_peer
 
     def channel_lost(self, reason: Failure) -> None:
         error = self._explain_loss(reason)
@@ -77,20 +79,32 @@ class ConsoleChannel(ChannelProtocol):
     def _explain_loss(self, reason: Failure) -> JumpError:
         tls = describe_tls_failure(reason)
         welcomed = self.welcome.called
+        if self.handshake_timed_out and not welcomed:
+            return JumpointUnreachable(
+                f"the TLS handshake with the Jumpoint at {self.profile.address} did not finish"
+                f" within {CONNECT_TIMEOUT:g}s",
+                hint="check that the address is a Jumpoint and that nothing in between"
+                " intercepts TLS",
+            )
         if tls is not None and not welcomed:
             side, why = tls
-            who = (
-                "this console rejected the Jumpoint's certificate"
-                if side == "console"
-                else ("the Jumpoint rejected this console's certificate")
-            )
-            return CertificateRejected(
-                f"{who}: {why}",
-                hint="enroll again with a new enrollment file from your administrator"
-                if side == "jumpoint"
-                else f"check the address of profile {self.profile.name!r}"
-                f" ({self.profile.address}) and that it matches the Jumpoint",
-            )
+            if side == "jumpoint":
+                who = "the Jumpoint rejected this console's certificate"
+                hint = "enroll again with a new enrollment file from your administrator"
+            elif "not valid for" in why:
+                who = "this console rejected the Jumpoint's certificate"
+                hint = (
+                    f"check the address of profile {self.profile.name!r}"
+                    f" ({self.profile.address}): the Jumpoint's certificate does not name it"
+                )
+            else:
+                who = "this console rejected the Jumpoint's certificate"
+                hint = (
+                    f"the CA of profile {self.profile.name!r} did not sign the certificate of"
+                    f" {self.profile.address}: is it the right Jumpoint? If it was set up"
+                    " again, enroll again"
+                )
+            return CertificateRejected(f"{who}: {why}", hint=hint)
         if self._goaway is not None:
             code, why = self._goaway
             if code in (ErrorCode.REVOKED, ErrorCode.DENIED) and not welcomed:
@@ -101,6 +115,11 @@ class ConsoleChannel(ChannelProtocol):
             if self.session_closed_reason is not None:
                 return SessionLost(
                     f"the Jumpoint closed the session: {self.session_closed_reason[1]}"
+                )
+            if not self._goaway_by_peer:
+                return SessionLost(
+                    f"this console closed the connection to the Jumpoint"
+                    f" ({describe_code(code)}): {why}"
                 )
             return SessionLost(f"the Jumpoint closed the connection ({describe_code(code)}): {why}")
         if not welcomed:

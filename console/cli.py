@@ -23,7 +23,7 @@ from console.logrouter import LOG_ROUTER
 from console.profiles import load_profile, save_profile, set_current
 from shared import control
 from shared.enrollment import read_enrollment
-from shared.errors import ExitCode, JumpError, UsageError, render_error
+from shared.errors import ExitCode, JumpError, ProtocolViolation, UsageError, render_error
 from shared.schema import parse_duration
 
 PROGRAM = "jump"
@@ -38,6 +38,13 @@ def run_reactor(main: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
     from twisted.internet import reactor
 
     outcome: list[object] = []
+    interrupted: list[bool] = []
+
+    def shutting_down() -> None:
+        if not outcome:  # stopped by a signal before main finished
+            interrupted.append(True)
+
+    reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
 
     def start() -> None:
         finished = Deferred.fromCoroutine(main(reactor))
@@ -50,7 +57,7 @@ def run_reactor(main: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
 
     reactor.callWhenRunning(start)
     reactor.run()
-    if not outcome:
+    if interrupted or not outcome:
         click.echo(f"{PROGRAM}: interrupted", err=True)
         return 130
     result = outcome[0]
@@ -102,7 +109,7 @@ def items(as_json: bool, profile: str | None) -> None:
             await channel.close_and_wait(reactor)
         entries = result.get("items")
         if not isinstance(entries, list):
-            raise UsageError("the Jumpoint sent a malformed item list")
+            raise ProtocolViolation("the Jumpoint sent a malformed item list")
         _print_items(entries, as_json)
         return ExitCode.OK
 

@@ -84,8 +84,9 @@ def save_profile(enrollment: Enrollment, name: str | None, home: Path | None = N
     profile_name = name or enrollment.jumpoint_name
     if not _PROFILE_NAME.match(profile_name):
         raise ProfileError(f"invalid profile name {profile_name!r}")
-    directory = _private_dir(home / "profiles" / profile_name)
     _private_dir(home)
+    _private_dir(home / "profiles")
+    directory = _private_dir(home / "profiles" / profile_name)
     (directory / "ca.pem").write_text(enrollment.ca_certificate, encoding="ascii")
     (directory / "client.pem").write_text(enrollment.certificate, encoding="ascii")
     write_private(directory / "client.key", enrollment.private_key.encode("ascii"))

@@ -19,7 +19,7 @@ import click
 from jumpoint import __version__, pki
 from jumpoint.config_template import render_config
 from jumpoint.state import StateDatabase
-from shared.config import CONFIG_ENV, JumpointConfig, load_config
+from shared.config import CONFIG_ENV, JUMPOINT_NAME, JumpointConfig, load_config
 from shared.enrollment import Enrollment
 from shared.errors import ConfigError, ExitCode, JumpError, UsageError, render_error
 from shared.logs import LOG_FORMATS
@@ -55,6 +55,11 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing configuration.")
 def init(directory: str, name: str, listen: str, addresses: tuple[str, ...], force: bool) -> None:
     """Create a CA, a server certificate and a commented jumpoint.yaml in DIR."""
+    if not JUMPOINT_NAME.match(name):
+        raise UsageError(
+            f"--name: invalid Jumpoint name {name!r}",
+            hint="use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
     try:
         host, port = parse_host_port(listen)
     except ValueError as error:
@@ -115,6 +120,7 @@ def serve(config_path: str | None, log_format: str) -> None:
 def check_config(config_path: str | None) -> None:
     """Check jumpoint.yaml and report the first error with file, line and key."""
     config = load_config(config_path)
+    StateDatabase(config.state_database).close()
     click.echo(
         f"{config.path}: OK (Jumpoint {config.name!r}, {len(config.items)} items,"
         f" {len(config.groups)} groups)"

@@ -27,7 +27,7 @@ from jumpoint.state import StateDatabase, User
 from shared import control
 from shared.bridge import TcpBridge
 from shared.channel import ChannelProtocol
-from shared.config import JumpointConfig
+from shared.config import Group, JumpointConfig
 from shared.control import StreamTarget
 from shared.errors import AccessDenied, JumpError, ProtocolViolation, UnknownItem, UsageError
 from shared.frames import PROTOCOL_VERSION, ErrorCode, describe_code
@@ -175,6 +175,9 @@ class JumpointChannel(ChannelProtocol):
         if session is None or session.closed:
             return
         session.closed = True
+        to_target, from_target = session.totals()
+        for bridge in list(session.active):
+            bridge.abort(ErrorCode.SESSION_CLOSED, f"the session was closed: {reason}")
         log.info(
             "session {session} of user {user} on item {item} closed: {reason};"
             " {connections} connections, {to_target} bytes to target,"
@@ -184,8 +187,8 @@ class JumpointChannel(ChannelProtocol):
             item=session.item.name,
             reason=reason,
             connections=session.total_connections,
-            to_target=session.bytes_to_target,
-            from_target=session.bytes_from_target,
+            to_target=to_target,
+            from_target=from_target,
         )
 
     # -- control requests ------------------------------------------------
@@ -209,6 +212,13 @@ class JumpointChannel(ChannelProtocol):
         try:
             result = self._dispatch(kind, message)
         except JumpError as refusal:
+            log.warn(
+                "refused {request} from user {user} ({peer}): {reason}",
+                request=kind,
+                user=self.user.name,
+                peer=self.peer,
+                reason=refusal.message,
+            )
             self.mux.send_control(
                 {"type": control.ERROR, "id": request_id, "error": refusal.to_json()}
             )
@@ -247,26 +257,34 @@ class JumpointChannel(ChannelProtocol):
             return {"session": session_id}
         raise ProtocolViolation(f"unexpected request {kind!r}")
 
-    def _visible_items(self) -> list[Any]:
+    def _group(self) -> Group:
+        """The user's group; a group missing from jumpoint.yaml grants nothing."""
         assert self.user is not None
         group = self.core.config.groups.get(self.user.group)
-        return [i for i in self.core.config.items if group is None or group.may_open(i)]
+        if group is None:
+            raise AccessDenied(
+                f"user {self.user.name!r} is in group {self.user.group!r}, which jumpoint.yaml"
+                " does not define (rule: groups)",
+                hint="ask your administrator to define the group or move you to another one",
+            )
+        return group
+
+    def _visible_items(self) -> list[Any]:
+        group = self._group()
+        return [i for i in self.core.config.items if group.may_open(i)]
 
     def _open_session(self, item_name: str) -> dict[str, Any]:
         assert self.user is not None
         if self.session is not None:
             raise UsageError("a session is already open on this connection")
+        group = self._group()
         item = self.core.config.item(item_name)
-        if item is None:
+        if item is None or not group.may_open(item):
+            # an item the user may not see is reported like a missing one
             raise UnknownItem(
-                f"no item named {item_name!r} on Jumpoint {self.core.config.name}",
+                f"no item named {item_name!r} that you may open on Jumpoint"
+                f" {self.core.config.name}",
                 hint="list the items you may open with `jump items`",
-            )
-        group = self.core.config.groups.get(self.user.group)
-        if group is not None and not group.may_open(item):
-            raise AccessDenied(
-                f"group {group.name!r} may not open item {item.name!r}"
-                f" (rule: groups.{group.name}.jump_groups)"
             )
         limit = self.core.config.limits.max_connections_per_session
         session = Session(

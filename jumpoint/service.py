@@ -18,6 +18,7 @@ from jumpoint.server import JumpointCore, JumpointFactory
 from jumpoint.state import StateDatabase
 from jumpoint.targets import make_connector
 from shared.config import JumpointConfig
+from shared.errors import ConfigError
 from shared.frames import ErrorCode
 from shared.tls import server_options, wrap_server
 
@@ -69,11 +70,16 @@ def makeService(config: JumpointConfig, reactor: Any = None) -> IService:
         clock=reactor,
         connect_target=make_connector(reactor, config.limits.connect_timeout),
     )
-    options = server_options(
-        config.ca_certificate.read_bytes(),
-        config.server_certificate.read_bytes(),
-        config.server_key.read_bytes(),
-    )
+    try:
+        options = server_options(
+            config.ca_certificate.read_bytes(),
+            config.server_certificate.read_bytes(),
+            config.server_key.read_bytes(),
+        )
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"{config.path}: tls: cannot load the certificates and key: {error}"
+        ) from None
     endpoint_class = TCP6ServerEndpoint if ":" in config.listen_host else TCP4ServerEndpoint
     endpoint = endpoint_class(
         reactor, config.listen_port, backlog=511, interface=config.listen_host

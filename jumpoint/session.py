@@ -44,10 +44,18 @@ class Session:
         self.active.add(bridge)
         self.total_connections += 1
 
+    def totals(self) -> tuple[int, int]:
+        """Bytes to and from the targets so far, open connections included."""
+        to_target = self.bytes_to_target + sum(_to_target(b) for b in self.active)
+        from_target = self.bytes_from_target + sum(b.stream.bytes_sent for b in self.active)
+        return to_target, from_target
+
     def connection_closed(self, bridge: TcpBridge, host: str, port: int) -> None:
+        if bridge not in self.active:
+            return
         self.active.discard(bridge)
         stream = bridge.stream
-        self.bytes_to_target += stream.bytes_received
+        self.bytes_to_target += _to_target(bridge)
         self.bytes_from_target += stream.bytes_sent
         log.info(
             "session {session} user {user}: connection {stream_id} to {host}:{port} closed"
@@ -58,6 +66,11 @@ class Session:
             host=host,
             port=port,
             reason=bridge.close_reason or "closed",
-            sent=stream.bytes_received,
+            sent=_to_target(bridge),
             received=stream.bytes_sent,
         )
+
+
+def _to_target(bridge: TcpBridge) -> int:
+    """Bytes delivered to the target (none if it never connected)."""
+    return bridge.stream.bytes_received if bridge.connected else 0

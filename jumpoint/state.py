@@ -61,12 +61,15 @@ class StateDatabase:
         self.path = path
         try:
             self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
         except sqlite3.Error as error:
-            raise ConfigError(f"{path}: cannot open the state database: {error}") from None
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+            raise ConfigError(
+                f"{path}: cannot open the state database: {error}",
+                hint="check that the directory and file are writable by this user",
+            ) from None
 
     def close(self) -> None:
         self._db.close()

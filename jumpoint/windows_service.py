@@ -45,23 +45,32 @@ def run_service_body(config_path: str, stop_requested: Any) -> None:
     reactor.run(installSignalHandlers=False)
 
 
-def main(argv: list[str]) -> None:  # pragma: no cover - needs Windows and pywin32
+try:  # pywin32 exists only on Windows
     import servicemanager
-    import win32event
     import win32service
     import win32serviceutil
 
+    HAVE_PYWIN32 = True
+except ImportError:
+    HAVE_PYWIN32 = False
+
+
+if HAVE_PYWIN32:  # pragma: no cover - needs Windows
+
     class JumpointService(win32serviceutil.ServiceFramework):  # type: ignore[misc]
+        """The service class; pywin32 finds it by name in this module."""
+
         _svc_name_ = SERVICE_NAME
         _svc_display_name_ = DISPLAY_NAME
 
         def __init__(self, args: list[str]) -> None:
             super().__init__(args)
             self._stop: Any = None
-            self._stopped = win32event.CreateEvent(None, 0, 0, None)
+            self._stop_requested = False
 
         def SvcStop(self) -> None:
             self.ReportServiceStatus(win32service.SERVICE_STOP_PENDING)
+            self._stop_requested = True
             if self._stop is not None:
                 self._stop()
 
@@ -73,13 +82,26 @@ def main(argv: list[str]) -> None:  # pragma: no cover - needs Windows and pywin
 
             def remember(stop: Any) -> None:
                 self._stop = stop
+                if self._stop_requested:  # a stop arrived while starting
+                    stop()
 
-            run_service_body(config, remember)
+            try:
+                run_service_body(config, remember)
+            except Exception as error:  # reported to the Windows event log
+                servicemanager.LogErrorMsg(f"jumpoint failed: {error}")
+                raise
             servicemanager.LogInfoMsg("jumpoint stopped")
 
+
+def main(argv: list[str]) -> None:  # pragma: no cover - needs Windows and pywin32
+    """Install, start, stop or remove the service (pywin32's command line)."""
+    if not HAVE_PYWIN32:
+        sys.exit("jumpoint: the Windows service needs pywin32 (pip install pywin32)")
     config = None
     if "--config" in argv:
         index = argv.index("--config")
+        if index + 1 >= len(argv):
+            sys.exit("jumpoint: --config needs the path of jumpoint.yaml")
         config = str(Path(argv[index + 1]).absolute())
         del argv[index : index + 2]
     win32serviceutil.HandleCommandLine(JumpointService, argv=[sys.argv[0], *argv])

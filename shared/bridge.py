@@ -71,6 +71,7 @@ class TcpBridge(Protocol):
         self._read_closed = False
         self._write_closed = False
         self._finished = False
+        self.connected = False
         stream.attach(self)
 
     # -- TCP side --------------------------------------------------------
@@ -81,6 +82,7 @@ class TcpBridge(Protocol):
         if self._finished:
             transport.abortConnection()  # type: ignore[attr-defined]
             return
+        self.connected = True
         tcp = ITCPTransport(transport, None)
         if tcp is not None:
             tcp.setTcpNoDelay(True)
@@ -167,6 +169,15 @@ class TcpBridge(Protocol):
         self.reset_code = code
         self.close_reason = f"{describe_code(code)}: {reason}"
         self.stream.reset(code, reason)
+        self._finish()
+
+    def abort(self, code: ErrorCode, reason: str) -> None:
+        """End both sides now: reset the stream, abort the TCP connection."""
+        self.reset_code = code
+        self.close_reason = f"{describe_code(code)}: {reason}"
+        self.stream.reset(code, reason)
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
         self._finish()
 
     def _maybe_close(self) -> None:

@@ -36,6 +36,7 @@ class ChannelProtocol(Protocol):
         self.settings = settings
         self.handshake_timeout = handshake_timeout
         self.mux: Multiplexer | None = None
+        self.handshake_timed_out = False
         self._handshake_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -46,6 +47,7 @@ class ChannelProtocol(Protocol):
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
+        self.handshake_timed_out = True
         self.log.info("TLS handshake not finished in time; closing")
         assert self.transport is not None
         self.transport.abortConnection()  # type: ignore[attr-defined]
@@ -87,7 +89,8 @@ class ChannelProtocol(Protocol):
             self.mux.connection_lost(reason.getErrorMessage())
         else:
             peer = self.transport.getPeer() if self.transport is not None else None
-            self.log.info(
+            emit = self.log.info if self.is_client else self.log.warn
+            emit(
                 "TLS handshake with {peer} failed: {reason}",
                 peer=f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}",
                 reason=reason.getErrorMessage(),

@@ -9,6 +9,7 @@ before the daemon starts.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,8 @@ class JumpointConfig:
         return None
 
 
-_NAME = schema.string(1, 128, r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+JUMPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_NAME = schema.string(1, 128, JUMPOINT_NAME.pattern)
 
 _JUMPOINT_FIELDS = {
     "name": Field(_NAME, required=True),
@@ -198,9 +200,17 @@ def load_config(path: str | Path | None) -> JumpointConfig:
     config = parse_config(text, config_path)
     for label, file_path in (
         ("tls.ca_certificate", config.ca_certificate),
+        ("tls.ca_key", config.ca_key),
         ("tls.server_certificate", config.server_certificate),
         ("tls.server_key", config.server_key),
     ):
         if not file_path.is_file():
             raise ConfigError(f"{config_path}: {label}: {file_path} does not exist")
+        if not os.access(file_path, os.R_OK):
+            raise ConfigError(f"{config_path}: {label}: {file_path} is not readable")
+    if not config.state_database.parent.is_dir():
+        raise ConfigError(
+            f"{config_path}: state_database: the directory {config.state_database.parent}"
+            " does not exist"
+        )
     return config

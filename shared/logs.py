@@ -62,7 +62,11 @@ def make_observer(
 ) -> ILogObserver:
     """An observer writing events at C{level} or above to C{output} (stderr by default)."""
     stream = output if output is not None else sys.stderr
-    observer = jsonFileLogObserver(stream) if log_format == "json" else TextLogObserver(stream)
+    observer: ILogObserver
+    if log_format == "json":  # one JSON object per line (no RS record separators)
+        observer = jsonFileLogObserver(stream, recordSeparator="")
+    else:
+        observer = TextLogObserver(stream)
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
     return FilteringLogObserver(observer, [predicate])
 
