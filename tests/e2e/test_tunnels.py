@@ -17,6 +17,7 @@ from tests.e2e.harness import (
     free_port,
     port_open,
     run,
+    tool,
     tunnel_address,
     wait_until,
 )
@@ -210,3 +211,64 @@ def test_items_lists_the_configured_items(deployment: Deployment):
     assert item["tag"] == "prod" and item["read_only"] is True
     table = deployment.jump("items")
     assert "db.corp.example" in table.stdout
+
+
+def test_live_view_on_a_terminal(deployment: Deployment, tmp_path: Path):
+    """On a terminal `jump open` redraws a table of tunnels with their statistics."""
+    import pty
+
+    with background_process(
+        [sys.executable, "-m", "http.server", str(port := free_port()), "--bind", "127.0.0.1"],
+        lambda: port_open("127.0.0.1", port),
+        "the HTTP server",
+    ):
+        deployment.items = [
+            {
+                "name": "web",
+                "type": "tcp",
+                "host": "127.0.0.1",
+                "local_address": "127.0.0.9",
+                "tunnels": [{"local_port": free_port("127.0.0.9"), "remote_port": port}],
+            }
+        ]
+        deployment.create().serve()
+        local_port = deployment.items[0]["tunnels"][0]["local_port"]
+        leader, follower = pty.openpty()
+        process = subprocess.Popen(
+            [*tool("jump"), "open", "web", "--for", "4s"],
+            env=deployment.env(),
+            stdin=follower,
+            stdout=follower,
+            stderr=follower,
+            start_new_session=True,
+        )
+        os.close(follower)
+        screen = bytearray()
+
+        def read_screen(text: bytes) -> bool:
+            import select
+
+            while select.select([leader], [], [], 0)[0]:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                screen.extend(chunk)
+            return text in screen
+
+        wait_until(lambda: read_screen(b"-> 127.0.0.1:"), what="the bindings on the terminal")
+        subprocess.run(
+            ["curl", "-sS", "-o", "/dev/null", f"http://127.0.0.9:{local_port}/"],
+            check=True,
+            timeout=30,
+        )
+        wait_until(lambda: read_screen(b"session closed"), what="the end of the session")
+        assert process.wait(30) == 0
+        os.close(leader)
+        text = screen.decode(errors="replace")
+        assert "TUNNEL" in text and "RECEIVED" in text and "DOWN/s" in text
+        assert "\x1b[" in text  # redrawn in place
+        assert f"127.0.0.9:{local_port} -> 127.0.0.1:{port}" in text
+        assert "listening" in text
