@@ -8,7 +8,6 @@ with their exit codes, and never as a traceback.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
@@ -23,7 +22,8 @@ from console.logrouter import LOG_ROUTER
 from console.profiles import load_profile, save_profile, set_current
 from shared import control
 from shared.enrollment import read_enrollment
-from shared.errors import ExitCode, JumpError, ProtocolViolation, UsageError, render_error
+from shared.entrypoint import run_cli
+from shared.errors import ExitCode, ProtocolViolation, UsageError
 from shared.schema import parse_duration
 
 PROGRAM = "jump"
@@ -178,29 +178,7 @@ def open(
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Console-script entry point: run the CLI, print errors without tracebacks."""
-    try:
-        cli.main(args=argv, prog_name=PROGRAM, standalone_mode=False)
-    except JumpError as error:
-        click.echo(render_error(PROGRAM, error), err=True)
-        sys.exit(error.exit_code)
-    except click.exceptions.Abort:
-        click.echo(f"{PROGRAM}: aborted", err=True)
-        sys.exit(ExitCode.FAILURE)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    except SystemExit:
-        raise
-    except Exception as error:
-        if os.environ.get("JUMP_DEBUG"):
-            raise
-        click.echo(
-            f"{PROGRAM}: internal error: {type(error).__name__}: {error}"
-            " (set JUMP_DEBUG=1 for details)",
-            err=True,
-        )
-        sys.exit(ExitCode.INTERNAL)
-    sys.exit(ExitCode.OK)
+    run_cli(cli, PROGRAM, "JUMP_DEBUG", argv)
 
 
 if __name__ == "__main__":

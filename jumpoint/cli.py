@@ -10,9 +10,8 @@ import datetime
 import ipaddress
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 
@@ -21,7 +20,8 @@ from jumpoint.config_template import render_config
 from jumpoint.state import StateDatabase
 from shared.config import CONFIG_ENV, JUMPOINT_NAME, JumpointConfig, load_config
 from shared.enrollment import Enrollment
-from shared.errors import ConfigError, ExitCode, JumpError, UsageError, render_error
+from shared.entrypoint import run_cli
+from shared.errors import ConfigError, UsageError
 from shared.logs import LOG_FORMATS
 from shared.schema import is_host, parse_host_port
 
@@ -246,27 +246,7 @@ def user_list(as_json: bool, config_path: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Console-script entry point: run the CLI, print errors without tracebacks."""
-    try:
-        result: Any = cli.main(args=argv, prog_name=PROGRAM, standalone_mode=False)
-    except JumpError as error:
-        click.echo(render_error(PROGRAM, error), err=True)
-        sys.exit(error.exit_code)
-    except click.exceptions.Abort:
-        click.echo(f"{PROGRAM}: aborted", err=True)
-        sys.exit(ExitCode.FAILURE)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    except Exception as error:  # a bug: say so, without a traceback unless asked
-        if os.environ.get("JUMPOINT_DEBUG"):
-            raise
-        click.echo(
-            f"{PROGRAM}: internal error: {type(error).__name__}: {error}"
-            " (set JUMPOINT_DEBUG=1 for details)",
-            err=True,
-        )
-        sys.exit(ExitCode.INTERNAL)
-    sys.exit(result if isinstance(result, int) else ExitCode.OK)
+    run_cli(cli, PROGRAM, "JUMPOINT_DEBUG", argv)
 
 
 if __name__ == "__main__":

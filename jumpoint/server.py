@@ -329,28 +329,27 @@ class JumpointChannel(ChannelProtocol):
         except ProtocolViolation as violation:
             stream.reset(ErrorCode.PROTOCOL_ERROR, violation.message)
             return
+        refusal: tuple[ErrorCode, str] | None = None
         if not session.item.allows_target(target.host, target.port):
-            reason = (
+            refusal = (
+                ErrorCode.DENIED,
                 f"{target.host}:{target.port} is not a tunnel of item {session.item.name!r}"
-                " (rule: item host and remote ports)"
+                " (rule: item host and remote ports)",
             )
-            log.warn(
-                "session {session}: denied stream {stream_id}: {reason}",
-                session=session.session_id,
-                stream_id=stream.stream_id,
-                reason=reason,
+        elif not session.has_room():
+            refusal = (
+                ErrorCode.LIMIT,
+                f"the session already carries {session.max_connections} connections",
             )
-            stream.reset(ErrorCode.DENIED, reason)
-            return
-        if not session.has_room():
-            reason = f"the session already carries {session.max_connections} connections"
+        if refusal is not None:
+            code, reason = refusal
             log.warn(
                 "session {session}: refused stream {stream_id}: {reason}",
                 session=session.session_id,
                 stream_id=stream.stream_id,
                 reason=reason,
             )
-            stream.reset(ErrorCode.LIMIT, reason)
+            stream.reset(code, reason)
             return
 
         connecting: list[Deferred[Any]] = []
