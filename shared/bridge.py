@@ -27,7 +27,6 @@ from zope.interface import implementer
 
 from shared.frames import ErrorCode, describe_code
 from shared.mux import Stream
-from shared.sockets import send_now
 
 
 @implementer(IPushProducer)
@@ -123,8 +122,7 @@ class TcpBridge(Protocol):
             self._before_connect.append(data)
             return
         assert self.transport is not None
-        self.transport.write(data)
-        send_now(self.transport)
+        self.stream.mux.writes.write(self.transport, data)
 
     def stream_ended(self) -> None:
         if self._before_connect is not None:
@@ -132,6 +130,7 @@ class TcpBridge(Protocol):
             return
         transport = self.transport
         assert transport is not None
+        self.stream.mux.writes.flush(transport)
         if not self._write_closed:
             self._write_closed = True
             # Twisted forgets a pending half-close when the buffer drains while a
@@ -144,6 +143,7 @@ class TcpBridge(Protocol):
         self.reset_code = code
         self.close_reason = f"{describe_code(code)}: {reason}"
         if self.transport is not None:
+            self.stream.mux.writes.flush(self.transport)
             self.transport.abortConnection()  # type: ignore[attr-defined]
         else:
             self._finish()

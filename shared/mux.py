@@ -42,7 +42,7 @@ from zope.interface import implementer
 
 from shared import frames
 from shared.frames import ErrorCode, Flag, Frame, FrameError, FrameType
-from shared.sockets import send_now
+from shared.sockets import WriteBatch
 
 
 @dataclass(frozen=True)
@@ -354,6 +354,7 @@ class Multiplexer:
         self._paused = False
         self._ready: deque[Stream] = deque()
         self._flushing = False
+        self.writes = WriteBatch()
         self._control_bytes_while_paused = 0
         self._total_windows = 0
         self._keepalive_call: IDelayedCall | None = None
@@ -386,6 +387,7 @@ class Multiplexer:
         """Feed bytes from the transport; protocol errors close the connection."""
         if self.closing:
             return
+        outer = self._begin_event()
         try:
             for frame in self.parser.feed(data):
                 if self.is_closed():
@@ -394,6 +396,9 @@ class Multiplexer:
         except FrameError as error:
             self.log.warn("closing channel: protocol error: {reason}", reason=error.reason)
             self.go_away(error.code, error.reason)
+        finally:
+            if outer:
+                self._end_event()
 
     def _frame_received(self, frame: Frame) -> None:
         kind = frame.type
@@ -535,6 +540,7 @@ class Multiplexer:
         if self._flushing:
             return
         self._flushing = True
+        outer = self._begin_event()
         try:
             ready = self._ready
             while ready and not self._paused and not self.closing:
@@ -544,6 +550,8 @@ class Multiplexer:
                     stream._send_some(frames.MAX_DATA_CHUNK)
         finally:
             self._flushing = False
+            if outer:
+                self._end_event()
 
     def _send_fin(self, stream_id: int) -> None:
         self._write_frame(FrameType.DATA, Flag.FIN, stream_id, b"")
@@ -576,7 +584,18 @@ class Multiplexer:
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.closing:
             self.transport.write(data)
-            send_now(self.transport)
+
+    def _begin_event(self) -> bool:
+        """Start collecting writes; C{False} if an outer event already collects them."""
+        if self.writes.open:
+            return False
+        self.writes.open = True
+        return True
+
+    def _end_event(self) -> None:
+        """Hand everything the event wrote to local sockets to the kernel: one call per socket."""
+        self.writes.open = False
+        self.writes.flush_all()
 
     # -- streams ---------------------------------------------------------
 
