@@ -1,40 +1,55 @@
-"""The Jumpoint's side of the channel: authentication, requests and stream targets.
+"""The Jumpoint's side of the channel: authentication, control requests and stream targets.
 
-L{JumpointCore} is the daemon's shared state (configuration, state database,
-live channels); L{JumpointChannel} is one console's connection.  After the
-TLS handshake the channel maps the client certificate to an active user,
-answers the console's control requests, and for every stream the console
-opens checks the target against the session's item (only the item's host and
-remote ports are reachable) before connecting it.
+L{JumpointCore} is the daemon's shared state (configuration, state
+database, items, approvals, audit log, live channels); L{JumpointChannel} is
+one console's connection.  After the TLS handshake the channel maps the
+client certificate to an active user and answers the console's control
+requests (the handlers live in L{jumpoint.requests}).  For every stream the
+console opens it checks the target against the session's item (only the
+item's host and remote ports are reachable), the connection cap and the
+Jumpoint-local allow-list, then connects it, records it when the session is
+recorded, and audits its opening and closing.
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+import ipaddress
+import socket
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error as net_error
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from jumpoint.session import Session, new_session_id
+from jumpoint.approvals import ApprovalStore
+from jumpoint.audit import AuditLog
+from jumpoint.item_store import Catalog, ItemStore
+from jumpoint.session import Session
 from jumpoint.state import StateDatabase, User
 from shared import control
 from shared.bridge import TcpBridge
 from shared.channel import ChannelProtocol
-from shared.config import Group, JumpointConfig
+from shared.config import JumpointConfig
 from shared.control import StreamTarget
-from shared.errors import AccessDenied, JumpError, ProtocolViolation, UnknownItem, UsageError
+from shared.errors import AccessDenied, InternalError, JumpError, ProtocolViolation
 from shared.frames import PROTOCOL_VERSION, ErrorCode, describe_code
 from shared.mux import MuxSettings, Stream
+from shared.policy import Grant
 from shared.tls import peer_certificate_serial
 
+if TYPE_CHECKING:
+    from jumpoint.notify import Notifier
+    from jumpoint.recording import SessionRecorder
+
 ConnectTarget = Callable[[str, int, Protocol], "Deferred[Any]"]
+Resolve = Callable[[str], "Deferred[list[str]]"]
+RecorderFactory = Callable[[str], "SessionRecorder"]
 
 log = Logger()
 
@@ -56,6 +71,38 @@ def classify_connect_failure(failure: Failure, host: str, port: int) -> tuple[Er
     return ErrorCode.UNREACHABLE, f"{target} is unreachable: {failure.getErrorMessage()}"
 
 
+def literal_address(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return None
+
+
+def thread_resolver(reactor: Any) -> Resolve:
+    """Resolve host names with getaddrinfo in the reactor's thread pool."""
+    from twisted.internet.threads import deferToThreadPool
+
+    def lookup(host: str) -> list[str]:
+        try:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError:
+            return []
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+    def resolve(host: str) -> Deferred[list[str]]:
+        literal = literal_address(host)
+        if literal is not None:
+            return succeed([literal])
+        return deferToThreadPool(reactor, reactor.getThreadPool(), lookup, host)
+
+    return resolve
+
+
+def _no_resolver(host: str) -> Deferred[list[str]]:
+    literal = literal_address(host)
+    return succeed([literal] if literal is not None else [])
+
+
 @dataclass
 class JumpointCore:
     """State shared by every channel of one running Jumpoint."""
@@ -64,8 +111,25 @@ class JumpointCore:
     database: StateDatabase
     clock: IReactorTime
     connect_target: ConnectTarget
+    resolve: Resolve = _no_resolver
+    audit: AuditLog | None = None
+    notifier: Notifier | None = None
+    new_recorder: RecorderFactory | None = None
     channels: set[JumpointChannel] = field(default_factory=set)
+    catalog: Catalog = field(init=False)
+    approvals: ApprovalStore = field(init=False)
     _data_version: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.audit is None:
+            self.audit = AuditLog(self.database, None, self.clock)
+        self.catalog = Catalog(self.config.items, ItemStore(self.database))
+        self.approvals = ApprovalStore(self.database)
+
+    @property
+    def log_audit(self) -> AuditLog:
+        assert self.audit is not None
+        return self.audit
 
     def mux_settings(self) -> MuxSettings:
         limits = self.config.limits
@@ -74,6 +138,9 @@ class JumpointCore:
             keepalive_interval=limits.keepalive_interval,
             keepalive_timeout=limits.keepalive_timeout,
         )
+
+    def grant_for(self, user: User) -> Grant:
+        return Grant.of(user.name, user.all_groups, self.config.groups)
 
     def check_revocations(self) -> None:
         """Close the channels of users revoked since the last check (polled)."""
@@ -87,9 +154,17 @@ class JumpointCore:
             user, why = self.database.user_for_certificate(channel.certificate_serial)
             if user is None:
                 channel.revoke(why)
+            else:
+                channel.user = user
 
     def sessions(self) -> list[Session]:
         return [c.session for c in self.channels if c.session is not None]
+
+    def find_session(self, session_id: str) -> JumpointChannel | None:
+        for channel in self.channels:
+            if channel.session is not None and channel.session.session_id == session_id:
+                return channel
+        return None
 
 
 class JumpointChannel(ChannelProtocol):
@@ -103,7 +178,9 @@ class JumpointChannel(ChannelProtocol):
         self.user: User | None = None
         self.certificate_serial: str | None = None
         self.session: Session | None = None
+        self.opening = False
         self.peer = "?"
+        self.peer_host = "0.0.0.0"
         self.close_reason: str | None = None
         self._hello_done = False
 
@@ -113,7 +190,8 @@ class JumpointChannel(ChannelProtocol):
         super().connectionMade()
         assert self.transport is not None
         peer = self.transport.getPeer()
-        self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self.peer_host = str(getattr(peer, "host", "0.0.0.0"))
+        self.peer = f"{self.peer_host}:{getattr(peer, 'port', '?')}"
 
     def channel_started(self) -> None:
         assert self.mux is not None
@@ -132,6 +210,9 @@ class JumpointChannel(ChannelProtocol):
                 serial=serial,
                 reason=why,
             )
+            self.core.log_audit.record(
+                "console_refused", user=common_name, peer=self.peer, reason=why
+            )
             self.mux.go_away(ErrorCode.REVOKED, why)
             return
         self.user = user
@@ -140,11 +221,11 @@ class JumpointChannel(ChannelProtocol):
 
     def mux_closing(self, code: int, reason: str, by_peer: bool) -> None:
         self.close_reason = reason if by_peer else f"{describe_code(code)}: {reason}"
-        self._end_session(self.close_reason)
+        self.end_session(self.close_reason, "connection_closed")
 
     def channel_lost(self, reason: Failure) -> None:
         self.core.channels.discard(self)
-        self._end_session("connection lost")
+        self.end_session("connection lost", "connection_lost")
         if self.user is not None:
             log.info(
                 "console {peer} (user {user}) disconnected: {reason}",
@@ -158,38 +239,44 @@ class JumpointChannel(ChannelProtocol):
         log.warn(
             "closing the channel of {user}: {reason}", user=self.user and self.user.name, reason=why
         )
+        self.close_session("revoked", why, ErrorCode.REVOKED)
+
+    def close_session(self, code: str, reason: str, error: ErrorCode) -> None:
+        """The Jumpoint ends the session: tell the console why, then drop the connection."""
         assert self.mux is not None
-        if self.session is not None:
+        if self.session is not None and not self.mux.closing:
             self.mux.send_control(
                 {
                     "type": control.SESSION_CLOSED,
                     "session": self.session.session_id,
-                    "code": "revoked",
-                    "reason": why,
+                    "code": code,
+                    "reason": reason,
                 }
             )
-        self.mux.go_away(ErrorCode.REVOKED, why)
+        self.end_session(reason, code)
+        self.mux.go_away(error, reason)
 
-    def _end_session(self, reason: str) -> None:
+    def session_expired(self, session: Session, code: str, reason: str) -> None:
+        log.info(
+            "session {session} of user {user}: closing: {reason}",
+            session=session.session_id,
+            user=session.user,
+            reason=reason,
+        )
+        self.close_session(code, reason, ErrorCode.SESSION_CLOSED)
+
+    def end_session(self, reason: str, code: str = "closed") -> None:
+        from jumpoint.requests import session_ended
+
         session, self.session = self.session, None
         if session is None or session.closed:
             return
         session.closed = True
-        to_target, from_target = session.totals()
+        session.close_reason = reason
+        session.stop_timers()
         for bridge in list(session.active):
             bridge.abort(ErrorCode.SESSION_CLOSED, f"the session was closed: {reason}")
-        log.info(
-            "session {session} of user {user} on item {item} closed: {reason};"
-            " {connections} connections, {to_target} bytes to target,"
-            " {from_target} bytes from target",
-            session=session.session_id,
-            user=session.user,
-            item=session.item.name,
-            reason=reason,
-            connections=session.total_connections,
-            to_target=to_target,
-            from_target=from_target,
-        )
+        session_ended(self.core, session, reason, code)
 
     # -- control requests ------------------------------------------------
 
@@ -208,22 +295,45 @@ class JumpointChannel(ChannelProtocol):
             log.warn("console {peer}: {reason}", peer=self.peer, reason=violation.message)
             self.mux.go_away(ErrorCode.PROTOCOL_ERROR, violation.message)
             return
+        from jumpoint.requests import handle
+
         request_id = message["id"]
         try:
-            result = self._dispatch(kind, message)
+            outcome = handle(self, kind, message)
         except JumpError as refusal:
-            log.warn(
-                "refused {request} from user {user} ({peer}): {reason}",
-                request=kind,
-                user=self.user.name,
-                peer=self.peer,
-                reason=refusal.message,
-            )
+            self._refused(kind, request_id, refusal)
+            return
+        if isinstance(outcome, dict):
+            self._reply(request_id, outcome)
+            return
+        finished = Deferred.fromCoroutine(outcome)
+
+        def failed(failure: Failure) -> None:
+            if isinstance(failure.value, JumpError):
+                self._refused(kind, request_id, failure.value)
+            else:
+                log.failure("request {request} failed", failure, request=kind)
+                self._refused(kind, request_id, InternalError("the Jumpoint failed the request"))
+
+        finished.addCallbacks(lambda result: self._reply(request_id, result), failed)
+
+    def _reply(self, request_id: int, result: dict[str, Any]) -> None:
+        if self.mux is not None and not self.mux.closing:
+            self.mux.send_control({"type": control.RESULT, "id": request_id, **result})
+
+    def _refused(self, kind: str, request_id: int, refusal: JumpError) -> None:
+        assert self.user is not None
+        log.warn(
+            "refused {request} from user {user} ({peer}): {reason}",
+            request=kind,
+            user=self.user.name,
+            peer=self.peer,
+            reason=refusal.message,
+        )
+        if self.mux is not None and not self.mux.closing:
             self.mux.send_control(
                 {"type": control.ERROR, "id": request_id, "error": refusal.to_json()}
             )
-            return
-        self.mux.send_control({"type": control.RESULT, "id": request_id, **result})
 
     def _hello(self, message: dict[str, Any]) -> None:
         assert self.mux is not None and self.user is not None
@@ -239,83 +349,11 @@ class JumpointChannel(ChannelProtocol):
                 "jumpoint": self.core.config.name,
                 "user": self.user.name,
                 "group": self.user.group,
+                "groups": list(self.user.all_groups),
             }
         )
         self.mux.establish()
         self.mux.start_keepalive()
-
-    def _dispatch(self, kind: str, message: dict[str, Any]) -> dict[str, Any]:
-        if kind == control.LIST_ITEMS:
-            return {"items": [entry.to_json() for entry in self._visible_items()]}
-        if kind == control.OPEN_SESSION:
-            return self._open_session(message["item"])
-        if kind == control.CLOSE_SESSION:
-            if self.session is None:
-                raise UsageError("no session is open on this connection")
-            session_id = self.session.session_id
-            self._end_session(f"closed by the user: {message['reason'][:200]}")
-            return {"session": session_id}
-        raise ProtocolViolation(f"unexpected request {kind!r}")
-
-    def _group(self) -> Group:
-        """The user's group; a group missing from jumpoint.yaml grants nothing."""
-        assert self.user is not None
-        group = self.core.config.groups.get(self.user.group)
-        if group is None:
-            raise AccessDenied(
-                f"user {self.user.name!r} is in group {self.user.group!r}, which jumpoint.yaml"
-                " does not define (rule: groups)",
-                hint="ask your administrator to define the group or move you to another one",
-            )
-        return group
-
-    def _visible_items(self) -> list[Any]:
-        group = self._group()
-        return [i for i in self.core.config.items if group.may_open(i)]
-
-    def _open_session(self, item_name: str) -> dict[str, Any]:
-        assert self.user is not None
-        if self.session is not None:
-            raise UsageError("a session is already open on this connection")
-        group = self._group()
-        item = self.core.config.item(item_name)
-        if item is None or not group.may_open(item):
-            # an item the user may not see is reported like a missing one
-            raise UnknownItem(
-                f"no item named {item_name!r} that you may open on Jumpoint"
-                f" {self.core.config.name}",
-                hint="list the items you may open with `jump items`",
-            )
-        limit = self.core.config.limits.max_connections_per_session
-        session = Session(
-            session_id=new_session_id(),
-            user=self.user.name,
-            item=item,
-            max_connections=limit,
-            opened_at=self.clock.seconds(),
-        )
-        self.session = session
-        log.info(
-            "session {session} opened: user {user}, item {item} ({host})",
-            session=session.session_id,
-            user=self.user.name,
-            item=item.name,
-            host=item.host,
-        )
-        return {
-            "session": session.session_id,
-            "item": item.to_json(),
-            "tunnels": [
-                {
-                    "local_address": item.local_address,
-                    "local_port": "auto" if t.local_port is None else t.local_port,
-                    "remote_host": item.host,
-                    "remote_port": t.remote_port,
-                }
-                for t in item.tunnels
-            ],
-            "max_connections": limit,
-        }
 
     # -- streams -----------------------------------------------------------
 
@@ -329,53 +367,154 @@ class JumpointChannel(ChannelProtocol):
         except ProtocolViolation as violation:
             stream.reset(ErrorCode.PROTOCOL_ERROR, violation.message)
             return
-        refusal: tuple[ErrorCode, str] | None = None
+        refusal: tuple[ErrorCode, str, str] | None = None
         if not session.item.allows_target(target.host, target.port):
             refusal = (
                 ErrorCode.DENIED,
                 f"{target.host}:{target.port} is not a tunnel of item {session.item.name!r}"
                 " (rule: item host and remote ports)",
+                "item host and remote ports",
             )
         elif not session.has_room():
             refusal = (
                 ErrorCode.LIMIT,
                 f"the session already carries {session.max_connections} connections",
+                "max_connections",
             )
         if refusal is not None:
-            code, reason = refusal
-            log.warn(
-                "session {session}: refused stream {stream_id}: {reason}",
-                session=session.session_id,
-                stream_id=stream.stream_id,
-                reason=reason,
-            )
-            stream.reset(code, reason)
+            code, reason, rule = refusal
+            self._refuse_stream(session, stream, target, code, reason, rule)
             return
+        Deferred.fromCoroutine(self._connect_stream(session, stream, target))
 
-        connecting: list[Deferred[Any]] = []
+    def _refuse_stream(
+        self,
+        session: Session,
+        stream: Stream,
+        target: StreamTarget,
+        code: ErrorCode,
+        reason: str,
+        rule: str,
+    ) -> None:
+        log.warn(
+            "session {session}: refused stream {stream_id}: {reason}",
+            session=session.session_id,
+            stream_id=stream.stream_id,
+            reason=reason,
+        )
+        self.core.log_audit.record(
+            "connection_denied",
+            user=session.user,
+            session=session.session_id,
+            item=session.item.name,
+            rule=rule,
+            stream=stream.stream_id,
+            target=f"{target.host}:{target.port}",
+            reason=reason,
+        )
+        stream.reset(code, reason)
 
-        def closed(bridge: TcpBridge) -> None:
-            session.connection_closed(bridge, target.host, target.port)
-            if connecting and not connecting[0].called:
-                connecting[0].cancel()
+    def _connect_stream(
+        self, session: Session, stream: Stream, target: StreamTarget
+    ) -> Coroutine[Any, Any, None]:
+        return _connect(self, session, stream, target)
 
-        bridge = TcpBridge(stream, on_closed=closed)
-        bridge.wait_for_connection()
-        session.connection_started(bridge)
 
-        def failed(failure: Failure) -> None:
-            code, reason = classify_connect_failure(failure, target.host, target.port)
-            log.warn(
-                "session {session}: stream {stream_id}: {reason}",
-                session=session.session_id,
-                stream_id=stream.stream_id,
-                reason=reason,
+async def _connect(
+    channel: JumpointChannel, session: Session, stream: Stream, target: StreamTarget
+) -> None:
+    """Check the allow-list (resolving the host), then connect and bridge the stream."""
+    from jumpoint.access import check_allowed_targets
+    from jumpoint.requests import resolve_checked
+
+    core = channel.core
+    audit = core.log_audit
+    connecting: list[Deferred[Any]] = []
+
+    def closed(bridge: TcpBridge) -> None:
+        counted = session.connection_finished(bridge)
+        if connecting and not connecting[0].called:
+            connecting[0].cancel()
+        if counted is None:
+            return
+        sent, received = counted
+        reason = bridge.close_reason or "closed"
+        log.info(
+            "session {session} user {user}: connection {stream_id} to {host}:{port} closed"
+            " ({reason}); {sent} bytes to target, {received} bytes from target",
+            session=session.session_id,
+            user=session.user,
+            stream_id=stream.stream_id,
+            host=target.host,
+            port=target.port,
+            reason=reason,
+            sent=sent,
+            received=received,
+        )
+        audit.record(
+            "connection_closed" if bridge.connected else "connection_failed",
+            user=session.user,
+            session=session.session_id,
+            item=session.item.name,
+            stream=stream.stream_id,
+            target=f"{target.host}:{target.port}",
+            reason=reason,
+            bytes_to_target=sent,
+            bytes_from_target=received,
+        )
+
+    bridge = TcpBridge(stream, on_closed=closed)
+    bridge.wait_for_connection()
+    session.connection_started(bridge)
+    dial_host = target.host
+    allow_list = core.config.allowed_targets
+    if allow_list is not None:
+        try:
+            addresses, resolved_hosts = await resolve_checked(core, target.host)
+            check_allowed_targets(allow_list, target.port, addresses, resolved_hosts, target.host)
+        except AccessDenied as denial:
+            session.connection_finished(bridge)
+            channel._refuse_stream(
+                session, stream, target, ErrorCode.DENIED, denial.message, "allowed_targets"
             )
-            bridge.connection_failed(code, reason)
+            bridge.connection_failed(ErrorCode.DENIED, denial.message)
+            return
+        if stream.closed or session.closed:
+            bridge.abort(ErrorCode.CANCEL, "the stream ended while its target was resolved")
+            return
+        dial_host = addresses[0]
+    if session.recorder is not None:
+        from jumpoint.recording_tap import RecordingTap
 
-        attempt = self.core.connect_target(target.host, target.port, bridge)
-        connecting.append(attempt)
-        attempt.addErrback(failed)
+        bridge.tap = RecordingTap(
+            session.recorder, bridge, stream.stream_id, channel.peer_host, target.port
+        )
+
+    def connected(result: Any) -> Any:
+        audit.record(
+            "connection_opened",
+            user=session.user,
+            session=session.session_id,
+            item=session.item.name,
+            stream=stream.stream_id,
+            target=f"{target.host}:{target.port}",
+            address=dial_host,
+        )
+        return result
+
+    def failed(failure: Failure) -> None:
+        code, reason = classify_connect_failure(failure, target.host, target.port)
+        log.warn(
+            "session {session}: stream {stream_id}: {reason}",
+            session=session.session_id,
+            stream_id=stream.stream_id,
+            reason=reason,
+        )
+        bridge.connection_failed(code, reason)
+
+    attempt = core.connect_target(dial_host, target.port, bridge)
+    connecting.append(attempt)
+    attempt.addCallbacks(connected, failed)
 
 
 class JumpointFactory(Factory):

@@ -14,7 +14,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
-from jumpoint.server import JumpointCore, JumpointFactory
+from jumpoint.audit import AuditLog
+from jumpoint.notify import Delivery, Notifier
+from jumpoint.server import JumpointCore, JumpointFactory, thread_resolver
 from jumpoint.state import StateDatabase
 from jumpoint.targets import make_connector
 from shared.config import JumpointConfig
@@ -53,8 +55,57 @@ class JumpointService(MultiService):
             if channel.mux is not None:
                 channel.mux.go_away(ErrorCode.SHUTDOWN, "the Jumpoint is shutting down")
         result: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
-        self.core.database.close()
+
+        def finish(passed: object) -> object:
+            self.core.log_audit.close()
+            self.core.database.close()
+            return passed
+
+        if self.core.notifier is not None:
+            stopping = self.core.notifier.stop()
+            result.addBoth(lambda passed: stopping.addBoth(lambda _: passed))
+        result.addBoth(finish)
         return result
+
+
+def close_stale_sessions(database: StateDatabase, audit: AuditLog, now: float) -> int:
+    """Sessions a killed daemon left open are closed in the database (and audited)."""
+    rows = database.connection.execute(
+        "SELECT id, user_name, item FROM sessions WHERE closed_at IS NULL"
+    ).fetchall()
+    if not rows:
+        return 0
+    with database.transaction() as db:
+        db.execute(
+            "UPDATE sessions SET closed_at = ?, close_reason = ? WHERE closed_at IS NULL",
+            (now, "the Jumpoint stopped while the session was open"),
+        )
+    for session_id, user, item in rows:
+        audit.record(
+            "session_closed",
+            user=user,
+            session=session_id,
+            item=item,
+            code="jumpoint_stopped",
+            reason="the Jumpoint stopped while the session was open",
+        )
+    audit.flush()
+    return len(rows)
+
+
+def _recorder_factory(config: JumpointConfig, reactor: Any) -> Any:
+    from jumpoint.recording import SessionRecorder
+
+    directory = config.recordings_directory
+    if directory is None:
+        return None
+
+    def new(session_id: str) -> SessionRecorder:
+        return SessionRecorder(
+            directory, session_id, reactor, buffer_limit=config.recording_buffer_limit
+        )
+
+    return new
 
 
 def makeService(config: JumpointConfig, reactor: Any = None) -> IService:
@@ -64,11 +115,34 @@ def makeService(config: JumpointConfig, reactor: Any = None) -> IService:
 
         reactor = default_reactor
 
+    database = StateDatabase(config.state_database)
+    try:
+        audit = AuditLog(database, config.audit_file, reactor)
+    except OSError as error:
+        raise ConfigError(f"{config.path}: audit.file: cannot open it: {error}") from None
+    stale = close_stale_sessions(database, audit, reactor.seconds())
+    if stale:
+        log.warn("closed {count} sessions left open by a stopped Jumpoint", count=stale)
+
+    def delivered(delivery: Delivery) -> None:
+        audit.record(
+            "notification_sent" if delivery.ok else "notification_failed",
+            url=delivery.url,
+            notification=delivery.event,
+            status=delivery.status,
+            attempts=delivery.attempts,
+            error=delivery.error,
+        )
+
     core = JumpointCore(
         config=config,
-        database=StateDatabase(config.state_database),
+        database=database,
         clock=reactor,
         connect_target=make_connector(reactor, config.limits.connect_timeout),
+        resolve=thread_resolver(reactor),
+        audit=audit,
+        notifier=Notifier(reactor, on_result=delivered),
+        new_recorder=_recorder_factory(config, reactor),
     )
     try:
         options = server_options(

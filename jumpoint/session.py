@@ -1,25 +1,44 @@
-"""A tunnel session on the Jumpoint: one user, one item, many connections.
+"""A tunnel session on the Jumpoint: one user, one item, its terms, many connections.
 
-The session counts its connections (current and total, capped by the
-session's connection limit) and bytes, and logs every connection's end with
-its target and byte counts.
+The session counts its connections (current and total, capped by its terms)
+and bytes, and enforces the rest of its terms while it runs: the idle timeout
+(traffic in either direction resets it, and a connection with data still
+waiting to move keeps the session busy), and the deadlines decided when it
+opened (auto-close, the end of a strict schedule window, the end of the
+approval).  When one of them fires, the session's owner (the channel) is
+asked to close it with the reason (L{Session.on_expired}).
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from shared.bridge import TcpBridge
-from shared.items import TcpItem
+from shared.items import Item
 
-log = Logger()
+if TYPE_CHECKING:
+    from jumpoint.access import SessionTerms
+    from jumpoint.recording import SessionRecorder
+
+IDLE_CHECKS_PER_TIMEOUT = 6
+MAX_IDLE_CHECK_INTERVAL = 30.0
 
 
 def new_session_id() -> str:
     return secrets.token_hex(8)
+
+
+def describe_seconds(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
 
 
 @dataclass
@@ -28,14 +47,21 @@ class Session:
 
     session_id: str
     user: str
-    item: TcpItem
+    item: Item
     max_connections: int
     opened_at: float
+    terms: SessionTerms | None = None
+    recorder: SessionRecorder | None = None
     active: set[TcpBridge] = field(default_factory=set)
     total_connections: int = 0
     bytes_to_target: int = 0
     bytes_from_target: int = 0
     closed: bool = False
+    close_reason: str | None = None
+    last_activity: float = 0.0
+    on_expired: Callable[[Session, str, str], None] | None = None
+    _timers: list[IDelayedCall] = field(default_factory=list)
+    _last_total: int = -1
 
     def has_room(self) -> bool:
         return len(self.active) < self.max_connections
@@ -50,25 +76,95 @@ class Session:
         from_target = self.bytes_from_target + sum(b.stream.bytes_sent for b in self.active)
         return to_target, from_target
 
-    def connection_closed(self, bridge: TcpBridge, host: str, port: int) -> None:
+    def connection_finished(self, bridge: TcpBridge) -> tuple[int, int] | None:
+        """Count a connection's end; returns its (to target, from target) bytes."""
         if bridge not in self.active:
-            return
+            return None
         self.active.discard(bridge)
-        stream = bridge.stream
-        self.bytes_to_target += _to_target(bridge)
-        self.bytes_from_target += stream.bytes_sent
-        log.info(
-            "session {session} user {user}: connection {stream_id} to {host}:{port} closed"
-            " ({reason}); {sent} bytes to target, {received} bytes from target",
-            session=self.session_id,
-            user=self.user,
-            stream_id=stream.stream_id,
-            host=host,
-            port=port,
-            reason=bridge.close_reason or "closed",
-            sent=_to_target(bridge),
-            received=stream.bytes_sent,
+        sent, received = _to_target(bridge), bridge.stream.bytes_sent
+        self.bytes_to_target += sent
+        self.bytes_from_target += received
+        return sent, received
+
+    # -- enforcing the terms ---------------------------------------------
+
+    def start_timers(self, clock: IReactorTime) -> None:
+        """Arm the idle check and the deadlines of the session's terms."""
+        terms = self.terms
+        if terms is None:
+            return
+        now = clock.seconds()
+        self.last_activity = now
+        for deadline in terms.deadlines:
+            self._timers.append(
+                clock.callLater(
+                    max(0.0, deadline.at - now), self._expire, deadline.code, deadline.reason
+                )
+            )
+        if terms.idle_timeout is not None:
+            interval = min(terms.idle_timeout / IDLE_CHECKS_PER_TIMEOUT, MAX_IDLE_CHECK_INTERVAL)
+            self._schedule_idle_check(clock, interval)
+
+    def _schedule_idle_check(self, clock: IReactorTime, interval: float) -> None:
+        self._timers.append(clock.callLater(interval, self._idle_check, clock, interval))
+
+    def _busy(self) -> bool:
+        """Bytes moved since the last check, or a connection with data still to move."""
+        total = sum(self.totals())
+        moved = total != self._last_total
+        self._last_total = total
+        waiting = any(
+            b.stream.queued_bytes or b.stream.receive_paused for b in self.active if b.connected
         )
+        return moved or waiting
+
+    def _idle_check(self, clock: IReactorTime, interval: float) -> None:
+        if self.closed or self.terms is None or self.terms.idle_timeout is None:
+            return
+        now = clock.seconds()
+        if self._busy():
+            self.last_activity = now
+        idle_for = now - self.last_activity
+        if idle_for >= self.terms.idle_timeout:
+            self._expire(
+                "idle_timeout",
+                f"no traffic for {describe_seconds(self.terms.idle_timeout)} (idle timeout)",
+            )
+            return
+        self._schedule_idle_check(clock, interval)
+
+    def _expire(self, code: str, reason: str) -> None:
+        if self.closed:
+            return
+        if self.on_expired is not None:
+            self.on_expired(self, code, reason)
+
+    def stop_timers(self) -> None:
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        to_target, from_target = self.totals()
+        out: dict[str, Any] = {
+            "session": self.session_id,
+            "user": self.user,
+            "item": self.item.name,
+            "opened_at": self.opened_at,
+            "age": max(0.0, now - self.opened_at),
+            "connections": len(self.active),
+            "total_connections": self.total_connections,
+            "bytes_to_target": to_target,
+            "bytes_from_target": from_target,
+            "recording": self.recorder is not None,
+        }
+        if self.terms is not None:
+            deadline = self.terms.first_deadline()
+            out["closes_at"] = deadline.at if deadline else None
+            out["idle_timeout"] = self.terms.idle_timeout
+            out["ticket"] = self.terms.ticket
+        return out
 
 
 def _to_target(bridge: TcpBridge) -> int:

@@ -1,4 +1,4 @@
-"""The Jumpoint's state database (SQLite): users and their certificates.
+"""The Jumpoint's state database (SQLite): the schema, users and their certificates.
 
 SQLite needs no server, commits are atomic, and several processes (the
 daemon and the admin's C{jumpoint user ...} commands) may use the file at
@@ -6,12 +6,18 @@ once.  The schema is versioned: L{MIGRATIONS} lists the steps, and opening a
 database applies the missing ones inside a transaction.  The running daemon
 notices commits by other processes through C{PRAGMA data_version}, which is
 how C{jumpoint user revoke} reaches it without a restart.
+
+Items, sessions, approvals and the audit log have their own modules
+(L{jumpoint.item_store}, L{jumpoint.approvals}, L{jumpoint.audit}); they share
+this connection and its L{StateDatabase.transaction}.
 """
 
 from __future__ import annotations
 
 import datetime
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +41,67 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX certificates_by_user ON certificates(user_name);
     """,
+    # 2: several groups per user; items from the console; sessions; approvals; audit
+    """
+    CREATE TABLE user_groups (
+        user_name TEXT NOT NULL REFERENCES users(name),
+        group_name TEXT NOT NULL,
+        PRIMARY KEY (user_name, group_name)
+    );
+    INSERT INTO user_groups (user_name, group_name) SELECT name, user_group FROM users;
+    CREATE TABLE items (
+        name TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        jump_group TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        item TEXT NOT NULL,
+        opened_at REAL NOT NULL,
+        closed_at REAL,
+        close_reason TEXT,
+        ticket TEXT,
+        approval_id INTEGER,
+        recording TEXT,
+        connections INTEGER NOT NULL DEFAULT 0,
+        bytes_to_target INTEGER NOT NULL DEFAULT 0,
+        bytes_from_target INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX sessions_open ON sessions(closed_at);
+    CREATE TABLE approvals (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_name TEXT NOT NULL,
+        item TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        duration REAL NOT NULL,
+        status TEXT NOT NULL,
+        requested_at REAL NOT NULL,
+        request_expires_at REAL NOT NULL,
+        decided_at REAL,
+        decided_by TEXT,
+        comment TEXT,
+        valid_until REAL
+    );
+    CREATE INDEX approvals_by_user_item ON approvals(user_name, item);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        event TEXT NOT NULL,
+        user_name TEXT,
+        session TEXT,
+        item TEXT,
+        rule TEXT,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_time ON audit(time);
+    CREATE INDEX audit_by_user ON audit(user_name, time);
+    CREATE INDEX audit_by_item ON audit(item, time);
+    """,
 ]
 
 
@@ -44,10 +111,16 @@ class User:
     group: str
     created_at: str
     revoked_at: str | None
+    groups: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    @property
+    def all_groups(self) -> tuple[str, ...]:
+        """Every group of the user (the first one given at enrollment first)."""
+        return self.groups or (self.group,)
 
 
 def _now() -> str:
@@ -73,6 +146,23 @@ class StateDatabase:
 
     def close(self) -> None:
         self._db.close()
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The SQLite connection, for the stores that share this database."""
+        return self._db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write transaction (C{BEGIN IMMEDIATE} ... C{COMMIT}, or rolled back)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def _migrate(self) -> None:
         db = self._db
@@ -108,7 +198,14 @@ class StateDatabase:
         """Changes whenever another connection commits (PRAGMA data_version)."""
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
-    def add_user(self, name: str, group: str, serial: str, not_after: str) -> None:
+    def add_user(
+        self,
+        name: str,
+        group: str,
+        serial: str,
+        not_after: str,
+        more_groups: tuple[str, ...] = (),
+    ) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -131,6 +228,7 @@ class StateDatabase:
                 " VALUES (?, ?, ?, ?)",
                 (serial, name, now, not_after),
             )
+            self._set_groups(name, (group, *more_groups))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -158,11 +256,42 @@ class StateDatabase:
             db.execute("ROLLBACK")
             raise
 
+    def _set_groups(self, name: str, groups: tuple[str, ...]) -> None:
+        self._db.execute("DELETE FROM user_groups WHERE user_name = ?", (name,))
+        self._db.executemany(
+            "INSERT OR IGNORE INTO user_groups (user_name, group_name) VALUES (?, ?)",
+            [(name, group) for group in groups],
+        )
+        self._db.execute("UPDATE users SET user_group = ? WHERE name = ?", (groups[0], name))
+
+    def set_groups(self, name: str, groups: tuple[str, ...]) -> None:
+        """Replace the groups of user C{name} (at least one)."""
+        if not groups:
+            raise UsageError("a user needs at least one group")
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
+                raise UnknownUser(f"no user named {name!r}", hint="see `jumpoint user list`")
+            self._set_groups(name, groups)
+
+    def groups_of(self, name: str) -> tuple[str, ...]:
+        rows = self._db.execute(
+            "SELECT g.group_name FROM user_groups g JOIN users u ON u.name = g.user_name"
+            " WHERE g.user_name = ? ORDER BY g.group_name != u.user_group, g.group_name",
+            (name,),
+        ).fetchall()
+        return tuple(row[0] for row in rows)
+
     def list_users(self) -> list[User]:
         rows = self._db.execute(
             "SELECT name, user_group, created_at, revoked_at FROM users ORDER BY name"
         ).fetchall()
-        return [User(*row) for row in rows]
+        return [User(row[0], row[1], row[2], row[3], self.groups_of(row[0])) for row in rows]
+
+    def user(self, name: str) -> User | None:
+        row = self._db.execute(
+            "SELECT name, user_group, created_at, revoked_at FROM users WHERE name = ?", (name,)
+        ).fetchone()
+        return None if row is None else User(row[0], row[1], row[2], row[3], self.groups_of(name))
 
     def user_for_certificate(self, serial: str) -> tuple[User | None, str]:
         """The active user owning certificate C{serial}, or C{None} and the reason why not."""
@@ -173,7 +302,7 @@ class StateDatabase:
         ).fetchone()
         if row is None:
             return None, "the certificate is not registered on this Jumpoint"
-        user = User(*row[:4])
+        user = User(row[0], row[1], row[2], row[3], self.groups_of(row[0]))
         if row[4] is not None or not user.active:
             return None, f"the certificate of user {user.name!r} has been revoked"
         return user, ""

@@ -19,6 +19,7 @@ closed when both directions have ended, or aborted when the stream is reset.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol as Interface
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
@@ -27,6 +28,19 @@ from zope.interface import implementer
 
 from shared.frames import ErrorCode, describe_code
 from shared.mux import Stream
+
+
+class BridgeTap(Interface):
+    """Sees every byte a bridge relays (session recording on the Jumpoint)."""
+
+    def from_socket(self, data: bytes) -> None:
+        """Bytes read from the TCP connection, about to enter the stream."""
+
+    def to_socket(self, data: bytes) -> None:
+        """Bytes from the stream, about to be written to the TCP connection."""
+
+    def closed(self, reset: bool) -> None:
+        """The bridge ended (C{reset}: aborted rather than closed in order)."""
 
 
 @implementer(IPushProducer)
@@ -71,6 +85,7 @@ class TcpBridge(Protocol):
         self._write_closed = False
         self._finished = False
         self.connected = False
+        self.tap: BridgeTap | None = None
         stream.attach(self)
 
     # -- TCP side --------------------------------------------------------
@@ -89,6 +104,9 @@ class TcpBridge(Protocol):
         buffered, self._before_connect = self._before_connect, None
         self.stream.resume_receiving()
         if buffered:
+            if self.tap is not None:
+                for chunk in buffered:
+                    self.tap.to_socket(chunk)
             transport.writeSequence(buffered)
         if self._sending_paused:
             transport.pauseProducing()  # type: ignore[attr-defined]
@@ -96,6 +114,8 @@ class TcpBridge(Protocol):
             self.stream_ended()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.tap is not None:
+            self.tap.from_socket(data)
         self.stream.write(data)
 
     def readConnectionLost(self) -> None:
@@ -122,6 +142,8 @@ class TcpBridge(Protocol):
             self._before_connect.append(data)
             return
         assert self.transport is not None
+        if self.tap is not None:
+            self.tap.to_socket(data)
         self.stream.mux.writes.write(self.transport, data)
 
     def stream_ended(self) -> None:
@@ -190,5 +212,8 @@ class TcpBridge(Protocol):
             return
         self._finished = True
         self._before_connect = None
+        if self.tap is not None:
+            aborted = (self.close_reason or "").startswith("aborted")
+            self.tap.closed(self.reset_code is not None or aborted)
         if self.on_closed is not None:
             self.on_closed(self)

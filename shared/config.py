@@ -8,34 +8,29 @@ before the daemon starts.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from shared import items as item_schema
 from shared import schema
+from shared.addresses import AllowList, PortSet
 from shared.errors import ConfigError
-from shared.items import TcpItem
+from shared.items import Item
+from shared.policy import Group, JumpPolicy, Policies, Restrictions, SessionPolicy
+from shared.schedule import schedule_checker
 from shared.schema import Field, Where
 
 CONFIG_ENV = "JUMPOINT_CONFIG"
 MAX_CONNECTIONS_PER_SESSION = 256
 
-
-@dataclass(frozen=True)
-class Group:
-    """A user group; C{jump_groups} lists the jump groups its members may open ("*": all)."""
-
-    name: str
-    jump_groups: tuple[str, ...] = ("*",)
-    comments: str | None = None
-
-    def may_open(self, item: TcpItem) -> bool:
-        return "*" in self.jump_groups or item.jump_group in self.jump_groups
+__all__ = ["CONFIG_ENV", "Group", "JumpointConfig", "Limits", "load_config", "parse_config"]
 
 
 @dataclass(frozen=True)
@@ -62,13 +57,18 @@ class JumpointConfig:
     state_database: Path
     limits: Limits = field(default_factory=Limits)
     groups: dict[str, Group] = field(default_factory=dict)
-    items: tuple[TcpItem, ...] = ()
+    items: tuple[Item, ...] = ()
+    policies: Policies = field(default_factory=Policies)
+    allowed_targets: AllowList | None = None
+    audit_file: Path | None = None
+    recordings_directory: Path | None = None
+    recording_buffer_limit: int = 8 * 1024 * 1024
 
     @property
     def directory(self) -> Path:
         return self.path.parent
 
-    def item(self, name: str) -> TcpItem | None:
+    def item(self, name: str) -> Item | None:
         for entry in self.items:
             if entry.name == name:
                 return entry
@@ -102,9 +102,183 @@ _LIMIT_FIELDS = {
     "revocation_poll_interval": Field(schema.duration(600), default=1.0),
 }
 
+_PATTERN = schema.string(1, 128)
+_PATTERNS = schema.list_of(_PATTERN, max_items=1000)
+
+_JUMP_GROUP_FIELDS = {
+    "see": Field(_PATTERNS, default=[]),
+    "open": Field(_PATTERNS, default=[]),
+    "manage": Field(_PATTERNS, default=[]),
+}
+
+
+def _jump_groups(node: yaml.Node, where: Where) -> dict[str, list[str]]:
+    """C{jump_groups}: a list (see and open) or a mapping with C{see}, C{open}, C{manage}."""
+    if isinstance(node, yaml.SequenceNode):
+        patterns = _PATTERNS(node, where)
+        return {"see": patterns, "open": patterns, "manage": []}
+    return schema.mapping(node, where, _JUMP_GROUP_FIELDS)
+
+
+def _port_set(node: yaml.Node, where: Where) -> PortSet | None:
+    if isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null"):
+        return None
+    entries = schema.list_of(schema.string(1, 32), max_items=1000)(node, where)
+    if not entries:
+        return None
+    try:
+        return PortSet.parse(entries)
+    except ValueError as error:
+        raise where.error(node, str(error)) from None
+
+
+def _names(node: yaml.Node, where: Where) -> frozenset[str] | None:
+    entries = schema.list_of(schema.string(1, 32), max_items=100)(node, where)
+    return frozenset(e.lower() for e in entries) or None
+
+
+def _protocols(node: yaml.Node, where: Where) -> frozenset[str] | None:
+    entries = schema.list_of(schema.choice("tcp", "udp", "tcp-udp"), max_items=3)(node, where)
+    return frozenset(entries) or None
+
+
+def _acl(node: yaml.Node, where: Where) -> tuple[Any, ...] | None:
+    entries = schema.list_of(schema.string(1, 64), max_items=1000)(node, where)
+    networks = []
+    for index, text in enumerate(entries):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise where.child(index).error(
+                node.value[index], f"{text!r} is not an IP address or CIDR"
+            ) from None
+    return tuple(networks) or None
+
+
+_MIN_FIELDS = {"min": Field(schema.integer(0, 10080), default=None)}
+_AUTO_CLOSE_FIELDS = {
+    "min": Field(schema.duration(), default=None),
+    "max": Field(schema.duration(), default=None),
+}
+
+_RESTRICTED_FIELDS = {
+    "local": Field(_port_set, default=None),
+    "remote": Field(_port_set, default=None),
+    "scheme": Field(_names, default=None),
+    "acl": Field(_acl, default=None),
+    "idle_timeout_minutes": Field(
+        lambda n, w: schema.mapping(n, w, _MIN_FIELDS), default={"min": None}
+    ),
+    "auto_close": Field(
+        lambda n, w: schema.mapping(n, w, _AUTO_CLOSE_FIELDS), default={"min": None, "max": None}
+    ),
+    "protocol": Field(_protocols, default=None),
+    "skip_idle_timeout": Field(schema.boolean, default=False),
+    "terminate_foreign_tunnels": Field(schema.boolean, default=False),
+}
+
+
+def _restrictions(node: yaml.Node, where: Where) -> Restrictions:
+    values = schema.mapping(node, where, _RESTRICTED_FIELDS)
+    idle_min = values["idle_timeout_minutes"]["min"]
+    auto_close = values["auto_close"]
+    if (
+        auto_close["min"] is not None
+        and auto_close["max"] is not None
+        and auto_close["min"] > auto_close["max"]
+    ):
+        raise where.child("auto_close").error(node, "min is longer than max")
+    return Restrictions(
+        local=values["local"],
+        remote=values["remote"],
+        scheme=values["scheme"],
+        acl=values["acl"],
+        idle_timeout_min=None if idle_min is None else idle_min * 60.0,
+        auto_close_min=auto_close["min"],
+        auto_close_max=auto_close["max"],
+        protocol=values["protocol"],
+        skip_idle_timeout=values["skip_idle_timeout"],
+        terminate_foreign_tunnels=values["terminate_foreign_tunnels"],
+    )
+
+
 _GROUP_FIELDS = {
-    "jump_groups": Field(schema.list_of(schema.string(1, 128)), default=["*"]),
+    "jump_groups": Field(_jump_groups, default={"see": ["*"], "open": ["*"], "manage": []}),
+    "tunnels": Field(schema.boolean, default=True),
+    "tunnels_restricted": Field(_restrictions, default=None),
     "comments": Field(schema.optional_string(), default=None),
+}
+
+_SESSION_POLICY_FIELDS = {
+    "recording": Field(schema.boolean, default=False),
+    "idle_timeout": Field(schema.duration(7 * 86400), default=None),
+    "auto_close": Field(schema.duration(), default=None),
+    "max_connections": Field(schema.integer(1, MAX_CONNECTIONS_PER_SESSION), default=None),
+    "comments": Field(schema.optional_string(), default=None),
+}
+
+
+def _session_policy(node: yaml.Node, where: Where) -> dict[str, Any]:
+    return schema.mapping(node, where, _SESSION_POLICY_FIELDS)
+
+
+def _regex(node: yaml.Node, where: Where) -> re.Pattern[str]:
+    value = schema.string(1, 512)(node, where)
+    try:
+        return re.compile(value)
+    except re.error as error:
+        raise where.error(node, f"{value!r} is not a regular expression: {error}") from None
+
+
+def _webhook(node: yaml.Node, where: Where) -> str:
+    value = schema.string(1, 2048)(node, where)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+        shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
+        raise where.error(node, f"{shown!r} is not an http:// or https:// URL with a host")
+    return value
+
+
+_NOTIFY_EVENTS = ("session_start", "session_end")
+_NOTIFICATION_FIELDS = {
+    "webhook": Field(_webhook, required=True),
+    "events": Field(schema.list_of(schema.choice(*_NOTIFY_EVENTS), 1, 2), default=None),
+}
+
+_JUMP_POLICY_FIELDS = {
+    "schedule": Field(schedule_checker, default=None),
+    "ticket_id_required": Field(schema.boolean, default=False),
+    "ticket_id_pattern": Field(_regex, default=None),
+    "notifications": Field(lambda n, w: schema.mapping(n, w, _NOTIFICATION_FIELDS), default=None),
+    "approval_required": Field(schema.boolean, default=False),
+    "approver_group": Field(schema.string(1, 128), default=None),
+    "approval_max_duration": Field(schema.duration(), default=8 * 3600.0),
+    "approval_request_timeout": Field(schema.duration(), default=24 * 3600.0),
+    "comments": Field(schema.optional_string(), default=None),
+}
+
+
+def _jump_policy(node: yaml.Node, where: Where) -> dict[str, Any]:
+    values = schema.mapping(node, where, _JUMP_POLICY_FIELDS)
+    if values["approval_required"] and not values["approver_group"]:
+        raise where.error(node, "approval_required needs an approver_group")
+    return values
+
+
+def _allowed_targets(node: yaml.Node, where: Where) -> AllowList:
+    entries = schema.list_of(schema.string(1, 300), max_items=10_000)(node, where)
+    for index, text in enumerate(entries):
+        try:
+            AllowList.parse([text])
+        except ValueError as error:
+            raise where.child(index).error(node.value[index], str(error)) from None
+    return AllowList.parse(entries)
+
+
+_AUDIT_FIELDS = {"file": Field(schema.optional_string(), default="audit.jsonl")}
+_RECORDINGS_FIELDS = {
+    "directory": Field(schema.string(), default="recordings"),
+    "buffer_limit": Field(schema.integer(64 * 1024, 1024 * 1024 * 1024), default=8 * 1024 * 1024),
 }
 
 
@@ -121,7 +295,7 @@ def _group_checker(node: yaml.Node, where: Where) -> dict[str, Any]:
     return _mapping_or_empty(_GROUP_FIELDS)(node, where)
 
 
-def _items_or_empty(node: yaml.Node, where: Where) -> tuple[TcpItem, ...]:
+def _items_or_empty(node: yaml.Node, where: Where) -> tuple[Item, ...]:
     if isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null"):
         return ()
     return item_schema.items(node, where)
@@ -133,8 +307,77 @@ _TOP_FIELDS = {
     "state_database": Field(schema.string(), default="state.db"),
     "limits": Field(_mapping_or_empty(_LIMIT_FIELDS), default=None),
     "groups": Field(schema.dict_of(_group_checker), default=None),
+    "allowed_targets": Field(_allowed_targets, default=None),
+    "jump_policies": Field(schema.dict_of(_jump_policy), default=None),
+    "session_policies": Field(schema.dict_of(_session_policy), default=None),
+    "audit": Field(_mapping_or_empty(_AUDIT_FIELDS), default=None),
+    "recordings": Field(_mapping_or_empty(_RECORDINGS_FIELDS), default=None),
     "items": Field(_items_or_empty, default=()),
 }
+
+
+def _build_group(name: str, values: dict[str, Any]) -> Group:
+    jump_groups = values["jump_groups"]
+    return Group(
+        name=name,
+        see=tuple(jump_groups["see"]),
+        open=tuple(jump_groups["open"]),
+        manage=tuple(jump_groups["manage"]),
+        tunnels=values["tunnels"],
+        restrictions=values["tunnels_restricted"],
+        comments=values["comments"],
+    )
+
+
+def _build_policies(top: dict[str, Any]) -> Policies:
+    jump = {}
+    for name, values in (top["jump_policies"] or {}).items():
+        notifications = values["notifications"] or {}
+        jump[name] = JumpPolicy(
+            name=name,
+            schedule=values["schedule"],
+            ticket_id_required=values["ticket_id_required"]
+            or values["ticket_id_pattern"] is not None,
+            ticket_id_pattern=values["ticket_id_pattern"],
+            webhook=notifications.get("webhook"),
+            notify_events=tuple(notifications.get("events") or _NOTIFY_EVENTS),
+            approval_required=values["approval_required"],
+            approver_group=values["approver_group"],
+            approval_max_duration=values["approval_max_duration"],
+            approval_request_timeout=values["approval_request_timeout"],
+        )
+    session = {
+        name: SessionPolicy(
+            name=name,
+            recording=values["recording"],
+            idle_timeout=values["idle_timeout"],
+            auto_close=values["auto_close"],
+            max_connections=values["max_connections"],
+        )
+        for name, values in (top["session_policies"] or {}).items()
+    }
+    return Policies(jump=jump, session=session)
+
+
+def check_references(
+    filename: str, items: tuple[Item, ...], policies: Policies, groups: dict[str, Group]
+) -> None:
+    """Every policy an item names exists; every approver group exists."""
+    for index, entry in enumerate(items):
+        for key, known in (("jump_policy", policies.jump), ("session_policy", policies.session)):
+            name = getattr(entry, key)
+            if name is not None and name not in known:
+                names = ", ".join(sorted(known)) or "none"
+                raise ConfigError(
+                    f"{filename}: items[{index}].{key}: no {key.replace('_', ' ')} named"
+                    f" {name!r} (defined: {names})"
+                )
+    for policy in policies.jump.values():
+        if policy.approver_group is not None and policy.approver_group not in groups:
+            raise ConfigError(
+                f"{filename}: jump_policies.{policy.name}.approver_group: no group named"
+                f" {policy.approver_group!r}"
+            )
 
 
 def parse_config(text: str, path: Path) -> JumpointConfig:
@@ -150,12 +393,14 @@ def parse_config(text: str, path: Path) -> JumpointConfig:
         raise ConfigError(
             f"{filename}: limits.keepalive_timeout must be longer than limits.keepalive_interval"
         )
-    groups_values = top["groups"] or {}
-    groups = {
-        name: Group(name, tuple(values["jump_groups"]), values["comments"])
-        for name, values in groups_values.items()
-    }
+    groups = {name: _build_group(name, values) for name, values in (top["groups"] or {}).items()}
+    policies = _build_policies(top)
+    check_references(filename, top["items"], policies, groups)
     base = path.parent
+    audit = top["audit"] or {"file": "audit.jsonl"}
+    recordings = top["recordings"] or {
+        name: spec.default for name, spec in _RECORDINGS_FIELDS.items()
+    }
 
     def resolve(value: str) -> Path:
         candidate = Path(os.path.expanduser(value))
@@ -176,6 +421,11 @@ def parse_config(text: str, path: Path) -> JumpointConfig:
         limits=limits,
         groups=groups,
         items=top["items"],
+        policies=policies,
+        allowed_targets=top["allowed_targets"],
+        audit_file=resolve(audit["file"]) if audit["file"] else None,
+        recordings_directory=resolve(recordings["directory"]),
+        recording_buffer_limit=recordings["buffer_limit"],
     )
 
 

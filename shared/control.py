@@ -22,27 +22,95 @@ from shared.errors import ProtocolViolation
 HELLO = "hello"
 WELCOME = "welcome"
 LIST_ITEMS = "list_items"
+SHOW_ITEM = "show_item"
+CREATE_ITEM = "create_item"
+CHANGE_ITEM = "change_item"
+DELETE_ITEM = "delete_item"
 OPEN_SESSION = "open_session"
+TUNNELS_BOUND = "tunnels_bound"
 CLOSE_SESSION = "close_session"
+LIST_SESSIONS = "list_sessions"
+REQUEST_ACCESS = "request_access"
+LIST_REQUESTS = "list_requests"
+DECIDE_REQUEST = "decide_request"
 RESULT = "result"
 ERROR = "error"
 SESSION_CLOSED = "session_closed"
 
-CONSOLE_MESSAGES = {HELLO, LIST_ITEMS, OPEN_SESSION, CLOSE_SESSION}
+CONSOLE_MESSAGES = {
+    HELLO,
+    LIST_ITEMS,
+    SHOW_ITEM,
+    CREATE_ITEM,
+    CHANGE_ITEM,
+    DELETE_ITEM,
+    OPEN_SESSION,
+    TUNNELS_BOUND,
+    CLOSE_SESSION,
+    LIST_SESSIONS,
+    REQUEST_ACCESS,
+    LIST_REQUESTS,
+    DECIDE_REQUEST,
+}
 JUMPOINT_MESSAGES = {WELCOME, RESULT, ERROR, SESSION_CLOSED}
 
-MAX_STRING = 4096
+ITEM_CHANGES = ("tunnel_add", "tunnel_remove", "move", "tag", "comments")
 
-_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+MAX_STRING = 4096
+MAX_LIST = 256
+
+Types = type | tuple[type, ...]
+_NUMBER = (int, float)
+
+_FIELDS: dict[str, dict[str, Types]] = {
     HELLO: {"version": int, "client": str},
     WELCOME: {"version": int, "jumpoint": str, "user": str, "group": str},
     LIST_ITEMS: {"id": int},
+    SHOW_ITEM: {"id": int, "item": str},
+    CREATE_ITEM: {"id": int, "item": dict},
+    CHANGE_ITEM: {"id": int, "item": str, "change": str, "value": str},
+    DELETE_ITEM: {"id": int, "item": str},
     OPEN_SESSION: {"id": int, "item": str},
+    TUNNELS_BOUND: {"id": int, "tunnels": list},
     CLOSE_SESSION: {"id": int, "reason": str},
+    LIST_SESSIONS: {"id": int},
+    REQUEST_ACCESS: {"id": int, "item": str, "reason": str, "duration": _NUMBER},
+    LIST_REQUESTS: {"id": int},
+    DECIDE_REQUEST: {"id": int, "request": int, "approve": bool},
     RESULT: {"id": int},
     ERROR: {"id": int, "error": dict},
     SESSION_CLOSED: {"session": str, "code": str, "reason": str},
 }
+
+_OPTIONAL: dict[str, dict[str, Types]] = {
+    WELCOME: {"groups": list},
+    LIST_ITEMS: {"search": str, "tag": str, "jump_group": str},
+    OPEN_SESSION: {
+        "ticket": str,
+        "consent": bool,
+        "local_address": str,
+        "acl": list,
+        "auto_close": _NUMBER,
+        "idle_timeout": _NUMBER,
+    },
+    CLOSE_SESSION: {"session": str},
+    LIST_SESSIONS: {"all": bool},
+    LIST_REQUESTS: {"all": bool},
+    DECIDE_REQUEST: {"comment": str},
+}
+
+
+def _check_value(kind: str, name: str, value: Any, expected: Types) -> None:
+    wants_bool = expected is bool
+    if not isinstance(value, expected) or (isinstance(value, bool) and not wants_bool):
+        raise ProtocolViolation(f"control message {kind!r}: field {name!r} is missing or invalid")
+    if isinstance(value, str) and len(value) > MAX_STRING:
+        raise ProtocolViolation(f"control message {kind!r}: field {name!r} is too long")
+    if isinstance(value, list):
+        if len(value) > MAX_LIST:
+            raise ProtocolViolation(f"control message {kind!r}: field {name!r} is too long")
+        if name == "acl" and not all(isinstance(v, str) and len(v) <= 64 for v in value):
+            raise ProtocolViolation(f"control message {kind!r}: field {name!r} is invalid")
 
 
 def check_message(message: dict[str, Any], allowed: set[str]) -> str:
@@ -51,13 +119,10 @@ def check_message(message: dict[str, Any], allowed: set[str]) -> str:
     if not isinstance(kind, str) or kind not in allowed:
         raise ProtocolViolation(f"unexpected control message type {kind!r}"[:200])
     for name, expected in _FIELDS[kind].items():
-        value = message.get(name)
-        if not isinstance(value, expected) or isinstance(value, bool):
-            raise ProtocolViolation(
-                f"control message {kind!r}: field {name!r} is missing or invalid"
-            )
-        if isinstance(value, str) and len(value) > MAX_STRING:
-            raise ProtocolViolation(f"control message {kind!r}: field {name!r} is too long")
+        _check_value(kind, name, message.get(name), expected)
+    for name, expected in _OPTIONAL.get(kind, {}).items():
+        if message.get(name) is not None:
+            _check_value(kind, name, message[name], expected)
     return kind
 
 

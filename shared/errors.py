@@ -95,8 +95,46 @@ class UnknownUser(JumpError):
 
 
 class AccessDenied(JumpError):
+    """A policy denied the request; C{rule} names the rule (also shown in the message)."""
+
     code = "denied"
     exit_code = ExitCode.DENIED
+
+    def __init__(self, message: str, hint: str | None = None, rule: str | None = None) -> None:
+        if rule is not None and f"(rule: {rule})" not in message:
+            message = f"{message} (rule: {rule})"
+        super().__init__(message, hint)
+        self.rule = rule
+
+    def to_json(self) -> dict[str, str]:
+        out = super().to_json()
+        if self.rule is not None:
+            out["rule"] = self.rule
+        return out
+
+
+class ConsentRequired(JumpError):
+    """The session will be recorded and the user has not consented yet."""
+
+    code = "consent_required"
+    exit_code = ExitCode.DENIED
+
+
+class UnknownRequest(JumpError):
+    code = "unknown_request"
+    exit_code = ExitCode.NOT_FOUND
+
+
+class UnknownSession(JumpError):
+    code = "unknown_session"
+    exit_code = ExitCode.NOT_FOUND
+
+
+class NotSupported(JumpError):
+    """The Jumpoint knows the request but cannot carry it out (yet, or on this system)."""
+
+    code = "not_supported"
+    exit_code = ExitCode.FAILURE
 
 
 class LocalBindError(JumpError):
@@ -143,6 +181,9 @@ def error_from_json(data: object) -> JumpError:
     hint = str(hint_value)[:2000] if hint_value is not None else None
     by_code = {sub.code: sub for sub in _all_subclasses(JumpError)}
     cls = by_code.get(code, JumpError)
+    if cls is AccessDenied:
+        rule = data.get("rule")
+        return AccessDenied(message, hint, str(rule)[:200] if rule is not None else None)
     return cls(message, hint)
 
 

@@ -1,23 +1,55 @@
-"""Jump items: what a user may open, and the schema that checks them.
+"""Jump items: what a user may open, and the one schema that checks them.
 
-An item names a target on the Jumpoint's network.  A TCP tunnel item has a
-host and one or more tunnel pairs (a local port on the console's loopback
-address, "auto" for any free port, and a remote port on the host).  Items are
-sent to the console in control messages as plain JSON (L{TcpItem.to_json}).
+An item names a target on the Jumpoint's network.  Four kinds share the
+common fields (name, local address, jump group, tag, comments, policies):
+
+* C{tcp}: a host and one or more tunnel pairs (a local port on the console,
+  "auto" for any free port, and a remote port on the host);
+* C{mssql}: a SQL Server (host, port, the login the Jumpoint injects, database);
+* C{k8s}: a Kubernetes API server (https URL, its CA certificates as PEM);
+* C{network}: filter rules (addresses, protocol, ports).
+
+Items come from jumpoint.yaml (read-only) or are created from the console and
+kept in the state database.  Both go through the same checkers
+(L{item_checker}): a console request is turned into a node tree
+(L{shared.schema.from_data}) and checked exactly like the YAML file, so a
+field is validated in one place.  Items travel to the console as plain JSON
+(L{Item.to_json}).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
-from shared import schema
+from shared import addresses, schema
+from shared.errors import ConfigError
 from shared.schema import Field, Where
 
 NAME_MAX = 128
 AUTO = "auto"
+KINDS = ("tcp", "mssql", "k8s", "network")
+LOOPBACK_DEFAULT = "127.0.0.1"
+
+WELL_KNOWN_SCHEMES = {
+    22: "ssh",
+    80: "http",
+    443: "https",
+    1433: "mssql",
+    3306: "mysql",
+    3389: "rdp",
+    5432: "postgres",
+    5900: "vnc",
+    6379: "redis",
+    6443: "https",
+}
+"""The scheme a tunnel gets from its remote port when it names none (RPort's C{scheme})."""
+
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]{0,31}$")
 
 
 @dataclass(frozen=True)
@@ -26,27 +58,77 @@ class TunnelSpec:
 
     local_port: int | None
     remote_port: int
+    scheme: str | None = None
+
+    @property
+    def effective_scheme(self) -> str | None:
+        return self.scheme or WELL_KNOWN_SCHEMES.get(self.remote_port)
+
+    def text(self) -> str:
+        """The console's C{LOCAL:REMOTE} form."""
+        local = AUTO if self.local_port is None else str(self.local_port)
+        suffix = f"/{self.scheme}" if self.scheme else ""
+        return f"{local}:{self.remote_port}{suffix}"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "local_port": AUTO if self.local_port is None else self.local_port,
             "remote_port": self.remote_port,
         }
+        if self.scheme:
+            out["scheme"] = self.scheme
+        return out
+
+
+def parse_tunnel_text(text: str) -> dict[str, Any]:
+    """Parse the console's C{LOCAL:REMOTE[/SCHEME]} into the schema's mapping."""
+    body, _, scheme = text.strip().partition("/")
+    local, sep, remote = body.partition(":")
+    if not sep:
+        raise ValueError(f"{text!r} is not LOCAL:REMOTE (for example 8080:80 or auto:5432)")
+    out: dict[str, Any] = {
+        "local_port": AUTO if local.strip() == AUTO else _port_text(local, text),
+        "remote_port": _port_text(remote, text),
+    }
+    if scheme:
+        out["scheme"] = scheme
+    return out
+
+
+def _port_text(value: str, whole: str) -> int:
+    value = value.strip()
+    if not value.isdigit():
+        raise ValueError(f"{whole!r}: {value!r} is not a port number (1-65535) or 'auto'")
+    return int(value)
 
 
 @dataclass(frozen=True)
-class TcpItem:
-    """A TCP tunnel item (C{type: tcp})."""
+class Item:
+    """A jump item of any kind; the fields of other kinds stay at their defaults."""
 
     name: str
-    host: str
-    tunnels: tuple[TunnelSpec, ...]
-    local_address: str = "127.0.0.1"
+    type: str
+    host: str = ""
+    tunnels: tuple[TunnelSpec, ...] = ()
+    local_address: str = LOOPBACK_DEFAULT
     jump_group: str = "default"
     tag: str | None = None
     comments: str | None = None
+    jump_policy: str | None = None
+    session_policy: str | None = None
+    port: int | None = None
+    username: str | None = None
+    database: str | None = None
+    url: str | None = None
+    ca_pem: str | None = None
+    namespace: str | None = None
+    filters: tuple[str, ...] = ()
     source: str = "config"
-    type: str = "tcp"
+    created_by: str | None = None
+
+    @property
+    def read_only(self) -> bool:
+        return self.source == "config"
 
     @property
     def remote_ports(self) -> frozenset[int]:
@@ -56,18 +138,77 @@ class TcpItem:
         """The seed's rule: only the item's host and one of its remote ports."""
         return host == self.host and port in self.remote_ports
 
+    def to_spec(self) -> dict[str, Any]:
+        """The fields an admin or a console sets: what the database stores."""
+        out: dict[str, Any] = {"name": self.name, "type": self.type}
+        for key, value in _KIND_VALUES[self.type](self).items():
+            if value is not None and value != ():
+                out[key] = value
+        for key in ("local_address", "jump_group", "tag", "comments"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        for key in ("jump_policy", "session_policy"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "type": self.type,
-            "host": self.host,
-            "local_address": self.local_address,
-            "tunnels": [t.to_json() for t in self.tunnels],
-            "jump_group": self.jump_group,
-            "tag": self.tag,
-            "comments": self.comments,
-            "read_only": self.source == "config",
-        }
+        out = self.to_spec()
+        out.pop("ca_pem", None)
+        out.setdefault("tag", None)
+        out.setdefault("comments", None)
+        if self.ca_pem is not None:
+            out["ca_certificates"] = self.ca_pem.count("BEGIN CERTIFICATE")
+        out["read_only"] = self.read_only
+        out["source"] = self.source
+        if self.created_by is not None:
+            out["created_by"] = self.created_by
+        return out
+
+    def with_changes(self, **changes: Any) -> Item:
+        return replace(self, **changes)
+
+
+def _tcp_values(item: Item) -> dict[str, Any]:
+    return {"host": item.host, "tunnels": [t.to_json() for t in item.tunnels]}
+
+
+def _mssql_values(item: Item) -> dict[str, Any]:
+    local = item.tunnels[0].local_port if item.tunnels else None
+    return {
+        "host": item.host,
+        "port": item.port,
+        "local_port": AUTO if local is None else local,
+        "username": item.username,
+        "database": item.database,
+    }
+
+
+def _k8s_values(item: Item) -> dict[str, Any]:
+    local = item.tunnels[0].local_port if item.tunnels else None
+    return {
+        "url": item.url,
+        "ca_pem": item.ca_pem,
+        "namespace": item.namespace,
+        "local_port": AUTO if local is None else local,
+    }
+
+
+def _network_values(item: Item) -> dict[str, Any]:
+    return {"filters": list(item.filters)}
+
+
+_KIND_VALUES = {
+    "tcp": _tcp_values,
+    "mssql": _mssql_values,
+    "k8s": _k8s_values,
+    "network": _network_values,
+}
+
+
+# -- checkers ---------------------------------------------------------------
 
 
 def _local_port(node: yaml.Node, where: Where) -> int | None:
@@ -75,54 +216,165 @@ def _local_port(node: yaml.Node, where: Where) -> int | None:
         return None
     try:
         return schema.integer(1, 65535)(node, where)
-    except Exception:
+    except ConfigError:
         raise where.error(node, "must be 'auto' or a port number (1-65535)") from None
+
+
+def _scheme(node: yaml.Node, where: Where) -> str:
+    value = schema.string(1, 32)(node, where).lower()
+    if not _SCHEME.match(value):
+        raise where.error(node, f"{value!r} is not a scheme name (such as ssh, http, postgres)")
+    return value
 
 
 _TUNNEL_FIELDS = {
     "local_port": Field(_local_port, default=None),
     "remote_port": Field(schema.integer(1, 65535), required=True),
+    "scheme": Field(_scheme, default=None),
 }
 
 
 def _tunnel(node: yaml.Node, where: Where) -> TunnelSpec:
     values = schema.mapping(node, where, _TUNNEL_FIELDS)
-    return TunnelSpec(values["local_port"], values["remote_port"])
+    return TunnelSpec(values["local_port"], values["remote_port"], values["scheme"])
 
 
-_ITEM_FIELDS = {
+def _https_url(node: yaml.Node, where: Where) -> str:
+    value = schema.string(9, 2048)(node, where)
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname:
+        raise where.error(node, f"{value!r} must be an https:// URL with a host")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise where.error(node, "the URL must not carry credentials, a query or a fragment")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise where.error(node, f"{value!r} has an invalid port") from None
+    return value.rstrip("/")
+
+
+def _pem_certificates(node: yaml.Node, where: Where) -> str:
+    from cryptography import x509
+
+    value = schema.string(1, 65536)(node, where)
+    try:
+        certificates = x509.load_pem_x509_certificates(value.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise where.error(node, "is not PEM text of X.509 certificates") from None
+    if len(certificates) > 16:
+        raise where.error(node, "holds more than 16 certificates")
+    return value
+
+
+def _filter_rule(node: yaml.Node, where: Where) -> str:
+    value = schema.string(1, 4096)(node, where)
+    try:
+        return addresses.FilterRule.parse(value).describe()
+    except ValueError as error:
+        raise where.error(node, str(error)) from None
+
+
+_COMMON_FIELDS = {
     "name": Field(schema.string(1, NAME_MAX), required=True),
-    "type": Field(schema.choice("tcp"), required=True),
-    "host": Field(schema.host, required=True),
-    "local_address": Field(schema.loopback_address, default="127.0.0.1"),
-    "tunnels": Field(schema.list_of(_tunnel, min_items=1, max_items=64), required=True),
+    "type": Field(schema.choice(*KINDS), required=True),
+    "local_address": Field(schema.loopback_address, default=LOOPBACK_DEFAULT),
     "jump_group": Field(schema.string(1, NAME_MAX), default="default"),
     "tag": Field(schema.optional_string(NAME_MAX), default=None),
     "comments": Field(schema.optional_string(4096), default=None),
+    "jump_policy": Field(schema.string(1, NAME_MAX), default=None),
+    "session_policy": Field(schema.string(1, NAME_MAX), default=None),
+}
+
+_KIND_FIELDS: dict[str, dict[str, Field]] = {
+    "tcp": {
+        "host": Field(schema.host, required=True),
+        "tunnels": Field(schema.list_of(_tunnel, min_items=1, max_items=64), required=True),
+    },
+    "mssql": {
+        "host": Field(schema.host, required=True),
+        "port": Field(schema.integer(1, 65535), default=1433),
+        "local_port": Field(_local_port, default=None),
+        "username": Field(schema.string(1, NAME_MAX), required=True),
+        "database": Field(schema.string(1, NAME_MAX), default=None),
+    },
+    "k8s": {
+        "url": Field(_https_url, required=True),
+        "ca_pem": Field(_pem_certificates, required=True),
+        "namespace": Field(schema.string(1, 63, r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), default=None),
+        "local_port": Field(_local_port, default=None),
+    },
+    "network": {
+        "filters": Field(schema.list_of(_filter_rule, min_items=1, max_items=50), required=True),
+    },
 }
 
 
-def item(node: yaml.Node, where: Where) -> TcpItem:
-    """Check one item of the C{items:} list."""
-    values = schema.mapping(node, where, _ITEM_FIELDS)
-    tunnels: tuple[TunnelSpec, ...] = tuple(values["tunnels"])
-    fixed = [t.local_port for t in tunnels if t.local_port is not None]
-    if len(fixed) != len(set(fixed)):
-        raise where.child("tunnels").error(node, "two tunnels use the same local port")
-    return TcpItem(
-        name=values["name"],
-        host=values["host"],
-        tunnels=tunnels,
-        local_address=values["local_address"],
-        jump_group=values["jump_group"],
-        tag=values["tag"] or None,
-        comments=values["comments"],
-    )
+def _kind_of(node: yaml.Node, where: Where) -> str:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == "type":
+                return schema.choice(*KINDS)(value_node, where.child("type"))
+        raise where.error(node, "missing required key 'type'")
+    raise where.error(node, "expected a mapping of keys to values")
 
 
-def items(node: yaml.Node, where: Where) -> tuple[TcpItem, ...]:
-    """Check the C{items:} list: every item valid, names unique."""
-    checked = schema.list_of(item, max_items=100_000)(node, where)
+def item_checker(source: str = "config") -> schema.Checker[Item]:
+    """The checker of one item; C{source} is C{"config"} or C{"console"}."""
+
+    def check(node: yaml.Node, where: Where) -> Item:
+        kind = _kind_of(node, where)
+        values = schema.mapping(node, where, {**_COMMON_FIELDS, **_KIND_FIELDS[kind]})
+        return _build(kind, values, source, where, node)
+
+    return check
+
+
+def _build(kind: str, values: dict[str, Any], source: str, where: Where, node: yaml.Node) -> Item:
+    common = {
+        "name": values["name"],
+        "type": kind,
+        "local_address": values["local_address"],
+        "jump_group": values["jump_group"],
+        "tag": values["tag"] or None,
+        "comments": values["comments"] or None,
+        "jump_policy": values["jump_policy"],
+        "session_policy": values["session_policy"],
+        "source": source,
+    }
+    if kind == "tcp":
+        tunnels: tuple[TunnelSpec, ...] = tuple(values["tunnels"])
+        fixed = [t.local_port for t in tunnels if t.local_port is not None]
+        if len(fixed) != len(set(fixed)):
+            raise where.child("tunnels").error(node, "two tunnels use the same local port")
+        return Item(host=values["host"], tunnels=tunnels, **common)
+    if kind == "mssql":
+        tunnel = TunnelSpec(values["local_port"], values["port"], "mssql")
+        return Item(
+            host=values["host"],
+            port=values["port"],
+            username=values["username"],
+            database=values["database"],
+            tunnels=(tunnel,),
+            **common,
+        )
+    if kind == "k8s":
+        parts = urlsplit(values["url"])
+        host = parts.hostname or ""
+        tunnel = TunnelSpec(values["local_port"], parts.port or 443, "https")
+        return Item(
+            host=host,
+            url=values["url"],
+            ca_pem=values["ca_pem"],
+            namespace=values["namespace"],
+            tunnels=(tunnel,),
+            **common,
+        )
+    return Item(filters=tuple(values["filters"]), **common)
+
+
+def items(node: yaml.Node, where: Where) -> tuple[Item, ...]:
+    """Check the C{items:} list of jumpoint.yaml: every item valid, names unique."""
+    checked = schema.list_of(item_checker("config"), max_items=100_000)(node, where)
     seen: set[str] = set()
     for index, entry in enumerate(checked):
         if entry.name in seen:
@@ -133,3 +385,8 @@ def items(node: yaml.Node, where: Where) -> tuple[TcpItem, ...]:
             )
         seen.add(entry.name)
     return tuple(checked)
+
+
+def item_from_data(data: dict[str, Any], source: str, label: str = "item") -> Item:
+    """Check an item given as plain data (a console request, a database row)."""
+    return item_checker(source)(schema.from_data(data), Where(label, "", show_line=False))

@@ -148,6 +148,11 @@ class Stream:
         """Bytes written by the application and not yet sent."""
         return self._queued
 
+    @property
+    def receive_paused(self) -> bool:
+        """Whether the application holds back credit (its socket is full)."""
+        return self._receive_paused
+
     # -- the application's side ------------------------------------------
 
     def attach(self, app: StreamApplication) -> None:

@@ -31,14 +31,16 @@ class Where:
 
     filename: str
     path: str
+    show_line: bool = True
+    """C{False} for documents built from a request (their lines mean nothing to the user)."""
 
     def child(self, key: str | int) -> Where:
         if isinstance(key, int):
-            return Where(self.filename, f"{self.path}[{key}]")
-        return Where(self.filename, f"{self.path}.{key}" if self.path else key)
+            return Where(self.filename, f"{self.path}[{key}]", self.show_line)
+        return Where(self.filename, f"{self.path}.{key}" if self.path else key, self.show_line)
 
     def error(self, node: yaml.Node | None, message: str) -> ConfigError:
-        line = f":{node.start_mark.line + 1}" if node is not None else ""
+        line = f":{node.start_mark.line + 1}" if node is not None and self.show_line else ""
         key = f" {self.path}:" if self.path else ""
         return ConfigError(f"{self.filename}{line}:{key} {message}")
 
@@ -283,6 +285,22 @@ def loopback_address(node: yaml.Node, where: Where) -> str:
         raise where.error(node, f"{value!r} is not an IPv4 address") from None
     if address not in ipaddress.IPv4Network("127.0.0.0/8"):
         raise where.error(node, f"{value!r} is outside 127.0.0.0/8 (local addresses are loopback)")
+    return value
+
+
+def from_data(data: object) -> yaml.Node:
+    """The node tree of plain data (a decoded JSON request), for the same checkers."""
+    node = yaml.compose(yaml.safe_dump(data), Loader=yaml.SafeLoader)
+    assert node is not None
+    return node
+
+
+def ipv4_address(node: yaml.Node, where: Where) -> str:
+    value = string(7, 15)(node, where)
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        raise where.error(node, f"{value!r} is not an IPv4 address") from None
     return value
 
 

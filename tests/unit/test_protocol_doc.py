@@ -171,13 +171,36 @@ JSON_TYPES = {
 DIRECTIONS = {"console → jumpoint": "console", "jumpoint → console": "jumpoint"}
 
 
+def _json_type(t: object) -> str:
+    if isinstance(t, type):
+        return JSON_TYPES.get(t, repr(t))
+    if t == (int, float):
+        return "number"
+    return repr(t)
+
+
+def _field_cell(kind: str, column: str, cell: str, problems: list[str]) -> dict[str, str]:
+    if cell in ("", "—"):
+        return {}
+    pairs = re.findall(r"`(\w+)`\s*\((\w+)\)", cell)
+    documented = dict(pairs)
+    if len(pairs) != len(documented):
+        problems.append(f"{kind}: a field is listed twice in {column}")
+    leftover = re.sub(r"`\w+`\s*\(\w+\)", "", cell).replace(",", "").strip()
+    if leftover:
+        problems.append(f"{kind}: unparsed text in {column}: {leftover!r}")
+    return documented
+
+
 def check_control_messages(
     text: str,
     fields: Mapping[str, Mapping[str, object]],
     console: set[str],
     jumpoint: set[str],
+    optional: Mapping[str, Mapping[str, object]] | None = None,
 ) -> list[str]:
-    rows = parse_table(text, "Control messages", ["Type", "Direction", "Fields"])
+    rows = parse_table(text, "Control messages", ["Type", "Direction", "Fields", "Optional fields"])
+    optional = optional or {}
     problems: list[str] = []
     kinds = []
     for row in rows:
@@ -197,19 +220,13 @@ def check_control_messages(
         if kind not in fields:
             problems.append(f"{kind}: documented but not in control._FIELDS")
             continue
-        pairs = re.findall(r"`(\w+)`\s*\((\w+)\)", row["Fields"])
-        documented = dict(pairs)
-        if len(pairs) != len(documented):
-            problems.append(f"{kind}: a field is listed twice")
-        leftover = re.sub(r"`\w+`\s*\(\w+\)", "", row["Fields"]).replace(",", "").strip()
-        if leftover:
-            problems.append(f"{kind}: unparsed text in Fields: {leftover!r}")
-        expected = {
-            name: JSON_TYPES.get(t, repr(t)) if isinstance(t, type) else repr(t)
-            for name, t in fields[kind].items()
-        }
-        if documented != expected:
-            problems.append(f"{kind}: fields {documented} in the document, {expected} in the code")
+        for column, table in (("Fields", fields), ("Optional fields", optional)):
+            documented = _field_cell(kind, column, row[column], problems)
+            expected = {name: _json_type(t) for name, t in table.get(kind, {}).items()}
+            if documented != expected:
+                problems.append(
+                    f"{kind}: {column} {documented} in the document, {expected} in the code"
+                )
     problems += _duplicates(kinds)
     for kind in sorted(fields.keys() - set(kinds)):
         problems.append(f"Control messages: {kind} missing from the document")
@@ -261,7 +278,11 @@ def test_limits_table_lists_every_mux_setting() -> None:
 
 def test_control_messages_table() -> None:
     problems = check_control_messages(
-        doc_text(), control._FIELDS, control.CONSOLE_MESSAGES, control.JUMPOINT_MESSAGES
+        doc_text(),
+        control._FIELDS,
+        control.CONSOLE_MESSAGES,
+        control.JUMPOINT_MESSAGES,
+        control._OPTIONAL,
     )
     assert problems == []
 
@@ -370,15 +391,23 @@ def test_limits_drift_in_code_is_caught() -> None:
     ("old", "new"),
     [
         ("`version` (integer), `client` (string)", "`version` (integer)"),
-        ("`id` (integer), `item` (string)", "`id` (integer), `item` (integer)"),
+        (
+            "`id` (integer), `item` (string) | `ticket`",
+            "`id` (integer), `item` (integer) | `ticket`",
+        ),
         ("| `result` | jumpoint → console |", "| `result` | console → jumpoint |"),
-        ("| `list_items` | console → jumpoint | `id` (integer) |\n", ""),
+        ("| `show_item` | console → jumpoint | `id` (integer), `item` (string) | — |\n", ""),
+        ("`all` (boolean) |\n| `request_access`", "`all` (integer) |\n| `request_access`"),
     ],
 )
 def test_control_drift_in_doc_is_caught(old: str, new: str) -> None:
     text = _replace_once(doc_text(), old, new)
     problems = check_control_messages(
-        text, control._FIELDS, control.CONSOLE_MESSAGES, control.JUMPOINT_MESSAGES
+        text,
+        control._FIELDS,
+        control.CONSOLE_MESSAGES,
+        control.JUMPOINT_MESSAGES,
+        control._OPTIONAL,
     )
     assert problems != []
 

@@ -1,0 +1,436 @@
+"""The Jumpoint's access decisions: may this user open this item, and on which terms?
+
+L{decide} checks a console's session request against every rule in order
+and either raises L{AccessDenied} naming the rule that denied it, or returns
+the L{SessionTerms}: the tunnels (with the local ports a restricted user may
+bind), the listener ACL, the idle timeout, when the session must close and
+why, the connection cap, and whether it is recorded.  The rules, in order:
+
+1. the user's groups: may they open items of the item's jump group at all,
+   and open tunnels (C{tunnels})?
+2. C{tunnels_restricted} (the union over the groups): protocol, remote and
+   local ports, schemes, listener address and ACL, idle timeout, auto-close;
+3. the item's jump policy: schedule, ticket ID, approval;
+4. the item's session policy: recording consent, idle timeout, lifetime,
+   connection cap.
+
+The Jumpoint-local allow-list (C{allowed_targets}) needs DNS, so the server
+checks it separately (L{check_allowed_targets}), both when the session opens
+and for every connection.  Nothing here does I/O except reading approvals.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jumpoint.approvals import ApprovalStore
+from shared.addresses import AllowList, PortSet
+from shared.config import JumpointConfig
+from shared.errors import AccessDenied, ConsentRequired, NotSupported
+from shared.items import Item
+from shared.policy import Grant, JumpPolicy, SessionPolicy
+
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+SUPPORTED_KINDS = ("tcp",)
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """What the console asks for (the C{open_session} control message)."""
+
+    item: str
+    ticket: str | None = None
+    consent: bool = False
+    local_address: str | None = None
+    acl: tuple[str, ...] = ()
+    auto_close: float | None = None
+    idle_timeout: float | None = None
+    """Seconds; 0 asks for no idle timeout."""
+
+    @classmethod
+    def from_message(cls, message: Mapping[str, Any]) -> SessionRequest:
+        return cls(
+            item=str(message["item"]),
+            ticket=message.get("ticket"),
+            consent=bool(message.get("consent", False)),
+            local_address=message.get("local_address"),
+            acl=tuple(message.get("acl") or ()),
+            auto_close=message.get("auto_close"),
+            idle_timeout=message.get("idle_timeout"),
+        )
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A moment the session must close at, and the reason given then."""
+
+    at: float
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SessionTerms:
+    """Everything the session is allowed, as decided when it opened."""
+
+    item: Item
+    grant: Grant
+    local_address: str
+    local_ports: PortSet | None
+    acl: tuple[str, ...]
+    idle_timeout: float | None
+    deadlines: tuple[Deadline, ...]
+    max_connections: int
+    recording: bool
+    ticket: str | None
+    approval_id: int | None
+    jump_policy: JumpPolicy | None
+    session_policy: SessionPolicy | None
+    notes: tuple[str, ...] = field(default=())
+
+    def first_deadline(self) -> Deadline | None:
+        return min(self.deadlines, key=lambda d: d.at) if self.deadlines else None
+
+    def tunnels_json(self) -> list[dict[str, Any]]:
+        out = []
+        for tunnel in self.item.tunnels:
+            entry: dict[str, Any] = {
+                "local_address": self.local_address,
+                "local_port": "auto" if tunnel.local_port is None else tunnel.local_port,
+                "remote_host": self.item.host,
+                "remote_port": tunnel.remote_port,
+            }
+            if self.local_ports is not None:
+                entry["allowed_local_ports"] = self.local_ports.describe()
+            out.append(entry)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        deadline = self.first_deadline()
+        return {
+            "tunnels": self.tunnels_json(),
+            "acl": list(self.acl),
+            "idle_timeout": self.idle_timeout,
+            "closes_at": deadline.at if deadline else None,
+            "closes_because": deadline.reason if deadline else None,
+            "max_connections": self.max_connections,
+            "recording": self.recording,
+            "jump_policy": self.jump_policy.name if self.jump_policy else None,
+            "session_policy": self.session_policy.name if self.session_policy else None,
+            "notes": list(self.notes),
+        }
+
+
+def _minutes(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+def decide(
+    config: JumpointConfig,
+    grant: Grant,
+    item: Item,
+    request: SessionRequest,
+    now: float,
+    approvals: ApprovalStore,
+) -> SessionTerms:
+    """Apply every rule (see the module docstring); raise L{AccessDenied} naming the rule."""
+    who = grant.rule_groups()
+    if not grant.may_open(item):
+        raise AccessDenied(
+            f"your {who} may see item {item.name!r} but not open items of jump group"
+            f" {item.jump_group!r}",
+            rule="groups.jump_groups.open",
+        )
+    if not grant.tunnels:
+        raise AccessDenied(f"your {who} may not open tunnels", rule="groups.tunnels")
+    if item.type not in SUPPORTED_KINDS:
+        raise NotSupported(
+            f"item {item.name!r} is a {item.type} item; this Jumpoint cannot open {item.type}"
+            " items yet",
+            hint="only tcp items can be opened for now",
+        )
+    restrictions = grant.restrictions
+    if not restrictions.allows_protocol("tcp"):
+        allowed = ", ".join(sorted(restrictions.protocol or ()))
+        raise AccessDenied(
+            f"your {who} may open {allowed} tunnels only; item {item.name!r} is tcp",
+            rule="tunnels_restricted.protocol",
+        )
+    for tunnel in item.tunnels:
+        shown = f"{tunnel.text()} of item {item.name!r}"
+        if restrictions.remote is not None and tunnel.remote_port not in restrictions.remote:
+            raise AccessDenied(
+                f"tunnel {shown}: remote port {tunnel.remote_port} is not allowed for your {who}"
+                f" (allowed: {restrictions.remote.describe()})",
+                rule="tunnels_restricted.remote",
+            )
+        local = restrictions.local
+        if local is not None and tunnel.local_port is not None and tunnel.local_port not in local:
+            raise AccessDenied(
+                f"tunnel {shown}: local port {tunnel.local_port} is not allowed for your"
+                f" {who} (allowed: {local.describe()})",
+                rule="tunnels_restricted.local",
+            )
+        if restrictions.scheme is not None:
+            scheme = tunnel.effective_scheme
+            if scheme not in restrictions.scheme:
+                raise AccessDenied(
+                    f"tunnel {shown}: scheme {scheme or 'unknown'} is not allowed for your {who}"
+                    f" (allowed: {', '.join(sorted(restrictions.scheme))})",
+                    rule="tunnels_restricted.scheme",
+                )
+    local_address, acl = _listener(item, request, grant)
+    idle_timeout = _idle_timeout(item, request, grant, config)
+    deadlines: list[Deadline] = []
+    auto_close = _auto_close(item, request, grant, config)
+    if auto_close is not None:
+        deadlines.append(
+            Deadline(
+                now + auto_close,
+                "auto_close",
+                f"the session's maximum lifetime of {_minutes(auto_close)} ran out (auto_close)",
+            )
+        )
+    jump_policy = config.policies.jump.get(item.jump_policy) if item.jump_policy else None
+    approval_id = None
+    if jump_policy is not None:
+        _check_ticket(jump_policy, request.ticket)
+        deadline = _check_schedule(jump_policy, now)
+        if deadline is not None:
+            deadlines.append(deadline)
+        if jump_policy.approval_required:
+            approval = approvals.valid_for(grant.user, item.name, now)
+            if approval is None:
+                latest = approvals.latest_for(grant.user, item.name)
+                state = (
+                    f"your latest request ({latest.id}) is {latest.status_at(now)}"
+                    if latest
+                    else "you have no approved request"
+                )
+                raise AccessDenied(
+                    f"item {item.name!r} needs an approved access request (jump policy"
+                    f" {jump_policy.name!r}); {state}",
+                    hint=f"ask with: jump request {item.name} --reason TEXT --duration 1h",
+                    rule=f"jump_policies.{jump_policy.name}.approval_required",
+                )
+            approval_id = approval.id
+            assert approval.valid_until is not None
+            deadlines.append(
+                Deadline(
+                    approval.valid_until,
+                    "approval_expired",
+                    f"the approval of request {approval.id} expired",
+                )
+            )
+    session_policy = (
+        config.policies.session.get(item.session_policy) if item.session_policy else None
+    )
+    recording = bool(session_policy and session_policy.recording)
+    if recording and not request.consent:
+        assert session_policy is not None
+        raise ConsentRequired(
+            f"sessions of item {item.name!r} are recorded (session policy"
+            f" {session_policy.name!r}): the Jumpoint keeps a copy of every byte of every"
+            " connection",
+            hint="consent with --yes, or answer the question on a terminal",
+        )
+    max_connections = config.limits.max_connections_per_session
+    if session_policy is not None and session_policy.max_connections is not None:
+        max_connections = min(max_connections, session_policy.max_connections)
+    return SessionTerms(
+        item=item,
+        grant=grant,
+        local_address=local_address,
+        local_ports=restrictions.local,
+        acl=acl,
+        idle_timeout=idle_timeout,
+        deadlines=tuple(deadlines),
+        max_connections=max_connections,
+        recording=recording,
+        ticket=request.ticket,
+        approval_id=approval_id,
+        jump_policy=jump_policy,
+        session_policy=session_policy,
+    )
+
+
+def _listener(item: Item, request: SessionRequest, grant: Grant) -> tuple[str, tuple[str, ...]]:
+    """The console's listening address and ACL (RPort's C{acl})."""
+    restrictions = grant.restrictions
+    address_text = request.local_address or item.local_address
+    try:
+        address = ipaddress.ip_address(address_text)
+    except ValueError:
+        raise AccessDenied(
+            f"{address_text!r} is not an IP address", rule="tunnels_restricted.acl"
+        ) from None
+    requested = []
+    for text in request.acl:
+        try:
+            requested.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise AccessDenied(
+                f"acl entry {text!r} is not an IP address or CIDR", rule="tunnels_restricted.acl"
+            ) from None
+    allowed = restrictions.acl
+    if allowed is not None:
+        for network in requested:
+            if not any(
+                network.version == a.version and network.subnet_of(a)  # type: ignore[arg-type]
+                for a in allowed
+            ):
+                raise AccessDenied(
+                    f"acl {network} is wider than your {grant.rule_groups()} allow"
+                    f" ({', '.join(str(a) for a in allowed)})",
+                    rule="tunnels_restricted.acl",
+                )
+    chosen = requested or list(allowed or ())
+    if address not in LOOPBACK and not chosen:
+        raise AccessDenied(
+            f"listening on {address} (not loopback) needs an acl saying who may connect",
+            hint="pass --acl CIDR (the networks allowed to connect), or use a 127.x.y.z address",
+            rule="tunnels_restricted.acl",
+        )
+    return str(address), tuple(str(n) for n in chosen)
+
+
+def _idle_timeout(
+    item: Item, request: SessionRequest, grant: Grant, config: JumpointConfig
+) -> float | None:
+    restrictions = grant.restrictions
+    policy = config.policies.session.get(item.session_policy) if item.session_policy else None
+    policy_idle = policy.idle_timeout if policy else None
+    minimum = restrictions.idle_timeout_min
+    requested = request.idle_timeout
+    if requested is not None and requested <= 0:
+        if not restrictions.skip_idle_timeout:
+            raise AccessDenied(
+                f"your {grant.rule_groups()} may not turn the idle timeout off",
+                rule="tunnels_restricted.skip_idle_timeout",
+            )
+        return None
+    if requested is not None:
+        if minimum is not None and requested < minimum:
+            raise AccessDenied(
+                f"an idle timeout of {_minutes(requested)} is shorter than the"
+                f" {_minutes(minimum)} your {grant.rule_groups()} require",
+                rule="tunnels_restricted.idle_timeout_minutes.min",
+            )
+        if policy_idle is not None and requested > policy_idle:
+            assert policy is not None
+            raise AccessDenied(
+                f"an idle timeout of {_minutes(requested)} is longer than the"
+                f" {_minutes(policy_idle)} of session policy {policy.name!r}",
+                rule=f"session_policies.{policy.name}.idle_timeout",
+            )
+        return requested
+    if policy_idle is not None:
+        return policy_idle
+    if minimum is not None and not restrictions.skip_idle_timeout:
+        return minimum
+    return None
+
+
+def _auto_close(
+    item: Item, request: SessionRequest, grant: Grant, config: JumpointConfig
+) -> float | None:
+    restrictions = grant.restrictions
+    policy = config.policies.session.get(item.session_policy) if item.session_policy else None
+    policy_max = policy.auto_close if policy else None
+    value = request.auto_close
+    if value is not None and value <= 0:
+        raise AccessDenied("auto_close must be a positive duration", rule="auto_close")
+    if value is not None and policy_max is not None and value > policy_max:
+        assert policy is not None
+        raise AccessDenied(
+            f"an auto-close of {_minutes(value)} is longer than the {_minutes(policy_max)}"
+            f" maximum lifetime of session policy {policy.name!r}",
+            rule=f"session_policies.{policy.name}.auto_close",
+        )
+    if value is None:
+        value = policy_max
+    high, low = restrictions.auto_close_max, restrictions.auto_close_min
+    if high is not None:
+        if value is None:
+            value = high
+        elif value > high:
+            raise AccessDenied(
+                f"an auto-close of {_minutes(value)} is longer than the {_minutes(high)} your"
+                f" {grant.rule_groups()} allow",
+                rule="tunnels_restricted.auto_close.max",
+            )
+    if low is not None and value is not None and value < low:
+        raise AccessDenied(
+            f"an auto-close of {_minutes(value)} is shorter than the {_minutes(low)} your"
+            f" {grant.rule_groups()} require",
+            rule="tunnels_restricted.auto_close.min",
+        )
+    return value
+
+
+def _check_ticket(policy: JumpPolicy, ticket: str | None) -> None:
+    if not policy.ticket_id_required:
+        return
+    if not ticket:
+        raise AccessDenied(
+            f"jump policy {policy.name!r} requires a ticket ID",
+            hint="pass --ticket ID",
+            rule=f"jump_policies.{policy.name}.ticket_id_required",
+        )
+    pattern = policy.ticket_id_pattern
+    if pattern is not None and not pattern.fullmatch(ticket):
+        raise AccessDenied(
+            f"ticket ID {ticket[:64]!r} does not have the format jump policy {policy.name!r}"
+            f" requires ({pattern.pattern})",
+            rule=f"jump_policies.{policy.name}.ticket_id_pattern",
+        )
+
+
+def _check_schedule(policy: JumpPolicy, now: float) -> Deadline | None:
+    schedule = policy.schedule
+    if schedule is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+    window = schedule.window_at(moment)
+    if window is None:
+        opening = schedule.next_opening(moment)
+        when = f"; next opening {opening.isoformat(timespec='minutes')}" if opening else ""
+        raise AccessDenied(
+            f"outside the schedule of jump policy {policy.name!r}: {schedule.describe()}{when}",
+            rule=f"jump_policies.{policy.name}.schedule",
+        )
+    if not schedule.strict or window.end is None:  # None: the windows cover the whole week
+        return None
+    return Deadline(
+        window.end.timestamp(),
+        "schedule",
+        f"the schedule window of jump policy {policy.name!r} ended at"
+        f" {window.end.isoformat(timespec='minutes')} (strict schedule)",
+    )
+
+
+def check_allowed_targets(
+    allow_list: AllowList | None,
+    port: int,
+    addresses: Sequence[str],
+    resolved_hosts: Mapping[str, Sequence[str]],
+    host: str,
+) -> None:
+    """The Jumpoint-local allow-list: every resolved address must be allowed."""
+    if allow_list is None:
+        return
+    decision = allow_list.check(port, addresses, resolved_hosts)
+    if not decision.allowed:
+        shown = host if decision.address in (None, host) else f"{host} ({decision.address})"
+        raise AccessDenied(
+            f"{shown}:{port} is not in this Jumpoint's allowed_targets: {decision.reason}",
+            rule="allowed_targets",
+        )

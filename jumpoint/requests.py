@@ -1,0 +1,691 @@
+"""The Jumpoint's answers to the console's control requests.
+
+L{handle} dispatches one checked request of a channel's user: items (list,
+show, create, change, delete), sessions (open, report bindings, list,
+close), and access requests (request, list, approve or deny).  Every
+decision is taken here, on the Jumpoint, and audited; a refusal raises a
+L{JumpError} naming the rule, which the channel sends back as an error
+reply.  Handlers that must wait (DNS for the allow-list) return coroutines.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from jumpoint.access import SessionRequest, check_allowed_targets, decide
+from jumpoint.session import Session, new_session_id
+from shared import control
+from shared.errors import (
+    AccessDenied,
+    ConsentRequired,
+    JumpError,
+    ProtocolViolation,
+    UnknownItem,
+    UnknownRequest,
+    UnknownSession,
+    UsageError,
+)
+from shared.frames import ErrorCode
+from shared.items import Item, item_from_data, parse_tunnel_text
+from shared.policy import Grant
+
+if TYPE_CHECKING:
+    from jumpoint.server import JumpointChannel, JumpointCore
+
+log = Logger()
+
+Outcome = dict[str, Any] | Coroutine[Any, Any, dict[str, Any]]
+
+
+def handle(channel: JumpointChannel, kind: str, message: dict[str, Any]) -> Outcome:
+    """Answer one request (see the module docstring)."""
+    assert channel.user is not None
+    grant = channel.core.grant_for(channel.user)
+    if grant.missing_groups and not grant.groups:
+        raise AccessDenied(
+            f"user {channel.user.name!r} is in group {grant.missing_groups[0]!r}, which"
+            " jumpoint.yaml does not define",
+            hint="ask your administrator to define the group or move you to another one",
+            rule="groups",
+        )
+    handler = _HANDLERS.get(kind)
+    if handler is None:
+        raise ProtocolViolation(f"unexpected request {kind!r}")
+    outcome: Outcome = handler(channel, grant, message)
+    return outcome
+
+
+# -- items -------------------------------------------------------------------
+
+
+def _visible(core: JumpointCore, grant: Grant, name: str) -> Item:
+    item = core.catalog.get(name)
+    if item is None or not grant.may_see(item):
+        raise UnknownItem(
+            f"no item named {name!r} that you may see on Jumpoint {core.config.name}",
+            hint="list the items you may open with `jump items`",
+        )
+    return item
+
+
+def _item_json(item: Item, grant: Grant) -> dict[str, Any]:
+    out = item.to_json()
+    out["may_open"] = grant.may_open(item)
+    out["may_manage"] = not item.read_only and grant.may_manage(item.jump_group)
+    return out
+
+
+def _list_items(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+    search = (message.get("search") or "").lower()
+    tag = message.get("tag")
+    jump_group = message.get("jump_group")
+    found = []
+    for item in channel.core.catalog.all():
+        if not grant.may_see(item):
+            continue
+        if jump_group is not None and item.jump_group != jump_group:
+            continue
+        if tag is not None and (item.tag or "") != tag:
+            continue
+        if search:
+            haystack = " ".join(
+                str(v).lower()
+                for v in (item.name, item.host, item.tag, item.comments, item.url)
+                if v
+            )
+            if search not in haystack:
+                continue
+        found.append(_item_json(item, grant))
+    return {"items": found}
+
+
+def _show_item(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+    return {"item": _item_json(_visible(channel.core, grant, message["item"]), grant)}
+
+
+def _check_manage(grant: Grant, jump_group: str, action: str) -> None:
+    if not grant.may_manage(jump_group):
+        raise AccessDenied(
+            f"your {grant.rule_groups()} may not {action} items in jump group {jump_group!r}",
+            rule="groups.jump_groups.manage",
+        )
+
+
+def _check_policies(core: JumpointCore, item: Item) -> None:
+    policies = core.config.policies
+    for key, known in (("jump_policy", policies.jump), ("session_policy", policies.session)):
+        name = getattr(item, key)
+        if name is not None and name not in known:
+            defined = ", ".join(sorted(known)) or "none"
+            raise UsageError(
+                f"item: {key}: no {key.replace('_', ' ')} named {name!r} (defined: {defined})"
+            )
+
+
+def _create_item(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+    core = channel.core
+    assert channel.user is not None
+    item = item_from_data(message["item"], "console")
+    _check_manage(grant, item.jump_group, "create")
+    if item.name in core.catalog.configured:
+        raise UsageError(
+            f"an item named {item.name!r} already exists (in jumpoint.yaml, read-only)",
+            hint="choose another name",
+        )
+    _check_policies(core, item)
+    created = core.catalog.store.create(item, channel.user.name, core.clock.seconds())
+    core.log_audit.record(
+        "item_created",
+        user=channel.user.name,
+        item=item.name,
+        durable=True,
+        spec=_audit_spec(created),
+    )
+    return {"item": _item_json(created, grant)}
+
+
+def _audit_spec(item: Item) -> dict[str, Any]:
+    spec = item.to_spec()
+    if "ca_pem" in spec:
+        spec["ca_pem"] = f"{spec['ca_pem'].count('BEGIN CERTIFICATE')} certificates"
+    return spec
+
+
+def _managed(core: JumpointCore, grant: Grant, name: str, action: str) -> Item:
+    item = _visible(core, grant, name)
+    if item.read_only:
+        raise UsageError(
+            f"item {name!r} is defined in jumpoint.yaml and is read-only",
+            hint="ask your administrator to change jumpoint.yaml",
+        )
+    _check_manage(grant, item.jump_group, action)
+    return item
+
+
+def _change_item(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+    core = channel.core
+    assert channel.user is not None
+    change, value = message["change"], message["value"]
+    if change not in control.ITEM_CHANGES:
+        raise UsageError(f"unknown item change {change!r}")
+    item = _managed(core, grant, message["item"], "change")
+    spec = item.to_spec()
+    if change in ("tunnel_add", "tunnel_remove"):
+        if item.type != "tcp":
+            raise UsageError(
+                f"item {item.name!r} is a {item.type} item; only tcp items have tunnels"
+            )
+        try:
+            tunnel = parse_tunnel_text(value)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        tunnels = list(spec["tunnels"])
+        if change == "tunnel_add":
+            if any(
+                t["remote_port"] == tunnel["remote_port"]
+                and t["local_port"] == tunnel["local_port"]
+                for t in tunnels
+            ):
+                raise UsageError(f"item {item.name!r} already has tunnel {value}")
+            tunnels.append(tunnel)
+        else:
+            kept = [
+                t
+                for t in tunnels
+                if not (
+                    t["remote_port"] == tunnel["remote_port"]
+                    and t["local_port"] == tunnel["local_port"]
+                )
+            ]
+            if len(kept) == len(tunnels):
+                shown = ", ".join(f"{t['local_port']}:{t['remote_port']}" for t in tunnels)
+                raise UsageError(f"item {item.name!r} has no tunnel {value} (its tunnels: {shown})")
+            if not kept:
+                raise UsageError(
+                    f"tunnel {value} is the last tunnel of item {item.name!r}",
+                    hint="add another tunnel first, or delete the item",
+                )
+            tunnels = kept
+        spec["tunnels"] = tunnels
+    elif change == "move":
+        _check_manage(grant, value, "move")
+        spec["jump_group"] = value
+    elif change == "tag":
+        spec["tag"] = value.strip() or None
+    else:
+        spec["comments"] = value or None
+    changed = item_from_data(spec, "console").with_changes(created_by=item.created_by)
+    core.catalog.store.update(changed, core.clock.seconds())
+    core.log_audit.record(
+        "item_changed",
+        user=channel.user.name,
+        item=item.name,
+        durable=True,
+        change=change,
+        value=value,
+    )
+    return {"item": _item_json(changed, grant)}
+
+
+def _delete_item(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+    core = channel.core
+    assert channel.user is not None
+    item = _managed(core, grant, message["item"], "delete")
+    core.catalog.store.delete(item.name)
+    core.log_audit.record("item_deleted", user=channel.user.name, item=item.name, durable=True)
+    return {"item": item.name}
+
+
+# -- sessions ----------------------------------------------------------------
+
+
+async def resolve_checked(core: JumpointCore, host: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The addresses of C{host}, and of every host name the allow-list mentions."""
+    addresses = await core.resolve(host)
+    if not addresses:
+        raise AccessDenied(f"cannot resolve {host}", rule="allowed_targets")
+    resolved: dict[str, list[str]] = {}
+    allow_list = core.config.allowed_targets
+    if allow_list is not None:
+        for name in sorted(allow_list.hostnames()):
+            resolved[name] = await core.resolve(name)
+    return addresses, resolved
+
+
+def _open_session(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+    if channel.session is not None or channel.opening:
+        raise UsageError("a session is already open on this connection")
+    request = SessionRequest.from_message(message)
+    return _open(channel, grant, request)
+
+
+async def _open(channel: JumpointChannel, grant: Grant, request: SessionRequest) -> dict[str, Any]:
+    core = channel.core
+    assert channel.user is not None
+    user = channel.user.name
+    audit = core.log_audit
+    item = _visible(core, grant, request.item)
+    audit.record(
+        "session_requested", user=user, item=item.name, ticket=request.ticket, peer=channel.peer
+    )
+    channel.opening = True
+    try:
+        now = core.clock.seconds()
+        terms = decide(core.config, grant, item, request, now, core.approvals)
+        if core.config.allowed_targets is not None:
+            addresses, resolved = await resolve_checked(core, item.host)
+            for port in sorted(item.remote_ports):
+                check_allowed_targets(
+                    core.config.allowed_targets, port, addresses, resolved, item.host
+                )
+    except AccessDenied as denial:
+        audit.record(
+            "session_denied",
+            user=user,
+            item=item.name,
+            rule=denial.rule,
+            durable=True,
+            reason=denial.message,
+        )
+        raise
+    except ConsentRequired:
+        audit.record("consent_requested", user=user, item=item.name, durable=True)
+        raise
+    finally:
+        channel.opening = False
+    if channel.mux is None or channel.mux.closing:
+        raise UsageError("the connection closed while the session was being opened")
+    session = Session(
+        session_id=new_session_id(),
+        user=user,
+        item=item,
+        max_connections=terms.max_connections,
+        opened_at=core.clock.seconds(),
+        terms=terms,
+        on_expired=channel.session_expired,
+    )
+    if terms.recording and core.new_recorder is not None:
+        session.recorder = core.new_recorder(session.session_id)
+    with core.database.transaction() as db:
+        db.execute(
+            "INSERT INTO sessions (id, user_name, item, opened_at, ticket, approval_id, recording)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                session.session_id,
+                user,
+                item.name,
+                session.opened_at,
+                terms.ticket,
+                terms.approval_id,
+                str(session.recorder.path) if session.recorder else None,
+            ),
+        )
+    channel.session = session
+    session.start_timers(core.clock)
+    details = terms.to_json()
+    audit.record(
+        "session_opened",
+        user=user,
+        session=session.session_id,
+        item=item.name,
+        durable=True,
+        ticket=terms.ticket,
+        approval=terms.approval_id,
+        recording=str(session.recorder.path) if session.recorder else None,
+        idle_timeout=terms.idle_timeout,
+        closes_at=details["closes_at"],
+        tunnels=details["tunnels"],
+    )
+    log.info(
+        "session {session} opened: user {user}, item {item} ({host})",
+        session=session.session_id,
+        user=user,
+        item=item.name,
+        host=item.host,
+    )
+    _notify(core, session, "session_start", None)
+    return {"session": session.session_id, "item": item.to_json(), **details}
+
+
+def session_ended(core: JumpointCore, session: Session, reason: str, code: str) -> None:
+    """Record the end of a session: database row, audit, log, notification."""
+    to_target, from_target = session.totals()
+    now = core.clock.seconds()
+    if session.recorder is not None:
+        session.recorder.close()
+    try:
+        with core.database.transaction() as db:
+            db.execute(
+                "UPDATE sessions SET closed_at = ?, close_reason = ?, connections = ?,"
+                " bytes_to_target = ?, bytes_from_target = ? WHERE id = ?",
+                (
+                    now,
+                    reason,
+                    session.total_connections,
+                    to_target,
+                    from_target,
+                    session.session_id,
+                ),
+            )
+    except Exception as error:  # the session is over either way
+        log.error(
+            "cannot record the end of session {session}: {error}",
+            session=session.session_id,
+            error=error,
+        )
+    core.log_audit.record(
+        "session_closed",
+        user=session.user,
+        session=session.session_id,
+        item=session.item.name,
+        code=code,
+        reason=reason,
+        connections=session.total_connections,
+        bytes_to_target=to_target,
+        bytes_from_target=from_target,
+    )
+    log.info(
+        "session {session} of user {user} on item {item} closed: {reason};"
+        " {connections} connections, {to_target} bytes to target,"
+        " {from_target} bytes from target",
+        session=session.session_id,
+        user=session.user,
+        item=session.item.name,
+        reason=reason,
+        connections=session.total_connections,
+        to_target=to_target,
+        from_target=from_target,
+    )
+    _notify(core, session, "session_end", reason)
+
+
+def _notify(core: JumpointCore, session: Session, event: str, reason: str | None) -> None:
+    terms = session.terms
+    policy = terms.jump_policy if terms is not None else None
+    if policy is None or policy.webhook is None or core.notifier is None:
+        return
+    if event not in policy.notify_events:
+        return
+    to_target, from_target = session.totals()
+    body: dict[str, Any] = {
+        "event": event,
+        "jumpoint": core.config.name,
+        "session": session.session_id,
+        "user": session.user,
+        "item": session.item.name,
+        "host": session.item.host,
+        "jump_policy": policy.name,
+        "ticket": terms.ticket if terms else None,
+        "time": core.clock.seconds(),
+        "opened_at": session.opened_at,
+    }
+    if event == "session_end":
+        body.update(
+            reason=reason,
+            connections=session.total_connections,
+            bytes_to_target=to_target,
+            bytes_from_target=from_target,
+        )
+    core.notifier.notify(policy.webhook, body)
+
+
+def _tunnels_bound(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+    session = channel.session
+    if session is None or session.terms is None:
+        raise UsageError("no session is open on this connection")
+    terms = session.terms
+    bound = []
+    for entry in message["tunnels"]:
+        if not isinstance(entry, dict):
+            raise ProtocolViolation("tunnels_bound: malformed tunnel")
+        address, port = entry.get("local_address"), entry.get("local_port")
+        if not isinstance(address, str) or not isinstance(port, int) or isinstance(port, bool):
+            raise ProtocolViolation("tunnels_bound: malformed tunnel")
+        bound.append((address, port))
+    problem = None
+    for address, port in bound:
+        if terms.local_ports is not None and port not in terms.local_ports:
+            problem = (
+                f"local port {port} is not allowed for your"
+                f" {grant.rule_groups()} (allowed: {terms.local_ports.describe()})",
+                "tunnels_restricted.local",
+            )
+        elif address != terms.local_address:
+            try:
+                loopback = ipaddress.ip_address(address).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                problem = (
+                    f"the console listens on {address}, not on the granted {terms.local_address}",
+                    "tunnels_restricted.acl",
+                )
+    if problem is not None:
+        reason, rule = problem
+        channel.core.log_audit.record(
+            "session_denied",
+            user=session.user,
+            session=session.session_id,
+            item=session.item.name,
+            rule=rule,
+            durable=True,
+            reason=reason,
+        )
+        channel.core.clock.callLater(
+            0, channel.close_session, "denied", f"{reason} (rule: {rule})", ErrorCode.DENIED
+        )
+        raise AccessDenied(reason, rule=rule)
+    channel.core.log_audit.record(
+        "session_ready",
+        user=session.user,
+        session=session.session_id,
+        item=session.item.name,
+        tunnels=[{"local_address": a, "local_port": p} for a, p in bound],
+    )
+    return {"session": session.session_id}
+
+
+def _close_session(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+    core = channel.core
+    assert channel.user is not None
+    reason = message["reason"][:200]
+    target_id = message.get("session")
+    if target_id is None or (channel.session and channel.session.session_id == target_id):
+        if channel.session is None:
+            raise UsageError("no session is open on this connection")
+        session_id = channel.session.session_id
+        channel.end_session(f"closed by the user: {reason}", "closed_by_user")
+        return {"session": session_id}
+    owner = core.find_session(target_id)
+    if owner is None or owner.session is None:
+        raise UnknownSession(f"no open session {target_id!r}", hint="see `jump sessions`")
+    session = owner.session
+    if session.user != channel.user.name and not grant.restrictions.terminate_foreign_tunnels:
+        core.log_audit.record(
+            "close_denied",
+            user=channel.user.name,
+            session=session.session_id,
+            item=session.item.name,
+            rule="tunnels_restricted.terminate_foreign_tunnels",
+            durable=True,
+            owner=session.user,
+        )
+        raise AccessDenied(
+            f"session {target_id} belongs to {session.user!r}; your {grant.rule_groups()} may"
+            " not close other users' sessions",
+            rule="tunnels_restricted.terminate_foreign_tunnels",
+        )
+    why = f"closed by {channel.user.name}: {reason}"
+    core.log_audit.record(
+        "session_terminated",
+        user=channel.user.name,
+        session=session.session_id,
+        item=session.item.name,
+        durable=True,
+        owner=session.user,
+        reason=reason,
+    )
+    owner.close_session("closed_by_other", why, ErrorCode.SESSION_CLOSED)
+    return {"session": target_id}
+
+
+def _list_sessions(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+    core = channel.core
+    assert channel.user is not None
+    everyone = bool(message.get("all"))
+    if everyone and not grant.restrictions.terminate_foreign_tunnels:
+        raise AccessDenied(
+            f"your {grant.rule_groups()} may see only their own sessions",
+            rule="tunnels_restricted.terminate_foreign_tunnels",
+        )
+    now = core.clock.seconds()
+    sessions = [s.to_json(now) for s in core.sessions() if everyone or s.user == channel.user.name]
+    sessions.sort(key=lambda s: s["opened_at"])
+    return {"sessions": sessions}
+
+
+# -- access requests ---------------------------------------------------------
+
+
+def _request_access(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+    core = channel.core
+    assert channel.user is not None
+    item = _visible(core, grant, message["item"])
+    policy = core.config.policies.jump.get(item.jump_policy) if item.jump_policy else None
+    if policy is None or not policy.approval_required:
+        raise UsageError(
+            f"item {item.name!r} needs no approval", hint=f"open it with `jump open {item.name}`"
+        )
+    reason = message["reason"].strip()
+    if not reason:
+        raise UsageError("--reason must say why you need access")
+    duration = float(message["duration"])
+    if not 0 < duration <= policy.approval_max_duration:
+        raise AccessDenied(
+            f"a duration of {duration:g}s is longer than the {policy.approval_max_duration:g}s"
+            f" jump policy {policy.name!r} allows",
+            rule=f"jump_policies.{policy.name}.approval_max_duration",
+        )
+    approval = core.approvals.request(
+        channel.user.name,
+        item.name,
+        reason[:1000],
+        duration,
+        policy.approval_request_timeout,
+        core.clock.seconds(),
+    )
+    core.log_audit.record(
+        "approval_requested",
+        user=channel.user.name,
+        item=item.name,
+        durable=True,
+        request=approval.id,
+        reason=approval.reason,
+        duration=duration,
+        approver_group=policy.approver_group,
+    )
+    if policy.webhook is not None and core.notifier is not None:
+        core.notifier.notify(
+            policy.webhook,
+            {
+                "event": "approval_requested",
+                "jumpoint": core.config.name,
+                "request": approval.id,
+                "user": approval.user,
+                "item": approval.item,
+                "reason": approval.reason,
+                "duration": duration,
+                "approver_group": policy.approver_group,
+            },
+        )
+    result = approval.to_json(core.clock.seconds())
+    result["approver_group"] = policy.approver_group
+    return {"request": result}
+
+
+def _approver_items(core: JumpointCore, grant: Grant) -> set[str]:
+    """The items whose requests this user may decide."""
+    out = set()
+    for item in core.catalog.all():
+        policy = core.config.policies.jump.get(item.jump_policy) if item.jump_policy else None
+        if policy is not None and policy.approver_group in grant.groups:
+            out.add(item.name)
+    return out
+
+
+def _list_requests(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+    core = channel.core
+    assert channel.user is not None
+    now = core.clock.seconds()
+    decidable = _approver_items(core, grant)
+    everything = bool(message.get("all"))
+    found = []
+    for approval in core.approvals.list():
+        mine = approval.user == channel.user.name
+        can_decide = approval.item in decidable and not mine
+        if not (mine or can_decide):
+            continue
+        entry = approval.to_json(now)
+        if (
+            not everything
+            and entry["status"] != "pending"
+            and not (mine and entry["status"] == "approved")
+        ):
+            continue
+        entry["can_decide"] = can_decide and entry["status"] == "pending"
+        found.append(entry)
+    return {"requests": found}
+
+
+def _decide_request(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+    core = channel.core
+    assert channel.user is not None
+    request_id = message["request"]
+    approval = core.approvals.get(request_id)
+    if approval is None:
+        raise UnknownRequest(f"no access request {request_id}", hint="see `jump approvals`")
+    if approval.item not in _approver_items(core, grant):
+        item = core.catalog.get(approval.item)
+        policy_name = item.jump_policy if item else None
+        raise AccessDenied(
+            f"you are not an approver of item {approval.item!r}",
+            rule=f"jump_policies.{policy_name}.approver_group" if policy_name else "approvals",
+        )
+    approve = bool(message["approve"])
+    comment = message.get("comment")
+    decided = core.approvals.decide(
+        request_id, channel.user.name, approve, comment, core.clock.seconds()
+    )
+    core.log_audit.record(
+        "approval_granted" if approve else "approval_denied",
+        user=channel.user.name,
+        item=decided.item,
+        durable=True,
+        request=decided.id,
+        requester=decided.user,
+        comment=comment,
+        valid_until=decided.valid_until,
+    )
+    return {"request": decided.to_json(core.clock.seconds())}
+
+
+_HANDLERS: dict[str, Any] = {
+    control.LIST_ITEMS: _list_items,
+    control.SHOW_ITEM: _show_item,
+    control.CREATE_ITEM: _create_item,
+    control.CHANGE_ITEM: _change_item,
+    control.DELETE_ITEM: _delete_item,
+    control.OPEN_SESSION: _open_session,
+    control.TUNNELS_BOUND: _tunnels_bound,
+    control.CLOSE_SESSION: _close_session,
+    control.LIST_SESSIONS: _list_sessions,
+    control.REQUEST_ACCESS: _request_access,
+    control.LIST_REQUESTS: _list_requests,
+    control.DECIDE_REQUEST: _decide_request,
+}
+
+__all__ = ["JumpError", "handle", "resolve_checked", "session_ended"]

@@ -1,0 +1,545 @@
+"""Address and port matching rules for the Jumpoint's access policy.
+
+This module parses and evaluates three kinds of policy text, with no I/O:
+
+ - port sets, as in C{tunnels_restricted.local} / C{.remote} and in CLI port
+   lists such as C{22,80,8000-8100}: L{PortSet}, L{parse_port_list};
+ - the Jumpoint-local allow-list of targets (C{allowed_targets}), with entries
+   such as C{10.0.0.0/8:5432}, C{db.corp.example} or C{:22}: L{AllowedTarget},
+   L{AllowList};
+ - Network Tunnel filter rules such as C{10.0.0.0/24/tcp/22,80}: L{FilterRule},
+   L{parse_filter_rules}.
+
+Host names are never resolved here: the caller resolves them and passes the
+addresses in.  Every parse error is a C{ValueError} whose message quotes the
+bad text and says what was expected; the caller adds where the text came from.
+IPv4-mapped IPv6 addresses (C{::ffff:10.0.0.1}) are treated as their IPv4
+address everywhere, in policy entries as well as in the addresses checked.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import TypeAlias
+
+IPAddress: TypeAlias = IPv4Address | IPv6Address
+IPNetwork: TypeAlias = IPv4Network | IPv6Network
+
+MIN_PORT = 1
+MAX_PORT = 65535
+
+#: The protocols a filter rule can name, besides L{ANY_PROTOCOL}.
+PROTOCOLS = ("tcp", "udp", "icmp")
+ANY_PROTOCOL = "any"
+MAX_FILTER_RULES = 50
+
+_PORT_EXPECTED = "expected a port from 1 to 65535 or a range such as 8000-8100"
+_PORT_LIST_EXPECTED = "expected ports such as 22,80,8000-8100"
+_TARGET_EXPECTED = (
+    "expected ADDRESS, ADDRESS:PORT or :PORT, where ADDRESS is an IP address, CIDR or"
+    " host name (for example 10.0.0.0/8:5432, [fd00::/8]:443, db.example:5432 or :22)"
+)
+_RULE_EXPECTED = "expected ADDRESSES[/PROTOCOL[/PORTS]], for example 10.0.0.0/24/tcp/22,80"
+_PROTOCOL_EXPECTED = "expected tcp, udp, icmp or any"
+
+_PORT_RE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
+_LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
+_HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*", re.ASCII)
+
+
+# Port sets
+
+
+def _parse_port(digits: str) -> int:
+    port = int(digits) if len(digits) <= 5 else MAX_PORT + 1
+    if not MIN_PORT <= port <= MAX_PORT:
+        raise ValueError(f"port {digits!r} is out of range: expected 1 to 65535")
+    return port
+
+
+def _parse_port_range(value: int | str) -> tuple[int, int]:
+    """Parse C{22}, C{"22"} or C{"20000-30000"} into an inclusive range."""
+    text = str(value)  # a bool becomes "True", which is rejected below
+    match = _PORT_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a port: {_PORT_EXPECTED}")
+    first = _parse_port(match[1])
+    last = first if match[2] is None else _parse_port(match[2])
+    if first > last:
+        raise ValueError(f"port range {text.strip()!r} is reversed: write the lower port first")
+    return first, last
+
+
+def _merge(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Sort inclusive ranges and merge those that overlap or touch."""
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if not MIN_PORT <= first <= last <= MAX_PORT:
+            raise ValueError(f"invalid port range {first}-{last}")
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return tuple(merged)
+
+
+@dataclass(frozen=True)
+class PortSet:
+    """A set of TCP/UDP ports, kept as sorted, merged, inclusive ranges.
+
+    The constructor normalises the ranges it is given, so equal sets compare
+    equal.  An empty set holds no port (and is false); what an empty set means
+    in a policy is the caller's decision.
+    """
+
+    ranges: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ranges", _merge(self.ranges))
+
+    @classmethod
+    def parse(cls, values: Iterable[int | str]) -> PortSet:
+        """Parse ports (C{22} or C{"22"}) and ranges (C{"20000-30000"}); spaces are allowed."""
+        if isinstance(values, str):
+            raise ValueError(f"expected a list of ports, not the single string {values!r}")
+        return cls(tuple(_parse_port_range(value) for value in values))
+
+    @classmethod
+    def all(cls) -> PortSet:
+        """Every port, 1 to 65535."""
+        return cls(((MIN_PORT, MAX_PORT),))
+
+    def __contains__(self, port: object) -> bool:
+        if not isinstance(port, int) or isinstance(port, bool):
+            return False
+        return any(first <= port <= last for first, last in self.ranges)
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
+
+    def union(self, other: PortSet) -> PortSet:
+        return PortSet(self.ranges + other.ranges)
+
+    def iter_ports_in_order(self) -> Iterator[int]:
+        """Yield every port in the set, lowest first, without building a list."""
+        for first, last in self.ranges:
+            yield from range(first, last + 1)
+
+    def describe(self, separator: str = ", ") -> str:
+        """The set as text, e.g. C{"22, 80, 20000-30000"}, or C{"none"} when empty.
+
+        A non-empty description parses back (L{parse_port_list}) to an equal set.
+        """
+        if not self.ranges:
+            return "none"
+        return separator.join(
+            str(first) if first == last else f"{first}-{last}" for first, last in self.ranges
+        )
+
+
+def _parse_port_items(text: str) -> PortSet:
+    if not text.strip():
+        raise ValueError(_PORT_LIST_EXPECTED)
+    items = text.split(",")
+    if not all(item.strip() for item in items):
+        raise ValueError(f"an item between commas is empty: {_PORT_LIST_EXPECTED}")
+    return PortSet.parse(items)
+
+
+def parse_port_list(text: str) -> PortSet:
+    """Parse a comma-separated port list as typed on a command line, e.g. C{22,80,8000-8100}.
+
+    Spaces around items are allowed; an empty list or an empty item is an error.
+    """
+    try:
+        return _parse_port_items(text)
+    except ValueError as error:
+        raise ValueError(f"invalid port list {text!r}: {error}") from None
+
+
+# Addresses
+
+
+def _unmap(address: IPAddress) -> IPAddress:
+    """The IPv4 address behind an IPv4-mapped IPv6 address, otherwise C{address}."""
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _unmap_network(network: IPNetwork) -> IPNetwork:
+    """The IPv4 network behind a network of IPv4-mapped addresses, otherwise C{network}."""
+    if isinstance(network, IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
+def _reject_zone_id(text: str) -> None:
+    if "%" in text:
+        raise ValueError(f"{text!r} has a zone id: zone ids (%...) are not supported")
+
+
+def _parse_address(text: str) -> IPAddress:
+    """Parse an IP address written in a policy."""
+    _reject_zone_id(text)
+    try:
+        return _unmap(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+
+
+def _parse_network(text: str) -> IPNetwork:
+    """Parse a CIDR written in a policy; host bits must be zero."""
+    _reject_zone_id(text)
+    try:
+        return _unmap_network(ipaddress.ip_network(text))
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a CIDR: expected an address and a prefix length such as"
+            " 10.0.0.0/8 or fd00::/8"
+        ) from None
+    raise ValueError(f"{text!r} has host bits set: did you mean {str(loose)!r}?")
+
+
+def _parse_hostname(text: str) -> str:
+    """Parse a host name into its canonical form: lower case, no trailing dot."""
+    name = text.lower().removesuffix(".")
+    if len(name) > 253 or _HOSTNAME_RE.fullmatch(name) is None:
+        raise ValueError(f"{text!r} is not an IP address, CIDR or host name")
+    if name.rsplit(".", 1)[-1].isdigit():  # e.g. 10.0.0.300 or 10.0.0
+        raise ValueError(f"{text!r} is not a valid IP address")
+    return name
+
+
+def _parse_checked_address(text: str) -> IPAddress:
+    """Parse an address being checked (e.g. a resolver's answer); a zone id is ignored."""
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+    if isinstance(address, IPv6Address) and address.scope_id is not None:
+        address = IPv6Address(int(address))
+    return _unmap(address)
+
+
+def _describe_network(network: IPNetwork) -> str:
+    """A CIDR, or just the address for a single-address network."""
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return str(network)
+
+
+def _with_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+# The Jumpoint-local allow-list
+
+
+@dataclass(frozen=True)
+class AllowedTarget:
+    """One C{allowed_targets} entry: which addresses, at which ports.
+
+    At most one of C{network} and C{hostname} is set; when neither is, the
+    entry allows any address (it was written C{:PORT}).  C{ports} C{None}
+    means any port.  A single IP address is kept as a one-address network.
+    """
+
+    network: IPNetwork | None = None
+    hostname: str | None = None
+    ports: PortSet | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AllowedTarget:
+        """Parse an entry such as C{10.0.0.0/8:5432}, C{[::1]:22}, C{db.example} or C{:22}."""
+        try:
+            return cls._parse(text.strip())
+        except ValueError as error:
+            raise ValueError(f"invalid allowed target {text!r}: {error}") from None
+
+    @classmethod
+    def _parse(cls, text: str) -> AllowedTarget:
+        if not text:
+            raise ValueError(_TARGET_EXPECTED)
+        port_text: str | None
+        if text.startswith("["):
+            where, closing, rest = text[1:].partition("]")
+            if not closing:
+                raise ValueError("missing ']' after the IPv6 address")
+            if ":" not in where:
+                raise ValueError(f"brackets are only for IPv6 addresses, not {where!r}")
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"unexpected {rest!r} after ']': expected :PORT or nothing")
+            port_text = rest[1:] if rest else None
+        elif text.count(":") == 1:
+            where, _, port_text = text.partition(":")
+        else:  # a host with no port, or a bare IPv6 address (which cannot have a port)
+            where, port_text = text, None
+        ports = None
+        if port_text is not None:
+            if not port_text.strip():
+                raise ValueError("expected a port or port range after ':'")
+            ports = PortSet.parse([port_text])
+        where = where.strip()
+        if not where:
+            return cls(ports=ports)
+        if "/" in where:
+            return cls(network=_parse_network(where), ports=ports)
+        if ":" in where:  # only IPv6 addresses have colons
+            return cls(network=ipaddress.ip_network(_parse_address(where)), ports=ports)
+        try:
+            return cls(network=ipaddress.ip_network(IPv4Address(where)), ports=ports)
+        except ValueError:
+            return cls(hostname=_parse_hostname(where), ports=ports)
+
+    def describe(self) -> str:
+        """The entry's canonical text, which parses back to an equal entry."""
+        if self.hostname is not None:
+            where = self.hostname
+        elif self.network is not None:
+            where = _describe_network(self.network)
+        else:
+            where = ""
+        if self.ports is None:
+            return where
+        if ":" in where:
+            where = f"[{where}]"
+        return f"{where}:{self.ports.describe()}"
+
+    def _allows(
+        self, address: IPAddress, port: int, resolved: Mapping[str, frozenset[IPAddress]]
+    ) -> bool:
+        if self.ports is not None and port not in self.ports:
+            return False
+        if self.network is not None:
+            return address in self.network
+        if self.hostname is not None:
+            return address in resolved.get(self.hostname, frozenset())
+        return True
+
+
+@dataclass(frozen=True)
+class AllowDecision:
+    """The outcome of L{AllowList.check}.
+
+    When denied, C{address} is the first address no entry allows (C{None} if
+    there were no addresses) and C{reason} says why, in one sentence.
+    """
+
+    allowed: bool
+    address: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AllowList:
+    """The C{allowed_targets} list: a target passes if every one of its addresses does.
+
+    An empty list allows nothing.  (An omitted C{allowed_targets} key means no
+    restriction; the caller does not build an L{AllowList} for it.)
+    """
+
+    entries: tuple[AllowedTarget, ...]
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> AllowList:
+        if isinstance(entries, str):
+            raise ValueError(
+                f"expected a list of allowed targets, not the single string {entries!r}"
+            )
+        return cls(tuple(AllowedTarget.parse(entry) for entry in entries))
+
+    def hostnames(self) -> set[str]:
+        """The host names the entries mention (lower case, no trailing dot), to be resolved."""
+        return {entry.hostname for entry in self.entries if entry.hostname is not None}
+
+    def describe(self) -> str:
+        return ", ".join(entry.describe() for entry in self.entries)
+
+    def check(
+        self, port: int, addresses: Sequence[str], resolved_hosts: Mapping[str, Sequence[str]]
+    ) -> AllowDecision:
+        """Decide whether a target at C{port} whose host resolved to C{addresses} is allowed.
+
+        @param addresses: the target's IP addresses (just the one for an IP literal).
+        @param resolved_hosts: the addresses each name of L{hostnames} resolved to,
+            keyed by that name; a missing name resolved to nothing.
+        @raise ValueError: if an address is not an IP address.
+        """
+        if not addresses:
+            return AllowDecision(False, None, "the target has no addresses to check")
+        resolved = {
+            name: frozenset(_parse_checked_address(text) for text in resolved_hosts.get(name, ()))
+            for name in self.hostnames()
+        }
+        for text in addresses:
+            address = _parse_checked_address(text)
+            if not any(entry._allows(address, port, resolved) for entry in self.entries):
+                reason = f"{_with_port(text, port)} is not in allowed_targets"
+                return AllowDecision(False, text, reason)
+        return AllowDecision(True)
+
+
+# Network tunnel filter rules
+
+
+@dataclass(frozen=True)
+class AddressRange:
+    """An inclusive range of addresses of one IP version, written C{A-B}."""
+
+    first: IPAddress
+    last: IPAddress
+
+    def __post_init__(self) -> None:
+        if self.first.version != self.last.version:
+            raise ValueError(f"address range {self.describe()!r} mixes IPv4 and IPv6")
+        if int(self.first) > int(self.last):
+            raise ValueError(
+                f"address range {self.describe()!r} is reversed: write the lower address first"
+            )
+
+    def __contains__(self, address: object) -> bool:
+        if not isinstance(address, IPv4Address | IPv6Address):
+            return False
+        same_version = address.version == self.first.version
+        return same_version and int(self.first) <= int(address) <= int(self.last)
+
+    def describe(self) -> str:
+        return f"{self.first}-{self.last}"
+
+
+FilterAddress: TypeAlias = IPAddress | IPNetwork | AddressRange
+
+
+def _parse_filter_address(text: str) -> FilterAddress:
+    text = text.strip()
+    if not text:
+        raise ValueError("an address between commas is empty: expected an IP, RANGE or CIDR")
+    if "/" in text:
+        return _parse_network(text)
+    if "-" in text:
+        first, _, last = text.partition("-")
+        return AddressRange(_parse_address(first.strip()), _parse_address(last.strip()))
+    return _parse_address(text)
+
+
+def _filter_address_contains(item: FilterAddress, address: IPAddress) -> bool:
+    if isinstance(item, IPv4Address | IPv6Address):
+        return item == address
+    return address in item
+
+
+def _describe_filter_address(item: FilterAddress) -> str:
+    return item.describe() if isinstance(item, AddressRange) else str(item)
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    """One Network Tunnel filter rule: C{IP[,IP|RANGE|CIDR][/PROTOCOL[/PORTS]]}.
+
+    C{protocol} is C{tcp}, C{udp}, C{icmp} or C{any}.  C{ports} C{None} means
+    every port; only C{tcp} and C{udp} rules may restrict ports.  A port set
+    holding every port is stored as C{None}.
+    """
+
+    addresses: tuple[FilterAddress, ...]
+    protocol: str = ANY_PROTOCOL
+    ports: PortSet | None = None
+
+    def __post_init__(self) -> None:
+        if not self.addresses:
+            raise ValueError("a filter rule needs at least one address")
+        if self.protocol not in (*PROTOCOLS, ANY_PROTOCOL):
+            hint = " (ports go after the protocol, as in 10.0.0.0/24/tcp/22)"
+            hint = hint if self.protocol.isdigit() else ""
+            raise ValueError(f"{self.protocol!r} is not a protocol: {_PROTOCOL_EXPECTED}{hint}")
+        if self.ports is not None and self.protocol not in ("tcp", "udp"):
+            raise ValueError(f"ports are only allowed with tcp or udp, not with {self.protocol}")
+        if self.ports is not None and not self.ports:
+            raise ValueError("the port list of a filter rule must not be empty")
+        if self.ports == PortSet.all():
+            object.__setattr__(self, "ports", None)
+
+    @classmethod
+    def parse(cls, text: str) -> FilterRule:
+        """Parse a rule such as C{10.0.0.5,10.0.0.7-10.0.0.9/tcp/22,8000-8100}."""
+        try:
+            return cls._parse(text)
+        except ValueError as error:
+            raise ValueError(f"invalid filter rule {text!r}: {error}") from None
+
+    @classmethod
+    def _parse(cls, text: str) -> FilterRule:
+        if not text.strip():
+            raise ValueError(_RULE_EXPECTED)
+        parts = text.strip().split("/")
+        addresses_text = parts.pop(0)
+        # After an address with no prefix length yet, a part starting with a digit
+        # is its prefix length (10.0.0.0/24/tcp); protocol names start with a letter.
+        while (
+            parts
+            and parts[0].lstrip()[:1].isdigit()
+            and "/" not in addresses_text.rsplit(",", 1)[-1]
+        ):
+            addresses_text += "/" + parts.pop(0)
+        if len(parts) > 2:
+            raise ValueError(f"too many '/' parts: {_RULE_EXPECTED}")
+        addresses = tuple(_parse_filter_address(item) for item in addresses_text.split(","))
+        if parts and not parts[0].strip():
+            raise ValueError(f"expected a protocol after '/': {_PROTOCOL_EXPECTED}")
+        protocol = parts[0].strip().lower() if parts else ANY_PROTOCOL
+        ports = _parse_port_items(parts[1]) if len(parts) == 2 else None
+        return cls(addresses, protocol, ports)
+
+    def describe(self) -> str:
+        """The rule's canonical text (C{any} and all-ports are left out); it parses back equal."""
+        text = ",".join(_describe_filter_address(item) for item in self.addresses)
+        if self.protocol != ANY_PROTOCOL:
+            text += f"/{self.protocol}"
+        if self.ports is not None:
+            text += f"/{self.ports.describe(',')}"
+        return text
+
+    def protocols(self) -> frozenset[str]:
+        """The protocols the rule lets through: all of L{PROTOCOLS} for C{any}."""
+        if self.protocol == ANY_PROTOCOL:
+            return frozenset(PROTOCOLS)
+        return frozenset({self.protocol})
+
+    def matches(self, address: str, protocol: str, port: int | None) -> bool:
+        """Whether the rule lets through traffic to C{address} over C{protocol} at C{port}.
+
+        @param protocol: C{tcp}, C{udp} or C{icmp}.
+        @param port: the destination port, C{None} for icmp.
+        @raise ValueError: if C{address} is not an IP address or C{protocol} is unknown.
+        """
+        protocol = protocol.lower()
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"{protocol!r} is not a protocol: expected tcp, udp or icmp")
+        if self.protocol not in (ANY_PROTOCOL, protocol):
+            return False
+        if self.ports is not None and (port is None or port not in self.ports):
+            return False
+        target = _parse_checked_address(address)
+        return any(_filter_address_contains(item, target) for item in self.addresses)
+
+
+def parse_filter_rules(texts: Sequence[str]) -> tuple[FilterRule, ...]:
+    """Parse a Network Tunnel item's filter rules; there must be 1 to 50."""
+    if isinstance(texts, str):
+        raise ValueError(f"expected a list of filter rules, not the single string {texts!r}")
+    if not 1 <= len(texts) <= MAX_FILTER_RULES:
+        raise ValueError(
+            f"a network tunnel needs 1 to {MAX_FILTER_RULES} filter rules, not {len(texts)}"
+        )
+    return tuple(FilterRule.parse(text) for text in texts)
