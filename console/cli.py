@@ -1,69 +1,31 @@
-"""The `jump` command: enroll, items, open.
+"""The `jump` command: enroll, profiles, items, open, and the management commands.
 
 Each command that talks to a Jumpoint runs the reactor around one coroutine
-(L{run_reactor}); errors are L{JumpError}s rendered by L{main} in one place,
-with their exit codes, and never as a traceback.
+(L{console.remote.run_reactor}); errors are L{JumpError}s rendered by L{main}
+in one place, with their exit codes, and never as a traceback.  The item
+commands live in L{console.item_commands}, sessions and access requests in
+L{console.access_commands}.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 import click
-from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel, globalLogBeginner
-from twisted.python.failure import Failure
 
 from console import __version__
 from console.logrouter import LOG_ROUTER
-from console.profiles import load_profile, save_profile, set_current
+from console.output import print_items
+from console.profiles import list_profiles, load_profile, save_profile
+from console.remote import PROGRAM, call, chosen_profile, profile_option, run_reactor
 from shared import control
 from shared.enrollment import read_enrollment
 from shared.entrypoint import run_cli
-from shared.errors import ExitCode, ProtocolViolation, UsageError
+from shared.errors import ProtocolViolation, UsageError
 from shared.schema import parse_duration
-
-PROGRAM = "jump"
-
-profile_option = click.option(
-    "--profile", help="Profile (Jumpoint) to use; remembered as the current one."
-)
-
-
-def run_reactor(main: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
-    """Run the reactor until C{main} finishes; re-raise its error, return its status."""
-    from twisted.internet import reactor
-
-    outcome: list[object] = []
-    interrupted: list[bool] = []
-
-    def shutting_down() -> None:
-        if not outcome:  # stopped by a signal before main finished
-            interrupted.append(True)
-
-    reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
-
-    def start() -> None:
-        finished = Deferred.fromCoroutine(main(reactor))
-
-        def done(result: object) -> None:
-            outcome.append(result)
-            reactor.stop()
-
-        finished.addBoth(done)
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    if interrupted or not outcome:
-        click.echo(f"{PROGRAM}: interrupted", err=True)
-        return 130
-    result = outcome[0]
-    if isinstance(result, Failure):
-        result.raiseException()
-    return int(result) if isinstance(result, int) else ExitCode.OK
 
 
 @click.group()
@@ -92,46 +54,74 @@ def enroll(file: str, profile: str | None) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
-@profile_option
-def items(as_json: bool, profile: str | None) -> None:
-    """List the items you may open."""
-    from console.channel import connect
-
-    chosen = load_profile(profile)
-    if profile:
-        set_current(chosen.name)
-
-    async def main(reactor: Any) -> int:
-        channel = await connect(reactor, chosen)
-        try:
-            result = await channel.request(control.LIST_ITEMS)
-        finally:
-            await channel.close_and_wait(reactor)
-        entries = result.get("items")
-        if not isinstance(entries, list):
-            raise ProtocolViolation("the Jumpoint sent a malformed item list")
-        _print_items(entries, as_json)
-        return ExitCode.OK
-
-    sys.exit(run_reactor(main))
-
-
-def _print_items(entries: list[dict[str, Any]], as_json: bool) -> None:
+def profiles(as_json: bool) -> None:
+    """List the enrolled profiles; the current one (chosen last) is marked."""
+    names = list_profiles()
+    try:
+        current = load_profile().name if names else None
+    except Exception:
+        current = None
+    entries = []
+    for name in names:
+        profile = load_profile(name)
+        entries.append(
+            {
+                "profile": name,
+                "jumpoint": profile.jumpoint_name,
+                "address": profile.address,
+                "user": profile.user,
+                "current": name == current,
+            }
+        )
     if as_json:
         click.echo(json.dumps(entries))
         return
     if not entries:
-        click.echo("no items")
-        return
-    click.echo(f"{'NAME':<24} {'TYPE':<5} {'HOST':<24} {'TUNNELS':<28} {'GROUP':<12} TAG")
+        click.echo("no profiles: enroll with `jump enroll FILE`")
     for entry in entries:
-        tunnels = ", ".join(
-            f"{t.get('local_port')}:{t.get('remote_port')}" for t in entry.get("tunnels", [])
-        )
+        mark = "*" if entry["current"] else " "
         click.echo(
-            f"{entry.get('name', ''):<24} {entry.get('type', ''):<5} {entry.get('host', ''):<24}"
-            f" {tunnels:<28} {entry.get('jump_group', ''):<12} {entry.get('tag') or ''}"
+            f"{mark} {entry['profile']:<20} {entry['jumpoint']:<20} {entry['address']:<24}"
+            f" {entry['user']}"
         )
+
+
+def item_filters(function: Any) -> Any:
+    function = click.option("--json", "as_json", is_flag=True, help="JSON output.")(function)
+    function = click.option(
+        "--search", help="Only items whose name, host, tag or comments contain TEXT."
+    )(function)
+    function = click.option("--tag", help="Only items with this tag ('' for untagged).")(function)
+    function = click.option("--jump-group", help="Only items of this jump group.")(function)
+    return profile_option(function)
+
+
+@cli.command()
+@item_filters
+def items(
+    as_json: bool,
+    search: str | None,
+    tag: str | None,
+    jump_group: str | None,
+    profile: str | None,
+) -> None:
+    """List the items you may see (and open)."""
+    result = call(profile, control.LIST_ITEMS, search=search, tag=tag, jump_group=jump_group)
+    entries = result.get("items")
+    if not isinstance(entries, list):
+        raise ProtocolViolation("the Jumpoint sent a malformed item list")
+    print_items(entries, as_json)
+
+
+def _duration(option: str, text: str | None, allow_zero: bool = False) -> float | None:
+    if text is None:
+        return None
+    if allow_zero and text.strip() in ("0", "0s", "off", "none"):
+        return 0.0
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise UsageError(f"{option}: {error}") from None
 
 
 @cli.command(context_settings={"ignore_unknown_options": False})
@@ -139,7 +129,16 @@ def _print_items(entries: list[dict[str, Any]], as_json: bool) -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout.")
 @click.option("--for", "duration", help="Close the session after this long (30s, 5m, 1h).")
-@click.option("--local-address", help="Listen on this 127.x.y.z address instead of the item's.")
+@click.option("--local-address", help="Listen on this address instead of the item's.")
+@click.option(
+    "--acl",
+    multiple=True,
+    help="CIDR allowed to connect to the listeners (repeatable; needed off loopback).",
+)
+@click.option("--ticket", help="Ticket ID, when the item's jump policy asks for one.")
+@click.option("--yes", "consent", is_flag=True, help="Consent to recording without asking.")
+@click.option("--auto-close", help="Ask the Jumpoint to close the session after this long.")
+@click.option("--idle-timeout", help="Ask for this idle timeout (0 or off: none, if allowed).")
 @profile_option
 def open(
     item: str,
@@ -147,20 +146,24 @@ def open(
     as_json: bool,
     duration: str | None,
     local_address: str | None,
+    acl: tuple[str, ...],
+    ticket: str | None,
+    consent: bool,
+    auto_close: str | None,
+    idle_timeout: str | None,
     profile: str | None,
 ) -> None:
     """Open ITEM's tunnels; with `-- CMD ARG...` run CMD with them, then close."""
     from console.open_command import OpenOptions, run_open
 
-    seconds = None
-    if duration is not None:
-        try:
-            seconds = parse_duration(duration)
-        except ValueError as error:
-            raise UsageError(f"--for: {error}") from None
-    chosen = load_profile(profile)
-    if profile:
-        set_current(chosen.name)
+    if local_address is not None and not acl:
+        from console.listeners import check_local_address
+
+        check_local_address(local_address)  # off loopback only with an --acl
+    seconds = _duration("--for", duration)
+    auto_close_seconds = _duration("--auto-close", auto_close)
+    idle_seconds = _duration("--idle-timeout", idle_timeout, allow_zero=True)
+    chosen = chosen_profile(profile)
     options = OpenOptions(
         item=item,
         profile=chosen.name,
@@ -168,12 +171,29 @@ def open(
         duration=seconds,
         command=command,
         local_address=local_address,
+        acl=acl,
+        ticket=ticket,
+        consent=consent,
+        auto_close=auto_close_seconds,
+        idle_timeout=idle_seconds,
     )
 
     async def main(reactor: Any) -> int:
         return await run_open(reactor, options, sys.stdout)
 
     sys.exit(run_reactor(main))
+
+
+def _register() -> None:
+    from console.access_commands import COMMANDS
+    from console.item_commands import item
+
+    cli.add_command(item)
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_register()
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

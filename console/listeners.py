@@ -27,18 +27,19 @@ Listen = Callable[[int, ServerFactory, str], IListeningPort]
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 
 
-def check_local_address(address: str) -> str:
-    """Refuse anything outside 127.0.0.0/8 before trying to bind."""
+def check_local_address(address: str, allow_any_address: bool = False) -> str:
+    """Refuse anything outside 127.0.0.0/8 before trying to bind (unless the session has an acl)."""
     try:
         parsed = ipaddress.IPv4Address(address)
     except ValueError:
         raise LocalBindError(
             f"{address!r} is not an IPv4 address", hint="use a loopback address such as 127.0.0.5"
         ) from None
-    if parsed not in LOOPBACK:
+    if parsed not in LOOPBACK and not allow_any_address:
         raise LocalBindError(
             f"local address {address} is outside 127.0.0.0/8",
-            hint="tunnels listen on loopback only; use an address such as 127.0.0.5",
+            hint="tunnels listen on loopback; use an address such as 127.0.0.5, or, where your"
+            " groups allow it, say who may connect with --acl CIDR",
         )
     return address
 
@@ -65,9 +66,13 @@ def bind(
     factory: ServerFactory,
     platform: str = sys.platform,
     allow_fallback: bool = True,
+    allow_any_address: bool = False,
 ) -> BindResult:
-    """Bind C{address}:C{port} (C{None}: any free port) or raise a clear L{LocalBindError}."""
-    check_local_address(address)
+    """Bind C{address}:C{port} (C{None}: any free port) or raise a clear L{LocalBindError}.
+
+    C{allow_any_address}: the Jumpoint granted an acl, so a non-loopback address may be used.
+    """
+    check_local_address(address, allow_any_address)
     try:
         listening = listen(port or 0, factory, address)
     except CannotListenError as error:

@@ -29,7 +29,7 @@ from console.profiles import load_profile
 from console.tunnels import TunnelSession
 from console.view import JsonView, PlainView, SessionView, TerminalView
 from shared import control
-from shared.errors import ExitCode, JumpError, SessionLost, UsageError
+from shared.errors import ConsentRequired, ExitCode, JumpError, SessionLost, UsageError
 
 log = Logger()
 
@@ -46,7 +46,24 @@ class OpenOptions:
     duration: float | None = None
     command: tuple[str, ...] = ()
     local_address: str | None = None
+    acl: tuple[str, ...] = ()
+    ticket: str | None = None
+    consent: bool = False
+    auto_close: float | None = None
+    idle_timeout: float | None = None
     stats_interval: float = STATS_INTERVAL
+
+    def request_fields(self) -> dict[str, Any]:
+        """The members of the C{open_session} request."""
+        return {
+            "item": self.item,
+            "ticket": self.ticket,
+            "consent": self.consent or None,
+            "local_address": self.local_address,
+            "acl": list(self.acl) or None,
+            "auto_close": self.auto_close,
+            "idle_timeout": self.idle_timeout,
+        }
 
 
 @dataclass(frozen=True)
@@ -109,14 +126,14 @@ async def run_open(reactor: Any, options: OpenOptions, out: TextIO) -> int:
     profile = load_profile(options.profile)
     channel = await connect(reactor, profile)
     try:
-        result = await channel.request(control.OPEN_SESSION, item=options.item)
+        result = await _request_session(channel, options)
         session = TunnelSession(channel, options.item, result)
         session.bind_all(
             lambda port, factory, address: reactor.listenTCP(
                 port, factory, backlog=511, interface=address
             ),
-            options.local_address,
         )
+        await channel.request(control.TUNNELS_BOUND, tunnels=session.bindings())
     except BaseException as error:
         reason = error.message if isinstance(error, JumpError) else "console error"
         await channel.close_and_wait(reactor, reason)
@@ -124,7 +141,14 @@ async def run_open(reactor: Any, options: OpenOptions, out: TextIO) -> int:
     view = choose_view(options, out, reactor.seconds)
     if isinstance(view, TerminalView):
         LOG_ROUTER.note = view.note
-    view.ready(options.item, session.session_id, [t.describe() for t in session.tunnels])
+    view.ready(
+        options.item,
+        session.session_id,
+        [t.describe() for t in session.tunnels],
+        session.details(),
+    )
+    for line in session.terms_lines():
+        view.note(line)
 
     ending: Deferred[Ending] = Deferred()
 
@@ -133,7 +157,8 @@ async def run_open(reactor: Any, options: OpenOptions, out: TextIO) -> int:
             ending.callback(end)
 
     def lost(error: JumpError) -> None:
-        code = "revoked" if channel.session_closed_reason else "jumpoint_lost"
+        closed = channel.session_closed_reason
+        code = closed[0] if closed else "jumpoint_lost"
         finish(Ending(code, error.message, error.exit_code, error))
 
     channel.lost.addCallback(lost)
@@ -196,6 +221,38 @@ async def run_open(reactor: Any, options: OpenOptions, out: TextIO) -> int:
     if end.error is not None:
         raise end.error
     return end.status
+
+
+async def _request_session(channel: Any, options: OpenOptions) -> dict[str, Any]:
+    """Ask for the session; ask the user's consent when it will be recorded."""
+    fields = options.request_fields()
+    try:
+        result: dict[str, Any] = await channel.request(control.OPEN_SESSION, **fields)
+        return result
+    except ConsentRequired as question:
+        if options.consent or not sys.stdin.isatty():
+            raise
+        from twisted.internet.threads import deferToThread
+
+        sys.stderr.write(f"jump: {question.message}\n")
+        agreed = await deferToThread(_ask, "jump: do you consent to the recording?")
+        if not agreed:
+            raise ConsentRequired(
+                "you declined the recording: no tunnel was created",
+                hint="nothing was opened; use --yes to consent without the question",
+            ) from None
+        fields["consent"] = True
+        result = await channel.request(control.OPEN_SESSION, **fields)
+        return result
+
+
+def _ask(prompt: str) -> bool:
+    import click
+
+    try:
+        return bool(click.confirm(prompt, default=False, err=True))
+    except (EOFError, click.exceptions.Abort):
+        return False
 
 
 def _signals() -> list[int]:

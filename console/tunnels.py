@@ -8,6 +8,7 @@ keeps the counters the live view and the C{stats} events show.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +18,10 @@ from twisted.logger import Logger
 
 from console.channel import ConsoleChannel
 from console.listeners import Listen, bind
+from shared.addresses import PortSet
 from shared.bridge import TcpBridge
 from shared.control import StreamTarget
-from shared.errors import JumpError, ProtocolViolation
+from shared.errors import JumpError, LocalBindError, ProtocolViolation
 from shared.frames import ErrorCode
 
 log = Logger()
@@ -50,6 +52,7 @@ class Tunnel:
     remote_host: str
     remote_port: int
     local_port: int = 0
+    allowed_ports: PortSet | None = None
     listening: IListeningPort | None = None
     status: str = "pending"
     bridges: set[TcpBridge] = field(default_factory=set)
@@ -117,6 +120,16 @@ class TunnelFactory(ServerFactory):
         mux = session.channel.mux
         if mux is None or mux.closing or session.closing:
             return _Refused()
+        peer = str(getattr(addr, "host", ""))
+        if not session.peer_allowed(peer):
+            tunnel.refused_connections += 1
+            log.warn(
+                "refused a connection from {peer} to {local}: not in the session's acl ({acl})",
+                peer=peer,
+                local=f"{tunnel.local_address}:{tunnel.local_port}",
+                acl=", ".join(str(n) for n in session.acl),
+            )
+            return _Refused()
         if session.current_connections() >= session.max_connections:
             tunnel.refused_connections += 1
             log.warn(
@@ -141,12 +154,16 @@ def _parse_tunnels(result: dict[str, Any]) -> list[Tunnel]:
     for entry in entries:
         try:
             local_port = entry["local_port"]
+            allowed = entry.get("allowed_local_ports")
             tunnels.append(
                 Tunnel(
                     local_address=str(entry["local_address"]),
                     requested_port=None if local_port == "auto" else int(local_port),
                     remote_host=str(entry["remote_host"]),
                     remote_port=int(entry["remote_port"]),
+                    allowed_ports=(
+                        PortSet.parse(str(allowed).replace(" ", "").split(",")) if allowed else None
+                    ),
                 )
             )
         except (KeyError, TypeError, ValueError):
@@ -164,6 +181,61 @@ class TunnelSession:
         self.max_connections = int(result.get("max_connections", 256))
         self.tunnels = _parse_tunnels(result)
         self.closing = False
+        self.result = result
+        try:
+            self.acl = tuple(
+                ipaddress.ip_network(str(n), strict=False) for n in result.get("acl") or ()
+            )
+        except ValueError:
+            raise ProtocolViolation("the Jumpoint sent a malformed acl") from None
+
+    def peer_allowed(self, peer: str) -> bool:
+        """Loopback peers always; others only inside the session's acl."""
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        if address.is_loopback:
+            return True
+        mapped = getattr(address, "ipv4_mapped", None)
+        if mapped is not None:
+            address = mapped
+        return any(address in network for network in self.acl)
+
+    def bindings(self) -> list[dict[str, Any]]:
+        return [
+            {"local_address": t.local_address, "local_port": t.local_port} for t in self.tunnels
+        ]
+
+    def details(self) -> dict[str, Any]:
+        """The session's terms for the JSON C{ready} event."""
+        keys = ("closes_at", "closes_because", "idle_timeout", "recording", "max_connections")
+        out = {key: self.result.get(key) for key in keys if key in self.result}
+        if self.acl:
+            out["acl"] = [str(n) for n in self.acl]
+        return out
+
+    def terms_lines(self) -> list[str]:
+        """What the user should know about the session's terms, one sentence each."""
+        lines = []
+        result = self.result
+        if result.get("recording"):
+            lines.append("this session is recorded")
+        closes_at = result.get("closes_at")
+        if isinstance(closes_at, int | float):
+            import time
+
+            lines.append(
+                "the Jumpoint will close the session at"
+                f" {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(closes_at))}:"
+                f" {result.get('closes_because') or 'its time ran out'}"
+            )
+        idle = result.get("idle_timeout")
+        if isinstance(idle, int | float):
+            lines.append(f"idle timeout: {idle:g}s without traffic closes the session")
+        if self.acl:
+            lines.append("listeners accept loopback and " + ", ".join(str(n) for n in self.acl))
+        return lines
 
     def current_connections(self) -> int:
         return sum(len(t.bridges) for t in self.tunnels)
@@ -174,9 +246,7 @@ class TunnelSession:
             for tunnel in self.tunnels:
                 if local_address is not None:
                     tunnel.local_address = local_address
-                result = bind(
-                    listen, tunnel.local_address, tunnel.requested_port, TunnelFactory(self, tunnel)
-                )
+                result = self._bind(listen, tunnel)
                 tunnel.listening = result.port
                 tunnel.local_address = result.address
                 tunnel.local_port = result.local_port
@@ -184,6 +254,41 @@ class TunnelSession:
         except JumpError:
             self.stop_listening()
             raise
+
+    def _bind(self, listen: Listen, tunnel: Tunnel) -> Any:
+        factory = TunnelFactory(self, tunnel)
+        off_loopback = bool(self.acl)
+        if tunnel.requested_port is not None or tunnel.allowed_ports is None:
+            return bind(
+                listen,
+                tunnel.local_address,
+                tunnel.requested_port,
+                factory,
+                allow_any_address=off_loopback,
+            )
+        # "auto" inside the local ports the user's groups allow: the first free one
+        tried = 0
+        for port in tunnel.allowed_ports.iter_ports_in_order():
+            if port < 1024 or any(t.local_port == port for t in self.tunnels):
+                continue
+            tried += 1
+            try:
+                return bind(
+                    listen,
+                    tunnel.local_address,
+                    port,
+                    factory,
+                    allow_any_address=off_loopback,
+                    allow_fallback=False,
+                )
+            except LocalBindError as error:
+                if "in use" not in error.message or tried >= 1000:
+                    raise
+        raise LocalBindError(
+            f"no free local port on {tunnel.local_address} among the ports your groups allow"
+            f" ({tunnel.allowed_ports.describe()})",
+            hint="close what listens there, or open the item on another 127.x.y.z address",
+        )
 
     def stop_listening(self) -> None:
         for tunnel in self.tunnels:

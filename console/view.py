@@ -14,7 +14,13 @@ from typing import Any, Protocol, TextIO
 
 
 class SessionView(Protocol):
-    def ready(self, item: str, session: str, tunnels: list[dict[str, Any]]) -> None: ...
+    def ready(
+        self,
+        item: str,
+        session: str,
+        tunnels: list[dict[str, Any]],
+        details: dict[str, Any] | None = None,
+    ) -> None: ...
 
     def update(self, counters: list[dict[str, Any]]) -> None: ...
 
@@ -71,9 +77,17 @@ class JsonView:
         self.out.write(json.dumps(event, separators=(",", ":")) + "\n")
         self.out.flush()
 
-    def ready(self, item: str, session: str, tunnels: list[dict[str, Any]]) -> None:
+    def ready(
+        self,
+        item: str,
+        session: str,
+        tunnels: list[dict[str, Any]],
+        details: dict[str, Any] | None = None,
+    ) -> None:
         self.item, self.session = item, session
-        self._emit({"event": "ready", "item": item, "session": session, "tunnels": tunnels})
+        event = {"event": "ready", "item": item, "session": session, "tunnels": tunnels}
+        event.update(details or {})
+        self._emit(event)
 
     def update(self, counters: list[dict[str, Any]]) -> None:
         rates = self.meter.rates(counters)
@@ -117,7 +131,13 @@ class PlainView:
     def __init__(self, out: TextIO) -> None:
         self.out = out
 
-    def ready(self, item: str, session: str, tunnels: list[dict[str, Any]]) -> None:
+    def ready(
+        self,
+        item: str,
+        session: str,
+        tunnels: list[dict[str, Any]],
+        details: dict[str, Any] | None = None,
+    ) -> None:
         for tunnel in tunnels:
             self.out.write(binding(tunnel) + "\n")
         self.out.flush()
@@ -150,7 +170,13 @@ class TerminalView:
         self._drawn = 0
         self.header = ""
 
-    def ready(self, item: str, session: str, tunnels: list[dict[str, Any]]) -> None:
+    def ready(
+        self,
+        item: str,
+        session: str,
+        tunnels: list[dict[str, Any]],
+        details: dict[str, Any] | None = None,
+    ) -> None:
         for tunnel in tunnels:
             self.out.write(binding(tunnel) + "\n")
         self.header = f"item {item}, session {session} (Ctrl-C closes the session)"

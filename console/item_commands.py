@@ -1,0 +1,272 @@
+"""`jump item ...`: create, list, show, change and delete jump items on the Jumpoint.
+
+The console only turns options into an item specification (the same keys as
+an entry of C{items:} in jumpoint.yaml) and sends it; the Jumpoint checks
+every field with the one schema, checks that the user may manage the jump
+group, and answers with the stored item or an error naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from console.output import print_item, print_items
+from console.remote import call, profile_option
+from shared import control
+from shared.errors import UsageError
+from shared.items import parse_tunnel_text
+
+
+@click.group()
+def item() -> None:
+    """Create, list, show, change and delete jump items."""
+
+
+def _common(function: Any) -> Any:
+    """Options every item kind has."""
+    for option in reversed(
+        [
+            click.option("--local-address", help="The console's 127.x.y.z address for it."),
+            click.option("--jump-group", help="Jump group (default: default)."),
+            click.option("--tag", help="Tag (groups items in listings)."),
+            click.option("--comments", help="Free text."),
+            click.option("--jump-policy", help="Name of a jump policy of the Jumpoint."),
+            click.option("--session-policy", help="Name of a session policy of the Jumpoint."),
+            click.option("--json", "as_json", is_flag=True, help="JSON output."),
+            profile_option,
+        ]
+    ):
+        function = option(function)
+    return function
+
+
+def _spec(kind: str, name: str, options: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": name, "type": kind}
+    for key in ("local_address", "jump_group", "tag", "comments", "jump_policy", "session_policy"):
+        if options.get(key) is not None:
+            spec[key] = options[key]
+    spec.update({k: v for k, v in fields.items() if v is not None})
+    return spec
+
+
+def _create(spec: dict[str, Any], as_json: bool, profile: str | None) -> None:
+    result = call(profile, control.CREATE_ITEM, item=spec)
+    if as_json:
+        print_item(result["item"], True)
+    else:
+        click.echo(f"created {spec['type']} item {spec['name']!r}")
+        print_item(result["item"], False)
+
+
+def _local_port(text: str | None) -> Any:
+    if text is None or text == "auto":
+        return text
+    if not text.isdigit():
+        raise UsageError(f"--local-port: {text!r} is not a port number or 'auto'")
+    return int(text)
+
+
+@item.group()
+def create() -> None:
+    """Create an item: tcp, mssql, k8s or network."""
+
+
+@create.command("tcp")
+@click.argument("name")
+@click.option("--host", required=True, help="The target host (name or IP), seen from the Jumpoint.")
+@click.option(
+    "--tunnel",
+    "tunnels",
+    multiple=True,
+    required=True,
+    help="LOCAL:REMOTE port pair; LOCAL may be auto (repeatable).",
+)
+@_common
+def create_tcp(name: str, host: str, tunnels: tuple[str, ...], **options: Any) -> None:
+    """A TCP tunnel item: several local→remote port pairs to one host."""
+    pairs = []
+    for text in tunnels:
+        try:
+            pairs.append(parse_tunnel_text(text))
+        except ValueError as error:
+            raise UsageError(f"--tunnel: {error}") from None
+    as_json, profile = options.pop("as_json"), options.pop("profile")
+    _create(_spec("tcp", name, options, host=host, tunnels=pairs), as_json, profile)
+
+
+@create.command("mssql")
+@click.argument("name")
+@click.option("--host", required=True, help="The SQL Server host.")
+@click.option("--port", type=int, help="Its port (default 1433).")
+@click.option("--username", required=True, help="The login the Jumpoint injects.")
+@click.option("--database", help="The database to log in to.")
+@click.option("--local-port", help="Local port (a number or auto; default auto).")
+@_common
+def create_mssql(
+    name: str,
+    host: str,
+    port: int | None,
+    username: str,
+    database: str | None,
+    local_port: str | None,
+    **options: Any,
+) -> None:
+    """A SQL Server item (the Jumpoint injects the credentials)."""
+    as_json, profile = options.pop("as_json"), options.pop("profile")
+    spec = _spec(
+        "mssql",
+        name,
+        options,
+        host=host,
+        port=port,
+        username=username,
+        database=database,
+        local_port=_local_port(local_port),
+    )
+    _create(spec, as_json, profile)
+
+
+@create.command("k8s")
+@click.argument("name")
+@click.option("--url", required=True, help="The API server's https:// URL.")
+@click.option(
+    "--ca-file",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="PEM file of the cluster's CA certificates (a chain is allowed).",
+)
+@click.option("--namespace", help="Default namespace.")
+@click.option("--local-port", help="Local port (a number or auto; default auto).")
+@_common
+def create_k8s(
+    name: str,
+    url: str,
+    ca_file: str,
+    namespace: str | None,
+    local_port: str | None,
+    **options: Any,
+) -> None:
+    """A Kubernetes cluster item."""
+    try:
+        pem = Path(ca_file).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"--ca-file: cannot read {ca_file}: {error}") from None
+    as_json, profile = options.pop("as_json"), options.pop("profile")
+    spec = _spec(
+        "k8s",
+        name,
+        options,
+        url=url,
+        ca_pem=pem,
+        namespace=namespace,
+        local_port=_local_port(local_port),
+    )
+    _create(spec, as_json, profile)
+
+
+@create.command("network")
+@click.argument("name")
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    required=True,
+    help="IP[,IP|RANGE|CIDR][/PROTOCOL[/PORTS]] (repeatable, 1-50).",
+)
+@_common
+def create_network(name: str, filters: tuple[str, ...], **options: Any) -> None:
+    """A network tunnel item (filter rules)."""
+    as_json, profile = options.pop("as_json"), options.pop("profile")
+    _create(_spec("network", name, options, filters=list(filters)), as_json, profile)
+
+
+@item.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.option("--search", help="Only items whose name, host, tag or comments contain TEXT.")
+@click.option("--tag", help="Only items with this tag ('' for untagged).")
+@click.option("--jump-group", help="Only items of this jump group.")
+@profile_option
+def list_items(
+    as_json: bool, search: str | None, tag: str | None, jump_group: str | None, profile: str | None
+) -> None:
+    """List the items you may see."""
+    result = call(profile, control.LIST_ITEMS, search=search, tag=tag, jump_group=jump_group)
+    print_items(result["items"], as_json)
+
+
+@item.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@profile_option
+def show(name: str, as_json: bool, profile: str | None) -> None:
+    """Show one item."""
+    print_item(call(profile, control.SHOW_ITEM, item=name)["item"], as_json)
+
+
+@item.command()
+@click.argument("name")
+@profile_option
+def delete(name: str, profile: str | None) -> None:
+    """Delete an item created from the console."""
+    call(profile, control.DELETE_ITEM, item=name)
+    click.echo(f"deleted item {name!r}")
+
+
+def _change(name: str, change: str, value: str, profile: str | None, done: str) -> None:
+    result = call(profile, control.CHANGE_ITEM, item=name, change=change, value=value)
+    click.echo(done)
+    print_item(result["item"], False)
+
+
+@item.group()
+def tunnel() -> None:
+    """Add or remove a tunnel of a tcp item (tunnels are never edited)."""
+
+
+@tunnel.command("add")
+@click.argument("name")
+@click.argument("pair")
+@profile_option
+def tunnel_add(name: str, pair: str, profile: str | None) -> None:
+    """Add the tunnel LOCAL:REMOTE to item NAME."""
+    _change(name, "tunnel_add", pair, profile, f"added tunnel {pair} to {name!r}")
+
+
+@tunnel.command("remove")
+@click.argument("name")
+@click.argument("pair")
+@profile_option
+def tunnel_remove(name: str, pair: str, profile: str | None) -> None:
+    """Remove the tunnel LOCAL:REMOTE from item NAME."""
+    _change(name, "tunnel_remove", pair, profile, f"removed tunnel {pair} from {name!r}")
+
+
+@item.command()
+@click.argument("name")
+@click.option("--jump-group", required=True, help="The jump group to move it to.")
+@profile_option
+def move(name: str, jump_group: str, profile: str | None) -> None:
+    """Move an item to another jump group (you must manage both)."""
+    _change(name, "move", jump_group, profile, f"moved {name!r} to jump group {jump_group!r}")
+
+
+@item.command()
+@click.argument("name")
+@click.argument("tag", default="")
+@profile_option
+def tag(name: str, tag: str, profile: str | None) -> None:
+    """Set an item's tag; a blank tag puts it back at the top level."""
+    shown = f"tagged {name!r} {tag!r}" if tag.strip() else f"removed the tag of {name!r}"
+    _change(name, "tag", tag, profile, shown)
+
+
+@item.command()
+@click.argument("name")
+@click.argument("text", default="")
+@profile_option
+def comments(name: str, text: str, profile: str | None) -> None:
+    """Set an item's comments (blank clears them)."""
+    _change(name, "comments", text, profile, f"updated the comments of {name!r}")

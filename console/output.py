@@ -1,0 +1,162 @@
+"""How the management commands print what the Jumpoint answered: tables or JSON.
+
+Every listing has a C{--json} form (the Jumpoint's objects, unchanged) and a
+plain table for people; times are shown in the local time zone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+
+def when(seconds: Any) -> str:
+    """A Unix time as local date and time, or C{-}."""
+    if not isinstance(seconds, int | float):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
+
+
+def span(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    seconds = int(seconds)
+    if seconds >= 86400 and seconds % 86400 == 0:
+        return f"{seconds // 86400}d"
+    if seconds >= 3600:
+        hours, rest = divmod(seconds, 3600)
+        return f"{hours}h{rest // 60:02d}m" if rest else f"{hours}h"
+    if seconds >= 60:
+        minutes, rest = divmod(seconds, 60)
+        return f"{minutes}m{rest:02d}s" if rest else f"{minutes}m"
+    return f"{seconds}s"
+
+
+def item_targets(entry: dict[str, Any]) -> str:
+    kind = entry.get("type")
+    if kind == "tcp":
+        return ", ".join(
+            f"{t.get('local_port')}:{t.get('remote_port')}" for t in entry.get("tunnels", [])
+        )
+    if kind == "mssql":
+        return f"{entry.get('local_port', 'auto')}:{entry.get('port')}"
+    if kind == "k8s":
+        return str(entry.get("url", ""))
+    if kind == "network":
+        return ", ".join(entry.get("filters", []))
+    return ""
+
+
+def print_items(entries: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(entries))
+        return
+    if not entries:
+        click.echo("no items")
+        return
+    click.echo(
+        f"{'NAME':<24} {'TYPE':<7} {'HOST':<24} {'TUNNELS':<28} {'GROUP':<12} {'TAG':<12} NOTE"
+    )
+    for entry in entries:
+        notes = []
+        if entry.get("read_only"):
+            notes.append("read-only")
+        if entry.get("may_open") is False:
+            notes.append("view only")
+        click.echo(
+            f"{entry.get('name', ''):<24} {entry.get('type', ''):<7} {entry.get('host', ''):<24}"
+            f" {item_targets(entry):<28} {entry.get('jump_group', ''):<12}"
+            f" {entry.get('tag') or '':<12} {', '.join(notes)}".rstrip()
+        )
+
+
+def print_item(entry: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(entry))
+        return
+    order = [
+        "name",
+        "type",
+        "host",
+        "port",
+        "url",
+        "namespace",
+        "username",
+        "database",
+        "local_address",
+        "local_port",
+        "jump_group",
+        "tag",
+        "comments",
+        "jump_policy",
+        "session_policy",
+        "source",
+        "created_by",
+    ]
+    for key in order:
+        if entry.get(key) not in (None, ""):
+            click.echo(f"{key + ':':<16} {entry[key]}")
+    if entry.get("type") == "tcp":
+        click.echo(f"{'tunnels:':<16} {item_targets(entry)}")
+    if entry.get("type") == "network":
+        for rule in entry.get("filters", []):
+            click.echo(f"{'filter:':<16} {rule}")
+    if entry.get("ca_certificates"):
+        click.echo(f"{'ca:':<16} {entry['ca_certificates']} certificate(s)")
+    flags = []
+    if entry.get("read_only"):
+        flags.append("read-only (jumpoint.yaml)")
+    if entry.get("may_open"):
+        flags.append("you may open it")
+    if entry.get("may_manage"):
+        flags.append("you may manage it")
+    if flags:
+        click.echo(f"{'access:':<16} {', '.join(flags)}")
+
+
+def print_sessions(entries: list[dict[str, Any]], as_json: bool, now: float) -> None:
+    if as_json:
+        click.echo(json.dumps(entries))
+        return
+    if not entries:
+        click.echo("no open sessions")
+        return
+    click.echo(
+        f"{'SESSION':<18} {'USER':<14} {'ITEM':<20} {'AGE':>8} {'CONN':>5} {'TO TARGET':>12}"
+        f" {'FROM TARGET':>12} CLOSES"
+    )
+    for entry in entries:
+        closes = when(entry.get("closes_at"))
+        if entry.get("recording"):
+            closes += " (recorded)"
+        click.echo(
+            f"{entry.get('session', ''):<18} {entry.get('user', ''):<14}"
+            f" {entry.get('item', ''):<20} {span(entry.get('age')):>8}"
+            f" {entry.get('connections', 0):>5} {entry.get('bytes_to_target', 0):>12}"
+            f" {entry.get('bytes_from_target', 0):>12} {closes}"
+        )
+
+
+def print_requests(entries: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(entries))
+        return
+    if not entries:
+        click.echo("no access requests")
+        return
+    click.echo(f"{'ID':>5} {'STATUS':<9} {'USER':<14} {'ITEM':<20} {'FOR':>6} {'UNTIL':<17} REASON")
+    for entry in entries:
+        status = str(entry.get("status", ""))
+        if entry.get("can_decide"):
+            status += "*"
+        until = entry.get("valid_until") or entry.get("request_expires_at")
+        click.echo(
+            f"{entry.get('id', ''):>5} {status:<9} {entry.get('user', ''):<14}"
+            f" {entry.get('item', ''):<20} {span(entry.get('duration')):>6} {when(until):<17}"
+            f" {entry.get('reason', '')}"
+        )
+    if any(e.get("can_decide") for e in entries):
+        click.echo("* you may decide: jump approve ID / jump deny ID")
