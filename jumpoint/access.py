@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 from jumpoint.approvals import ApprovalStore
 from shared.addresses import AllowList, PortSet
 from shared.config import JumpointConfig
-from shared.errors import AccessDenied, ConsentRequired, NotSupported
+from shared.errors import AccessDenied, ConsentRequired, NotSupported, UsageError
 from shared.items import Item
 from shared.policy import Grant, JumpPolicy, SessionPolicy
 
@@ -59,9 +60,19 @@ class SessionRequest:
             consent=bool(message.get("consent", False)),
             local_address=message.get("local_address"),
             acl=tuple(message.get("acl") or ()),
-            auto_close=message.get("auto_close"),
-            idle_timeout=message.get("idle_timeout"),
+            auto_close=_seconds(message, "auto_close"),
+            idle_timeout=_seconds(message, "idle_timeout"),
         )
+
+
+def _seconds(message: Mapping[str, Any], key: str) -> float | None:
+    """A duration of the request: JSON allows NaN and Infinity, which no rule can compare."""
+    value = message.get(key)
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        raise UsageError(f"{key} must be a finite number of seconds, not {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -308,9 +319,16 @@ def _idle_timeout(
     restrictions = grant.restrictions
     policy = config.policies.session.get(item.session_policy) if item.session_policy else None
     policy_idle = policy.idle_timeout if policy else None
-    minimum = restrictions.idle_timeout_min
+    minimum = restrictions.idle_timeout_min or None  # a minimum of 0 restricts nothing
     requested = request.idle_timeout
     if requested is not None and requested <= 0:
+        if policy_idle is not None:
+            assert policy is not None
+            raise AccessDenied(
+                f"the idle timeout of {_minutes(policy_idle)} of session policy"
+                f" {policy.name!r} cannot be turned off",
+                rule=f"session_policies.{policy.name}.idle_timeout",
+            )
         if not restrictions.skip_idle_timeout:
             raise AccessDenied(
                 f"your {grant.rule_groups()} may not turn the idle timeout off",
@@ -334,9 +352,7 @@ def _idle_timeout(
         return requested
     if policy_idle is not None:
         return policy_idle
-    if minimum is not None and not restrictions.skip_idle_timeout:
-        return minimum
-    return None
+    return minimum  # skip_idle_timeout lets the user turn it off, never does it for them
 
 
 def _auto_close(
@@ -345,40 +361,41 @@ def _auto_close(
     restrictions = grant.restrictions
     policy = config.policies.session.get(item.session_policy) if item.session_policy else None
     policy_max = policy.auto_close if policy else None
-    value = request.auto_close
-    if value is not None and value <= 0:
+    requested = request.auto_close
+    high, low = restrictions.auto_close_max, restrictions.auto_close_min
+    if requested is None:
+        # nothing asked: the policy's lifetime, shortened to the groups' maximum
+        if high is None:
+            return policy_max
+        return high if policy_max is None else min(policy_max, high)
+    if requested <= 0:
         raise AccessDenied("auto_close must be a positive duration", rule="auto_close")
-    if value is not None and policy_max is not None and value > policy_max:
+    if policy_max is not None and requested > policy_max:
         assert policy is not None
         raise AccessDenied(
-            f"an auto-close of {_minutes(value)} is longer than the {_minutes(policy_max)}"
+            f"an auto-close of {_minutes(requested)} is longer than the {_minutes(policy_max)}"
             f" maximum lifetime of session policy {policy.name!r}",
             rule=f"session_policies.{policy.name}.auto_close",
         )
-    if value is None:
-        value = policy_max
-    high, low = restrictions.auto_close_max, restrictions.auto_close_min
-    if high is not None:
-        if value is None:
-            value = high
-        elif value > high:
-            raise AccessDenied(
-                f"an auto-close of {_minutes(value)} is longer than the {_minutes(high)} your"
-                f" {grant.rule_groups()} allow",
-                rule="tunnels_restricted.auto_close.max",
-            )
-    if low is not None and value is not None and value < low:
+    if high is not None and requested > high:
         raise AccessDenied(
-            f"an auto-close of {_minutes(value)} is shorter than the {_minutes(low)} your"
+            f"an auto-close of {_minutes(requested)} is longer than the {_minutes(high)} your"
+            f" {grant.rule_groups()} allow",
+            rule="tunnels_restricted.auto_close.max",
+        )
+    if low is not None and requested < low:
+        raise AccessDenied(
+            f"an auto-close of {_minutes(requested)} is shorter than the {_minutes(low)} your"
             f" {grant.rule_groups()} require",
             rule="tunnels_restricted.auto_close.min",
         )
-    return value
+    return requested
 
 
 def _check_ticket(policy: JumpPolicy, ticket: str | None) -> None:
     if not policy.ticket_id_required:
         return
+    ticket = (ticket or "").strip()
     if not ticket:
         raise AccessDenied(
             f"jump policy {policy.name!r} requires a ticket ID",

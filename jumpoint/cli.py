@@ -1,4 +1,4 @@
-"""The `jumpoint` command: init, serve, check-config and user management.
+"""The `jumpoint` command: init, serve, check-config, user management and the audit log.
 
 Every command loads and checks the configuration before doing anything;
 errors are L{JumpError}s, printed by L{main} without a traceback.
@@ -7,23 +7,30 @@ errors are L{JumpError}s, printed by L{main} without a traceback.
 from __future__ import annotations
 
 import datetime
+import getpass
 import ipaddress
 import json
 import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
+from twisted.internet.task import Clock
 
 from jumpoint import __version__, pki
+from jumpoint.audit import AuditEntry, AuditLog, query
 from jumpoint.config_template import render_config
 from jumpoint.state import StateDatabase
 from shared.config import CONFIG_ENV, JUMPOINT_NAME, JumpointConfig, load_config
 from shared.enrollment import Enrollment
 from shared.entrypoint import run_cli
-from shared.errors import ConfigError, UsageError
+from shared.errors import ConfigError, UnknownUser, UsageError
 from shared.logs import LOG_FORMATS
-from shared.schema import is_host, parse_host_port
+from shared.schema import is_host, parse_duration, parse_host_port
 
 PROGRAM = "jumpoint"
 
@@ -129,12 +136,18 @@ def check_config(config_path: str | None) -> None:
 
 @cli.group()
 def user() -> None:
-    """Enroll, revoke and list users."""
+    """Enroll, revoke and list users, and change their groups."""
 
 
 @user.command("add")
 @click.argument("name")
-@click.option("--group", required=True, help="The user's group (from jumpoint.yaml).")
+@click.option(
+    "--group",
+    "groups",
+    required=True,
+    multiple=True,
+    help="A group from jumpoint.yaml (repeatable; the first goes into the certificate).",
+)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
 @click.option(
     "--valid-days",
@@ -145,22 +158,27 @@ def user() -> None:
 )
 @config_option
 def user_add(
-    name: str, group: str, out_path: str, valid_days: int, config_path: str | None
+    name: str, groups: tuple[str, ...], out_path: str, valid_days: int, config_path: str | None
 ) -> None:
     """Issue a client certificate and write ONE enrollment file (mode 0600)."""
     config = load_config(config_path)
     _check_user_name(name)
-    if group not in config.groups:
-        known = ", ".join(sorted(config.groups)) or "none"
-        raise UsageError(f"no group named {group!r} in {config.path}", hint=f"groups: {known}")
+    chosen = _check_groups(config, groups)
     ca = _load_ca(config)
-    client = pki.issue_client(ca, name, group, datetime.timedelta(days=valid_days))
+    client = pki.issue_client(ca, name, chosen[0], datetime.timedelta(days=valid_days))
     certificate = client.certificate
-    database = StateDatabase(config.state_database)
-    try:
-        database.add_user(name, group, client.serial, certificate.not_valid_after_utc.isoformat())
-    finally:
-        database.close()
+    not_after = certificate.not_valid_after_utc.isoformat()
+    with _admin_audit(config) as (database, audit):
+        database.add_user(name, chosen[0], client.serial, not_after, more_groups=chosen[1:])
+        audit.record(
+            "user_added",
+            user=name,
+            durable=True,
+            groups=list(database.groups_of(name)),
+            serial=client.serial,
+            not_after=not_after,
+            by=_operator(),
+        )
     enrollment = Enrollment(
         jumpoint_name=config.name,
         host=config.addresses[0],
@@ -172,8 +190,58 @@ def user_add(
         private_key=client.key_pem.decode(),
     )
     pki.write_private(Path(out_path), enrollment.to_yaml().encode())
-    click.echo(f"user {name!r} (group {group!r}) enrolled; enrollment file: {out_path}")
+    label = "group" if len(chosen) == 1 else "groups"
+    shown = ", ".join(repr(group) for group in chosen)
+    click.echo(f"user {name!r} ({label} {shown}) enrolled; enrollment file: {out_path}")
     click.echo(f"give it to the user, who runs: jump enroll {Path(out_path).name}")
+
+
+def _check_groups(config: JumpointConfig, groups: tuple[str, ...]) -> tuple[str, ...]:
+    """The groups, without repeats, in order; each must be defined in jumpoint.yaml."""
+    chosen = tuple(dict.fromkeys(groups))
+    for group in chosen:
+        if group not in config.groups:
+            known = ", ".join(sorted(config.groups)) or "none"
+            raise UsageError(f"no group named {group!r} in {config.path}", hint=f"groups: {known}")
+    if not chosen:
+        raise UsageError("give at least one --group")
+    return chosen
+
+
+class _WallClock(Clock):
+    """The audit log's clock in a command: the time of day; nothing is ever scheduled on it.
+
+    Admin commands write durable events only, which are committed at once;
+    anything else would wait for L{AuditLog.close}, which flushes it.
+    """
+
+    def seconds(self) -> float:
+        return time.time()
+
+
+@contextmanager
+def _admin_audit(config: JumpointConfig) -> Iterator[tuple[StateDatabase, AuditLog]]:
+    """The state database and an audit log on it (with the JSON-lines file), closed after."""
+    database = StateDatabase(config.state_database)
+    try:
+        try:
+            audit = AuditLog(database, config.audit_file, _WallClock())
+        except OSError as error:
+            raise ConfigError(f"{config.path}: audit.file: cannot open it: {error}") from None
+        try:
+            yield database, audit
+        finally:
+            audit.close()
+    finally:
+        database.close()
+
+
+def _operator() -> str:
+    """Who ran the command: the login name of the process (for the audit log)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError, ImportError):
+        return f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
 
 
 def _check_user_name(name: str) -> None:
@@ -197,14 +265,53 @@ def _load_ca(config: JumpointConfig) -> pki.KeyPair:
 def user_revoke(name: str, config_path: str | None) -> None:
     """Revoke a user: new connections are refused, open sessions are closed."""
     config = load_config(config_path)
-    database = StateDatabase(config.state_database)
-    try:
+    with _admin_audit(config) as (database, audit):
         count = database.revoke_user(name)
-    finally:
-        database.close()
+        audit.record("user_revoked", user=name, durable=True, certificates=count, by=_operator())
     click.echo(
         f"user {name!r} revoked ({count} certificate(s)); a running Jumpoint closes their"
         f" sessions within {config.limits.revocation_poll_interval:g}s"
+    )
+
+
+@user.command("groups")
+@click.argument("name")
+@click.option(
+    "--group",
+    "groups",
+    required=True,
+    multiple=True,
+    help="A group from jumpoint.yaml (repeatable); replaces all the user's groups.",
+)
+@config_option
+def user_groups(name: str, groups: tuple[str, ...], config_path: str | None) -> None:
+    """Replace the groups of user NAME; a running Jumpoint applies them without a restart."""
+    config = load_config(config_path)
+    chosen = _check_groups(config, groups)
+    with _admin_audit(config) as (database, audit):
+        existing = database.user(name)
+        if existing is None:
+            raise UnknownUser(f"no user named {name!r}", hint="see `jumpoint user list`")
+        if not existing.active:
+            raise UsageError(
+                f"user {name!r} is revoked",
+                hint=f"add them again: jumpoint user add {name} --group ... --out FILE",
+            )
+        database.set_groups(name, chosen)
+        now = database.groups_of(name)
+        audit.record(
+            "user_groups_changed",
+            user=name,
+            durable=True,
+            groups=list(now),
+            previous=list(existing.all_groups),
+            by=_operator(),
+        )
+    label = "group" if len(now) == 1 else "groups"
+    click.echo(f"user {name!r} is now in {label}: {', '.join(now)}")
+    click.echo(
+        "a running Jumpoint applies them to the user's requests within"
+        f" {config.limits.revocation_poll_interval:g}s; sessions already open keep their terms"
     )
 
 
@@ -212,7 +319,7 @@ def user_revoke(name: str, config_path: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @config_option
 def user_list(as_json: bool, config_path: str | None) -> None:
-    """List users with their group and status."""
+    """List users with their groups and status."""
     config = load_config(config_path)
     database = StateDatabase(config.state_database)
     try:
@@ -226,6 +333,7 @@ def user_list(as_json: bool, config_path: str | None) -> None:
                     {
                         "name": u.name,
                         "group": u.group,
+                        "groups": list(u.all_groups),
                         "created_at": u.created_at,
                         "revoked_at": u.revoked_at,
                         "status": "active" if u.active else "revoked",
@@ -238,10 +346,142 @@ def user_list(as_json: bool, config_path: str | None) -> None:
     if not users:
         click.echo("no users")
         return
-    click.echo(f"{'NAME':<24} {'GROUP':<16} {'STATUS':<8} CREATED")
-    for u in users:
-        status = "active" if u.active else "revoked"
-        click.echo(f"{u.name:<24} {u.group:<16} {status:<8} {u.created_at}")
+    rows = [(u.name, ",".join(u.all_groups), "active" if u.active else "revoked", u) for u in users]
+    name_width = max(24, *(len(row[0]) + 1 for row in rows))
+    groups_width = max(16, *(len(row[1]) + 1 for row in rows))
+    click.echo(f"{'NAME':<{name_width}} {'GROUPS':<{groups_width}} {'STATUS':<8} CREATED")
+    for shown_name, shown_groups, status, u in rows:
+        click.echo(
+            f"{shown_name:<{name_width}} {shown_groups:<{groups_width}} {status:<8} {u.created_at}"
+        )
+
+
+_DAYS = re.compile(r"^(\d+)d(.*)$")
+
+
+def parse_since(text: str, now: float) -> float:
+    """C{--since}: an ISO date or time (naive is UTC), or a duration back from C{now}.
+
+    Durations are C{30m}, C{2h}, C{7d}, C{1d12h}, ... (days, hours, minutes,
+    seconds; a unit is required).  Raises L{ValueError}.
+    """
+    text = text.strip()
+    if text and text[0].isdigit() and text[-1] in "dhms" and "-" not in text and ":" not in text:
+        match = _DAYS.match(text)
+        days, rest = (int(match.group(1)), match.group(2)) if match else (0, text)
+        seconds = days * 86400.0
+        if rest:
+            seconds += parse_duration(rest)
+        if seconds <= 0:
+            raise ValueError(f"{text!r} is not a positive duration")
+        return now - seconds
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a date/time nor a duration") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+@cli.command()
+@click.option(
+    "--since",
+    help="Only events from then on: an ISO date/time (UTC unless it says otherwise)"
+    " or a duration back from now (30m, 2h, 7d).",
+)
+@click.option("--user", "user_name", help="Only events of this user.")
+@click.option("--item", help="Only events of this item.")
+@click.option("--session", help="Only events of this session.")
+@click.option("--event", help="Only events of this kind (e.g. session_opened, user_added).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1_000_000),
+    default=1000,
+    show_default=True,
+    help="Show at most this many events, the newest ones (printed oldest first).",
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: one object per event.")
+@config_option
+def audit(
+    since: str | None,
+    user_name: str | None,
+    item: str | None,
+    session: str | None,
+    event: str | None,
+    limit: int,
+    as_json: bool,
+    config_path: str | None,
+) -> None:
+    """Show the audit log: every decision and event, oldest first."""
+    config = load_config(config_path)
+    start = None
+    if since is not None:
+        try:
+            start = parse_since(since, time.time())
+        except ValueError as error:
+            raise UsageError(
+                f"--since: {error}",
+                hint="give a date or time such as 2026-12-01, 2026-12-01T10:00 or"
+                " 2026-12-01T10:00:00Z, or a duration such as 30m, 2h or 7d",
+            ) from None
+    database = StateDatabase(config.state_database)
+    try:
+        entries = query(
+            database,
+            since=start,
+            user=user_name,
+            item=item,
+            session=session,
+            event=event,
+            limit=limit + 1,
+        )
+    finally:
+        database.close()
+    truncated = len(entries) > limit
+    if truncated:
+        entries = entries[1:]
+    if as_json:
+        for entry in entries:
+            click.echo(json.dumps(entry.to_json(), separators=(",", ":"), default=str))
+    elif not entries:
+        click.echo("no matching audit events")
+    else:
+        for entry in entries:
+            click.echo(format_entry(entry))
+    if truncated:
+        click.echo(
+            f"{PROGRAM}: only the newest {limit} events are shown; narrow the query"
+            " (--since, --user, ...) or raise --limit",
+            err=True,
+        )
+
+
+_BARE = re.compile(r"^[^\s\"'=\\]+$")
+
+
+def _shown(value: Any) -> str:
+    """One value of a text audit line: bare when safe, else JSON (quoted, escaped)."""
+    if isinstance(value, str):
+        if value and value.isprintable() and _BARE.match(value):
+            return value
+        return json.dumps(value, ensure_ascii=not value.isprintable())
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def format_entry(entry: AuditEntry) -> str:
+    """C{TIME EVENT user=U session=S item=I rule=R key=value ...}; unset fields are left out."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.time))
+    fields: list[tuple[str, Any]] = [
+        ("user", entry.user),
+        ("session", entry.session),
+        ("item", entry.item),
+        ("rule", entry.rule),
+        *entry.detail.items(),
+    ]
+    parts = [when, _shown(entry.event)]
+    parts.extend(f"{key}={_shown(value)}" for key, value in fields if value is not None)
+    return " ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -564,7 +564,9 @@ def _request_access(channel: JumpointChannel, grant: Grant, message: dict[str, A
     if not reason:
         raise UsageError("--reason must say why you need access")
     duration = float(message["duration"])
-    if not 0 < duration <= policy.approval_max_duration:
+    if not duration > 0:  # also NaN
+        raise UsageError(f"--duration must be a positive number of seconds, not {duration:g}")
+    if duration > policy.approval_max_duration:
         raise AccessDenied(
             f"a duration of {duration:g}s is longer than the {policy.approval_max_duration:g}s"
             f" jump policy {policy.name!r} allows",

@@ -479,6 +479,15 @@ async def _connect(
             )
             bridge.connection_failed(ErrorCode.DENIED, denial.message)
             return
+        except Exception as error:  # the resolver failed: that connection fails, not the session
+            log.warn(
+                "session {session}: cannot resolve {host}: {error}",
+                session=session.session_id,
+                host=target.host,
+                error=error,
+            )
+            bridge.connection_failed(ErrorCode.UNREACHABLE, f"cannot resolve {target.host}")
+            return
         if stream.closed or session.closed:
             bridge.abort(ErrorCode.CANCEL, "the stream ended while its target was resolved")
             return

@@ -95,6 +95,7 @@ class Session:
             return
         now = clock.seconds()
         self.last_activity = now
+        self._last_total = sum(self.totals())  # the first check must not count as traffic
         for deadline in terms.deadlines:
             self._timers.append(
                 clock.callLater(

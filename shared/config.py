@@ -359,8 +359,25 @@ def _build_policies(top: dict[str, Any]) -> Policies:
     return Policies(jump=jump, session=session)
 
 
+def _node_at(root: yaml.Node, *path: str | int) -> yaml.Node | None:
+    """The node at a key path of the document, for the line of an error."""
+    node: yaml.Node | None = root
+    for key in path:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            node = node.value[key] if key < len(node.value) else None
+        else:
+            return None
+    return node
+
+
 def check_references(
-    filename: str, items: tuple[Item, ...], policies: Policies, groups: dict[str, Group]
+    root: yaml.Node,
+    where: Where,
+    items: tuple[Item, ...],
+    policies: Policies,
+    groups: dict[str, Group],
 ) -> None:
     """Every policy an item names exists; every approver group exists."""
     for index, entry in enumerate(items):
@@ -368,15 +385,25 @@ def check_references(
             name = getattr(entry, key)
             if name is not None and name not in known:
                 names = ", ".join(sorted(known)) or "none"
-                raise ConfigError(
-                    f"{filename}: items[{index}].{key}: no {key.replace('_', ' ')} named"
-                    f" {name!r} (defined: {names})"
+                raise (
+                    where.child("items")
+                    .child(index)
+                    .child(key)
+                    .error(
+                        _node_at(root, "items", index, key),
+                        f"no {key.replace('_', ' ')} named {name!r} (defined: {names})",
+                    )
                 )
     for policy in policies.jump.values():
         if policy.approver_group is not None and policy.approver_group not in groups:
-            raise ConfigError(
-                f"{filename}: jump_policies.{policy.name}.approver_group: no group named"
-                f" {policy.approver_group!r}"
+            raise (
+                where.child("jump_policies")
+                .child(policy.name)
+                .child("approver_group")
+                .error(
+                    _node_at(root, "jump_policies", policy.name, "approver_group"),
+                    f"no group named {policy.approver_group!r}",
+                )
             )
 
 
@@ -395,7 +422,7 @@ def parse_config(text: str, path: Path) -> JumpointConfig:
         )
     groups = {name: _build_group(name, values) for name, values in (top["groups"] or {}).items()}
     policies = _build_policies(top)
-    check_references(filename, top["items"], policies, groups)
+    check_references(root, Where(filename, ""), top["items"], policies, groups)
     base = path.parent
     audit = top["audit"] or {"file": "audit.jsonl"}
     recordings = top["recordings"] or {

@@ -168,6 +168,8 @@ class Grant:
     def rule_groups(self) -> str:
         """The groups named in a denial, e.g. C{groups ops, dev}."""
         names = self.tunnel_groups or self.groups
+        if not names:
+            return "groups (none defined)"
         return "group " + names[0] if len(names) == 1 else "groups " + ", ".join(names)
 
 

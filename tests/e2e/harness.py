@@ -194,6 +194,8 @@ class Deployment:
     port: int = 0
     serve_args: list[str] = field(default_factory=list)
     processes: list[Process] = field(default_factory=list)
+    sections: dict[str, Any] = field(default_factory=dict)
+    """Further top-level sections of jumpoint.yaml (groups, policies, allowed_targets...)."""
 
     @property
     def directory(self) -> Path:
@@ -245,11 +247,23 @@ class Deployment:
         document = yaml.safe_load(self.config.read_text())
         document["items"] = self.items
         document.setdefault("limits", {})["keepalive_interval"] = "5s"
+        for key, value in self.sections.items():
+            if isinstance(value, dict) and isinstance(document.get(key), dict):
+                document[key].update(value)
+            else:
+                document[key] = value
         self.config.write_text(yaml.safe_dump(document, sort_keys=False))
 
-    def add_user(self, name: str, group: str = "default", home: Path | None = None) -> Path:
+    def add_user(
+        self,
+        name: str,
+        group: str = "default",
+        home: Path | None = None,
+        more_groups: tuple[str, ...] = (),
+    ) -> Path:
         enrollment = self.root / f"{name}.enroll"
-        self.jumpoint("user", "add", name, "--group", group, "--out", str(enrollment))
+        extra = [arg for g in more_groups for arg in ("--group", g)]
+        self.jumpoint("user", "add", name, "--group", group, *extra, "--out", str(enrollment))
         env = self.env()
         if home is not None:
             env["JUMP_HOME"] = str(home)
@@ -266,6 +280,18 @@ class Deployment:
         )
         assert process.popen.poll() is None, process.output()
         return process
+
+    def home_of(self, name: str) -> Path:
+        """The JUMP_HOME of a further user (the first user's is L{home})."""
+        return self.home if name == self.user else self.root / f"home-{name}"
+
+    def jump_as(
+        self, name: str, *args: str, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return self.jump(*args, timeout=timeout, JUMP_HOME=str(self.home_of(name)))
+
+    def open_as(self, name: str, item: str, *args: str) -> Process:
+        return self.open(item, *args, JUMP_HOME=str(self.home_of(name)))
 
     def open(self, item: str, *args: str, **env: str) -> Process:
         process = Process([*tool("jump"), "open", item, "--json", *args], self.env(**env))

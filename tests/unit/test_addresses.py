@@ -660,9 +660,7 @@ def test_filter_rule_matches_agrees_with_its_parts(
             protocol in rule.protocols()
             and (rule.ports is None or port in rule.ports)
             and any(
-                (item == plain)
-                if isinstance(item, IPv4Address | IPv6Address)
-                else plain in item
+                (item == plain) if isinstance(item, IPv4Address | IPv6Address) else plain in item
                 for item in rule.addresses
             )
         )
