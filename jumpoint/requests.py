@@ -11,17 +11,20 @@ reply.  Handlers that must wait (DNS for the allow-list) return coroutines.
 from __future__ import annotations
 
 import ipaddress
+import sqlite3
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from jumpoint.access import SessionRequest, check_allowed_targets, decide
+from jumpoint.access import SessionRequest, SessionTerms, check_allowed_targets, decide
+from jumpoint.audit import AuditLog
 from jumpoint.session import Session, new_session_id
 from shared import control
 from shared.errors import (
     AccessDenied,
     ConsentRequired,
+    InternalError,
     JumpError,
     ProtocolViolation,
     UnknownItem,
@@ -138,13 +141,17 @@ def _create_item(channel: JumpointChannel, grant: Grant, message: dict[str, Any]
         )
     _check_policies(core, item)
     created = core.catalog.store.create(item, channel.user.name, core.clock.seconds())
-    core.log_audit.record(
-        "item_created",
-        user=channel.user.name,
-        item=item.name,
-        durable=True,
-        spec=_audit_spec(created),
-    )
+    try:
+        core.log_audit.record(
+            "item_created",
+            user=channel.user.name,
+            item=item.name,
+            durable=True,
+            spec=_audit_spec(created),
+        )
+    except InternalError:
+        core.catalog.store.delete(item.name)  # not audited: not done
+        raise
     return {"item": _item_json(created, grant)}
 
 
@@ -308,38 +315,46 @@ async def _open(channel: JumpointChannel, grant: Grant, request: SessionRequest)
         terms=terms,
         on_expired=channel.session_expired,
     )
+    details = terms.to_json()
     if terms.recording and core.new_recorder is not None:
         session.recorder = core.new_recorder(session.session_id)
-    with core.database.transaction() as db:
-        db.execute(
-            "INSERT INTO sessions (id, user_name, item, opened_at, ticket, approval_id, recording)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                session.session_id,
-                user,
-                item.name,
-                session.opened_at,
-                terms.ticket,
-                terms.approval_id,
-                str(session.recorder.path) if session.recorder else None,
-            ),
+    recording_path = str(session.recorder.path) if session.recorder else None
+    # committed before the session is set up: if the audit log cannot be written, no session
+    try:
+        _record_opened(audit, session, terms, details, recording_path)
+    except InternalError:
+        if session.recorder is not None:
+            session.recorder.close()
+        raise
+    try:
+        with core.database.transaction() as db:
+            db.execute(
+                "INSERT INTO sessions (id, user_name, item, opened_at, ticket, approval_id,"
+                " recording) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session.session_id,
+                    user,
+                    item.name,
+                    session.opened_at,
+                    terms.ticket,
+                    terms.approval_id,
+                    recording_path,
+                ),
+            )
+    except sqlite3.Error as error:
+        audit.record(
+            "session_closed",
+            user=user,
+            session=session.session_id,
+            item=item.name,
+            code="internal",
+            reason=f"cannot record the session: {error}",
         )
+        raise InternalError(
+            "the Jumpoint cannot write its state database; the session was not opened"
+        ) from None
     channel.session = session
     session.start_timers(core.clock)
-    details = terms.to_json()
-    audit.record(
-        "session_opened",
-        user=user,
-        session=session.session_id,
-        item=item.name,
-        durable=True,
-        ticket=terms.ticket,
-        approval=terms.approval_id,
-        recording=str(session.recorder.path) if session.recorder else None,
-        idle_timeout=terms.idle_timeout,
-        closes_at=details["closes_at"],
-        tunnels=details["tunnels"],
-    )
     log.info(
         "session {session} opened: user {user}, item {item} ({host})",
         session=session.session_id,
@@ -349,6 +364,28 @@ async def _open(channel: JumpointChannel, grant: Grant, request: SessionRequest)
     )
     _notify(core, session, "session_start", None)
     return {"session": session.session_id, "item": item.to_json(), **details}
+
+
+def _record_opened(
+    audit: AuditLog,
+    session: Session,
+    terms: SessionTerms,
+    details: dict[str, Any],
+    recording: str | None,
+) -> None:
+    audit.record(
+        "session_opened",
+        user=session.user,
+        session=session.session_id,
+        item=session.item.name,
+        durable=True,
+        ticket=terms.ticket,
+        approval=terms.approval_id,
+        recording=recording,
+        idle_timeout=terms.idle_timeout,
+        closes_at=details["closes_at"],
+        tunnels=details["tunnels"],
+    )
 
 
 def session_ended(core: JumpointCore, session: Session, reason: str, code: str) -> None:
@@ -655,7 +692,9 @@ def _decide_request(channel: JumpointChannel, grant: Grant, message: dict[str, A
         policy_name = item.jump_policy if item else None
         raise AccessDenied(
             f"you are not an approver of item {approval.item!r}",
-            rule=f"jump_policies.{policy_name}.approver_group" if policy_name else "approvals",
+            rule=f"jump_policies.{policy_name}.approver_group"
+            if policy_name
+            else "approvals.approver_group",
         )
     approve = bool(message["approve"])
     comment = message.get("comment")

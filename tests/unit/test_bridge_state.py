@@ -156,3 +156,53 @@ def test_private_files_are_0600(tmp_path: Path) -> None:
     names = server.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert names.value.get_values_for_type(x509.DNSName) == ["jump.corp.example"]
     assert [str(a) for a in names.value.get_values_for_type(x509.IPAddress)] == ["10.0.0.5", "::1"]
+
+
+def test_a_version_1_database_is_migrated_keeping_its_users(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "state.db"
+    old = sqlite3.connect(path)
+    old.executescript(MIGRATIONS[0])
+    old.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    old.execute("INSERT INTO schema_version VALUES (1)")
+    old.execute("INSERT INTO users VALUES ('alice', 'ops', '2026-01-01T00:00:00+00:00', NULL)")
+    old.execute("INSERT INTO certificates VALUES ('c1', 'alice', '2026-01-01', '2099-01-01', NULL)")
+    old.commit()
+    old.close()
+    database = StateDatabase(path)
+    assert database.schema_version == len(MIGRATIONS) == 2
+    assert database.groups_of("alice") == ("ops",)
+    user, _ = database.user_for_certificate("c1")
+    assert user is not None and user.all_groups == ("ops",)
+    database.set_groups("alice", ("ops", "dba"))
+    assert database.groups_of("alice") == ("ops", "dba")
+    assert [u.all_groups for u in database.list_users()] == [("ops", "dba")]
+
+
+def test_a_durable_audit_event_that_cannot_be_written_fails_the_request(tmp_path: Path) -> None:
+    import sqlite3
+
+    from jumpoint.audit import AuditLog, query
+    from shared.errors import InternalError
+
+    database = StateDatabase(tmp_path / "state.db")
+    audit = AuditLog(database, tmp_path / "audit.jsonl", Clock())
+    audit.record("session_opened", user="alice", durable=True)
+    assert [e.event for e in query(database)] == ["session_opened"]
+
+    class FullDisk:
+        def __enter__(self) -> Any:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        def __exit__(self, *args: object) -> None:
+            return None
+
+    real = database.transaction
+    database.transaction = lambda: FullDisk()  # type: ignore[method-assign]
+    with pytest.raises(InternalError, match="cannot write its audit log"):
+        audit.record("session_opened", user="bob", durable=True)
+    database.transaction = real  # type: ignore[method-assign]
+    assert [e.user for e in query(database)] == ["alice"]  # nothing half-written
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and '"user":"alice"' in lines[0]
