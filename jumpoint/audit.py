@@ -87,6 +87,7 @@ class AuditLog:
             tuple[float, str, str | None, str | None, str | None, str | None, str]
         ] = []
         self._call: IDelayedCall | None = None
+        self._lines: list[str] = []
         self._file: IO[str] | None = None
         self.jsonl_path = jsonl_path
         if jsonl_path is not None:
@@ -109,6 +110,18 @@ class AuditLog:
         self._pending.append(
             (now, event, user, session, item, rule, json.dumps(detail, default=str))
         )
+        if self._file is not None:
+            line: dict[str, Any] = {
+                "time": _iso(now),
+                "event": event,
+                "user": user,
+                "session": session,
+                "item": item,
+            }
+            if rule is not None:
+                line["rule"] = rule
+            line.update(detail)
+            self._lines.append(json.dumps(line, separators=(",", ":"), default=str) + "\n")
         if durable or len(self._pending) >= MAX_PENDING:
             self.flush(raise_errors=durable)
         elif self._call is None:
@@ -120,6 +133,7 @@ class AuditLog:
             self._call.cancel()
         self._call = None
         pending, self._pending = self._pending, []
+        lines, self._lines = self._lines, []
         if not pending:
             return
         try:
@@ -142,12 +156,6 @@ class AuditLog:
                 ) from None
             return
         if self._file is not None:
-            lines = []
-            for when, event, user, session, item, rule, detail in pending:
-                entry = AuditEntry(0, when, event, user, session, item, rule, json.loads(detail))
-                row = entry.to_json()
-                del row["id"]
-                lines.append(json.dumps(row, separators=(",", ":")) + "\n")
             try:
                 self._file.write("".join(lines))
                 self._file.flush()

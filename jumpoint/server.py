@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -385,7 +385,7 @@ class JumpointChannel(ChannelProtocol):
             code, reason, rule = refusal
             self._refuse_stream(session, stream, target, code, reason, rule)
             return
-        Deferred.fromCoroutine(self._connect_stream(session, stream, target))
+        StreamConnection(self, session, stream, target).start()
 
     def _refuse_stream(
         self,
@@ -414,70 +414,50 @@ class JumpointChannel(ChannelProtocol):
         )
         stream.reset(code, reason)
 
-    def _connect_stream(
-        self, session: Session, stream: Stream, target: StreamTarget
-    ) -> Coroutine[Any, Any, None]:
-        return _connect(self, session, stream, target)
 
+class StreamConnection:
+    """One stream of a session on its way to the target: check, dial, bridge, audit.
 
-async def _connect(
-    channel: JumpointChannel, session: Session, stream: Stream, target: StreamTarget
-) -> None:
-    """Check the allow-list (resolving the host), then connect and bridge the stream."""
-    from jumpoint.access import check_allowed_targets
-    from jumpoint.requests import resolve_checked
+    Without an allow-list the target is dialled at once; with one, its host
+    is resolved first and every address checked, and the connection goes to
+    the first checked address (never to a fresh lookup).
+    """
 
-    core = channel.core
-    audit = core.log_audit
-    connecting: list[Deferred[Any]] = []
+    def __init__(
+        self, channel: JumpointChannel, session: Session, stream: Stream, target: StreamTarget
+    ) -> None:
+        self.channel = channel
+        self.core = channel.core
+        self.session = session
+        self.stream = stream
+        self.target = target
+        self.address = target.host
+        self.attempt: Deferred[Any] | None = None
+        self.bridge = TcpBridge(stream, on_closed=self.closed)
+        self.bridge.wait_for_connection()
+        session.connection_started(self.bridge)
 
-    def closed(bridge: TcpBridge) -> None:
-        counted = session.connection_finished(bridge)
-        if connecting and not connecting[0].called:
-            connecting[0].cancel()
-        if counted is None:
-            return
-        sent, received = counted
-        reason = bridge.close_reason or "closed"
-        log.info(
-            "session {session} user {user}: connection {stream_id} to {host}:{port} closed"
-            " ({reason}); {sent} bytes to target, {received} bytes from target",
-            session=session.session_id,
-            user=session.user,
-            stream_id=stream.stream_id,
-            host=target.host,
-            port=target.port,
-            reason=reason,
-            sent=sent,
-            received=received,
-        )
-        audit.record(
-            "connection_closed" if bridge.connected else "connection_failed",
-            user=session.user,
-            session=session.session_id,
-            item=session.item.name,
-            stream=stream.stream_id,
-            target=f"{target.host}:{target.port}",
-            reason=reason,
-            bytes_to_target=sent,
-            bytes_from_target=received,
-        )
+    def start(self) -> None:
+        if self.core.config.allowed_targets is None:
+            self.dial(self.target.host)
+        else:
+            Deferred.fromCoroutine(self._check_then_dial())
 
-    bridge = TcpBridge(stream, on_closed=closed)
-    bridge.wait_for_connection()
-    session.connection_started(bridge)
-    dial_host = target.host
-    allow_list = core.config.allowed_targets
-    if allow_list is not None:
+    async def _check_then_dial(self) -> None:
+        from jumpoint.access import check_allowed_targets
+        from jumpoint.requests import resolve_checked
+
+        target, session = self.target, self.session
+        allow_list = self.core.config.allowed_targets
         try:
-            addresses, resolved_hosts = await resolve_checked(core, target.host)
+            addresses, resolved_hosts = await resolve_checked(self.core, target.host)
             check_allowed_targets(allow_list, target.port, addresses, resolved_hosts, target.host)
         except AccessDenied as denial:
-            session.connection_finished(bridge)
-            channel._refuse_stream(
-                session, stream, target, ErrorCode.DENIED, denial.message, "allowed_targets"
+            session.connection_finished(self.bridge)
+            self.channel._refuse_stream(
+                session, self.stream, target, ErrorCode.DENIED, denial.message, "allowed_targets"
             )
-            bridge.connection_failed(ErrorCode.DENIED, denial.message)
+            self.bridge.connection_failed(ErrorCode.DENIED, denial.message)
             return
         except Exception as error:  # the resolver failed: that connection fails, not the session
             log.warn(
@@ -486,44 +466,81 @@ async def _connect(
                 host=target.host,
                 error=error,
             )
-            bridge.connection_failed(ErrorCode.UNREACHABLE, f"cannot resolve {target.host}")
+            self.bridge.connection_failed(ErrorCode.UNREACHABLE, f"cannot resolve {target.host}")
             return
-        if stream.closed or session.closed:
-            bridge.abort(ErrorCode.CANCEL, "the stream ended while its target was resolved")
+        if self.stream.closed or session.closed:
+            self.bridge.abort(ErrorCode.CANCEL, "the stream ended while its target was resolved")
             return
-        dial_host = addresses[0]
-    if session.recorder is not None:
-        from jumpoint.recording_tap import RecordingTap
+        self.dial(addresses[0])
 
-        bridge.tap = RecordingTap(
-            session.recorder, bridge, stream.stream_id, channel.peer_host, target.port
-        )
+    def dial(self, host: str) -> None:
+        self.address = host
+        session = self.session
+        if session.recorder is not None:
+            from jumpoint.recording_tap import RecordingTap
 
-    def connected(result: Any) -> Any:
-        audit.record(
-            "connection_opened",
+            self.bridge.tap = RecordingTap(
+                session.recorder,
+                self.bridge,
+                self.stream.stream_id,
+                self.channel.peer_host,
+                self.target.port,
+            )
+        self.attempt = self.core.connect_target(host, self.target.port, self.bridge)
+        self.attempt.addCallbacks(self.connected, self.failed)
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        session = self.session
+        self.core.log_audit.record(
+            event,
             user=session.user,
             session=session.session_id,
             item=session.item.name,
-            stream=stream.stream_id,
-            target=f"{target.host}:{target.port}",
-            address=dial_host,
+            stream=self.stream.stream_id,
+            target=f"{self.target.host}:{self.target.port}",
+            **fields,
         )
+
+    def connected(self, result: Any) -> Any:
+        self._audit("connection_opened", address=self.address)
         return result
 
-    def failed(failure: Failure) -> None:
-        code, reason = classify_connect_failure(failure, target.host, target.port)
+    def failed(self, failure: Failure) -> None:
+        code, reason = classify_connect_failure(failure, self.target.host, self.target.port)
         log.warn(
             "session {session}: stream {stream_id}: {reason}",
-            session=session.session_id,
-            stream_id=stream.stream_id,
+            session=self.session.session_id,
+            stream_id=self.stream.stream_id,
             reason=reason,
         )
-        bridge.connection_failed(code, reason)
+        self.bridge.connection_failed(code, reason)
 
-    attempt = core.connect_target(dial_host, target.port, bridge)
-    connecting.append(attempt)
-    attempt.addCallbacks(connected, failed)
+    def closed(self, bridge: TcpBridge) -> None:
+        counted = self.session.connection_finished(bridge)
+        if self.attempt is not None and not self.attempt.called:
+            self.attempt.cancel()
+        if counted is None:
+            return
+        sent, received = counted
+        reason = bridge.close_reason or "closed"
+        log.info(
+            "session {session} user {user}: connection {stream_id} to {host}:{port} closed"
+            " ({reason}); {sent} bytes to target, {received} bytes from target",
+            session=self.session.session_id,
+            user=self.session.user,
+            stream_id=self.stream.stream_id,
+            host=self.target.host,
+            port=self.target.port,
+            reason=reason,
+            sent=sent,
+            received=received,
+        )
+        self._audit(
+            "connection_closed" if bridge.connected else "connection_failed",
+            reason=reason,
+            bytes_to_target=sent,
+            bytes_from_target=received,
+        )
 
 
 class JumpointFactory(Factory):
