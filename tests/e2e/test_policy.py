@@ -514,3 +514,103 @@ def test_a_process_killed_in_the_middle_of_writes_loses_nothing_acknowledged(
         audited = {row[0] for row in db.execute("SELECT item FROM audit")}
     for n in acknowledged:
         assert f"item{n}" in names and f"item{n}" in audited
+
+
+def _pty_run(deployment: Deployment, args: list[str], answer: bytes) -> tuple[int, str]:
+    """Run `jump ARGS` on a terminal, answer its question, return status and screen."""
+    import pty
+    import select
+
+    from tests.e2e.harness import tool
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [*tool("jump"), *args],
+        env=deployment.env(),
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        start_new_session=True,
+    )
+    os.close(follower)
+    screen = bytearray()
+
+    def read(text: bytes) -> bool:
+        while select.select([leader], [], [], 0)[0]:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen.extend(chunk)
+        return text in screen
+
+    wait_until(lambda: read(b"[y/N]"), what="the consent question")
+    os.write(leader, answer + b"\n")
+    status = process.wait(60)
+    read(b"")
+    os.close(leader)
+    return status, screen.decode(errors="replace")
+
+
+def test_the_consent_question_on_a_terminal(deployment: Deployment) -> None:
+    echo = EchoServer()
+    try:
+        deployment.items = [
+            {
+                "name": "rec",
+                "type": "tcp",
+                "host": "127.0.0.1",
+                "tunnels": [{"local_port": "auto", "remote_port": echo.port}],
+                "session_policy": "recorded",
+            }
+        ]
+        deployment.sections = {"session_policies": {"recorded": {"recording": True}}}
+        deployment.create().serve()
+        status, screen = _pty_run(deployment, ["open", "rec", "--for", "1s"], b"n")
+        assert status == ExitCode.DENIED
+        assert "will be recorded" in screen or "are recorded" in screen
+        assert "declined" in screen and "->" not in screen
+        status, screen = _pty_run(deployment, ["open", "rec", "--for", "1s"], b"y")
+        assert status == 0, screen
+        assert f"-> 127.0.0.1:{echo.port}" in screen and "this session is recorded" in screen
+        assert list((deployment.directory / "recordings").glob("*.pcap"))
+    finally:
+        echo.close()
+
+
+def test_concurrent_consoles_create_items_without_corruption(deployment: Deployment) -> None:
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    deployment.sections = {"groups": MANAGERS}
+    deployment.create()
+    deployment.jumpoint("user", "groups", "alice", "--group", "ops")
+    deployment.serve()
+
+    def create(index: int) -> int:
+        return deployment.jump(
+            "item",
+            "create",
+            "tcp",
+            f"c{index}",
+            "--host",
+            "127.0.0.1",
+            "--tunnel",
+            "auto:9",
+            "--jump-group",
+            "team-x",
+        ).returncode
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(create, range(16)))
+    # meanwhile the admin adds users from another process
+    deployment.add_user("eve", "default", deployment.home_of("eve"))
+    assert codes == [0] * 16
+    names = {i["name"] for i in json.loads(deployment.jump("items", "--json").stdout)}
+    assert {f"c{i}" for i in range(16)} <= names
+    with sqlite3.connect(deployment.directory / "state.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    created = [e for e in _audit(deployment, "--event", "item_created")]
+    assert len(created) == 16
