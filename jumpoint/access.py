@@ -34,6 +34,7 @@ from shared.config import JumpointConfig
 from shared.errors import AccessDenied, ConsentRequired, NotSupported, UsageError
 from shared.items import Item
 from shared.policy import Grant, JumpPolicy, SessionPolicy
+from shared.schema import format_duration
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 SUPPORTED_KINDS = ("tcp",)
@@ -136,14 +137,6 @@ class SessionTerms:
         }
 
 
-def _minutes(seconds: float) -> str:
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{seconds / 3600:g}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g}m"
-    return f"{seconds:g}s"
-
-
 def decide(
     config: JumpointConfig,
     grant: Grant,
@@ -207,7 +200,8 @@ def decide(
             Deadline(
                 now + auto_close,
                 "auto_close",
-                f"the session's maximum lifetime of {_minutes(auto_close)} ran out (auto_close)",
+                f"the session's maximum lifetime of {format_duration(auto_close)} ran out"
+                " (auto_close)",
             )
         )
     jump_policy = config.policies.jump.get(item.jump_policy) if item.jump_policy else None
@@ -325,7 +319,7 @@ def _idle_timeout(
         if policy_idle is not None:
             assert policy is not None
             raise AccessDenied(
-                f"the idle timeout of {_minutes(policy_idle)} of session policy"
+                f"the idle timeout of {format_duration(policy_idle)} of session policy"
                 f" {policy.name!r} cannot be turned off",
                 rule=f"session_policies.{policy.name}.idle_timeout",
             )
@@ -338,15 +332,15 @@ def _idle_timeout(
     if requested is not None:
         if minimum is not None and requested < minimum:
             raise AccessDenied(
-                f"an idle timeout of {_minutes(requested)} is shorter than the"
-                f" {_minutes(minimum)} your {grant.rule_groups()} require",
+                f"an idle timeout of {format_duration(requested)} is shorter than the"
+                f" {format_duration(minimum)} your {grant.rule_groups()} require",
                 rule="tunnels_restricted.idle_timeout_minutes.min",
             )
         if policy_idle is not None and requested > policy_idle:
             assert policy is not None
             raise AccessDenied(
-                f"an idle timeout of {_minutes(requested)} is longer than the"
-                f" {_minutes(policy_idle)} of session policy {policy.name!r}",
+                f"an idle timeout of {format_duration(requested)} is longer than the"
+                f" {format_duration(policy_idle)} of session policy {policy.name!r}",
                 rule=f"session_policies.{policy.name}.idle_timeout",
             )
         return requested
@@ -373,20 +367,20 @@ def _auto_close(
     if policy_max is not None and requested > policy_max:
         assert policy is not None
         raise AccessDenied(
-            f"an auto-close of {_minutes(requested)} is longer than the {_minutes(policy_max)}"
-            f" maximum lifetime of session policy {policy.name!r}",
+            f"an auto-close of {format_duration(requested)} is longer than the"
+            f" {format_duration(policy_max)} maximum lifetime of session policy {policy.name!r}",
             rule=f"session_policies.{policy.name}.auto_close",
         )
     if high is not None and requested > high:
         raise AccessDenied(
-            f"an auto-close of {_minutes(requested)} is longer than the {_minutes(high)} your"
-            f" {grant.rule_groups()} allow",
+            f"an auto-close of {format_duration(requested)} is longer than the"
+            f" {format_duration(high)} your {grant.rule_groups()} allow",
             rule="tunnels_restricted.auto_close.max",
         )
     if low is not None and requested < low:
         raise AccessDenied(
-            f"an auto-close of {_minutes(requested)} is shorter than the {_minutes(low)} your"
-            f" {grant.rule_groups()} require",
+            f"an auto-close of {format_duration(requested)} is shorter than the"
+            f" {format_duration(low)} your {grant.rule_groups()} require",
             rule="tunnels_restricted.auto_close.min",
         )
     return requested

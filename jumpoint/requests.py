@@ -375,9 +375,7 @@ def _record_opened(
 ) -> None:
     audit.record(
         "session_opened",
-        user=session.user,
-        session=session.session_id,
-        item=session.item.name,
+        **session.audit_fields(),
         durable=True,
         ticket=terms.ticket,
         approval=terms.approval_id,
@@ -416,9 +414,7 @@ def session_ended(core: JumpointCore, session: Session, reason: str, code: str) 
         )
     core.log_audit.record(
         "session_closed",
-        user=session.user,
-        session=session.session_id,
-        item=session.item.name,
+        **session.audit_fields(),
         code=code,
         reason=reason,
         connections=session.total_connections,
@@ -505,9 +501,7 @@ def _tunnels_bound(channel: JumpointChannel, grant: Grant, message: dict[str, An
         reason, rule = problem
         channel.core.log_audit.record(
             "session_denied",
-            user=session.user,
-            session=session.session_id,
-            item=session.item.name,
+            **session.audit_fields(),
             rule=rule,
             durable=True,
             reason=reason,
@@ -518,9 +512,7 @@ def _tunnels_bound(channel: JumpointChannel, grant: Grant, message: dict[str, An
         raise AccessDenied(reason, rule=rule)
     channel.core.log_audit.record(
         "session_ready",
-        user=session.user,
-        session=session.session_id,
-        item=session.item.name,
+        **session.audit_fields(),
         tunnels=[{"local_address": a, "local_port": p} for a, p in bound],
     )
     return {"session": session.session_id}

@@ -404,9 +404,7 @@ class JumpointChannel(ChannelProtocol):
         )
         self.core.log_audit.record(
             "connection_denied",
-            user=session.user,
-            session=session.session_id,
-            item=session.item.name,
+            **session.audit_fields(),
             rule=rule,
             stream=stream.stream_id,
             target=f"{target.host}:{target.port}",
@@ -493,9 +491,7 @@ class StreamConnection:
         session = self.session
         self.core.log_audit.record(
             event,
-            user=session.user,
-            session=session.session_id,
-            item=session.item.name,
+            **session.audit_fields(),
             stream=self.stream.stream_id,
             target=f"{self.target.host}:{self.target.port}",
             **fields,

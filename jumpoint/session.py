@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from shared.bridge import TcpBridge
 from shared.items import Item
+from shared.schema import format_duration
 
 if TYPE_CHECKING:
     from jumpoint.access import SessionTerms
@@ -31,14 +32,6 @@ MAX_IDLE_CHECK_INTERVAL = 30.0
 
 def new_session_id() -> str:
     return secrets.token_hex(8)
-
-
-def describe_seconds(seconds: float) -> str:
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{seconds / 3600:g}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g}m"
-    return f"{seconds:g}s"
 
 
 @dataclass
@@ -62,6 +55,10 @@ class Session:
     on_expired: Callable[[Session, str, str], None] | None = None
     _timers: list[IDelayedCall] = field(default_factory=list)
     _last_total: int = -1
+
+    def audit_fields(self) -> dict[str, Any]:
+        """The user, session and item of an audit event about this session."""
+        return {"user": self.user, "session": self.session_id, "item": self.item.name}
 
     def has_room(self) -> bool:
         return len(self.active) < self.max_connections
@@ -129,7 +126,7 @@ class Session:
         if idle_for >= self.terms.idle_timeout:
             self._expire(
                 "idle_timeout",
-                f"no traffic for {describe_seconds(self.terms.idle_timeout)} (idle timeout)",
+                f"no traffic for {format_duration(self.terms.idle_timeout)} (idle timeout)",
             )
             return
         self._schedule_idle_check(clock, interval)

@@ -216,6 +216,15 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def format_duration(seconds: float) -> str:
+    """The short form of a duration: C{90s}, C{5m}, C{2h}."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
 def duration(maximum: float = 366 * 86400) -> Checker[float]:
     def checker(node: yaml.Node, where: Where) -> float:
         value = _scalar(node, where)

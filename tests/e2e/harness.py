@@ -328,3 +328,45 @@ def background_process(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+class Terminal:
+    """A child process on a pseudo-terminal; L{read_until} collects what it shows."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        import pty
+
+        self.leader, follower = pty.openpty()
+        self.popen = subprocess.Popen(
+            args, env=env, stdin=follower, stdout=follower, stderr=follower, start_new_session=True
+        )
+        os.close(follower)
+        self.screen = bytearray()
+
+    def _drain(self) -> None:
+        import select
+
+        while select.select([self.leader], [], [], 0)[0]:
+            try:
+                chunk = os.read(self.leader, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.screen.extend(chunk)
+
+    def read_until(self, text: bytes, what: str) -> None:
+        def seen() -> bool:
+            self._drain()
+            return text in self.screen
+
+        wait_until(seen, what=what)
+
+    def type(self, data: bytes) -> None:
+        os.write(self.leader, data)
+
+    def finish(self, timeout: float = 60) -> tuple[int, str]:
+        status = self.popen.wait(timeout)
+        self._drain()
+        os.close(self.leader)
+        return status, self.screen.decode(errors="replace")

@@ -518,40 +518,12 @@ def test_a_process_killed_in_the_middle_of_writes_loses_nothing_acknowledged(
 
 def _pty_run(deployment: Deployment, args: list[str], answer: bytes) -> tuple[int, str]:
     """Run `jump ARGS` on a terminal, answer its question, return status and screen."""
-    import pty
-    import select
+    from tests.e2e.harness import Terminal, tool
 
-    from tests.e2e.harness import tool
-
-    leader, follower = pty.openpty()
-    process = subprocess.Popen(
-        [*tool("jump"), *args],
-        env=deployment.env(),
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
-        start_new_session=True,
-    )
-    os.close(follower)
-    screen = bytearray()
-
-    def read(text: bytes) -> bool:
-        while select.select([leader], [], [], 0)[0]:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            screen.extend(chunk)
-        return text in screen
-
-    wait_until(lambda: read(b"[y/N]"), what="the consent question")
-    os.write(leader, answer + b"\n")
-    status = process.wait(60)
-    read(b"")
-    os.close(leader)
-    return status, screen.decode(errors="replace")
+    terminal = Terminal([*tool("jump"), *args], deployment.env())
+    terminal.read_until(b"[y/N]", "the consent question")
+    terminal.type(answer + b"\n")
+    return terminal.finish()
 
 
 def test_the_consent_question_on_a_terminal(deployment: Deployment) -> None:

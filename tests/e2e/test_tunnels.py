@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tests.e2e.harness import (
     Deployment,
+    Terminal,
     background_process,
     free_port,
     port_open,
@@ -215,7 +216,6 @@ def test_items_lists_the_configured_items(deployment: Deployment):
 
 def test_live_view_on_a_terminal(deployment: Deployment, tmp_path: Path):
     """On a terminal `jump open` redraws a table of tunnels with their statistics."""
-    import pty
 
     with background_process(
         [sys.executable, "-m", "http.server", str(port := free_port()), "--bind", "127.0.0.1"],
@@ -233,41 +233,16 @@ def test_live_view_on_a_terminal(deployment: Deployment, tmp_path: Path):
         ]
         deployment.create().serve()
         local_port = deployment.items[0]["tunnels"][0]["local_port"]
-        leader, follower = pty.openpty()
-        process = subprocess.Popen(
-            [*tool("jump"), "open", "web", "--for", "4s"],
-            env=deployment.env(),
-            stdin=follower,
-            stdout=follower,
-            stderr=follower,
-            start_new_session=True,
-        )
-        os.close(follower)
-        screen = bytearray()
-
-        def read_screen(text: bytes) -> bool:
-            import select
-
-            while select.select([leader], [], [], 0)[0]:
-                try:
-                    chunk = os.read(leader, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                screen.extend(chunk)
-            return text in screen
-
-        wait_until(lambda: read_screen(b"-> 127.0.0.1:"), what="the bindings on the terminal")
+        terminal = Terminal([*tool("jump"), "open", "web", "--for", "4s"], deployment.env())
+        terminal.read_until(b"-> 127.0.0.1:", "the bindings on the terminal")
         subprocess.run(
             ["curl", "-sS", "-o", "/dev/null", f"http://127.0.0.9:{local_port}/"],
             check=True,
             timeout=30,
         )
-        wait_until(lambda: read_screen(b"session closed"), what="the end of the session")
-        assert process.wait(30) == 0
-        os.close(leader)
-        text = screen.decode(errors="replace")
+        terminal.read_until(b"session closed", "the end of the session")
+        status, text = terminal.finish(30)
+        assert status == 0
         assert "TUNNEL" in text and "RECEIVED" in text and "DOWN/s" in text
         assert "\x1b[" in text  # redrawn in place
         assert f"127.0.0.9:{local_port} -> 127.0.0.1:{port}" in text
