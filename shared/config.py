@@ -34,6 +34,31 @@ __all__ = ["CONFIG_ENV", "Group", "JumpointConfig", "Limits", "load_config", "pa
 
 
 @dataclass(frozen=True)
+class CredentialRef:
+    """Where the Jumpoint finds a credential it injects: never the secret itself.
+
+    Chosen for an item by C{item} name, else by C{host} and C{username}.  The
+    secret is read from C{password_file} or the environment variable
+    C{password_env} each time it is used (L{jumpoint.credentials}).
+    """
+
+    kind: str
+    username: str | None
+    item: str | None = None
+    host: str | None = None
+    domain: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+
+    def __repr__(self) -> str:  # the reference only; no secret is held
+        return (
+            f"CredentialRef(kind={self.kind!r}, username={self.username!r}, item={self.item!r},"
+            f" host={self.host!r}, file={str(self.password_file) if self.password_file else None},"
+            f" env={self.password_env!r})"
+        )
+
+
+@dataclass(frozen=True)
 class Limits:
     max_connections_per_session: int = MAX_CONNECTIONS_PER_SESSION
     connect_timeout: float = 10.0
@@ -63,6 +88,7 @@ class JumpointConfig:
     audit_file: Path | None = None
     recordings_directory: Path | None = None
     recording_buffer_limit: int = 8 * 1024 * 1024
+    credentials: tuple[CredentialRef, ...] = ()
 
     @property
     def directory(self) -> Path:
@@ -275,6 +301,55 @@ def _allowed_targets(node: yaml.Node, where: Where) -> AllowList:
     return AllowList.parse(entries)
 
 
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+_CREDENTIAL_FIELDS = {
+    "item": Field(schema.string(1, 128), default=None),
+    "host": Field(schema.host, default=None),
+    "username": Field(schema.string(1, 128), default=None),
+    "type": Field(schema.choice("sql", "ntlm"), default="sql"),
+    "domain": Field(schema.string(1, 256), default=None),
+    "password_file": Field(schema.string(1, 4096), default=None),
+    "password_env": Field(schema.string(1, 128, _ENV_NAME), default=None),
+    "comments": Field(schema.optional_string(), default=None),
+}
+
+
+def _credential_checker(base: Path) -> schema.Checker[CredentialRef]:
+    def check(node: yaml.Node, where: Where) -> CredentialRef:
+        values = schema.mapping(node, where, _CREDENTIAL_FIELDS)
+        if (values["password_file"] is None) == (values["password_env"] is None):
+            raise where.error(node, "give exactly one of password_file and password_env")
+        if values["item"] is None and (values["host"] is None or values["username"] is None):
+            raise where.error(node, "give an item, or a host and a username")
+        if values["type"] == "ntlm" and values["username"] is None:
+            raise where.error(node, "a Windows (ntlm) credential needs a username")
+        secret_file = None
+        if values["password_file"] is not None:
+            candidate = Path(os.path.expanduser(values["password_file"]))
+            secret_file = candidate if candidate.is_absolute() else base / candidate
+            key_node = next(v for k, v in node.value if k.value == "password_file")
+            if not secret_file.is_file():
+                raise where.child("password_file").error(key_node, f"{secret_file} does not exist")
+            if not os.access(secret_file, os.R_OK):
+                raise where.child("password_file").error(key_node, f"{secret_file} is not readable")
+        if values["password_env"] is not None and values["password_env"] not in os.environ:
+            key_node = next(v for k, v in node.value if k.value == "password_env")
+            raise where.child("password_env").error(
+                key_node, f"the environment variable {values['password_env']} is not set"
+            )
+        return CredentialRef(
+            kind=values["type"],
+            username=values["username"],
+            item=values["item"],
+            host=values["host"],
+            domain=values["domain"],
+            password_file=secret_file,
+            password_env=values["password_env"],
+        )
+
+    return check
+
+
 _AUDIT_FIELDS = {"file": Field(schema.optional_string(), default="audit.jsonl")}
 _RECORDINGS_FIELDS = {
     "directory": Field(schema.string(), default="recordings"),
@@ -313,6 +388,7 @@ _TOP_FIELDS = {
     "audit": Field(_mapping_or_empty(_AUDIT_FIELDS), default=None),
     "recordings": Field(_mapping_or_empty(_RECORDINGS_FIELDS), default=None),
     "items": Field(_items_or_empty, default=()),
+    "credentials": Field(lambda n, w: n, default=None),  # checked with the file's directory
 }
 
 
@@ -424,6 +500,13 @@ def parse_config(text: str, path: Path) -> JumpointConfig:
     policies = _build_policies(top)
     check_references(root, Where(filename, ""), top["items"], policies, groups)
     base = path.parent
+    credentials: tuple[CredentialRef, ...] = ()
+    if top["credentials"] is not None:
+        credentials = tuple(
+            schema.list_of(_credential_checker(base), max_items=10_000)(
+                top["credentials"], Where(filename, "credentials")
+            )
+        )
     audit = top["audit"] or {"file": "audit.jsonl"}
     recordings = top["recordings"] or {
         name: spec.default for name, spec in _RECORDINGS_FIELDS.items()
@@ -453,6 +536,7 @@ def parse_config(text: str, path: Path) -> JumpointConfig:
         audit_file=resolve(audit["file"]) if audit["file"] else None,
         recordings_directory=resolve(recordings["directory"]),
         recording_buffer_limit=recordings["buffer_limit"],
+        credentials=credentials,
     )
 
 

@@ -122,6 +122,9 @@ class Item:
     url: str | None = None
     ca_pem: str | None = None
     namespace: str | None = None
+    encryption: str | None = None
+    """mssql: how the Jumpoint talks to the server: C{required} (TLS) or C{strict} (TDS 8.0)."""
+    trust_server_certificate: bool = False
     filters: tuple[str, ...] = ()
     source: str = "config"
     created_by: str | None = None
@@ -183,6 +186,9 @@ def _mssql_values(item: Item) -> dict[str, Any]:
         "local_port": AUTO if local is None else local,
         "username": item.username,
         "database": item.database,
+        "encryption": item.encryption,
+        "trust_server_certificate": item.trust_server_certificate or None,
+        "ca_pem": item.ca_pem,
     }
 
 
@@ -296,6 +302,9 @@ _KIND_FIELDS: dict[str, dict[str, Field]] = {
         "local_port": Field(_local_port, default=None),
         "username": Field(schema.string(1, NAME_MAX), required=True),
         "database": Field(schema.string(1, NAME_MAX), default=None),
+        "encryption": Field(schema.choice("required", "strict"), default="required"),
+        "trust_server_certificate": Field(schema.boolean, default=False),
+        "ca_pem": Field(_pem_certificates, default=None),
     },
     "k8s": {
         "url": Field(_https_url, required=True),
@@ -354,6 +363,9 @@ def _build(kind: str, values: dict[str, Any], source: str, where: Where, node: y
             port=values["port"],
             username=values["username"],
             database=values["database"],
+            encryption=values["encryption"],
+            trust_server_certificate=values["trust_server_certificate"],
+            ca_pem=values["ca_pem"],
             tunnels=(tunnel,),
             **common,
         )
