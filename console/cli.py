@@ -86,6 +86,21 @@ def profiles(as_json: bool) -> None:
         )
 
 
+@cli.command()
+@click.option("--pem", is_flag=True, help="Print the certificate itself, not its path.")
+@profile_option
+def ca(pem: bool, profile: str | None) -> None:
+    """The local CA of this profile's TLS listeners (trust it in SQL Server clients)."""
+    from console.local_ca import CA_FILE, local_ca
+
+    chosen = chosen_profile(profile)
+    pair = local_ca(chosen)
+    if pem:
+        click.echo(pair.certificate_pem.decode("ascii"), nl=False)
+    else:
+        click.echo(str(chosen.directory / CA_FILE))
+
+
 def item_filters(function: Any) -> Any:
     function = click.option("--json", "as_json", is_flag=True, help="JSON output.")(function)
     function = click.option(
