@@ -35,6 +35,20 @@ from shared.mux import MuxSettings, Stream
 from shared.tls import client_options, describe_tls_failure, wrap_client
 
 CONNECT_TIMEOUT = 15.0
+TRANSCRIPT_ENV = "JUMP_TRANSCRIPT"
+"""Diagnostics: a file that receives every byte the console gets from the Jumpoint
+(the channel's plaintext: frames with control messages and stream data)."""
+
+
+def _open_transcript() -> Any:
+    import os
+
+    path = os.environ.get(TRANSCRIPT_ENV)
+    if not path:
+        return None
+    return open(path, "ab", buffering=0)  # kept open for the channel's life
+
+
 CLOSE_TIMEOUT = 3.0
 
 
@@ -46,6 +60,7 @@ class ConsoleChannel(ChannelProtocol):
     def __init__(self, clock: IReactorTime, profile: Profile) -> None:
         super().__init__(clock, MuxSettings(), handshake_timeout=CONNECT_TIMEOUT)
         self.profile = profile
+        self._transcript = _open_transcript()
         self.welcome: Deferred[dict[str, Any]] = Deferred()
         self.lost: Deferred[JumpError] = Deferred()
         self.session_closed_reason: tuple[str, str] | None = None
@@ -128,6 +143,11 @@ class ConsoleChannel(ChannelProtocol):
                 f" handshake: {reason.getErrorMessage()}"
             )
         return SessionLost(f"the connection to the Jumpoint was lost: {reason.getErrorMessage()}")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._transcript is not None:
+            self._transcript.write(data)
+        super().dataReceived(data)
 
     # -- control -----------------------------------------------------------
 
