@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(redis-server redis-tools curl ca-certificates tshark)
+APT_PACKAGES=(redis-server redis-tools curl ca-certificates tshark freetds-bin)
+if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
 if [ "${JUMPOINT_SKIP_APT:-}" != 1 ]; then
-  if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
   echo "setup: installing Debian packages: ${APT_PACKAGES[*]}" >&2
   "${SUDO[@]}" apt-get update -q >&2
   DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q "${APT_PACKAGES[@]}" >&2
@@ -22,4 +22,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >&2
 .venv/bin/python -m pip install -q -e '.[test]' >&2
+# tedious (Node.js) is one of the SQL Server clients of the end-to-end tests
+if ! command -v npm >/dev/null 2>&1; then
+  echo "setup: installing Node.js and npm" >&2
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q nodejs npm >&2
+fi
+(cd tests/tds/node && npm ci --no-audit --no-fund --loglevel=error >&2)
 echo "setup: ready (.venv/bin/jumpoint, .venv/bin/jump)" >&2
