@@ -18,11 +18,15 @@ from twisted.logger import Logger
 
 from console.channel import ConsoleChannel
 from console.listeners import Listen, bind
+from console.local_ca import listener_certificate
+from console.tds_client_leg import ClientLeg
+from console.tds_proxy import TdsClientBridge
 from shared.addresses import PortSet
 from shared.bridge import TcpBridge
 from shared.control import StreamTarget
 from shared.errors import JumpError, LocalBindError, ProtocolViolation
 from shared.frames import ErrorCode
+from shared.pki import KeyPair
 
 log = Logger()
 
@@ -62,18 +66,24 @@ class Tunnel:
     closed_bytes_to_remote: int = 0
     closed_bytes_from_remote: int = 0
     last_error: str | None = None
+    service: str | None = None
+    """What the tunnel leads to beyond host and port (mssql: the login and database)."""
 
     @property
     def binding(self) -> str:
-        return f"{self.local_address}:{self.local_port} -> {self.remote_host}:{self.remote_port}"
+        text = f"{self.local_address}:{self.local_port} -> {self.remote_host}:{self.remote_port}"
+        return f"{text} ({self.service})" if self.service else text
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "local_address": self.local_address,
             "local_port": self.local_port,
             "remote_host": self.remote_host,
             "remote_port": self.remote_port,
         }
+        if self.service:
+            out["service"] = self.service
+        return out
 
     def counters(self) -> dict[str, Any]:
         to_remote = self.closed_bytes_to_remote + sum(b.stream.bytes_sent for b in self.bridges)
@@ -114,6 +124,15 @@ class TunnelFactory(ServerFactory):
     def __init__(self, session: TunnelSession, tunnel: Tunnel) -> None:
         self.session = session
         self.tunnel = tunnel
+        self._certificate: KeyPair | None = None
+
+    def _client_leg(self) -> ClientLeg:
+        """A SQL Server leg with the listener's certificate (issued at the first connection)."""
+        if self._certificate is None:
+            self._certificate = listener_certificate(
+                self.session.channel.profile, self.tunnel.local_address
+            )
+        return ClientLeg(self._certificate.certificate_pem, self._certificate.key_pem)
 
     def buildProtocol(self, addr: Any) -> Protocol:
         session, tunnel = self.session, self.tunnel
@@ -139,8 +158,28 @@ class TunnelFactory(ServerFactory):
                 limit=session.max_connections,
             )
             return _Refused()
+        leg = None
+        if session.item_type == "mssql":
+            try:
+                leg = self._client_leg()
+            except (OSError, ValueError) as error:
+                log.error(
+                    "refused a connection to {local}: no TLS certificate for the listener: {error}",
+                    local=f"{tunnel.local_address}:{tunnel.local_port}",
+                    error=error,
+                )
+                return _Refused()
         stream = mux.open_stream(StreamTarget(tunnel.remote_host, tunnel.remote_port).encode())
-        bridge = TcpBridge(stream, on_closed=tunnel.connection_closed)
+        bridge: TcpBridge
+        if leg is not None:
+            bridge = TdsClientBridge(
+                stream,
+                leg,
+                on_closed=tunnel.connection_closed,
+                local=f"{tunnel.local_address}:{tunnel.local_port}",
+            )
+        else:
+            bridge = TcpBridge(stream, on_closed=tunnel.connection_closed)
         tunnel.bridges.add(bridge)
         tunnel.total_connections += 1
         return bridge
@@ -182,6 +221,14 @@ class TunnelSession:
         self.tunnels = _parse_tunnels(result)
         self.closing = False
         self.result = result
+        spec = result.get("item")
+        self.item_type = str(spec.get("type", "")) if isinstance(spec, dict) else ""
+        if self.item_type == "mssql" and isinstance(spec, dict):
+            service = f"SQL Server as '{spec.get('username') or ''}'"
+            if spec.get("database"):
+                service += f", database '{spec['database']}'"
+            for tunnel in self.tunnels:
+                tunnel.service = service
         try:
             self.acl = tuple(
                 ipaddress.ip_network(str(n), strict=False) for n in result.get("acl") or ()

@@ -57,11 +57,18 @@ def human_bytes(count: float) -> str:
     return f"{count:.1f} TiB"
 
 
-def binding(tunnel: dict[str, Any]) -> str:
-    return (
+def binding(tunnel: dict[str, Any], service: bool = True) -> str:
+    """C{local -> remote}, and what the tunnel leads to (mssql: the login) unless not C{service}."""
+    text = (
         f"{tunnel['local_address']}:{tunnel['local_port']} -> "
         f"{tunnel['remote_host']}:{tunnel['remote_port']}"
     )
+    return f"{text} ({tunnel['service']})" if service and tunnel.get("service") else text
+
+
+def _json_fields(tunnel: dict[str, Any]) -> dict[str, Any]:
+    """The tunnel as the JSON events show it: the service text is for people only."""
+    return {key: value for key, value in tunnel.items() if key != "service"}
 
 
 class JsonView:
@@ -85,14 +92,19 @@ class JsonView:
         details: dict[str, Any] | None = None,
     ) -> None:
         self.item, self.session = item, session
-        event = {"event": "ready", "item": item, "session": session, "tunnels": tunnels}
+        event = {
+            "event": "ready",
+            "item": item,
+            "session": session,
+            "tunnels": [_json_fields(t) for t in tunnels],
+        }
         event.update(details or {})
         self._emit(event)
 
     def update(self, counters: list[dict[str, Any]]) -> None:
         rates = self.meter.rates(counters)
         tunnels = [
-            {**c, "send_rate": round(up, 1), "receive_rate": round(down, 1)}
+            {**_json_fields(c), "send_rate": round(up, 1), "receive_rate": round(down, 1)}
             for c, (up, down) in zip(counters, rates, strict=True)
         ]
         self._emit(
@@ -194,7 +206,8 @@ class TerminalView:
         )
         for counter, (up, down) in zip(counters, rates, strict=True):
             lines.append(
-                f"{binding(counter):<44} {counter['status']:<10} {counter['connections']:>5}"
+                f"{binding(counter, service=False):<44} {counter['status']:<10}"
+                f" {counter['connections']:>5}"
                 f" {counter['total_connections']:>6} {human_bytes(counter['bytes_to_remote']):>11}"
                 f" {human_bytes(counter['bytes_from_remote']):>11} {human_bytes(up):>11}"
                 f" {human_bytes(down):>11}"
