@@ -37,7 +37,7 @@ from shared.policy import Grant, JumpPolicy, SessionPolicy
 from shared.schema import format_duration
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
-SUPPORTED_KINDS = ("tcp",)
+SUPPORTED_KINDS = ("tcp", "mssql")
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def decide(
         raise NotSupported(
             f"item {item.name!r} is a {item.type} item; this Jumpoint cannot open {item.type}"
             " items yet",
-            hint="only tcp items can be opened for now",
+            hint="only tcp and mssql items can be opened for now",
         )
     restrictions = grant.restrictions
     if not restrictions.allows_protocol("tcp"):

@@ -1,4 +1,4 @@
-"""The Jumpoint's certificate authority (the code lives in L{shared.pki}, which the console uses too)."""
+"""The Jumpoint's certificate authority (the code is L{shared.pki}; the console uses it too)."""
 
 from shared.pki import (
     KeyPair,

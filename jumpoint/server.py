@@ -29,9 +29,11 @@ from twisted.python.failure import Failure
 
 from jumpoint.approvals import ApprovalStore
 from jumpoint.audit import AuditLog
+from jumpoint.credentials import CredentialStore
 from jumpoint.item_store import Catalog, ItemStore
 from jumpoint.session import Session
 from jumpoint.state import StateDatabase, User
+from jumpoint.tds_upstream import TdsUpstreamBridge, refuse_stream
 from shared import control
 from shared.bridge import TcpBridge
 from shared.channel import ChannelProtocol
@@ -116,6 +118,8 @@ class JumpointCore:
     notifier: Notifier | None = None
     new_recorder: RecorderFactory | None = None
     channels: set[JumpointChannel] = field(default_factory=set)
+    credentials: CredentialStore | None = None
+    """The logins injected into mssql connections (built from the config when not given)."""
     catalog: Catalog = field(init=False)
     approvals: ApprovalStore = field(init=False)
     _data_version: int | None = None
@@ -123,6 +127,8 @@ class JumpointCore:
     def __post_init__(self) -> None:
         if self.audit is None:
             self.audit = AuditLog(self.database, None, self.clock)
+        if self.credentials is None:
+            self.credentials = CredentialStore(self.config)
         self.catalog = Catalog(self.config.items, ItemStore(self.database))
         self.approvals = ApprovalStore(self.database)
 
@@ -410,7 +416,10 @@ class JumpointChannel(ChannelProtocol):
             target=f"{target.host}:{target.port}",
             reason=reason,
         )
-        stream.reset(code, reason)
+        if session.item.type == "mssql":
+            refuse_stream(stream, reason)  # the SQL client gets a clean login failure
+        else:
+            stream.reset(code, reason)
 
 
 class StreamConnection:
@@ -431,11 +440,17 @@ class StreamConnection:
         self.target = target
         self.address = target.host
         self.attempt: Deferred[Any] | None = None
-        self.bridge = TcpBridge(stream, on_closed=self.closed)
+        self.bridge: TcpBridge
+        if session.item.type == "mssql":
+            self.bridge = TdsUpstreamBridge(stream, self.core, session, on_closed=self.closed)
+        else:
+            self.bridge = TcpBridge(stream, on_closed=self.closed)
         self.bridge.wait_for_connection()
         session.connection_started(self.bridge)
 
     def start(self) -> None:
+        if isinstance(self.bridge, TdsUpstreamBridge) and self.bridge.refused_before_dial():
+            return  # mssql without a credential: the client got its login failure
         if self.core.config.allowed_targets is None:
             self.dial(self.target.host)
         else:

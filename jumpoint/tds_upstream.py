@@ -1,0 +1,473 @@
+"""The Twisted side of the Jumpoint's SQL Server leg: a stream bridge that runs a L{ServerLeg}.
+
+L{TdsUpstreamBridge} replaces the plain L{TcpBridge} for the streams of mssql
+items.  It feeds the console's bytes (the stream) and the server's bytes
+(the TCP connection) through the sans-IO L{ServerLeg} and acts on what it
+returns: bytes to write on either side, audit events, a reroute, a close.
+
+Ending a connection:
+
+  - during the login the console always gets a clean login failure (ERROR
+    18456 and DONE) before the stream is half-closed (FIN), whatever went
+    wrong: no credential, a refused target, the server unreachable, TLS,
+    the server's refusal, the server closing the connection.  It is written
+    only once the console's LOGIN7 has arrived (the client reads a login
+    response only after sending its login), so a refusal known early waits;
+  - after the login, a leg error (malformed client packet, TLS error) resets
+    the stream with the reason; the server closing its connection ends the
+    stream in order, as the plain bridge does.
+
+A routing ENVCHANGE in the login response makes the bridge drop the server
+connection (not the stream), check the new target against the Jumpoint's
+C{allowed_targets} when there is one, dial it with a fresh leg and replay the
+console's LOGIN7 there; at most L{MAX_REROUTES} times.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from jumpoint.credentials import Credential, CredentialUnavailable
+from jumpoint.tds_server_leg import (
+    AuditEvent,
+    LegOutput,
+    ServerLeg,
+    TlsContextFactory,
+    login_refusal,
+    refusal_message,
+)
+from shared.bridge import TcpBridge
+from shared.errors import AccessDenied
+from shared.frames import ErrorCode
+from shared.mux import Stream
+from shared.tds.packets import MAX_PACKET_SIZE, PacketParser, TdsError
+from shared.tds.tls import client_context
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from jumpoint.server import JumpointCore
+    from jumpoint.session import Session
+
+MAX_REROUTES = 3
+"""How many routing redirects one login may follow."""
+
+log = Logger()
+
+
+def refuse_stream(stream: Stream, reason: str) -> None:
+    """Refuse a stream of an mssql item: through its bridge when it has one, else directly."""
+    app = stream.app
+    if isinstance(app, TdsUpstreamBridge):
+        app.refuse(reason)
+    elif not stream.closed:
+        refuse_login(stream, reason)
+
+
+def refuse_login(stream: Stream, reason: str) -> None:
+    """Refuse a stream of an mssql item with a clean login failure instead of a bare reset.
+
+    The 18456 message goes out once the console's LOGIN7 is in, then the
+    stream is half-closed; whatever else the console sends is dropped.
+    C{reason} must be safe to show.
+    """
+    _Refused(stream, refusal_message(reason))
+
+
+class _LoginWatch:
+    """Sees the console's first bytes until the end of its LOGIN7 message (a packet with EOM).
+
+    The client reads a login response only after sending its LOGIN7, and the
+    console holds back (or drops) stream bytes that come earlier, so every
+    refusal waits for this.
+    """
+
+    def __init__(self) -> None:
+        self._parser: PacketParser | None = PacketParser(MAX_PACKET_SIZE)
+        self.arrived = False
+
+    def feed(self, data: bytes) -> bool:
+        """Take console bytes; return whether the LOGIN7 is complete (now or before)."""
+        parser = self._parser
+        if parser is None:
+            return self.arrived
+        try:
+            packets = parser.feed(data)
+        except TdsError:
+            packets = None  # not TDS: answer at once, the leg says what was wrong
+        if packets is None or any(packet.eom for packet in packets):
+            self.arrived = True
+            self._parser = None
+        return self.arrived
+
+
+class _Refused:
+    """The application of a stream refused before it had a bridge: answers the LOGIN7, ends."""
+
+    def __init__(self, stream: Stream, message: bytes) -> None:
+        self.stream = stream
+        self.message: bytes | None = message
+        self.watch = _LoginWatch()
+        stream.attach(self)
+
+    def _answer(self) -> None:
+        message, self.message = self.message, None
+        if message is not None:
+            self.stream.write(message)
+        self.stream.end_write()
+
+    def stream_data(self, data: bytes) -> None:
+        if self.message is not None and self.watch.feed(data):
+            self._answer()
+
+    def stream_ended(self) -> None:
+        self._answer()
+
+    def stream_reset(self, code: int, reason: str) -> None:
+        self.message = None
+
+    def pause_sending(self) -> None:
+        pass
+
+    def resume_sending(self) -> None:
+        pass
+
+
+class TdsUpstreamBridge(TcpBridge):
+    """The bridge of one stream of an mssql item (see module docstring).
+
+    The credential is looked up when the bridge is made; when there is none,
+    L{refused_before_dial} refuses the login without dialling the server.
+    """
+
+    def __init__(
+        self,
+        stream: Stream,
+        core: JumpointCore,
+        session: Session,
+        on_closed: Callable[[TcpBridge], None] | None = None,
+        *,
+        tls_context_factory: TlsContextFactory = client_context,
+    ) -> None:
+        super().__init__(stream, on_closed)
+        self.core = core
+        self.session = session
+        self.item = session.item
+        self.port = self.item.port or 1433
+        self._context_factory = tls_context_factory
+        self.credential: Credential | None = None
+        self._credential_error: str | None = None
+        try:
+            store = core.credentials
+            if store is None:
+                raise CredentialUnavailable(
+                    f"the Jumpoint has no credential for item {self.item.name!r}"
+                )
+            self.credential = store.for_item(self.item)
+        except CredentialUnavailable as error:
+            self._credential_error = error.message
+        self.server_host = self.item.host
+        self.leg: ServerLeg | None = None
+        if self.credential is not None:
+            self.leg = self._new_leg(self.server_host)
+        self.reroutes = 0
+        self._route: tuple[str, int] | None = None
+        self._route_attempt: Deferred[Any] | None = None
+        self._closing = False
+        self._server_live = False
+        self._held_for_server: list[bytes] = []
+        self._watch = _LoginWatch()
+        self._held_refusal: bytes | None = None
+
+    def _new_leg(self, host: str) -> ServerLeg:
+        assert self.credential is not None
+        return ServerLeg(
+            self.item,
+            self.credential,
+            server_name=host,
+            tls_context_factory=self._context_factory,
+            now=self.core.clock.seconds,
+        )
+
+    # -- before the dial ---------------------------------------------------
+
+    def refused_before_dial(self) -> bool:
+        """Refuse the login now when there is no credential (18456, audit); True if refused."""
+        if self.leg is not None:
+            return False
+        reason = self._credential_error or "the Jumpoint has no credential for this item"
+        self._apply(login_refusal(reason, server=self.server_host))
+        return True
+
+    def refuse(self, reason: str) -> None:
+        """A policy refusal (e.g. C{allowed_targets}): 18456 with C{reason}, audit, close."""
+        if self._finished or self._closing:
+            return
+        self._apply(login_refusal(reason, server=self.server_host))
+
+    def connection_failed(self, code: ErrorCode, reason: str) -> None:
+        """The server could not be reached: the console's client gets 18456, not a reset."""
+        if self._finished or self._closing:
+            return
+        out = (
+            self.leg.fail(f"the Jumpoint cannot reach the server: {reason}")
+            if self.leg is not None
+            else login_refusal(reason, server=self.server_host)
+        )
+        self._apply(out)
+
+    # -- the server connection -----------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self._finished:
+            return
+        self._server_live = True
+        assert self.leg is not None
+        self._apply(self.leg.start_output())
+        held, self._held_for_server = self._held_for_server, []
+        if held and self._server_live and self.transport is not None:
+            self.stream.mux.writes.write(self.transport, b"".join(held))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._route is not None or self._closing or self._finished or self.leg is None:
+            return
+        self._apply(self.leg.from_server(data))
+
+    def readConnectionLost(self) -> None:
+        if self._route is not None or self._closing or self._finished:
+            return
+        if self.leg is not None and not self.leg.login_done:
+            self._apply(self.leg.fail("the server closed the connection during the login"))
+            return
+        super().readConnectionLost()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._server_live = False
+        if self._route is not None and not self._finished and not self._closing:
+            if self.stream.closed:
+                self._finish()
+                return
+            self.transport = None
+            self._read_closed = self._write_closed = False
+            self._dial_route()
+            return
+        if self._closing or self._finished or self.stream.closed:
+            self.transport = None
+            self._finish_when_answered()
+            return
+        if self.leg is not None and not self.leg.login_done:
+            self.transport = None
+            text = reason.getErrorMessage()
+            self._apply(self.leg.fail(f"the server connection was lost during the login: {text}"))
+            return
+        super().connectionLost(reason)
+
+    # -- the stream (console) side ---------------------------------------
+
+    def stream_data(self, data: bytes) -> None:
+        if self._finished:
+            return
+        login_in = self._watch.feed(data)
+        if self._held_refusal is not None:
+            if login_in:
+                self._answer_login()
+            return
+        if self._closing or self.leg is None:
+            return
+        if self.tap is not None:
+            self.tap.to_socket(data)
+        self._apply(self.leg.from_console(data))
+
+    def stream_ended(self) -> None:
+        if self._held_refusal is not None:
+            self._held_refusal = None  # the console gave up: nobody waits for the answer
+            self.stream.end_write()
+            self._finish_when_answered()
+            return
+        if self._closing or self._finished:
+            return
+        leg = self.leg
+        if leg is None or not leg.login_done or not self._server_live:
+            self._close("the console ended the stream during the login", fin=True)
+            return
+        alert = leg.shutdown()
+        if alert and self.transport is not None:
+            self.stream.mux.writes.write(self.transport, alert)
+        super().stream_ended()
+
+    def stream_reset(self, code: int, reason: str) -> None:
+        self._held_refusal = None
+        if not self._server_live:
+            self.transport = None
+        super().stream_reset(code, reason)
+
+    def abort(self, code: ErrorCode, reason: str) -> None:
+        self._held_refusal = None
+        if not self._server_live:
+            self.transport = None
+        super().abort(code, reason)
+
+    # -- acting on the leg's output ----------------------------------------
+
+    def _apply(self, out: LegOutput) -> None:
+        for event in out.audit:
+            self._record(event)
+        refusal = (
+            out.close is not None
+            and bool(out.to_console)
+            and not (self.leg is not None and self.leg.login_done)
+            and not self._watch.arrived
+        )
+        if refusal:
+            self._held_refusal = out.to_console  # answered when the console's LOGIN7 is in
+        elif out.to_console:
+            self._to_console(out.to_console)
+        if out.to_server:
+            if self._server_live and self.transport is not None:
+                self.stream.mux.writes.write(self.transport, out.to_server)
+            else:
+                self._held_for_server.append(out.to_server)
+        if out.close is not None:
+            logged_in = self.leg is not None and self.leg.login_done
+            self._close(out.close, fin=bool(out.to_console) or not logged_in)
+        elif out.reconnect is not None:
+            self._reroute(*out.reconnect)
+
+    def _to_console(self, data: bytes) -> None:
+        if self.tap is not None:
+            self.tap.from_socket(data)
+        self.stream.write(data)
+
+    def _answer_login(self) -> None:
+        """Write the held refusal now that the console's LOGIN7 is in, then FIN."""
+        held, self._held_refusal = self._held_refusal, None
+        if held is not None:
+            self._to_console(held)
+        self.stream.end_write()
+        self._finish_when_answered()
+
+    def _finish_when_answered(self) -> None:
+        """Finish once the server side is gone and no refusal waits for the console."""
+        if self._held_refusal is None and not self._server_live:
+            self._finish()
+
+    def _record(self, event: AuditEvent) -> None:
+        self.core.log_audit.record(
+            event.kind,
+            **self.session.audit_fields(),
+            stream=self.stream.stream_id,
+            **event.fields,
+        )
+
+    def _close(self, reason: str, *, fin: bool) -> None:
+        """End both sides: FIN after what was written (or a reset), close the server side."""
+        if self._closing or self._finished:
+            return
+        self._closing = True
+        self.close_reason = reason
+        if fin:
+            if self._held_refusal is None:
+                self.stream.end_write()
+        else:
+            self._held_refusal = None
+            self.reset_code = ErrorCode.PROTOCOL_ERROR
+            self.stream.reset(ErrorCode.PROTOCOL_ERROR, reason)
+        attempt, self._route_attempt = self._route_attempt, None
+        if attempt is not None and not attempt.called:
+            attempt.cancel()
+        transport = self.transport
+        if self._server_live and transport is not None:
+            self.stream.mux.writes.flush(transport)
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+            transport.loseConnection()
+        else:
+            self.transport = None
+            self._finish_when_answered()
+
+    # -- routing ----------------------------------------------------------
+
+    def _reroute(self, host: str, port: int) -> None:
+        leg = self.leg
+        assert leg is not None
+        if self.reroutes >= MAX_REROUTES:
+            self._apply(
+                login_refusal(
+                    f"the server redirected the login more than {MAX_REROUTES} times",
+                    server=host,
+                )
+            )
+            return
+        self.reroutes += 1
+        self._route = (host, port)
+        transport = self.transport
+        if self._server_live and transport is not None:
+            self.stream.mux.writes.flush(transport)
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+            transport.loseConnection()  # connectionLost dials the new server
+        else:
+            self._dial_route()
+
+    def _dial_route(self) -> None:
+        route, self._route = self._route, None
+        assert route is not None and self.leg is not None
+        host, port = route
+        replay = self.leg.console_login
+        self.server_host, self.port = host, port
+        self.leg = self._new_leg(host)
+        if replay:
+            self._apply(self.leg.from_console(replay))
+        log.info(
+            "session {session}: stream {stream_id}: the server routed the login to {host}:{port}",
+            session=self.session.session_id,
+            stream_id=self.stream.stream_id,
+            host=host,
+            port=port,
+        )
+        if self.core.config.allowed_targets is None:
+            self._connect(host, port)
+        else:
+            Deferred.fromCoroutine(self._check_then_connect(host, port))
+
+    async def _check_then_connect(self, host: str, port: int) -> None:
+        from jumpoint.access import check_allowed_targets
+        from jumpoint.requests import resolve_checked
+
+        try:
+            addresses, resolved = await resolve_checked(self.core, host)
+            check_allowed_targets(self.core.config.allowed_targets, port, addresses, resolved, host)
+        except AccessDenied as denial:
+            self.refuse(f"the server redirected the login to a refused target: {denial.message}")
+            return
+        except Exception:
+            self.refuse(f"the server redirected the login to {host}, which cannot be resolved")
+            return
+        if not (self._finished or self._closing):
+            self._connect(addresses[0], port)
+
+    def _connect(self, address: str, port: int) -> None:
+        if self._finished or self._closing:
+            return
+        attempt = self.core.connect_target(address, port, self)
+        self._route_attempt = attempt
+
+        def failed(failure: Failure) -> None:
+            from jumpoint.server import classify_connect_failure
+
+            if self._finished or self._closing or self.leg is None:
+                return
+            _, reason = classify_connect_failure(failure, address, port)
+            self._apply(self.leg.fail(f"the Jumpoint cannot reach the routed server: {reason}"))
+
+        attempt.addErrback(failed)
+
+    def _finish(self) -> None:
+        super()._finish()
+        attempt, self._route_attempt = self._route_attempt, None
+        if attempt is not None and not attempt.called:
+            attempt.cancel()

@@ -1,0 +1,307 @@
+"""End to end: real SQL Server clients through `jump open` and `jumpoint serve` to a test server.
+
+No SQL Server can be installed here, so the target is the test TDS server of
+`tests/tds/fake_server.py`, which speaks the real protocol (PRELOGIN, TLS
+inside TDS, TDS 8.0, LOGIN7, NTLM, routing) and records the credentials it
+received.  The clients are the real ones: pytds, pymssql (FreeTDS 1.5),
+Debian's tsql (FreeTDS 1.3) and tedious 18 on Node.js.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.tds.login7 import obfuscate_password
+from tests.e2e.harness import Deployment, Process, tunnel_address
+from tests.tds import clients
+from tests.tds.fake_server import FakeTdsServer
+
+SECRET = "S3cr3t-Pa55w0rd!"
+USER = "app_ro"
+
+
+@dataclass
+class SqlSetup:
+    deployment: Deployment
+    server: FakeTdsServer
+    session: Process
+    host: str
+    port: int
+    local_ca: str
+    transcript: Path
+    tls: clients.TlsFiles
+
+    def audit(self, *args: str) -> list[dict[str, Any]]:
+        result = self.deployment.jumpoint("audit", "--json", *args)
+        return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def _item(name: str, server: FakeTdsServer, ca_pem: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "mssql",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "username": USER,
+        "database": "sales",
+        "local_address": "127.0.0.6",
+        "local_port": "auto",
+        "ca_pem": ca_pem,
+        **extra,
+    }
+
+
+def _open(deployment: Deployment, item: str, transcript: Path) -> tuple[Process, str, int]:
+    session = deployment.open(item, JUMP_TRANSCRIPT=str(transcript))
+    ready = session.wait_for_event("ready")
+    host, port = tunnel_address(ready)
+    return session, host, port
+
+
+@pytest.fixture
+def sql(deployment: Deployment, tmp_path: Path) -> Iterator[SqlSetup]:
+    tls = clients.write_tls_files(tmp_path)
+    server = FakeTdsServer(
+        encryption="on", cert=tls.cert, key=tls.key, user=USER, password=SECRET, rows=2000
+    ).start()
+    try:
+        secret = tmp_path / "sql.secret"
+        secret.write_text(SECRET + "\n")
+        secret.chmod(0o600)
+        ca_pem = Path(tls.ca).read_text()
+        deployment.items = [_item("sql", server, ca_pem)]
+        deployment.sections = {"credentials": [{"item": "sql", "password_file": str(secret)}]}
+        deployment.create().serve()
+        transcript = tmp_path / "transcript.bin"
+        session, host, port = _open(deployment, "sql", transcript)
+        local_ca = deployment.jump("ca").stdout.strip()
+        assert Path(local_ca).is_file()
+        yield SqlSetup(deployment, server, session, host, port, local_ca, transcript, tls)
+    finally:
+        server.stop()
+
+
+def _no_secret_reached_the_console(setup: SqlSetup) -> None:
+    received = setup.transcript.read_bytes()
+    assert received, "the transcript is empty: JUMP_TRANSCRIPT did not work"
+    for form in (
+        SECRET.encode(),
+        SECRET.encode("utf-16-le"),
+        obfuscate_password(SECRET),
+    ):
+        assert form not in received
+
+
+def _only_the_injected_credential(setup: SqlSetup) -> None:
+    logins = setup.server.logins()
+    assert logins, "the server saw no login"
+    for login in logins:
+        assert login["user"] == USER and login["password"] == SECRET, login
+        assert login["servername"] == "127.0.0.1"
+
+
+def test_the_binding_names_the_login_and_database(sql: SqlSetup) -> None:
+    opened = sql.deployment.jump("open", "sql", "--for", "1s")
+    assert opened.returncode == 0, opened.stderr
+    assert (
+        f"-> 127.0.0.1:{sql.server.port} (SQL Server as '{USER}', database 'sales')"
+        in opened.stdout
+    )
+    listed = sql.deployment.jump("items")
+    assert "mssql" in listed.stdout
+
+
+MODES = [
+    pytest.param("pytds", "none", id="pytds-no-encryption"),
+    pytest.param("pytds", "ca", id="pytds-ca-file"),
+    pytest.param("pytds", "login-only", id="pytds-login-only"),
+    pytest.param("pymssql", "off", id="pymssql-off"),
+    pytest.param("pymssql", "request", id="pymssql-request"),
+    pytest.param("pymssql", "require", id="pymssql-require"),
+    pytest.param("pymssql", "strict", id="pymssql-strict"),
+    pytest.param("tsql", "request", id="tsql-request"),
+    pytest.param("tsql", "off", id="tsql-off"),
+    pytest.param("tsql", "require", id="tsql-require"),
+    pytest.param("tedious", "off", id="tedious-encrypt-off"),
+    pytest.param("tedious", "on", id="tedious-encrypt-on"),
+]
+
+
+def _run(client: str, mode: str, host: str, port: int, ca: str, tmp: Path, query: str) -> Any:
+    placeholder, anything = "jump", "x"
+    if client == "pytds":
+        return clients.run_pytds(
+            host,
+            port,
+            placeholder,
+            anything,
+            cafile=ca if mode in ("ca", "login-only") else None,
+            enc_login_only=mode == "login-only",
+            query=query,
+        )
+    if client == "pymssql":
+        if mode == "strict":
+            conf = clients.freetds_conf(tmp, "strict", ca_file=ca)
+            return clients.run_pymssql(
+                host, port, placeholder, anything, encryption=None, freetds_conf=conf, query=query
+            )
+        return clients.run_pymssql(host, port, placeholder, anything, encryption=mode, query=query)
+    if client == "tsql":
+        result = clients.run_tsql(host, port, placeholder, anything, encryption=mode, query=query)
+        return clients.tsql_rows(result.stdout)
+    return clients.run_tedious(
+        host, port, placeholder, anything, encrypt=mode == "on", trust=False, ca=ca, query=query
+    )
+
+
+@pytest.mark.parametrize(("client", "mode"), MODES)
+def test_a_real_client_logs_in_with_the_injected_credential(
+    sql: SqlSetup, tmp_path: Path, client: str, mode: str
+) -> None:
+    result = _run(client, mode, sql.host, sql.port, sql.local_ca, tmp_path, "SELECT 1")
+    assert "1" in json.dumps(result, default=str), result
+    _only_the_injected_credential(sql)
+    _no_secret_reached_the_console(sql)
+
+
+def test_batches_and_rpcs_are_audited_and_results_span_packets(sql: SqlSetup) -> None:
+    rows = clients.run_pytds(sql.host, sql.port, "jump", "x", query="SELECT rows")
+    assert len(rows) == 2000
+    clients.run_tedious(sql.host, sql.port, "jump", "x", encrypt=False, query="SELECT 1")
+    entries = sql.audit("--event", "sql_batch") + sql.audit("--event", "sql_rpc")
+    texts = json.dumps(entries)
+    assert "SELECT rows" in texts
+    assert "sp_executesql" in texts
+    assert all(e["session"] == sql.session.wait_for_event("ready")["session"] for e in entries)
+    assert SECRET not in json.dumps(sql.audit())
+    assert SECRET not in "\n".join(sql.deployment.processes[0].stdout_lines)
+
+
+def test_cancel_works_in_the_middle_of_a_result(sql: SqlSetup) -> None:
+    """The reader blocks in fetchall while another thread sends the ATTENTION through the tunnel.
+
+    (pytds' own cursor.cancel() also reads the reply, so only the sending half runs
+    on the other thread.)
+    """
+    with clients.pytds_connect(sql.host, sql.port, "jump", "x", timeout=30) as connection:
+        cursor = connection.cursor()
+        cursor.execute("WAITFOR DELAY '00:00:30'")
+
+        def cancel_when_streaming() -> None:
+            sql.server.wait_for(
+                lambda records: any("WAITFOR" in r.get("batch", "") for r in records)
+            )
+            cursor._session.put_cancel()
+
+        canceller = threading.Thread(target=cancel_when_streaming, daemon=True)
+        canceller.start()
+        rows = cursor.fetchall()  # ends early: the server acknowledged the attention
+        canceller.join(10)
+        assert 0 <= len(rows) < 600  # 30 s of rows at one packet every 50 ms is ~600
+        sql.server.wait_for(lambda records: any(r.get("attention") for r in records))
+        cursor.execute("SELECT 1")  # the connection still works after the cancel
+        assert cursor.fetchall() == [(1,)]
+
+
+def test_a_wrong_stored_credential_gives_a_clean_18456(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    tls = clients.write_tls_files(tmp_path)
+    with FakeTdsServer(
+        encryption="on", cert=tls.cert, key=tls.key, user=USER, password=SECRET
+    ) as server:
+        wrong = tmp_path / "wrong.secret"
+        wrong.write_text("not-the-password\n")
+        deployment.items = [_item("sql", server, Path(tls.ca).read_text())]
+        deployment.sections = {"credentials": [{"item": "sql", "password_file": str(wrong)}]}
+        deployment.create().serve()
+        session, host, port = _open(deployment, "sql", tmp_path / "t.bin")
+        with pytest.raises(Exception) as failure:
+            clients.run_pytds(host, port, "jump", "x")
+        assert getattr(failure.value, "number", None) == 18456, failure.value
+        assert "Login failed" in str(failure.value)
+        assert "not-the-password" not in str(failure.value)
+        assert session.popen.poll() is None  # the session stays up
+        events = [
+            json.loads(line)["event"]
+            for line in deployment.jumpoint("audit", "--json").stdout.splitlines()
+        ]
+        assert "sql_login_failed" in events
+
+
+def test_routing_is_followed_on_the_jumpoint(deployment: Deployment, tmp_path: Path) -> None:
+    tls = clients.write_tls_files(tmp_path)
+    with (
+        FakeTdsServer(
+            encryption="on", cert=tls.cert, key=tls.key, user=USER, password=SECRET
+        ) as second,
+        FakeTdsServer(
+            encryption="on",
+            cert=tls.cert,
+            key=tls.key,
+            user=USER,
+            password=SECRET,
+            route_to=f"127.0.0.1:{second.port}",
+        ) as first,
+    ):
+        secret = tmp_path / "sql.secret"
+        secret.write_text(SECRET)
+        deployment.items = [_item("sql", first, Path(tls.ca).read_text())]
+        deployment.sections = {"credentials": [{"item": "sql", "password_file": str(secret)}]}
+        deployment.create().serve()
+        transcript = tmp_path / "t.bin"
+        _session, host, port = _open(deployment, "sql", transcript)
+        assert clients.run_pytds(host, port, "jump", "x") == [(1,)]
+        assert first.logins() and second.logins()
+        assert all(login["password"] == SECRET for login in second.logins())
+        assert str(second.port).encode("utf-16-le") not in transcript.read_bytes()
+
+
+def test_windows_authentication_is_computed_on_the_jumpoint(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    tls = clients.write_tls_files(tmp_path)
+    users = tmp_path / "ntlm-users"
+    users.write_text(f"CORP:{USER}:{SECRET}\n")
+    with FakeTdsServer(
+        encryption="on", cert=tls.cert, key=tls.key, ntlm_user_file=str(users)
+    ) as server:
+        secret = tmp_path / "sql.secret"
+        secret.write_text(SECRET)
+        deployment.items = [_item("sql", server, Path(tls.ca).read_text())]
+        deployment.sections = {
+            "credentials": [
+                {
+                    "item": "sql",
+                    "type": "ntlm",
+                    "domain": "CORP",
+                    "username": USER,
+                    "password_file": str(secret),
+                }
+            ]
+        }
+        deployment.create().serve()
+        _session, host, port = _open(deployment, "sql", tmp_path / "t.bin")
+        assert clients.run_pytds(host, port, "jump", "x") == [(1,)]
+        login = server.logins()[-1]
+        assert login["auth"] == "ntlm" and USER in str(login["ntlm_user"]) and login["ok"]
+
+
+def test_an_mssql_item_needs_a_credential(deployment: Deployment, tmp_path: Path) -> None:
+    tls = clients.write_tls_files(tmp_path)
+    with FakeTdsServer(encryption="on", cert=tls.cert, key=tls.key) as server:
+        deployment.items = [_item("sql", server, Path(tls.ca).read_text())]
+        deployment.create().serve()
+        _session, host, port = _open(deployment, "sql", tmp_path / "t.bin")
+        with pytest.raises(Exception) as failure:
+            clients.run_pytds(host, port, "jump", "x")
+        assert getattr(failure.value, "number", None) == 18456, failure.value
+        assert "no credential" in str(failure.value)
+        assert server.logins() == []  # nothing was sent to the server
