@@ -49,6 +49,8 @@ class CredentialRef:
     domain: str | None = None
     password_file: Path | None = None
     password_env: str | None = None
+    certificate_file: Path | None = None
+    """client_certificate: the certificate; its key (the secret) is C{password_file}."""
 
     def __repr__(self) -> str:  # the reference only; no secret is held
         return (
@@ -306,38 +308,76 @@ _CREDENTIAL_FIELDS = {
     "item": Field(schema.string(1, 128), default=None),
     "host": Field(schema.host, default=None),
     "username": Field(schema.string(1, 128), default=None),
-    "type": Field(schema.choice("sql", "ntlm"), default="sql"),
+    "type": Field(schema.choice("sql", "ntlm", "token", "client_certificate"), default="sql"),
     "domain": Field(schema.string(1, 256), default=None),
     "password_file": Field(schema.string(1, 4096), default=None),
     "password_env": Field(schema.string(1, 128, _ENV_NAME), default=None),
+    "token_file": Field(schema.string(1, 4096), default=None),
+    "token_env": Field(schema.string(1, 128, _ENV_NAME), default=None),
+    "certificate_file": Field(schema.string(1, 4096), default=None),
+    "key_file": Field(schema.string(1, 4096), default=None),
     "comments": Field(schema.optional_string(), default=None),
 }
+
+
+def _existing(base: Path, value: str, node: yaml.Node, where: Where, key: str) -> Path:
+    """A readable file named by C{key} of a mapping (relative to jumpoint.yaml)."""
+    candidate = Path(os.path.expanduser(value))
+    path = candidate if candidate.is_absolute() else base / candidate
+    key_node = next(v for k, v in node.value if k.value == key)
+    if not path.is_file():
+        raise where.child(key).error(key_node, f"{path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise where.child(key).error(key_node, f"{path} is not readable")
+    return path
 
 
 def _credential_checker(base: Path) -> schema.Checker[CredentialRef]:
     def check(node: yaml.Node, where: Where) -> CredentialRef:
         values = schema.mapping(node, where, _CREDENTIAL_FIELDS)
-        if (values["password_file"] is None) == (values["password_env"] is None):
-            raise where.error(node, "give exactly one of password_file and password_env")
+        kind = values["type"]
+        certificate_file = None
+        if kind == "token":  # a bearer token is the secret: token_file or token_env
+            values["password_file"] = values["password_file"] or values["token_file"]
+            values["password_env"] = values["password_env"] or values["token_env"]
+        if kind == "client_certificate":
+            if values["certificate_file"] is None or values["key_file"] is None:
+                raise where.error(node, "a client_certificate needs certificate_file and key_file")
+            certificate_file = _existing(
+                base, values["certificate_file"], node, where, "certificate_file"
+            )
+            values["password_file"] = values["key_file"]
+        elif (values["password_file"] is None) == (values["password_env"] is None):
+            secret = (
+                "token_file and token_env"
+                if kind == "token"
+                else ("password_file and password_env")
+            )
+            raise where.error(node, f"give exactly one of {secret}")
         if values["item"] is None and (values["host"] is None or values["username"] is None):
             raise where.error(node, "give an item, or a host and a username")
         if values["type"] == "ntlm" and values["username"] is None:
             raise where.error(node, "a Windows (ntlm) credential needs a username")
         secret_file = None
         if values["password_file"] is not None:
-            candidate = Path(os.path.expanduser(values["password_file"]))
-            secret_file = candidate if candidate.is_absolute() else base / candidate
-            key_node = next(v for k, v in node.value if k.value == "password_file")
-            if not secret_file.is_file():
-                raise where.child("password_file").error(key_node, f"{secret_file} does not exist")
-            if not os.access(secret_file, os.R_OK):
-                raise where.child("password_file").error(key_node, f"{secret_file} is not readable")
+            key = next(
+                k
+                for k in ("password_file", "token_file", "key_file")
+                if any(n.value == k for n, _ in node.value)
+            )
+            secret_file = _existing(base, values["password_file"], node, where, key)
         if values["password_env"] is not None and values["password_env"] not in os.environ:
-            key_node = next(v for k, v in node.value if k.value == "password_env")
-            raise where.child("password_env").error(
+            key = (
+                "password_env"
+                if any(n.value == "password_env" for n, _ in node.value)
+                else ("token_env")
+            )
+            key_node = next(v for k, v in node.value if k.value == key)
+            raise where.child(key).error(
                 key_node, f"the environment variable {values['password_env']} is not set"
             )
         return CredentialRef(
+            certificate_file=certificate_file,
             kind=values["type"],
             username=values["username"],
             item=values["item"],

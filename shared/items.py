@@ -125,6 +125,14 @@ class Item:
     encryption: str | None = None
     """mssql: how the Jumpoint talks to the server: C{required} (TLS) or C{strict} (TDS 8.0)."""
     trust_server_certificate: bool = False
+    impersonate: bool = False
+    """k8s: send Impersonate-User (the jump user) and Impersonate-Group (their groups)."""
+    allowed_namespaces: tuple[str, ...] = ()
+    read_only_access: bool = False
+    """k8s: only get, list and watch (exec, attach, port-forward and proxy denied)."""
+    denied_resources: tuple[str, ...] = ("secrets",)
+    allow_exec: bool = True
+    allow_port_forward: bool = True
     filters: tuple[str, ...] = ()
     source: str = "config"
     created_by: str | None = None
@@ -199,6 +207,12 @@ def _k8s_values(item: Item) -> dict[str, Any]:
         "ca_pem": item.ca_pem,
         "namespace": item.namespace,
         "local_port": AUTO if local is None else local,
+        "impersonate": item.impersonate or None,
+        "allowed_namespaces": list(item.allowed_namespaces) or None,
+        "read_only_access": item.read_only_access or None,
+        "denied_resources": list(item.denied_resources),
+        "allow_exec": None if item.allow_exec else False,
+        "allow_port_forward": None if item.allow_port_forward else False,
     }
 
 
@@ -280,6 +294,8 @@ def _filter_rule(node: yaml.Node, where: Where) -> str:
         raise where.error(node, str(error)) from None
 
 
+_NAMESPACE = schema.string(1, 63, r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
 _COMMON_FIELDS = {
     "name": Field(schema.string(1, NAME_MAX), required=True),
     "type": Field(schema.choice(*KINDS), required=True),
@@ -309,8 +325,17 @@ _KIND_FIELDS: dict[str, dict[str, Field]] = {
     "k8s": {
         "url": Field(_https_url, required=True),
         "ca_pem": Field(_pem_certificates, required=True),
-        "namespace": Field(schema.string(1, 63, r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), default=None),
+        "namespace": Field(_NAMESPACE, default=None),
         "local_port": Field(_local_port, default=None),
+        "impersonate": Field(schema.boolean, default=False),
+        "allowed_namespaces": Field(schema.list_of(_NAMESPACE, max_items=1000), default=[]),
+        "read_only_access": Field(schema.boolean, default=False),
+        "denied_resources": Field(
+            schema.list_of(schema.string(1, 253, r"^[a-z0-9.-]+(/[a-z0-9-]+)?$"), max_items=1000),
+            default=["secrets"],
+        ),
+        "allow_exec": Field(schema.boolean, default=True),
+        "allow_port_forward": Field(schema.boolean, default=True),
     },
     "network": {
         "filters": Field(schema.list_of(_filter_rule, min_items=1, max_items=50), required=True),
@@ -378,6 +403,12 @@ def _build(kind: str, values: dict[str, Any], source: str, where: Where, node: y
             url=values["url"],
             ca_pem=values["ca_pem"],
             namespace=values["namespace"],
+            impersonate=values["impersonate"],
+            allowed_namespaces=tuple(values["allowed_namespaces"]),
+            read_only_access=values["read_only_access"],
+            denied_resources=tuple(values["denied_resources"]),
+            allow_exec=values["allow_exec"],
+            allow_port_forward=values["allow_port_forward"],
             tunnels=(tunnel,),
             **common,
         )
