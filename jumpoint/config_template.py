@@ -151,8 +151,28 @@ _POLICIES = """\
 _ITEMS = """\
 # Jump items. Only the item's host and its remote ports are reachable through it.
 # To use the examples, uncomment them and delete the last line ("items: []").
-# Items of kinds mssql, k8s and network are accepted here; this Jumpoint opens
-# tcp items only for now.
+# Credentials the Jumpoint injects (SQL Server logins, Windows/NTLM accounts,
+# Kubernetes tokens or client certificates), by reference only: a file or an
+# environment variable, never the secret itself. `check-config` checks that
+# each file is readable and each variable is set. See docs/sql-server.md.
+#
+# credentials:
+#   - item: sql-prod                 # by item name
+#     password_file: secrets/sql-prod.password   # first line; mode 0600
+#   - host: sql.corp.example         # or by host and username
+#     username: report_reader
+#     password_env: REPORT_READER_PASSWORD
+#   - item: sql-ad
+#     type: ntlm                     # Windows authentication (NTLMv2)
+#     domain: CORP
+#     username: svc_sql
+#     password_file: secrets/svc_sql.password
+#   - item: k8s-prod
+#     type: token                    # a service-account bearer token
+#     token_file: secrets/k8s-prod.token
+
+# Items of kinds tcp and mssql can be opened; k8s and network items are
+# accepted here and listed.
 #> example: items (replaces the last line, "items: []")
 # items:
 #   - name: web-prod              # 1-128 characters, unique
