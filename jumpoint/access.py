@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,7 @@ from shared.policy import Grant, JumpPolicy, SessionPolicy
 from shared.schema import format_duration
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
-SUPPORTED_KINDS = ("tcp", "mssql")
+SUPPORTED_KINDS = ("tcp", "mssql", "k8s")
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,12 @@ def decide(
     request: SessionRequest,
     now: float,
     approvals: ApprovalStore,
+    platform: str | None = None,
 ) -> SessionTerms:
-    """Apply every rule (see the module docstring); raise L{AccessDenied} naming the rule."""
+    """Apply every rule (see the module docstring); raise L{AccessDenied} naming the rule.
+
+    C{platform} is C{sys.platform} unless given (tests): k8s items need Linux.
+    """
     who = grant.rule_groups()
     if not grant.may_open(item):
         raise AccessDenied(
@@ -159,8 +164,10 @@ def decide(
         raise NotSupported(
             f"item {item.name!r} is a {item.type} item; this Jumpoint cannot open {item.type}"
             " items yet",
-            hint="only tcp and mssql items can be opened for now",
+            hint="only tcp, mssql and k8s items can be opened for now",
         )
+    if item.type == "k8s" and not (platform or sys.platform).startswith("linux"):
+        raise NotSupported("Kubernetes items need a Linux Jumpoint")
     restrictions = grant.restrictions
     if not restrictions.allows_protocol("tcp"):
         allowed = ", ".join(sorted(restrictions.protocol or ()))

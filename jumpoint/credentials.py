@@ -24,7 +24,12 @@ class CredentialUnavailable(JumpError):
 
 @dataclass(frozen=True)
 class Credential:
-    """A login the Jumpoint injects (SQL login, or Windows/NTLM with a domain)."""
+    """A login the Jumpoint injects.
+
+    SQL login, Windows/NTLM with a domain, a bearer C{token} (the secret is
+    the token) or a C{client_certificate} (the secret is the PEM key; the
+    certificate is C{reference.certificate_file}).
+    """
 
     kind: str
     username: str
@@ -32,7 +37,7 @@ class Credential:
     reference: CredentialRef
 
     def password(self) -> str:
-        """The secret, read now (file: first line without its line break)."""
+        """The secret, read now (file: first line without its line break; a key: the whole file)."""
         ref = self.reference
         if ref.password_env is not None:
             value = os.environ.get(ref.password_env)
@@ -48,6 +53,8 @@ class Credential:
             raise CredentialUnavailable(
                 f"the credential for {self.username!r} is not available on the Jumpoint"
             ) from None
+        if self.kind == "client_certificate":
+            return text
         return text.splitlines()[0] if text else ""
 
     def __repr__(self) -> str:

@@ -31,6 +31,7 @@ from jumpoint.approvals import ApprovalStore
 from jumpoint.audit import AuditLog
 from jumpoint.credentials import CredentialStore
 from jumpoint.item_store import Catalog, ItemStore
+from jumpoint.kube_upstream import KubeUpstreamBridge
 from jumpoint.session import Session
 from jumpoint.state import StateDatabase, User
 from jumpoint.tds_upstream import TdsUpstreamBridge, refuse_stream
@@ -443,6 +444,11 @@ class StreamConnection:
         self.bridge: TcpBridge
         if session.item.type == "mssql":
             self.bridge = TdsUpstreamBridge(stream, self.core, session, on_closed=self.closed)
+        elif session.item.type == "k8s":
+            groups = channel.user.all_groups if channel.user is not None else ()
+            self.bridge = KubeUpstreamBridge(
+                stream, self.core, session, on_closed=self.closed, groups=groups
+            )
         else:
             self.bridge = TcpBridge(stream, on_closed=self.closed)
         self.bridge.wait_for_connection()
@@ -451,6 +457,8 @@ class StreamConnection:
     def start(self) -> None:
         if isinstance(self.bridge, TdsUpstreamBridge) and self.bridge.refused_before_dial():
             return  # mssql without a credential: the client got its login failure
+        if isinstance(self.bridge, KubeUpstreamBridge) and self.bridge.refused_before_dial():
+            return  # k8s without a credential: every request is answered 503
         if self.core.config.allowed_targets is None:
             self.dial(self.target.host)
         else:
@@ -499,7 +507,12 @@ class StreamConnection:
                 self.channel.peer_host,
                 self.target.port,
             )
-        self.attempt = self.core.connect_target(host, self.target.port, self.bridge)
+        protocol = (
+            self.bridge.upstream_protocol()
+            if isinstance(self.bridge, KubeUpstreamBridge)
+            else self.bridge
+        )
+        self.attempt = self.core.connect_target(host, self.target.port, protocol)
         self.attempt.addCallbacks(self.connected, self.failed)
 
     def _audit(self, event: str, **fields: Any) -> None:

@@ -114,7 +114,9 @@ class Session:
         waiting = any(
             b.stream.queued_bytes or b.stream.receive_paused for b in self.active if b.connected
         )
-        return moved or waiting
+        # no idle timeout on upgraded or watch streams (k8s exec, port-forward, get -w, logs -f)
+        long_running = any(getattr(b, "long_running", False) for b in self.active)
+        return moved or waiting or long_running
 
     def _idle_check(self, clock: IReactorTime, interval: float) -> None:
         if self.closed or self.terms is None or self.terms.idle_timeout is None:

@@ -1205,20 +1205,23 @@ KINDS = config_of(
 )
 
 
-@pytest.mark.parametrize(
-    "item",
-    [
-        KINDS.items[1],
-        Item(name="kube", type="k8s", host="api", tunnels=(TunnelSpec(None, 443, "https"),)),
-    ],
-    ids=["network", "k8s"],
-)
+@pytest.mark.parametrize("item", [KINDS.items[1]], ids=["network"])
 def test_non_tcp_items_are_not_supported(store: ApprovalStore, item: Item) -> None:
     grant = Grant.of("alice", ["ops"], KINDS.groups)
     with pytest.raises(NotSupported) as info:
         decide(KINDS, grant, item, SessionRequest(item.name), NOW, store)
     assert f"item {item.name!r} is a {item.type} item" in info.value.message
-    assert info.value.hint is not None and "tcp and mssql" in info.value.hint
+    assert info.value.hint is not None and "tcp, mssql and k8s" in info.value.hint
+
+
+def test_k8s_items_need_a_linux_jumpoint(store: ApprovalStore) -> None:
+    item = Item(name="kube", type="k8s", host="api", tunnels=(TunnelSpec(None, 443, "https"),))
+    grant = Grant.of("alice", ["ops"], KINDS.groups)
+    with pytest.raises(NotSupported) as info:
+        decide(KINDS, grant, item, SessionRequest(item.name), NOW, store, platform="win32")
+    assert info.value.message == "Kubernetes items need a Linux Jumpoint"
+    terms = decide(KINDS, grant, item, SessionRequest(item.name), NOW, store, platform="linux")
+    assert terms is not None
 
 
 def test_group_rules_come_before_the_item_kind(store: ApprovalStore) -> None:

@@ -474,7 +474,7 @@ def test_item_management_refusals(world: World) -> None:
 
 
 def test_other_item_kinds_are_created_but_not_opened(world: World) -> None:
-    """mssql, k8s (real PEM) and network items are stored; k8s and network cannot be opened yet."""
+    """mssql, k8s (real PEM) and network items are stored; network items cannot be opened yet."""
     alice = world.connect("alice")
     pem = pki.create_ca("x").certificate_pem.decode()
     specs: list[dict[str, Any]] = [
@@ -501,7 +501,7 @@ def test_other_item_kinds_are_created_but_not_opened(world: World) -> None:
     # only tcp items have tunnels
     error = alice.refused(control.CHANGE_ITEM, item="sql", change="tunnel_add", value="1:2")
     assert isinstance(error, UsageError) and "only tcp items" in error.message
-    for name in ("cluster", "net"):
+    for name in ("net",):
         refusal = alice.refused(control.OPEN_SESSION, item=name)
         assert isinstance(refusal, NotSupported) and refusal.code == "not_supported"
     assert world.core.sessions() == []
