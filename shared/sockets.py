@@ -27,10 +27,15 @@ def tune_transport(transport: object) -> None:
 
 def _idle_tcp(transport: object) -> Any:
     """The transport itself if it is a connected Twisted TCP connection with nothing
-    waiting in its write buffer, else C{None}."""
+    waiting in its write buffer, else C{None}.
+
+    The socket must be the transport's own attribute: a wrapper such as
+    Twisted's TLS protocol forwards unknown attributes to the connection under
+    it, and writing to that socket would skip the wrapper (and its encryption).
+    """
     tcp: Any = transport
     if (
-        hasattr(tcp, "socket")
+        "socket" in getattr(tcp, "__dict__", ())
         and getattr(tcp, "connected", False)
         and not getattr(tcp, "disconnecting", True)
         and not getattr(tcp, "_writeDisconnecting", True)

@@ -77,6 +77,23 @@ def test_write_now_buffers_what_the_kernel_does_not_take_and_keeps_order(pair: A
     assert received + tcp.buffered[0] == payload
 
 
+def test_write_now_never_bypasses_a_wrapper_such_as_tls(pair: Any) -> None:
+    """A TLS transport forwards attribute lookups to the TCP connection under it."""
+    from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+    left, right = pair
+    tcp = IdleTcp(left)
+    wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
+    wrapper.makeConnection(tcp)  # type: ignore[arg-type]
+    assert wrapper.socket is left  # the attribute is forwarded...
+    written: list[bytes] = []
+    wrapper.write = written.append  # type: ignore[method-assign]
+    write_now(wrapper, b"must be encrypted by the wrapper")
+    assert written == [b"must be encrypted by the wrapper"]  # ...but the wrapper writes
+    with pytest.raises(BlockingIOError):
+        right.recv(100)
+
+
 def test_write_now_leaves_other_transports_to_twisted() -> None:
     transport = StringTransport()
     write_now(transport, b"data")
