@@ -17,6 +17,8 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 
 from console.channel import ConsoleChannel
+from console.kube_proxy import KubeClientBridge, KubeListenerFactory, listener_hosts
+from console.kube_session import KubeSession
 from console.listeners import Listen, bind
 from console.local_ca import listener_certificate
 from console.tds_client_leg import ClientLeg
@@ -68,10 +70,21 @@ class Tunnel:
     last_error: str | None = None
     service: str | None = None
     """What the tunnel leads to beyond host and port (mssql: the login and database)."""
+    remote_url: str | None = None
+    """k8s: the cluster's URL; the listener is then HTTPS."""
+
+    @property
+    def local_url(self) -> str | None:
+        if self.remote_url is None:
+            return None
+        host = f"[{self.local_address}]" if ":" in self.local_address else self.local_address
+        return f"https://{host}:{self.local_port}"
 
     @property
     def binding(self) -> str:
-        text = f"{self.local_address}:{self.local_port} -> {self.remote_host}:{self.remote_port}"
+        local = self.local_url or f"{self.local_address}:{self.local_port}"
+        remote = self.remote_url or f"{self.remote_host}:{self.remote_port}"
+        text = f"{local} -> {remote}"
         return f"{text} ({self.service})" if self.service else text
 
     def describe(self) -> dict[str, Any]:
@@ -81,6 +94,9 @@ class Tunnel:
             "remote_host": self.remote_host,
             "remote_port": self.remote_port,
         }
+        if self.remote_url is not None:
+            out["local_url"] = self.local_url
+            out["remote_url"] = self.remote_url
         if self.service:
             out["service"] = self.service
         return out
@@ -158,6 +174,16 @@ class TunnelFactory(ServerFactory):
                 limit=session.max_connections,
             )
             return _Refused()
+        kube: KubeSession | None = None
+        if session.item_type == "k8s":
+            kube = session.kube
+            if kube is None:
+                tunnel.refused_connections += 1
+                log.warn(
+                    "refused a connection to {local}: the Kubernetes session is not ready",
+                    local=f"{tunnel.local_address}:{tunnel.local_port}",
+                )
+                return _Refused()
         leg = None
         if session.item_type == "mssql":
             try:
@@ -171,7 +197,15 @@ class TunnelFactory(ServerFactory):
                 return _Refused()
         stream = mux.open_stream(StreamTarget(tunnel.remote_host, tunnel.remote_port).encode())
         bridge: TcpBridge
-        if leg is not None:
+        if kube is not None:
+            bridge = KubeClientBridge(
+                stream,
+                kube,
+                listener_hosts(tunnel.local_address, tunnel.local_port),
+                on_closed=tunnel.connection_closed,
+                local=f"{tunnel.local_address}:{tunnel.local_port}",
+            )
+        elif leg is not None:
             bridge = TdsClientBridge(
                 stream,
                 leg,
@@ -228,6 +262,18 @@ class TunnelSession:
             if spec.get("database"):
                 service += f", database '{spec['database']}'"
             for tunnel in self.tunnels:
+                tunnel.service = service
+        self.kube: KubeSession | None = None
+        """k8s: the session's kubeconfig and listener certificate, set after binding."""
+        self.namespace: str | None = None
+        if self.item_type == "k8s" and isinstance(spec, dict):
+            self.namespace = str(spec["namespace"]) if spec.get("namespace") else None
+            service = "Kubernetes" + (f", namespace {self.namespace}" if self.namespace else "")
+            for tunnel in self.tunnels:
+                url = spec.get("url")
+                tunnel.remote_url = (
+                    str(url) if url else f"https://{tunnel.remote_host}:{tunnel.remote_port}"
+                )
                 tunnel.service = service
         try:
             self.acl = tuple(
@@ -302,8 +348,14 @@ class TunnelSession:
             self.stop_listening()
             raise
 
+    def set_kube(self, kube: KubeSession) -> None:
+        """k8s: the session's certificate and token; connections are refused until then."""
+        self.kube = kube
+
     def _bind(self, listen: Listen, tunnel: Tunnel) -> Any:
-        factory = TunnelFactory(self, tunnel)
+        factory: ServerFactory = TunnelFactory(self, tunnel)
+        if self.item_type == "k8s":
+            factory = KubeListenerFactory(factory, lambda: self.kube)
         off_loopback = bool(self.acl)
         if tunnel.requested_port is not None or tunnel.allowed_ports is None:
             return bind(

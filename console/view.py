@@ -59,10 +59,9 @@ def human_bytes(count: float) -> str:
 
 def binding(tunnel: dict[str, Any], service: bool = True) -> str:
     """C{local -> remote}, and what the tunnel leads to (mssql: the login) unless not C{service}."""
-    text = (
-        f"{tunnel['local_address']}:{tunnel['local_port']} -> "
-        f"{tunnel['remote_host']}:{tunnel['remote_port']}"
-    )
+    local = tunnel.get("local_url") or f"{tunnel['local_address']}:{tunnel['local_port']}"
+    remote = tunnel.get("remote_url") or f"{tunnel['remote_host']}:{tunnel['remote_port']}"
+    text = f"{local} -> {remote}"
     return f"{text} ({tunnel['service']})" if service and tunnel.get("service") else text
 
 
@@ -122,19 +121,27 @@ class JsonView:
     def note(self, text: str) -> None:
         """Notes go to the log (stderr), never to stdout."""
 
-    def closed(self, code: str, reason: str, counters: list[dict[str, Any]]) -> None:
-        self._emit(
-            {
-                "event": "closed",
-                "item": self.item,
-                "session": self.session,
-                "code": code,
-                "reason": reason,
-                "bytes_to_remote": sum(c["bytes_to_remote"] for c in counters),
-                "bytes_from_remote": sum(c["bytes_from_remote"] for c in counters),
-                "total_connections": sum(c["total_connections"] for c in counters),
-            }
-        )
+    def closed(
+        self,
+        code: str,
+        reason: str,
+        counters: list[dict[str, Any]],
+        removed: list[str] | None = None,
+    ) -> None:
+        """C{removed}: k8s, what the cleanup of the session's kubeconfig removed."""
+        event: dict[str, Any] = {
+            "event": "closed",
+            "item": self.item,
+            "session": self.session,
+            "code": code,
+            "reason": reason,
+            "bytes_to_remote": sum(c["bytes_to_remote"] for c in counters),
+            "bytes_from_remote": sum(c["bytes_from_remote"] for c in counters),
+            "total_connections": sum(c["total_connections"] for c in counters),
+        }
+        if removed is not None:
+            event["removed"] = removed
+        self._emit(event)
 
 
 class PlainView:
