@@ -1,0 +1,307 @@
+"""End to end: real kubectl through `jump open` and `jumpoint serve` to a test API server.
+
+No Kubernetes API server can be installed here, so the cluster is
+`tests/k8s/fake_apiserver.py`, which speaks the real HTTPS/JSON API, watches,
+exec and port-forward over WebSocket and SPDY, and records every request.
+kubectl is the real binary, in its oldest and newest installed versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import Deployment, Process, port_open, wait_until
+from tests.k8s.fake_apiserver import FakeApiServer
+from tests.tds import clients
+
+KUBECTL_DIR = Path("/usr/lib/google-cloud-sdk/bin")
+VERSIONS = ("1.27", "1.33")
+TOKEN = "cluster-sa-token-0123456789"
+
+
+def kubectl(version: str) -> str:
+    path = KUBECTL_DIR / f"kubectl.{version}"
+    assert path.is_file(), f"kubectl {version} is not installed at {path}"
+    return str(path)
+
+
+@dataclass
+class Cluster:
+    deployment: Deployment
+    server: FakeApiServer
+    root: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = self.deployment.env(JUMP_CACHE_DIR=str(self.root / "cache"), **extra)
+        env["HOME"] = str(self.root / "home-dir")
+        return env
+
+    def open(self, item: str = "prod-k8s", *args: str) -> Process:
+        process = Process(
+            [*self.deployment_tool("jump"), "open", item, "--json", *args], self.env()
+        )
+        self.deployment.processes.append(process)
+        return process
+
+    def deployment_tool(self, name: str) -> list[str]:
+        from tests.e2e.harness import tool
+
+        return tool(name)
+
+    def run(self, *args: str, timeout: float = 90, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.deployment_tool("jump"), *args],
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def audit(self, *args: str) -> list[dict[str, Any]]:
+        result = self.deployment.jumpoint("audit", "--json", *args)
+        return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def cluster(deployment: Deployment, tmp_path: Path) -> Iterator[Cluster]:
+    tls = clients.write_tls_files(tmp_path)
+    (tmp_path / "home-dir").mkdir()
+    server = FakeApiServer(tls.cert, tls.key, token=TOKEN).start()
+    try:
+        token_file = tmp_path / "k8s.token"
+        token_file.write_text(TOKEN + "\n")
+        ca_pem = Path(tls.ca).read_text()
+        base = {
+            "type": "k8s",
+            "url": f"https://127.0.0.1:{server.port}",
+            "ca_pem": ca_pem,
+            "namespace": "default",
+            "local_address": "127.0.0.5",
+        }
+        deployment.items = [
+            {"name": "prod-k8s", **base},
+            {"name": "viewer-k8s", **base, "read_only_access": True},
+        ]
+        deployment.sections = {
+            "credentials": [
+                {"item": "prod-k8s", "type": "token", "token_file": str(token_file)},
+                {"item": "viewer-k8s", "type": "token", "token_file": str(token_file)},
+            ]
+        }
+        deployment.create().serve()
+        yield Cluster(deployment, server, tmp_path)
+    finally:
+        server.stop()
+
+
+def _ready(process: Process) -> tuple[str, dict[str, Any]]:
+    ready = process.wait_for_event("ready")
+    kubeconfig = ready["kubeconfig"]
+    assert Path(kubeconfig).is_file()
+    return kubeconfig, ready
+
+
+def _only_the_jumpoint_credential(cluster: Cluster) -> None:
+    requests = cluster.server.requests
+    assert requests
+    for request in requests:
+        assert request.header("Authorization") == f"Bearer {TOKEN}", request.path
+        assert not [name for name, _ in request.headers if name.lower().startswith("impersonate")]
+        assert request.header("X-Forwarded-For") is None
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_kubectl_through_the_tunnel(cluster: Cluster, tmp_path: Path, version: str) -> None:
+    binary = kubectl(version)
+    session = cluster.open()
+    config, ready = _ready(session)
+    env = dict(os.environ, KUBECONFIG=config, HOME=str(tmp_path / "home-dir"))
+
+    def run(*args: str, stdin: str | None = None, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [binary, *args],
+            env={**env, **extra},
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    pods = run("get", "pods")
+    assert pods.returncode == 0, pods.stderr
+    assert "web-0" in pods.stdout and "STATUS" in pods.stdout
+    watched = run("get", "pods", "-w")
+    assert watched.returncode == 0, watched.stderr
+    assert "web-0" in watched.stdout
+    manifest = tmp_path / "cm.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: default}\n"
+        "data: {a: '1'}\n"
+    )
+    extra_flags = ["--validate=false"] if version in ("1.27", "1.28") else []
+    first = run("apply", "-f", str(manifest), *extra_flags)
+    assert first.returncode == 0 and "created" in first.stdout, first.stderr
+    manifest.write_text(manifest.read_text().replace("'1'", "'2'"))
+    second = run("apply", "-f", str(manifest), *extra_flags)
+    assert second.returncode == 0 and "configured" in second.stdout, second.stderr
+    echoed = run("exec", "-i", "web-0", "--", "cat", stdin="hello through the jumpoint\n")
+    assert echoed.returncode == 0 and "hello through the jumpoint" in echoed.stdout, echoed.stderr
+    failed = run("exec", "web-0", "--", "sh", "-c", "exit 3")
+    assert failed.returncode == 3, failed.stderr
+    spdy = run(
+        "exec",
+        "-i",
+        "web-0",
+        "--",
+        "cat",
+        stdin="over spdy\n",
+        KUBECTL_REMOTE_COMMAND_WEBSOCKETS="false",
+    )
+    assert spdy.returncode == 0 and "over spdy" in spdy.stdout, spdy.stderr
+    impersonating = run("get", "pods", "--as", "evil", "--as-group", "system:masters")
+    assert impersonating.returncode == 0, impersonating.stderr
+    _only_the_jumpoint_credential(cluster)
+    rows = cluster.audit("--event", "k8s_request")
+    verbs = {(r["verb"], r.get("resource"), r.get("subresource")) for r in rows}
+    assert ("list", "pods", "") in verbs or ("list", "pods", None) in verbs
+    assert ("watch", "pods", "") in verbs or ("watch", "pods", None) in verbs
+    assert any(v == "create" and s == "exec" for v, _, s in verbs)
+    one = next(r for r in rows if r["verb"] == "list")
+    for key in ("method", "path", "api_version", "namespace", "status", "duration", "session"):
+        assert key in one, key
+    assert one["session"] == ready["session"] and one["status"] == 200
+    assert any(r.get("kubectl_command") for r in rows)
+    assert TOKEN not in json.dumps(cluster.audit())
+    session.stop()
+
+
+def test_port_forward_through_the_tunnel(cluster: Cluster, tmp_path: Path) -> None:
+    binary = kubectl(VERSIONS[-1])
+    session = cluster.open()
+    config, _ = _ready(session)
+    for websockets in ("true", "false"):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            local = probe.getsockname()[1]
+        forward = subprocess.Popen(
+            [binary, "port-forward", "pod/web-0", f"{local}:8080"],
+            env=dict(
+                os.environ,
+                KUBECONFIG=config,
+                HOME=str(tmp_path / "home-dir"),
+                KUBECTL_PORT_FORWARD_WEBSOCKETS=websockets,
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(lambda port=local: port_open("127.0.0.1", port), what="port-forward")
+            with socket.create_connection(("127.0.0.1", local), timeout=10) as connection:
+                connection.sendall(b"forwarded bytes")
+                received = b""
+                while len(received) < len(b"forwarded bytes"):
+                    chunk = connection.recv(100)
+                    if not chunk:
+                        break
+                    received += chunk
+            assert received == b"forwarded bytes"
+        finally:
+            forward.terminate()
+            forward.wait(10)
+    rows = cluster.audit("--event", "k8s_request")
+    assert any(r.get("subresource") == "portforward" and r["verb"] == "create" for r in rows)
+
+
+def test_policy_denials_print_forbidden(cluster: Cluster, tmp_path: Path) -> None:
+    binary = kubectl(VERSIONS[-1])
+    session = cluster.open("viewer-k8s")
+    config, _ = _ready(session)
+    env = dict(os.environ, KUBECONFIG=config, HOME=str(tmp_path / "home-dir"))
+    before = len(cluster.server.requests_to("/exec"))
+    exec_denied = subprocess.run(
+        [binary, "exec", "web-0", "--", "echo", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert exec_denied.returncode != 0
+    assert "Forbidden" in exec_denied.stderr and "k8s.read_only" in exec_denied.stderr
+    assert len(cluster.server.requests_to("/exec")) == before  # never reached the cluster
+    secrets = subprocess.run(
+        [binary, "get", "secrets"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert secrets.returncode != 0 and "Forbidden" in secrets.stderr
+    assert "k8s.denied_resources" in secrets.stderr
+    denials = cluster.audit("--event", "k8s_denied")
+    assert {d["rule"] for d in denials} >= {"k8s.read_only", "k8s.denied_resources"}
+
+
+def test_no_token_or_a_wrong_host_never_reaches_the_cluster(cluster: Cluster) -> None:
+    session = cluster.open()
+    _config, ready = _ready(session)
+    port = ready["tunnels"][0]["local_port"]
+    count = len(cluster.server.requests)
+    for args in (
+        [],  # no token at all
+        ["-H", "Authorization: Bearer not-the-session-token"],
+        ["-H", "Host: evil.example"],
+    ):
+        answer = subprocess.run(
+            ["curl", "-sk", "--max-time", "10", *args, f"https://127.0.0.5:{port}/api/v1/pods"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert '"code":401' in answer.stdout.replace(" ", ""), answer.stdout
+    assert len(cluster.server.requests) == count
+
+
+def test_the_kubeconfig_is_gone_after_every_kind_of_end(cluster: Cluster) -> None:
+    # -- CMD: KUBECONFIG and KUBECACHEDIR set for the command, removed afterwards
+    ran = cluster.run(
+        "open",
+        "prod-k8s",
+        "--",
+        "sh",
+        "-c",
+        f'{kubectl(VERSIONS[-1])} get pods && echo "CONFIG=$KUBECONFIG CACHE=$KUBECACHEDIR"',
+    )
+    assert ran.returncode == 0, ran.stderr
+    line = next(x for x in ran.stdout.splitlines() if x.startswith("CONFIG="))
+    config = Path(line.split()[0].split("=", 1)[1])
+    cache = Path(line.split()[1].split("=", 1)[1])
+    assert not config.exists() and not cache.exists()
+    assert "removed kubeconfig" in ran.stderr
+    # SIGTERM
+    session = cluster.open()
+    config_path, ready = _ready(session)
+    port = ready["tunnels"][0]["local_port"]
+    session.signal(signal.SIGTERM)
+    session.wait()
+    assert not Path(config_path).exists()
+    assert not port_open("127.0.0.5", port)
+    closed = session.wait_for_event("closed")
+    assert any("kubeconfig" in line for line in closed.get("removed", []))
+    # a crash: swept and reported at the next start
+    crashed = cluster.open()
+    crashed_config, _ = _ready(crashed)
+    os.killpg(crashed.pid, signal.SIGKILL)
+    crashed.wait()
+    assert Path(crashed_config).exists()
+    later = cluster.run("open", "prod-k8s", "--for", "1s")
+    assert later.returncode == 0, later.stderr
+    assert "removed" in later.stderr and not Path(crashed_config).exists()
+    assert not (cluster.root / "home-dir" / ".kube").exists()  # ~/.kube is never touched
