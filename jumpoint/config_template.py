@@ -171,8 +171,8 @@ _ITEMS = """\
 #     type: token                    # a service-account bearer token
 #     token_file: secrets/k8s-prod.token
 
-# Items of kinds tcp and mssql can be opened; k8s and network items are
-# accepted here and listed.
+# Items of kinds tcp, mssql (docs/sql-server.md) and k8s (docs/kubernetes.md)
+# can be opened; network items are accepted here and listed.
 #> example: items (replaces the last line, "items: []")
 # items:
 #   - name: web-prod              # 1-128 characters, unique
