@@ -303,6 +303,23 @@ class Deployment:
             process.stop()
 
 
+def audit_until(
+    deployment: Deployment,
+    predicate: Callable[[list[dict[str, Any]]], bool],
+    *args: str,
+    what: str = "the audit rows",
+) -> list[dict[str, Any]]:
+    """`jumpoint audit --json ARGS` once it satisfies C{predicate}: connection events are
+    committed in batches (within a fraction of a second), so tests poll for them."""
+
+    def check() -> list[dict[str, Any]] | None:
+        output = deployment.jumpoint("audit", "--json", *args).stdout
+        entries = [json.loads(line) for line in output.splitlines() if line.strip()]
+        return entries if predicate(entries) else None
+
+    return wait_until(check, what=what)
+
+
 def tunnel_address(ready: dict[str, Any], index: int = 0) -> tuple[str, int]:
     tunnel = ready["tunnels"][index]
     return tunnel["local_address"], int(tunnel["local_port"])

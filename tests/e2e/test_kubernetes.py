@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Deployment, Process, port_open, wait_until
+from tests.e2e.harness import Deployment, Process, audit_until, port_open, wait_until
 from tests.k8s.fake_apiserver import FakeApiServer
 from tests.tds import clients
 
@@ -172,7 +172,15 @@ def test_kubectl_through_the_tunnel(cluster: Cluster, tmp_path: Path, version: s
     impersonating = run("get", "pods", "--as", "evil", "--as-group", "system:masters")
     assert impersonating.returncode == 0, impersonating.stderr
     _only_the_jumpoint_credential(cluster)
-    rows = cluster.audit("--event", "k8s_request")
+    rows = audit_until(
+        cluster.deployment,
+        lambda found: (
+            any(r.get("subresource") == "exec" for r in found)
+            and any(r["verb"] == "watch" for r in found)
+        ),
+        "--event",
+        "k8s_request",
+    )
     verbs = {(r["verb"], r.get("resource"), r.get("subresource")) for r in rows}
     assert ("list", "pods", "") in verbs or ("list", "pods", None) in verbs
     assert ("watch", "pods", "") in verbs or ("watch", "pods", None) in verbs
@@ -220,8 +228,14 @@ def test_port_forward_through_the_tunnel(cluster: Cluster, tmp_path: Path) -> No
         finally:
             forward.terminate()
             forward.wait(10)
-    rows = cluster.audit("--event", "k8s_request")
-    assert any(r.get("subresource") == "portforward" and r["verb"] == "create" for r in rows)
+    audit_until(
+        cluster.deployment,
+        lambda rows: any(
+            r.get("subresource") == "portforward" and r["verb"] == "create" for r in rows
+        ),
+        "--event",
+        "k8s_request",
+    )
 
 
 def test_policy_denials_print_forbidden(cluster: Cluster, tmp_path: Path) -> None:
@@ -245,8 +259,12 @@ def test_policy_denials_print_forbidden(cluster: Cluster, tmp_path: Path) -> Non
     )
     assert secrets.returncode != 0 and "Forbidden" in secrets.stderr
     assert "k8s.denied_resources" in secrets.stderr
-    denials = cluster.audit("--event", "k8s_denied")
-    assert {d["rule"] for d in denials} >= {"k8s.read_only", "k8s.denied_resources"}
+    audit_until(
+        cluster.deployment,
+        lambda denials: {d["rule"] for d in denials} >= {"k8s.read_only", "k8s.denied_resources"},
+        "--event",
+        "k8s_denied",
+    )
 
 
 def test_no_token_or_a_wrong_host_never_reaches_the_cluster(cluster: Cluster) -> None:

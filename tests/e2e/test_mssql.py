@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from shared.tds.login7 import obfuscate_password
-from tests.e2e.harness import Deployment, Process, tunnel_address
+from tests.e2e.harness import Deployment, Process, audit_until, tunnel_address, wait_until
 from tests.tds import clients
 from tests.tds.fake_server import FakeTdsServer
 
@@ -175,7 +175,15 @@ def test_batches_and_rpcs_are_audited_and_results_span_packets(sql: SqlSetup) ->
     rows = clients.run_pytds(sql.host, sql.port, "jump", "x", query="SELECT rows")
     assert len(rows) == 2000
     clients.run_tedious(sql.host, sql.port, "jump", "x", encrypt=False, query="SELECT 1")
-    entries = sql.audit("--event", "sql_batch") + sql.audit("--event", "sql_rpc")
+    entries = audit_until(
+        sql.deployment,
+        lambda rows: (
+            {"sql_batch", "sql_rpc"} <= {r["event"] for r in rows}
+            and "SELECT rows" in json.dumps(rows)
+        ),
+        what="the batch and RPC audit rows",
+    )
+    entries = [e for e in entries if e["event"] in ("sql_batch", "sql_rpc")]
     texts = json.dumps(entries)
     assert "SELECT rows" in texts
     assert "sp_executesql" in texts
@@ -229,11 +237,12 @@ def test_a_wrong_stored_credential_gives_a_clean_18456(
         assert "Login failed" in str(failure.value)
         assert "not-the-password" not in str(failure.value)
         assert session.popen.poll() is None  # the session stays up
-        events = [
-            json.loads(line)["event"]
-            for line in deployment.jumpoint("audit", "--json").stdout.splitlines()
-        ]
-        assert "sql_login_failed" in events
+
+        def login_failure_audited() -> bool:  # connection events are committed in batches
+            lines = deployment.jumpoint("audit", "--json").stdout.splitlines()
+            return "sql_login_failed" in [json.loads(line)["event"] for line in lines]
+
+        wait_until(login_failure_audited, what="the sql_login_failed audit row")
 
 
 def test_routing_is_followed_on_the_jumpoint(deployment: Deployment, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ExitCode
-from tests.e2e.harness import Deployment, tunnel_address, wait_until
+from tests.e2e.harness import Deployment, audit_until, tunnel_address, wait_until
 from tests.e2e.servers import EchoServer, serve_http_directory
 
 
@@ -274,7 +274,9 @@ def test_access_requests_are_approved_by_another_user(deployment: Deployment) ->
         assert ready["closes_at"] is not None and "approval" in ready["closes_because"]
         assert _echo_once(*tunnel_address(ready), b"approved bytes") == b"approved bytes"
         session.stop()
-        entries = _audit(deployment)
+        entries = audit_until(
+            deployment, lambda rows: "connection_closed" in _events(rows), what="connections"
+        )
         events = _events(entries)
         for expected in (
             "approval_requested",
@@ -334,8 +336,12 @@ def test_idle_sessions_close_and_busy_ones_stay(deployment: Deployment) -> None:
         thread.join(5)
         connection.close()
         busy.stop()
-        reasons = [e.get("code") for e in _audit(deployment, "--event", "session_closed")]
-        assert "idle_timeout" in reasons
+        audit_until(
+            deployment,
+            lambda rows: "idle_timeout" in [e.get("code") for e in rows],
+            "--event",
+            "session_closed",
+        )
     finally:
         echo.close()
 
