@@ -206,3 +206,41 @@ def test_a_durable_audit_event_that_cannot_be_written_fails_the_request(tmp_path
     assert [e.user for e in query(database)] == ["alice"]  # nothing half-written
     lines = (tmp_path / "audit.jsonl").read_text().splitlines()
     assert len(lines) == 1 and '"user":"alice"' in lines[0]
+
+
+def test_a_watch_or_upgraded_connection_is_never_idle() -> None:
+    """A long-running connection (a watch, an exec) keeps the session open without traffic."""
+    from types import SimpleNamespace
+
+    from jumpoint.session import Session
+    from shared.items import Item
+
+    clock = Clock()
+    closed: list[str] = []
+    class Watch:  # what the session reads of a bridge
+        def __init__(self) -> None:
+            self.stream = SimpleNamespace(
+                bytes_received=0, bytes_sent=0, queued_bytes=0, receive_paused=False
+            )
+            self.connected = True
+            self.long_running = True
+
+    watch = Watch()
+    session = Session(
+        session_id="s",
+        user="alice",
+        item=Item(name="k", type="k8s"),
+        max_connections=4,
+        opened_at=0.0,
+        terms=SimpleNamespace(idle_timeout=60.0, deadlines=()),  # type: ignore[arg-type]
+        on_expired=lambda s, code, reason: closed.append(code),
+    )
+    session.active.add(watch)  # type: ignore[arg-type]
+    session.start_timers(clock)
+    for _ in range(30):
+        clock.advance(10)
+    assert closed == []  # 300 s without a byte, but the watch is open
+    watch.long_running = False
+    for _ in range(10):
+        clock.advance(10)
+    assert closed == ["idle_timeout"]
