@@ -5,7 +5,8 @@
 # is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# JUMPOINT_DEMO_SKIP_SETUP=1: the machine is set up already (the test suite runs the demo)
+if [ "${JUMPOINT_DEMO_SKIP_SETUP:-}" != 1 ]; then bash scripts/setup.sh; fi
 export PATH="$PWD/.venv/bin:$PATH"
 
 DEMO=$(mktemp -d /tmp/jumpoint-demo.XXXXXX)
@@ -48,16 +49,19 @@ JP_PORT=$(free_port)
 jumpoint init --dir "$DEMO/jumpoint" --name demo --listen "127.0.0.1:$JP_PORT" --address 127.0.0.1
 export JUMPOINT_CONFIG="$DEMO/jumpoint/jumpoint.yaml"
 python - "$JUMPOINT_CONFIG" "$HTTP_PORT" <<'PY'
+import re
 import sys
 path, port = sys.argv[1], sys.argv[2]
-text = open(path).read().replace("items: []", f"""items:
+# the last line of the file is "items: []" (comments above it mention it too)
+text = re.sub(r"^items: \[\]\s*\Z", lambda _: f"""items:
   - name: demo-web
     type: tcp
     host: 127.0.0.1
     local_address: 127.0.0.42
     tunnels:
       - {{local_port: auto, remote_port: {port}}}
-    comments: the demo's HTTP service""")
+    comments: the demo's HTTP service
+""", open(path).read(), flags=re.MULTILINE)
 open(path, "w").write(text)
 PY
 jumpoint check-config
