@@ -92,11 +92,12 @@ def cluster(deployment: Deployment, tmp_path: Path) -> Iterator[Cluster]:
         deployment.items = [
             {"name": "prod-k8s", **base},
             {"name": "viewer-k8s", **base, "read_only_access": True},
+            {"name": "as-user-k8s", **base, "impersonate": True},
         ]
         deployment.sections = {
             "credentials": [
-                {"item": "prod-k8s", "type": "token", "token_file": str(token_file)},
-                {"item": "viewer-k8s", "type": "token", "token_file": str(token_file)},
+                {"item": name, "type": "token", "token_file": str(token_file)}
+                for name in ("prod-k8s", "viewer-k8s", "as-user-k8s")
             ]
         }
         deployment.create().serve()
@@ -323,3 +324,20 @@ def test_the_kubeconfig_is_gone_after_every_kind_of_end(cluster: Cluster) -> Non
     assert later.returncode == 0, later.stderr
     assert "removed" in later.stderr and not Path(crashed_config).exists()
     assert not (cluster.root / "home-dir" / ".kube").exists()  # ~/.kube is never touched
+
+
+def test_impersonation_names_the_jump_user(cluster: Cluster, tmp_path: Path) -> None:
+    session = cluster.open("as-user-k8s")
+    config, _ = _ready(session)
+    ran = subprocess.run(
+        [kubectl(VERSIONS[-1]), "get", "pods", "--as", "evil"],
+        env=dict(os.environ, KUBECONFIG=config, HOME=str(tmp_path / "home-dir")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    request = cluster.server.requests_to("/pods")[-1]
+    assert request.header("Authorization") == f"Bearer {TOKEN}"
+    assert request.header_all("Impersonate-User") == ["alice"]  # never the client's --as
+    assert "default" in request.header_all("Impersonate-Group")

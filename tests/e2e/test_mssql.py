@@ -314,3 +314,19 @@ def test_an_mssql_item_needs_a_credential(deployment: Deployment, tmp_path: Path
         assert getattr(failure.value, "number", None) == 18456, failure.value
         assert "no credential" in str(failure.value)
         assert server.logins() == []  # nothing was sent to the server
+
+
+def test_a_command_runs_with_the_sql_tunnel_and_passes_its_status(sql: SqlSetup) -> None:
+    script = (
+        "import os, sys, pytds\n"
+        "c = pytds.connect(server=os.environ['JUMP_LOCAL_ADDR'],"
+        " port=int(os.environ['JUMP_LOCAL_PORT']), user='jump', password='x', timeout=15)\n"
+        "cur = c.cursor(); cur.execute('SELECT 1'); print('ROWS', cur.fetchall())\n"
+        "sys.exit(7)\n"
+    )
+    import sys
+
+    ran = sql.deployment.jump("open", "sql", "--", sys.executable, "-c", script)
+    assert ran.returncode == 7, ran.stderr
+    assert "ROWS [(1,)]" in ran.stdout
+    _only_the_injected_credential(sql)
