@@ -13,6 +13,7 @@ L{query} serves C{jumpoint audit}.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -63,11 +64,15 @@ class AuditEntry:
         return out
 
 
+@functools.lru_cache(maxsize=4)
+def _iso_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
 def _iso(seconds: float) -> str:
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        + f".{int(seconds % 1 * 1000):03d}Z"
-    )
+    """UTC ISO 8601 with milliseconds (the formatted second is cached: many events share it)."""
+    second = int(seconds // 1)
+    return f"{_iso_second(second)}.{int((seconds - second) * 1000):03d}Z"
 
 
 class AuditLog:
