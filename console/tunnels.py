@@ -244,6 +244,15 @@ def _parse_tunnels(result: dict[str, Any]) -> list[Tunnel]:
     return tunnels
 
 
+def _login_timeout(result: dict[str, Any]) -> float | None:
+    value = result.get("login_timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+        raise ProtocolViolation("the Jumpoint sent a malformed login_timeout")
+    return float(value)
+
+
 class TunnelSession:
     """The console's view of one open session."""
 
@@ -252,6 +261,8 @@ class TunnelSession:
         self.item = item
         self.session_id = str(result.get("session", "?"))
         self.max_connections = int(result.get("max_connections", 256))
+        self.login_timeout = _login_timeout(result)
+        """mssql, k8s: seconds a local connection has to finish its login (C{None}: no limit)."""
         self.tunnels = _parse_tunnels(result)
         self.closing = False
         self.result = result
@@ -302,7 +313,14 @@ class TunnelSession:
 
     def details(self) -> dict[str, Any]:
         """The session's terms for the JSON C{ready} event."""
-        keys = ("closes_at", "closes_because", "idle_timeout", "recording", "max_connections")
+        keys = (
+            "closes_at",
+            "closes_because",
+            "idle_timeout",
+            "recording",
+            "max_connections",
+            "login_timeout",
+        )
         out = {key: self.result.get(key) for key in keys if key in self.result}
         if self.acl:
             out["acl"] = [str(n) for n in self.acl]

@@ -33,7 +33,7 @@ from jumpoint.approvals import ApprovalStore
 from shared.addresses import AllowList, PortSet
 from shared.config import JumpointConfig
 from shared.errors import AccessDenied, ConsentRequired, NotSupported, UsageError
-from shared.items import Item
+from shared.items import LOGIN_KINDS, LOGIN_TIMEOUT_DEFAULT, Item
 from shared.policy import Grant, JumpPolicy, SessionPolicy
 from shared.schema import format_duration
 
@@ -104,6 +104,8 @@ class SessionTerms:
     jump_policy: JumpPolicy | None
     session_policy: SessionPolicy | None
     notes: tuple[str, ...] = field(default=())
+    login_timeout: float | None = None
+    """mssql, k8s: seconds a connection has to finish its login (L{resolve_login_timeout})."""
 
     def first_deadline(self) -> Deadline | None:
         return min(self.deadlines, key=lambda d: d.at) if self.deadlines else None
@@ -131,6 +133,7 @@ class SessionTerms:
             "closes_at": deadline.at if deadline else None,
             "closes_because": deadline.reason if deadline else None,
             "max_connections": self.max_connections,
+            "login_timeout": self.login_timeout,
             "recording": self.recording,
             "jump_policy": self.jump_policy.name if self.jump_policy else None,
             "session_policy": self.session_policy.name if self.session_policy else None,
@@ -271,7 +274,21 @@ def decide(
         approval_id=approval_id,
         jump_policy=jump_policy,
         session_policy=session_policy,
+        login_timeout=resolve_login_timeout(item, session_policy),
     )
+
+
+def resolve_login_timeout(item: Item, session_policy: SessionPolicy | None) -> float | None:
+    """How long a connection of C{item} may take to log in: the item's or the policy's, lowest.
+
+    Only the kinds whose connections log in (mssql, k8s) have one; without
+    either key it is L{LOGIN_TIMEOUT_DEFAULT}.
+    """
+    if item.type not in LOGIN_KINDS:
+        return None
+    policy_value = session_policy.login_timeout if session_policy is not None else None
+    values = [v for v in (item.login_timeout, policy_value) if v is not None]
+    return min(values) if values else LOGIN_TIMEOUT_DEFAULT
 
 
 def _listener(item: Item, request: SessionRequest, grant: Grant) -> tuple[str, tuple[str, ...]]:

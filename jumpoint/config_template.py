@@ -130,6 +130,8 @@ _POLICIES = """\
 #     auto_close: 8h              # the longest a session may last
 #     max_connections: 16         # concurrent connections (limits.max_connections_per_session
 #                                 # is the ceiling)
+#     login_timeout: 30s          # mssql, k8s: a local connection that has not logged in
+#                                 # by then is closed (the default; an item's own is lower)
 #<
 
 # The audit log: every decision and event, in the state database (see
@@ -194,6 +196,7 @@ _ITEMS = """\
 #     local_port: auto
 #     username: report_reader     # the SQL login
 #     database: sales             # optional
+#     login_timeout: 30s          # a client that has not sent its login by then is closed
 #     jump_group: db
 #     jump_policy: approved
 #   - name: k8s-prod              # a Kubernetes API server

@@ -242,6 +242,7 @@ _SESSION_POLICY_FIELDS = {
     "idle_timeout": Field(schema.duration(7 * 86400), default=None),
     "auto_close": Field(schema.duration(), default=None),
     "max_connections": Field(schema.integer(1, MAX_CONNECTIONS_PER_SESSION), default=None),
+    "login_timeout": Field(item_schema.login_timeout, default=None),
     "comments": Field(schema.optional_string(), default=None),
 }
 
@@ -469,6 +470,7 @@ def _build_policies(top: dict[str, Any]) -> Policies:
             idle_timeout=values["idle_timeout"],
             auto_close=values["auto_close"],
             max_connections=values["max_connections"],
+            login_timeout=values["login_timeout"],
         )
         for name, values in (top["session_policies"] or {}).items()
     }

@@ -35,6 +35,12 @@ AUTO = "auto"
 KINDS = ("tcp", "mssql", "k8s", "network")
 LOOPBACK_DEFAULT = "127.0.0.1"
 
+LOGIN_TIMEOUT_DEFAULT = 30.0
+"""Seconds a local connection of an mssql or k8s item has to finish its login (or first request)."""
+LOGIN_TIMEOUT_MAX = 3600.0
+LOGIN_KINDS = ("mssql", "k8s")
+"""The kinds whose connections log in first, so that C{login_timeout} applies to them."""
+
 WELL_KNOWN_SCHEMES = {
     22: "ssh",
     80: "http",
@@ -134,6 +140,8 @@ class Item:
     allow_exec: bool = True
     allow_port_forward: bool = True
     filters: tuple[str, ...] = ()
+    login_timeout: float | None = None
+    """mssql, k8s: seconds a local connection has to finish its login (L{LOGIN_TIMEOUT_DEFAULT})."""
     source: str = "config"
     created_by: str | None = None
 
@@ -197,6 +205,7 @@ def _mssql_values(item: Item) -> dict[str, Any]:
         "encryption": item.encryption,
         "trust_server_certificate": item.trust_server_certificate or None,
         "ca_pem": item.ca_pem,
+        "login_timeout": item.login_timeout,
     }
 
 
@@ -213,6 +222,7 @@ def _k8s_values(item: Item) -> dict[str, Any]:
         "denied_resources": list(item.denied_resources),
         "allow_exec": None if item.allow_exec else False,
         "allow_port_forward": None if item.allow_port_forward else False,
+        "login_timeout": item.login_timeout,
     }
 
 
@@ -294,6 +304,14 @@ def _filter_rule(node: yaml.Node, where: Where) -> str:
         raise where.error(node, str(error)) from None
 
 
+def login_timeout(node: yaml.Node, where: Where) -> float:
+    """C{login_timeout} of an item or a session policy: a duration, 1 s to 1 h."""
+    seconds = schema.duration(LOGIN_TIMEOUT_MAX)(node, where)
+    if not 1 <= seconds <= LOGIN_TIMEOUT_MAX:  # also NaN, which parses as a number
+        raise where.error(node, f"must be 1 to {LOGIN_TIMEOUT_MAX:g} seconds")
+    return seconds
+
+
 _NAMESPACE = schema.string(1, 63, r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 _COMMON_FIELDS = {
@@ -321,6 +339,7 @@ _KIND_FIELDS: dict[str, dict[str, Field]] = {
         "encryption": Field(schema.choice("required", "strict"), default="required"),
         "trust_server_certificate": Field(schema.boolean, default=False),
         "ca_pem": Field(_pem_certificates, default=None),
+        "login_timeout": Field(login_timeout, default=None),
     },
     "k8s": {
         "url": Field(_https_url, required=True),
@@ -336,6 +355,7 @@ _KIND_FIELDS: dict[str, dict[str, Field]] = {
         ),
         "allow_exec": Field(schema.boolean, default=True),
         "allow_port_forward": Field(schema.boolean, default=True),
+        "login_timeout": Field(login_timeout, default=None),
     },
     "network": {
         "filters": Field(schema.list_of(_filter_rule, min_items=1, max_items=50), required=True),
@@ -373,6 +393,7 @@ def _build(kind: str, values: dict[str, Any], source: str, where: Where, node: y
         "comments": values["comments"] or None,
         "jump_policy": values["jump_policy"],
         "session_policy": values["session_policy"],
+        "login_timeout": values.get("login_timeout"),
         "source": source,
     }
     if kind == "tcp":

@@ -198,6 +198,8 @@ class SessionPolicy:
     idle_timeout: float | None = None
     auto_close: float | None = None
     max_connections: int | None = None
+    login_timeout: float | None = None
+    """Seconds a local connection of an mssql or k8s item has to finish its login."""
 
 
 @dataclass(frozen=True)
