@@ -28,6 +28,7 @@ from shared.errors import (
     JumpointUnreachable,
     ProtocolViolation,
     SessionLost,
+    UsageError,
     error_from_json,
 )
 from shared.frames import PROTOCOL_VERSION, ErrorCode, describe_code
@@ -37,7 +38,9 @@ from shared.tls import client_options, describe_tls_failure, wrap_client
 CONNECT_TIMEOUT = 15.0
 TRANSCRIPT_ENV = "JUMP_TRANSCRIPT"
 """Diagnostics: a file that receives every byte the console gets from the Jumpoint
-(the channel's plaintext: frames with control messages and stream data)."""
+(the channel's plaintext: frames with control messages and stream data, so
+whatever the tunnels carry).  Created with mode 0600; an existing file is set
+to 0600 before anything is written to it."""
 
 
 def _open_transcript() -> Any:
@@ -46,7 +49,13 @@ def _open_transcript() -> Any:
     path = os.environ.get(TRANSCRIPT_ENV)
     if not path:
         return None
-    return open(path, "ab", buffering=0)  # kept open for the channel's life
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as error:
+        raise UsageError(f"{TRANSCRIPT_ENV}: cannot open {path}: {error.strerror}") from None
+    if hasattr(os, "fchmod"):
+        os.fchmod(descriptor, 0o600)  # an existing file keeps no wider mode
+    return os.fdopen(descriptor, "ab", buffering=0)  # kept open for the channel's life
 
 
 CLOSE_TIMEOUT = 3.0

@@ -110,6 +110,8 @@ _POLICIES = """\
 #     notifications:
 #       webhook: https://hooks.corp.example/jumpoint   # gets a JSON POST per event
 #       events: [session_start, session_end]           # the default: both
+#       # secret_file: webhook.secret   # (0600) signs each POST: X-Jumpoint-Signature
+#       # secret_env: JUMPOINT_WEBHOOK_SECRET   # ... or the secret from the environment
 #   approved:
 #     comments: every session needs an approved access request
 #     approval_required: true     # users ask with `jump request ITEM --reason ... --duration 1h`

@@ -9,6 +9,14 @@ the timeout, a connection error -- is retried with exponential backoff; its
 final outcome is handed to the C{on_result} callback as a L{Delivery} (the
 daemon writes these to its audit log).
 
+When the jump policy names a secret (C{secret_file} or C{secret_env}), each
+attempt is signed as payment providers do: the header
+C{X-Jumpoint-Signature: t=TIMESTAMP,v1=HEX} carries the Unix time of the
+attempt and the HMAC-SHA256, keyed with the secret, of C{TIMESTAMP.BODY}
+(L{signature_header}); a receiver recomputes it and rejects stale timestamps.
+The secret is read at each attempt (a rotated file takes effect at once); if
+it cannot be read, the attempt fails and nothing is sent unsigned.
+
 A webhook URL may carry a secret (userinfo, a token in the query string), so
 only L{redact_url}'s scheme, host, port and path ever reach a log or a
 L{Delivery}; bodies are never logged.
@@ -21,6 +29,8 @@ Tests inject a C{post} function instead.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from collections import deque
 from collections.abc import Callable
@@ -40,11 +50,13 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from jumpoint import __version__
+from shared.secret_ref import SecretRef, SecretUnavailable
 
 PostFunction = Callable[[str, bytes, dict[str, str]], "Deferred[int]"]
 """POST C{body} with C{headers} to a URL; fires with the HTTP status code."""
 
 USER_AGENT = f"jumpoint/{__version__}"
+SIGNATURE_HEADER = "X-Jumpoint-Signature"
 RESPONSE_BODY_LIMIT = 64 * 1024
 
 log = Logger()
@@ -93,6 +105,13 @@ def check_webhook_url(url: str) -> str:
     if "#" in url:
         raise ValueError(f"webhook URL {shown} must not have a fragment (#...)")
     return url
+
+
+def signature_header(secret: bytes, timestamp: int, body: bytes) -> str:
+    """The value of C{X-Jumpoint-Signature}: C{t=TIMESTAMP,v1=HMAC-SHA256(TIMESTAMP.BODY)}."""
+    signed = str(timestamp).encode("ascii") + b"." + body
+    digest = hmac.new(secret, signed, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
 
 
 # -- the default transport: Twisted's Agent ---------------------------------------
@@ -226,6 +245,7 @@ class _Job:
     shown_url: str
     event: str | None
     body: bytes
+    secret: SecretRef | None = None
     attempts: int = 0
     status: int | None = None
     error: str | None = None
@@ -297,10 +317,13 @@ class Notifier:
 
     # -- the caller's side -------------------------------------------------------
 
-    def notify(self, url: str, event: dict[str, Any]) -> None:
-        """POST C{event} as JSON to C{url}, in the background.  Never raises."""
+    def notify(self, url: str, event: dict[str, Any], secret: SecretRef | None = None) -> None:
+        """POST C{event} as JSON to C{url}, in the background, signed with C{secret} if given.
+
+        Never raises.
+        """
         try:
-            self._notify(url, event)
+            self._notify(url, event, secret)
         except Exception:
             log.failure(
                 "webhook notification {event} could not be queued", event=_event_name(event)
@@ -331,7 +354,7 @@ class Notifier:
 
     # -- queueing ----------------------------------------------------------------
 
-    def _notify(self, url: str, event: dict[str, Any]) -> None:
+    def _notify(self, url: str, event: dict[str, Any], secret: SecretRef | None) -> None:
         name = _event_name(event)
         shown = redact_url(url)
         if self._stopping:
@@ -342,7 +365,7 @@ class Notifier:
         except (TypeError, ValueError) as e:
             self._drop(shown, name, f"the event cannot be encoded as JSON: {e}")
             return
-        job = _Job(url=url, shown_url=shown, event=name, body=body)
+        job = _Job(url=url, shown_url=shown, event=name, body=body, secret=secret)
         if len(self._active) < self._max_in_flight and not self._queue:
             self._start(job)
         elif len(self._queue) < self._queue_limit:
@@ -381,7 +404,15 @@ class Notifier:
         job.retry_call = None
         job.attempts += 1
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
-        posted: Deferred[int] = maybeDeferred(self._post, job.url, job.body, headers)
+        posted: Deferred[int]
+        try:
+            if job.secret is not None:
+                timestamp = int(self._reactor.seconds())
+                headers[SIGNATURE_HEADER] = signature_header(job.secret.read(), timestamp, job.body)
+        except SecretUnavailable as error:
+            posted = defer.fail(SecretUnavailable(f"the webhook secret is not available: {error}"))
+        else:
+            posted = maybeDeferred(self._post, job.url, job.body, headers)
         posted.addTimeout(self._timeout, self._reactor)
         attempt = posted.addBoth(self._attempt_done, job)
         if not attempt.called:

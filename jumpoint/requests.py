@@ -463,7 +463,7 @@ def _notify(core: JumpointCore, session: Session, event: str, reason: str | None
             bytes_to_target=to_target,
             bytes_from_target=from_target,
         )
-    core.notifier.notify(policy.webhook, body)
+    core.notifier.notify(policy.webhook, body, policy.webhook_secret)
 
 
 def _tunnels_bound(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
@@ -632,6 +632,7 @@ def _request_access(channel: JumpointChannel, grant: Grant, message: dict[str, A
                 "duration": duration,
                 "approver_group": policy.approver_group,
             },
+            policy.webhook_secret,
         )
     result = approval.to_json(core.clock.seconds())
     result["approver_group"] = policy.approver_group

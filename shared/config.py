@@ -26,6 +26,7 @@ from shared.items import Item
 from shared.policy import Group, JumpPolicy, Policies, Restrictions, SessionPolicy
 from shared.schedule import schedule_checker
 from shared.schema import Field, Where
+from shared.secret_ref import SecretRef, loose_permissions
 
 CONFIG_ENV = "JUMPOINT_CONFIG"
 MAX_CONNECTIONS_PER_SESSION = 256
@@ -272,6 +273,8 @@ _NOTIFY_EVENTS = ("session_start", "session_end")
 _NOTIFICATION_FIELDS = {
     "webhook": Field(_webhook, required=True),
     "events": Field(schema.list_of(schema.choice(*_NOTIFY_EVENTS), 1, 2), default=None),
+    "secret_file": Field(schema.string(1, 4096), default=None),
+    "secret_env": Field(schema.string(1, 128, r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"), default=None),
 }
 
 _JUMP_POLICY_FIELDS = {
@@ -322,7 +325,11 @@ _CREDENTIAL_FIELDS = {
 
 
 def _existing(base: Path, value: str, node: yaml.Node, where: Where, key: str) -> Path:
-    """A readable file named by C{key} of a mapping (relative to jumpoint.yaml)."""
+    """A readable file named by C{key} of a mapping (relative to jumpoint.yaml).
+
+    Every key but C{certificate_file} names a secret: such a file must not be
+    accessible by group or others (L{loose_permissions}).
+    """
     candidate = Path(os.path.expanduser(value))
     path = candidate if candidate.is_absolute() else base / candidate
     key_node = next(v for k, v in node.value if k.value == key)
@@ -330,6 +337,9 @@ def _existing(base: Path, value: str, node: yaml.Node, where: Where, key: str) -
         raise where.child(key).error(key_node, f"{path} does not exist")
     if not os.access(path, os.R_OK):
         raise where.child(key).error(key_node, f"{path} is not readable")
+    problem = None if key == "certificate_file" else loose_permissions(path)
+    if problem is not None:
+        raise where.child(key).error(key_node, problem)
     return path
 
 
@@ -446,7 +456,28 @@ def _build_group(name: str, values: dict[str, Any]) -> Group:
     )
 
 
-def _build_policies(top: dict[str, Any]) -> Policies:
+def _webhook_secret(
+    notifications: dict[str, Any], root: yaml.Node, filename: str, policy: str, base: Path
+) -> SecretRef | None:
+    """The secret that signs a policy's webhook bodies: C{secret_file} or C{secret_env}."""
+    where = Where(filename, f"jump_policies.{policy}.notifications")
+    node = _node_at(root, "jump_policies", policy, "notifications")
+    secret_file, secret_env = notifications.get("secret_file"), notifications.get("secret_env")
+    if secret_file is not None and secret_env is not None:
+        raise where.error(node, "give one of secret_file and secret_env, not both")
+    if secret_env is not None:
+        if not os.environ.get(secret_env):
+            raise where.child("secret_env").error(
+                _node_at(root, "jump_policies", policy, "notifications", "secret_env"),
+                f"the environment variable {secret_env} is not set",
+            )
+        return SecretRef(env=secret_env)
+    if secret_file is None or node is None:
+        return None
+    return SecretRef(file=_existing(base, secret_file, node, where, "secret_file"))
+
+
+def _build_policies(top: dict[str, Any], root: yaml.Node, filename: str, base: Path) -> Policies:
     jump = {}
     for name, values in (top["jump_policies"] or {}).items():
         notifications = values["notifications"] or {}
@@ -457,6 +488,7 @@ def _build_policies(top: dict[str, Any]) -> Policies:
             or values["ticket_id_pattern"] is not None,
             ticket_id_pattern=values["ticket_id_pattern"],
             webhook=notifications.get("webhook"),
+            webhook_secret=_webhook_secret(notifications, root, filename, name, base),
             notify_events=tuple(notifications.get("events") or _NOTIFY_EVENTS),
             approval_required=values["approval_required"],
             approver_group=values["approver_group"],
@@ -539,9 +571,9 @@ def parse_config(text: str, path: Path) -> JumpointConfig:
             f"{filename}: limits.keepalive_timeout must be longer than limits.keepalive_interval"
         )
     groups = {name: _build_group(name, values) for name, values in (top["groups"] or {}).items()}
-    policies = _build_policies(top)
-    check_references(root, Where(filename, ""), top["items"], policies, groups)
     base = path.parent
+    policies = _build_policies(top, root, filename, base)
+    check_references(root, Where(filename, ""), top["items"], policies, groups)
     credentials: tuple[CredentialRef, ...] = ()
     if top["credentials"] is not None:
         credentials = tuple(
@@ -611,6 +643,9 @@ def load_config(path: str | Path | None) -> JumpointConfig:
             raise ConfigError(f"{config_path}: {label}: {file_path} does not exist")
         if not os.access(file_path, os.R_OK):
             raise ConfigError(f"{config_path}: {label}: {file_path} is not readable")
+        problem = loose_permissions(file_path) if label.endswith("_key") else None
+        if problem is not None:
+            raise ConfigError(f"{config_path}: {label}: {problem}")
     if not config.state_database.parent.is_dir():
         raise ConfigError(
             f"{config_path}: state_database: the directory {config.state_database.parent}"

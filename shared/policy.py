@@ -22,6 +22,7 @@ from fnmatch import fnmatchcase
 from shared.addresses import PortSet
 from shared.items import Item
 from shared.schedule import Schedule
+from shared.secret_ref import SecretRef
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PROTOCOLS = ("tcp", "udp", "tcp-udp")
@@ -182,6 +183,8 @@ class JumpPolicy:
     ticket_id_required: bool = False
     ticket_id_pattern: re.Pattern[str] | None = None
     webhook: str | None = None
+    webhook_secret: SecretRef | None = None
+    """Signs each webhook body (C{X-Jumpoint-Signature}); unsigned when C{None}."""
     notify_events: tuple[str, ...] = ("session_start", "session_end")
     approval_required: bool = False
     approver_group: str | None = None

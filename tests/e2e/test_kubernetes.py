@@ -81,6 +81,7 @@ def cluster(deployment: Deployment, tmp_path: Path) -> Iterator[Cluster]:
     try:
         token_file = tmp_path / "k8s.token"
         token_file.write_text(TOKEN + "\n")
+        token_file.chmod(0o600)
         ca_pem = Path(tls.ca).read_text()
         base = {
             "type": "k8s",

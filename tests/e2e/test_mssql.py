@@ -227,6 +227,7 @@ def test_a_wrong_stored_credential_gives_a_clean_18456(
     ) as server:
         wrong = tmp_path / "wrong.secret"
         wrong.write_text("not-the-password\n")
+        wrong.chmod(0o600)
         deployment.items = [_item("sql", server, Path(tls.ca).read_text())]
         deployment.sections = {"credentials": [{"item": "sql", "password_file": str(wrong)}]}
         deployment.create().serve()
@@ -262,6 +263,7 @@ def test_routing_is_followed_on_the_jumpoint(deployment: Deployment, tmp_path: P
     ):
         secret = tmp_path / "sql.secret"
         secret.write_text(SECRET)
+        secret.chmod(0o600)
         deployment.items = [_item("sql", first, Path(tls.ca).read_text())]
         deployment.sections = {"credentials": [{"item": "sql", "password_file": str(secret)}]}
         deployment.create().serve()
@@ -284,6 +286,7 @@ def test_windows_authentication_is_computed_on_the_jumpoint(
     ) as server:
         secret = tmp_path / "sql.secret"
         secret.write_text(SECRET)
+        secret.chmod(0o600)
         deployment.items = [_item("sql", server, Path(tls.ca).read_text())]
         deployment.sections = {
             "credentials": [

@@ -3,7 +3,7 @@
 Used by tests/unit/test_notify.py (the test process has no running reactor):
 
     python -m tests.unit.notify_probe URL EVENT_JSON [--retries N] [--retry-delay S]
-        [--timeout S]
+        [--timeout S] [--secret-file PATH]
 
 prints the L{Delivery} as one JSON line, then the number of calls still
 scheduled on the reactor after L{Notifier.stop} (should be 0).
@@ -15,12 +15,14 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
 from jumpoint.notify import Delivery, Notifier
+from shared.secret_ref import SecretRef
 
 
 async def probe(reactor: Any, args: argparse.Namespace) -> None:
@@ -32,7 +34,8 @@ async def probe(reactor: Any, args: argparse.Namespace) -> None:
         retry_delay=args.retry_delay,
         on_result=done.callback,
     )
-    notifier.notify(args.url, json.loads(args.event))
+    secret = SecretRef(file=Path(args.secret_file)) if args.secret_file else None
+    notifier.notify(args.url, json.loads(args.event), secret)
     delivery = await done
     await notifier.stop()
     print(json.dumps(dataclasses.asdict(delivery)))
@@ -47,6 +50,7 @@ def main() -> None:
     parser.add_argument("--retries", type=int, default=0)
     parser.add_argument("--retry-delay", type=float, default=0.05)
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--secret-file")
     args = parser.parse_args()
     react(lambda reactor: Deferred.fromCoroutine(probe(reactor, args)))
 

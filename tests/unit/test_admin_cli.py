@@ -733,3 +733,76 @@ def test_init_writes_the_template_and_its_examples_pass_check_config(tmp_path: P
     path.write_text(uncomment(path.read_text(), REGIONS))
     checked = ok(path, "check-config")
     assert checked.stdout == f"{path}: OK (Jumpoint 'corp', 4 items, 5 groups)\n"
+
+
+# -- secret files: refused when group or others may read them -------------------
+
+
+def _with_credential(config: Path, secret: Path) -> None:
+    with config.open("a") as handle:
+        handle.write(
+            f"credentials:\n  - item: db\n    username: app\n    password_file: {secret}\n"
+        )
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_a_group_readable_password_file_is_refused_with_the_chmod(
+    config_path: Path, command: str
+) -> None:
+    secret = config_path.parent / "db.secret"
+    secret.write_text("hunter2\n")
+    secret.chmod(0o640)
+    _with_credential(config_path, secret)
+    error = failure(config_path, command)
+    assert error.exit_code == ExitCode.CONFIG
+    line = config_path.read_text().splitlines().index(f"    password_file: {secret}") + 1
+    assert error.message.startswith(f"{config_path}:{line}: credentials[0].password_file: ")
+    assert "mode 0640" in error.message
+    assert f"run `chmod 600 {secret}`" in error.message
+    assert "hunter2" not in error.message
+    secret.chmod(0o600)
+    assert "OK" in ok(config_path, "check-config").stdout
+
+
+def test_a_world_readable_tls_key_is_refused(config_path: Path) -> None:
+    key = config_path.parent / "server.key"
+    key.chmod(0o644)
+    error = failure(config_path, "check-config")
+    assert error.message == (
+        f"{config_path}: tls.server_key: {key} is accessible by other users (mode 0644);"
+        f" a secret file must be readable by its owner only: run `chmod 600 {key}`"
+    )
+
+
+def test_a_webhook_secret_file_is_checked_and_resolved(config_path: Path) -> None:
+    secret = config_path.parent / "webhook.secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o604)
+    with config_path.open("a") as handle:
+        handle.write(
+            "jump_policies:\n  announced:\n    notifications:\n"
+            "      webhook: https://hooks.example/j\n      secret_file: webhook.secret\n"
+        )
+    error = failure(config_path, "check-config")
+    assert "jump_policies.announced.notifications.secret_file:" in error.message
+    assert f"chmod 600 {secret}" in error.message
+    secret.chmod(0o600)
+    policy = load_config(config_path).policies.jump["announced"]
+    assert policy.webhook_secret is not None and policy.webhook_secret.file == secret
+    assert policy.webhook_secret.read() == b"s3cret"
+
+
+def test_a_webhook_secret_env_must_be_set(
+    config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with config_path.open("a") as handle:
+        handle.write(
+            "jump_policies:\n  announced:\n    notifications:\n"
+            "      webhook: https://hooks.example/j\n      secret_env: HOOK_SECRET_FOR_TEST\n"
+        )
+    monkeypatch.delenv("HOOK_SECRET_FOR_TEST", raising=False)
+    error = failure(config_path, "check-config")
+    assert "secret_env: the environment variable HOOK_SECRET_FOR_TEST is not set" in (error.message)
+    monkeypatch.setenv("HOOK_SECRET_FOR_TEST", "abc")
+    policy = load_config(config_path).policies.jump["announced"]
+    assert policy.webhook_secret is not None and policy.webhook_secret.read() == b"abc"

@@ -289,3 +289,28 @@ def test_keepalive_drops_a_silent_peer(tmp_path: Path, keys: Pki) -> None:
     pair.clock.advance(pair.core.config.limits.keepalive_interval)
     pair.clock.advance(timeout + 1)
     assert channel.mux.closing
+
+
+def test_the_transcript_holds_plaintext_and_is_private(
+    tmp_path: Path, keys: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JUMP_TRANSCRIPT is created 0600 (an existing file is narrowed to 0600 first)."""
+    import os
+    import stat
+
+    fresh = tmp_path / "fresh.bin"
+    old = tmp_path / "old.bin"
+    old.write_bytes(b"")
+    old.chmod(0o644)
+    previous = os.umask(0o022)
+    try:
+        for transcript in (fresh, old):
+            monkeypatch.setenv("JUMP_TRANSCRIPT", str(transcript))
+            directory = tmp_path / transcript.stem
+            directory.mkdir()
+            pair = make_pair(directory, keys)
+            assert result_of(pair.console.welcome)["user"] == "alice"
+            assert stat.S_IMODE(transcript.stat().st_mode) == 0o600
+            assert b'"welcome"' in transcript.read_bytes()  # the channel's plaintext
+    finally:
+        os.umask(previous)

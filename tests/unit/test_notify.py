@@ -29,7 +29,16 @@ from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, global
 from zope.interface import provider
 
 from jumpoint import __version__
-from jumpoint.notify import Delivery, Notifier, check_webhook_url, redact_url, split_userinfo
+from jumpoint.notify import (
+    SIGNATURE_HEADER,
+    Delivery,
+    Notifier,
+    check_webhook_url,
+    redact_url,
+    signature_header,
+    split_userinfo,
+)
+from shared.secret_ref import SecretRef
 
 URL = "https://hooks.example/x"
 SECRET_URL = "https://user:pw@hooks.example/x?token=abc"
@@ -213,6 +222,71 @@ def test_body_and_headers(harness: Harness) -> None:
     assert notifier.delivered == 1
     assert (notifier.in_flight, notifier.queued) == (0, 0)
     assert harness.clock.getDelayedCalls() == []  # the timeout was cancelled
+
+
+# -- signatures -------------------------------------------------------------------
+
+
+def _documented_verifier() -> Any:
+    """The verification snippet of docs/policy-guide.md, as a receiver would paste it."""
+    text = (REPO / "docs" / "policy-guide.md").read_text(encoding="utf-8")
+    start = text.index("```python\nimport hashlib")
+    code = text[start + len("```python\n") : text.index("```", start + 10)]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "policy-guide.md", "exec"), namespace)
+    return namespace["verify_jumpoint_signature"]
+
+
+verify_jumpoint_signature = _documented_verifier()
+
+
+def test_signature_header_is_hmac_sha256_of_timestamp_dot_body() -> None:
+    header = signature_header(b"k3y", 1700000000, b'{"a":1}')
+    # computed independently: printf '1700000000.{"a":1}' | openssl dgst -sha256 -hmac k3y
+    assert header == (
+        "t=1700000000,v1=fd5a70e965043f7df6309c2c3b5ff5a8ffa99b1f5175e9a311459e73c4634d4a"
+    )
+    assert verify_jumpoint_signature(b"k3y", header, b'{"a":1}', now=1700000000)
+    assert not verify_jumpoint_signature(b"k3y", header, b'{"a":2}', now=1700000000)
+    assert not verify_jumpoint_signature(b"other", header, b'{"a":1}', now=1700000000)
+    assert not verify_jumpoint_signature(b"k3y", header, b'{"a":1}', now=1700000000 + 301)
+    assert not verify_jumpoint_signature(b"k3y", "garbage", b'{"a":1}', now=1700000000)
+
+
+def test_signed_with_the_secret_file_read_at_each_attempt(harness: Harness, tmp_path: Path) -> None:
+    secret_file = tmp_path / "webhook.secret"
+    secret_file.write_text("first-secret\n")
+    harness.clock.advance(1_800_000_000)
+    notifier = harness.notifier(retries=1, retry_delay=5)
+    notifier.notify(URL, start(1), SecretRef(file=secret_file))
+    [post] = harness.webhook.posts
+    header = post.headers[SIGNATURE_HEADER]
+    assert header.startswith("t=1800000000,v1=")
+    assert verify_jumpoint_signature(b"first-secret", header, post.body, now=1_800_000_000)
+    post.result.callback(500)
+    secret_file.write_text("rotated\n")
+    harness.clock.advance(5)
+    retry = harness.webhook.posts[1]
+    header = retry.headers[SIGNATURE_HEADER]
+    assert header.startswith("t=1800000005,v1=")  # signed anew, with the new secret
+    assert verify_jumpoint_signature(b"rotated", header, retry.body, now=1_800_000_005)
+    assert not verify_jumpoint_signature(b"first-secret", header, retry.body, now=1_800_000_005)
+
+
+def test_unreadable_secret_sends_nothing_unsigned(harness: Harness, tmp_path: Path) -> None:
+    notifier = harness.notifier(retries=0)
+    notifier.notify(URL, start(1), SecretRef(file=tmp_path / "missing.secret"))
+    notifier.notify(URL, start(2), SecretRef(env="JUMPOINT_TEST_UNSET_SECRET"))
+    assert harness.webhook.posts == []
+    assert [(d.ok, d.attempts) for d in harness.results] == [(False, 1), (False, 1)]
+    assert harness.results[0].error is not None
+    assert "webhook secret is not available" in harness.results[0].error
+    assert "JUMPOINT_TEST_UNSET_SECRET is not set" in (harness.results[1].error or "")
+
+
+def test_unsigned_without_a_secret(harness: Harness) -> None:
+    harness.notifier().notify(URL, start(1))
+    assert SIGNATURE_HEADER not in harness.webhook.posts[0].headers
 
 
 def test_fifo_order(harness: Harness) -> None:
@@ -534,6 +608,31 @@ def test_real_agent_against_http_server() -> None:
         assert pending == 0
     finally:
         closed_port.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_real_agent_sends_a_signature_the_documented_snippet_accepts(tmp_path: Path) -> None:
+    class Handler(_Recorder):
+        requests = queue.Queue()
+
+    secret_file = tmp_path / "webhook.secret"
+    secret_file.write_text("s3cret-for-hooks\n")
+    secret_file.chmod(0o600)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        event = {"event": "session_start", "user": "alice", "item": "db1"}
+        delivery, _ = run_probe(url, event, "--secret-file", str(secret_file))
+        assert delivery["ok"] is True
+        _, headers, body = Handler.requests.get(timeout=10)
+        header = headers[SIGNATURE_HEADER]
+        assert verify_jumpoint_signature(b"s3cret-for-hooks", header, body)
+        assert not verify_jumpoint_signature(b"s3cret-for-hooks", header, body + b" ")
+    finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)

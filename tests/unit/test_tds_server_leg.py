@@ -914,6 +914,7 @@ def keys() -> Keys:
 def sql_world(tmp_path: Path, keys: Keys, *, credential: bool = True, extra: str = "") -> World:
     secret = tmp_path / "sql.secret"
     secret.write_text(PASSWORD + "\n", encoding="utf-8")
+    secret.chmod(0o600)
     config = f"""
 jumpoint: {{name: unit, listen: "127.0.0.1:7443", addresses: ["127.0.0.1"]}}
 groups:
