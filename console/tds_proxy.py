@@ -1,4 +1,13 @@
-"""The Twisted side of the console's SQL Server leg: a L{TcpBridge} with a L{ClientLeg} inside.
+"""The Twisted side of the console's SQL Server leg: the login first, then a bridge.
+
+A local SQL Server client's connection starts as a L{TdsLocalConnection}: no
+stream yet, so nothing reaches the Jumpoint (and the Jumpoint dials nothing)
+while the client negotiates PRELOGIN and TLS with the console.  Only when the
+client's whole LOGIN7 is in does it open the stream and hand its connection
+to a L{TdsClientBridge}.  A client that has not completed its login within
+the session's C{login_timeout} is closed and counted
+(L{LoginHost.login_ended}); until then it holds a slot of the session's
+connection cap, as any connection does.
 
 Bytes from the local client go through L{ClientLeg.from_client}: what it
 answers itself (the PRELOGIN reply, TLS handshake flights, a login refusal)
@@ -12,11 +21,17 @@ as usual.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
+from typing import Protocol as Interface
 
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from console.tds_client_leg import ClientLeg
+from console.tds_client_leg import ClientLeg, LegOutput
 from shared.bridge import TcpBridge
 from shared.frames import ErrorCode
 from shared.mux import Stream
@@ -54,7 +69,12 @@ class TdsClientBridge(TcpBridge):
     def dataReceived(self, data: bytes) -> None:
         if self._client_closed:
             return
-        output = self.leg.from_client(data)
+        self.act(self.leg.from_client(data))
+
+    def act(self, output: LegOutput) -> None:
+        """Do what one call of L{ClientLeg.from_client} asked for."""
+        if self._client_closed:
+            return
         self._log_mode()
         if output.to_client:
             self._write_client(output.to_client)
@@ -128,3 +148,170 @@ class TdsClientBridge(TcpBridge):
         # As in stream_ended: a paused producer would make Twisted forget the close.
         transport.unregisterProducer()  # type: ignore[attr-defined]
         transport.loseConnection()
+
+
+class LoginHost(Interface):
+    """Where a L{TdsLocalConnection} reports its login's end (the console's tunnel)."""
+
+    def login_completed(self, connection: TdsLocalConnection, bridge: TcpBridge) -> None:
+        """The login is in: C{bridge} (with its stream) carries the connection from now on."""
+
+    def login_ended(self, connection: TdsLocalConnection, *, timed_out: bool) -> None:
+        """The connection ended before its login completed (C{timed_out}: by the login timeout)."""
+
+    def connection_closed(self, bridge: TcpBridge) -> None:
+        """The bridge of a logged-in connection ended."""
+
+
+class _Phase(enum.Enum):
+    LOGIN = "login"  # PRELOGIN, TLS and LOGIN7 with the console only; no stream
+    BRIDGED = "bridged"  # a TdsClientBridge carries the connection
+    CLOSED = "closed"  # ended before its login completed
+
+
+@implementer(IHalfCloseableProtocol)
+class TdsLocalConnection(Protocol):
+    """A local SQL Server client's connection: its login with no stream, then a bridge.
+
+    @param open_stream: opens the stream to the Jumpoint once the LOGIN7 is
+        whole; C{None} when the channel can carry none any more.
+    @param login_timeout: seconds the client has to complete its login
+        (C{None}: no limit).
+    @param local: the listener's address, C{host:port} (for logs only).
+    """
+
+    def __init__(
+        self,
+        leg: ClientLeg,
+        open_stream: Callable[[], Stream | None],
+        host: LoginHost,
+        *,
+        clock: IReactorTime,
+        login_timeout: float | None,
+        local: str = "",
+    ) -> None:
+        self.leg = leg
+        self.bridge: TdsClientBridge | None = None
+        self.local = local
+        self._open_stream = open_stream
+        self._host = host
+        self._clock = clock
+        self._login_timeout = login_timeout
+        self._timer: IDelayedCall | None = None
+        self._phase = _Phase.LOGIN
+
+    @property
+    def logging_in(self) -> bool:
+        return self._phase is _Phase.LOGIN
+
+    def connectionMade(self) -> None:
+        if self._login_timeout is not None:
+            self._timer = self._clock.callLater(self._login_timeout, self._login_timed_out)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.bridge is not None:
+            self.bridge.dataReceived(data)
+            return
+        if self._phase is not _Phase.LOGIN:
+            return
+        output = self.leg.from_client(data)
+        if output.to_jumpoint:
+            self._bridge(output)
+            return
+        transport = self.transport
+        assert transport is not None
+        if output.to_client:
+            transport.write(output.to_client)
+        if output.close is not None:
+            log.warn(
+                "closed the SQL Server client {peer} on {local}: {reason}",
+                peer=_peer(transport),
+                local=self.local,
+                reason=output.close,
+            )
+            self._end(timed_out=False)
+            transport.loseConnection()
+
+    def readConnectionLost(self) -> None:
+        if self.bridge is not None:
+            self.bridge.readConnectionLost()
+        elif self._phase is _Phase.LOGIN and self.transport is not None:
+            self._end(timed_out=False)  # the client gave up before its login
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        if self.bridge is not None:
+            self.bridge.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.bridge is not None:
+            self.bridge.connectionLost(reason)
+        else:
+            self._end(timed_out=False)
+
+    def abort(self) -> None:
+        """Drop the connection now (the session is closing)."""
+        if self.bridge is not None:
+            if self.bridge.transport is not None:
+                self.bridge.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        self._end(timed_out=False)
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _bridge(self, output: LegOutput) -> None:
+        """The LOGIN7 is whole: open the stream, let a L{TdsClientBridge} take over."""
+        self._cancel_timer()
+        transport = self.transport
+        assert transport is not None
+        stream = self._open_stream()
+        if stream is None:
+            log.warn(
+                "closed the SQL Server client {peer} on {local}: the connection to the"
+                " Jumpoint is closing",
+                peer=_peer(transport),
+                local=self.local,
+            )
+            self._end(timed_out=False)
+            transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        bridge = TdsClientBridge(stream, self.leg, self._host.connection_closed, local=self.local)
+        self.bridge = bridge
+        self._phase = _Phase.BRIDGED
+        self._host.login_completed(self, bridge)
+        bridge.makeConnection(transport)  # type: ignore[no-untyped-call]
+        bridge.act(output)
+
+    def _login_timed_out(self) -> None:
+        self._timer = None
+        transport = self.transport
+        if self._phase is not _Phase.LOGIN or transport is None:
+            return
+        assert self._login_timeout is not None
+        log.warn(
+            "closed the SQL Server client {peer} on {local}: no complete login within"
+            " {seconds:g}s (login_timeout)",
+            peer=_peer(transport),
+            local=self.local,
+            seconds=self._login_timeout,
+        )
+        self._end(timed_out=True)
+        transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _end(self, *, timed_out: bool) -> None:
+        if self._phase is not _Phase.LOGIN:
+            return
+        self._phase = _Phase.CLOSED
+        self._cancel_timer()
+        self._host.login_ended(self, timed_out=timed_out)
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+
+def _peer(transport: object) -> str:
+    peer = transport.getPeer()  # type: ignore[attr-defined]
+    host, port = getattr(peer, "host", "?"), getattr(peer, "port", "?")
+    return f"{host}:{port}"

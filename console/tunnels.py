@@ -22,12 +22,13 @@ from console.kube_session import KubeSession
 from console.listeners import Listen, bind
 from console.local_ca import listener_certificate
 from console.tds_client_leg import ClientLeg
-from console.tds_proxy import TdsClientBridge
+from console.tds_proxy import TdsLocalConnection
 from shared.addresses import PortSet
 from shared.bridge import TcpBridge
 from shared.control import StreamTarget
 from shared.errors import JumpError, LocalBindError, ProtocolViolation
 from shared.frames import ErrorCode
+from shared.mux import Stream
 from shared.pki import KeyPair
 
 log = Logger()
@@ -62,8 +63,12 @@ class Tunnel:
     listening: IListeningPort | None = None
     status: str = "pending"
     bridges: set[TcpBridge] = field(default_factory=set)
+    logins: set[TdsLocalConnection] = field(default_factory=set)
+    """Local connections still logging in: no stream yet, but a slot of the connection cap."""
     total_connections: int = 0
     refused_connections: int = 0
+    login_timeouts: int = 0
+    """Local connections closed because they did not complete their login in time."""
     failed_connections: int = 0
     closed_bytes_to_remote: int = 0
     closed_bytes_from_remote: int = 0
@@ -109,14 +114,24 @@ class Tunnel:
         return {
             **self.describe(),
             "status": self.status,
-            "connections": len(self.bridges),
+            "connections": len(self.bridges) + len(self.logins),
             "total_connections": self.total_connections,
             "refused_connections": self.refused_connections,
+            "login_timeouts": self.login_timeouts,
             "failed_connections": self.failed_connections,
             "bytes_to_remote": to_remote,
             "bytes_from_remote": from_remote,
             "last_error": self.last_error,
         }
+
+    def login_completed(self, connection: TdsLocalConnection, bridge: TcpBridge) -> None:
+        self.logins.discard(connection)
+        self.bridges.add(bridge)
+
+    def login_ended(self, connection: TdsLocalConnection, *, timed_out: bool) -> None:
+        self.logins.discard(connection)
+        if timed_out:
+            self.login_timeouts += 1
 
     def connection_closed(self, bridge: TcpBridge) -> None:
         self.bridges.discard(bridge)
@@ -195,20 +210,33 @@ class TunnelFactory(ServerFactory):
                     error=error,
                 )
                 return _Refused()
-        stream = mux.open_stream(StreamTarget(tunnel.remote_host, tunnel.remote_port).encode())
+        target = StreamTarget(tunnel.remote_host, tunnel.remote_port).encode()
+        local = f"{tunnel.local_address}:{tunnel.local_port}"
+        if leg is not None:
+            # The stream (and the Jumpoint's dial) waits for the client's whole LOGIN7.
+            def open_stream() -> Stream | None:
+                if mux.closing or session.closing:
+                    return None
+                return mux.open_stream(target)
+
+            connection = TdsLocalConnection(
+                leg,
+                open_stream,
+                tunnel,
+                clock=session.channel.clock,
+                login_timeout=session.login_timeout,
+                local=local,
+            )
+            tunnel.logins.add(connection)
+            tunnel.total_connections += 1
+            return connection
+        stream = mux.open_stream(target)
         bridge: TcpBridge
         if kube is not None:
             bridge = KubeClientBridge(
                 stream,
                 kube,
                 listener_hosts(tunnel.local_address, tunnel.local_port),
-                on_closed=tunnel.connection_closed,
-                local=f"{tunnel.local_address}:{tunnel.local_port}",
-            )
-        elif leg is not None:
-            bridge = TdsClientBridge(
-                stream,
-                leg,
                 on_closed=tunnel.connection_closed,
                 local=f"{tunnel.local_address}:{tunnel.local_port}",
             )
@@ -349,7 +377,7 @@ class TunnelSession:
         return lines
 
     def current_connections(self) -> int:
-        return sum(len(t.bridges) for t in self.tunnels)
+        return sum(len(t.bridges) + len(t.logins) for t in self.tunnels)
 
     def bind_all(self, listen: Listen, local_address: str | None = None) -> None:
         """Bind every tunnel's listener; on any failure unbind the others and raise."""
@@ -419,6 +447,8 @@ class TunnelSession:
             for bridge in list(tunnel.bridges):
                 if bridge.transport is not None:
                     bridge.transport.abortConnection()  # type: ignore[attr-defined]
+            for connection in list(tunnel.logins):
+                connection.abort()
 
     def counters(self) -> list[dict[str, Any]]:
         return [t.counters() for t in self.tunnels]

@@ -455,10 +455,18 @@ class StreamConnection:
         session.connection_started(self.bridge)
 
     def start(self) -> None:
-        if isinstance(self.bridge, TdsUpstreamBridge) and self.bridge.refused_before_dial():
-            return  # mssql without a credential: the client got its login failure
+        if isinstance(self.bridge, TdsUpstreamBridge):
+            if self.bridge.refused_before_dial():
+                return  # mssql without a credential: the client got its login failure
+            # The SQL Server is dialled only once the console's whole LOGIN7 is in.
+            self.bridge.when_login_arrived(self._route)
+            return
         if isinstance(self.bridge, KubeUpstreamBridge) and self.bridge.refused_before_dial():
             return  # k8s without a credential: every request is answered 503
+        self._route()
+
+    def _route(self) -> None:
+        """Dial the target, after checking it against C{allowed_targets} when there is one."""
         if self.core.config.allowed_targets is None:
             self.dial(self.target.host)
         else:

@@ -17,6 +17,13 @@ Ending a connection:
     the stream with the reason; the server closing its connection ends the
     stream in order, as the plain bridge does.
 
+The server is dialled only once the console's whole LOGIN7 is in
+(L{TdsUpstreamBridge.when_login_arrived}), and a login that has not completed
+within the session's C{login_timeout} (counted from the stream's OPEN) ends
+the stream: with a login failure when the LOGIN7 is in (the server is slow),
+with a reset C{TIMED_OUT} when it never came; both are audited
+(C{sql_login_failed}).
+
 A routing ENVCHANGE in the login response makes the bridge drop the server
 connection (not the stream), check the new target against the Jumpoint's
 C{allowed_targets} when there is one, dial it with a fresh leg and replay the
@@ -28,6 +35,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,6 +53,7 @@ from shared.bridge import TcpBridge
 from shared.errors import AccessDenied
 from shared.frames import ErrorCode
 from shared.mux import Stream
+from shared.schema import format_duration
 from shared.tds.packets import MAX_PACKET_SIZE, PacketParser, TdsError
 from shared.tds.tls import client_context
 
@@ -183,6 +192,11 @@ class TdsUpstreamBridge(TcpBridge):
         self._held_for_server: list[bytes] = []
         self._watch = _LoginWatch()
         self._held_refusal: bytes | None = None
+        self._on_login: Callable[[], None] | None = None
+        self.login_timeout = session.terms.login_timeout if session.terms is not None else None
+        self._login_timer: IDelayedCall | None = None
+        if self.login_timeout is not None:
+            self._login_timer = core.clock.callLater(self.login_timeout, self._login_timed_out)
 
     def _new_leg(self, host: str) -> ServerLeg:
         assert self.credential is not None
@@ -195,6 +209,38 @@ class TdsUpstreamBridge(TcpBridge):
         )
 
     # -- before the dial ---------------------------------------------------
+
+    def when_login_arrived(self, dial: Callable[[], None]) -> None:
+        """Call C{dial} once the console's whole LOGIN7 is in (at once if it is already)."""
+        if self._watch.arrived:
+            if not (self._finished or self._closing):
+                dial()
+            return
+        self._on_login = dial
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        leg = self.leg
+        if self._finished or self._closing or (leg is not None and leg.login_done):
+            return
+        assert self.login_timeout is not None
+        reason = (
+            f"the login did not complete within {format_duration(self.login_timeout)}"
+            " (login_timeout)"
+        )
+        log.warn(
+            "session {session}: stream {stream_id}: {reason}",
+            session=self.session.session_id,
+            stream_id=self.stream.stream_id,
+            reason=reason,
+        )
+        if self._watch.arrived and self._held_refusal is None:
+            # The console's LOGIN7 is in: its client waits for a login response.
+            self._apply(leg.fail(reason) if leg is not None else login_refusal(reason))
+            return
+        self._on_login = None
+        self._record(AuditEvent("sql_login_failed", {"reason": reason, "server": self.server_host}))
+        self._close(reason, fin=False, code=ErrorCode.TIMED_OUT)
 
     def refused_before_dial(self) -> bool:
         """Refuse the login now when there is no credential (18456, audit); True if refused."""
@@ -283,6 +329,11 @@ class TdsUpstreamBridge(TcpBridge):
         if self.tap is not None:
             self.tap.to_socket(data)
         self._apply(self.leg.from_console(data))
+        dial = self._on_login
+        if login_in and dial is not None:
+            self._on_login = None
+            if not (self._closing or self._finished):
+                dial()
 
     def stream_ended(self) -> None:
         if self._held_refusal is not None:
@@ -318,6 +369,8 @@ class TdsUpstreamBridge(TcpBridge):
     def _apply(self, out: LegOutput) -> None:
         for event in out.audit:
             self._record(event)
+        if self.leg is not None and self.leg.login_done:
+            self._cancel_login_timer()
         refusal = (
             out.close is not None
             and bool(out.to_console)
@@ -365,19 +418,21 @@ class TdsUpstreamBridge(TcpBridge):
             **event.fields,
         )
 
-    def _close(self, reason: str, *, fin: bool) -> None:
+    def _close(self, reason: str, *, fin: bool, code: ErrorCode = ErrorCode.PROTOCOL_ERROR) -> None:
         """End both sides: FIN after what was written (or a reset), close the server side."""
         if self._closing or self._finished:
             return
         self._closing = True
+        self._on_login = None
+        self._cancel_login_timer()
         self.close_reason = reason
         if fin:
             if self._held_refusal is None:
                 self.stream.end_write()
         else:
             self._held_refusal = None
-            self.reset_code = ErrorCode.PROTOCOL_ERROR
-            self.stream.reset(ErrorCode.PROTOCOL_ERROR, reason)
+            self.reset_code = code
+            self.stream.reset(code, reason)
         attempt, self._route_attempt = self._route_attempt, None
         if attempt is not None and not attempt.called:
             attempt.cancel()
@@ -466,7 +521,14 @@ class TdsUpstreamBridge(TcpBridge):
 
         attempt.addErrback(failed)
 
+    def _cancel_login_timer(self) -> None:
+        timer, self._login_timer = self._login_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
     def _finish(self) -> None:
+        self._on_login = None
+        self._cancel_login_timer()
         super()._finish()
         attempt, self._route_attempt = self._route_attempt, None
         if attempt is not None and not attempt.called:

@@ -22,7 +22,7 @@ from console.tds_client_leg import (
     ClientLeg,
     LegOutput,
 )
-from console.tds_proxy import TdsClientBridge
+from console.tds_proxy import TdsClientBridge, TdsLocalConnection
 from shared.frames import FrameParser, FrameType
 from shared.mux import Multiplexer, MuxSettings, Stream
 from shared.pki import KeyPair, create_ca, issue_server
@@ -729,13 +729,18 @@ def test_bridge_in_full_tls_encrypts_what_the_jumpoint_sends(pki: Pki) -> None:
 # -- the tunnel: dispatch and binding text -------------------------------------
 
 
-def _session(item: dict[str, Any], pki: Pki | None = None) -> Any:
+def _session(item: dict[str, Any], pki: Pki | None = None, **terms: Any) -> Any:
     from console.tunnels import TunnelSession
 
-    mux = Multiplexer(is_client=True, handler=_Handler(), clock=Clock(), settings=MuxSettings())
-    mux.make_connection(_untyped(StringTransport))
+    clock = Clock()
+    mux = Multiplexer(is_client=True, handler=_Handler(), clock=clock, settings=MuxSettings())
+    wire = _untyped(StringTransport)
+    mux.make_connection(wire)
     mux.establish()
-    channel = cast(Any, type("Channel", (), {"mux": mux, "profile": object()})())
+    wire.clear()
+    channel = cast(
+        Any, type("Channel", (), {"mux": mux, "profile": object(), "clock": clock, "wire": wire})()
+    )
     result = {
         "session": "s1",
         "item": item,
@@ -747,6 +752,7 @@ def _session(item: dict[str, Any], pki: Pki | None = None) -> Any:
                 "remote_port": 1433,
             }
         ],
+        **terms,
     }
     session = TunnelSession(channel, str(item["name"]), result)
     session.tunnels[0].local_port = 1433
@@ -810,9 +816,120 @@ def test_mssql_connections_get_a_tds_bridge_with_one_certificate_per_tunnel(
     factory = tunnels.TunnelFactory(session, session.tunnels[0])
     peer = type("Peer", (), {"host": "127.0.0.1"})()
     first, second = factory.buildProtocol(peer), factory.buildProtocol(peer)
-    assert isinstance(first, TdsClientBridge) and isinstance(second, TdsClientBridge)
+    assert isinstance(first, TdsLocalConnection) and isinstance(second, TdsLocalConnection)
     assert first.leg is not second.leg
     assert issued == ["127.0.0.6"]
     tcp = _session({"name": "web", "type": "tcp", "host": "sqlprod.corp"})
     plain = tunnels.TunnelFactory(tcp, tcp.tunnels[0]).buildProtocol(peer)
     assert type(plain) is TcpBridge
+
+
+# -- the login comes first: no stream before the LOGIN7, a login timeout -------
+
+
+def _local_connection(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch, **terms: Any
+) -> tuple[Any, Any, Any]:
+    """A tunnel session of an mssql item, and a function accepting one local connection."""
+    from console import tunnels
+
+    monkeypatch.setattr(tunnels, "listener_certificate", lambda profile, address: pki.listener)
+    session = _session(MSSQL_ITEM, **terms)
+    factory = tunnels.TunnelFactory(session, session.tunnels[0])
+    peer = type("Peer", (), {"host": "127.0.0.1"})()
+
+    def accept() -> tuple[Any, Any]:
+        protocol = factory.buildProtocol(peer)
+        local = _untyped(_Local)
+        cast(Any, protocol).makeConnection(local)
+        return protocol, local
+
+    return session, accept, session.channel.wire
+
+
+def _frames(wire: Any) -> list[Any]:
+    return FrameParser(1 << 20).feed(wire.value())
+
+
+def test_no_stream_is_opened_before_the_whole_login7(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session, accept, wire = _local_connection(pki, monkeypatch, login_timeout=30)
+    protocol, local = accept()
+    protocol.dataReceived(encode_message(PacketType.PRELOGIN, client_prelogin(Encryption.NOT_SUP)))
+    assert messages(local.value())  # the PRELOGIN reply came from the console itself
+    login = login_message(big_login())
+    protocol.dataReceived(login[:-10])  # all but the end of the LOGIN7
+    assert _frames(wire) == []  # no OPEN: the Jumpoint dials nothing yet
+    assert session.current_connections() == 1  # but the connection holds a slot
+    protocol.dataReceived(login[-10:])
+    found = _frames(wire)
+    assert found[0].type is FrameType.OPEN
+    at_jumpoint, rest = login_at_jumpoint(_stream_data(wire))
+    assert at_jumpoint == expected_at_jumpoint(big_login()) and rest == b""
+    assert_no_secret(wire.value())
+    (tunnel,) = session.tunnels
+    assert len(tunnel.bridges) == 1 and not tunnel.logins
+    (bridge,) = tunnel.bridges
+    bridge.stream._data_received(LOGIN_RESPONSE)
+    assert local.value().endswith(LOGIN_RESPONSE)
+    session.channel.clock.advance(60)  # the timer was cancelled with the login
+    assert not local.disconnecting and tunnel.login_timeouts == 0
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", encode_message(PacketType.PRELOGIN, client_prelogin(Encryption.NOT_SUP))[:11]],
+    ids=["nothing", "partial prelogin"],
+)
+def test_a_client_that_does_not_log_in_in_time_is_closed_and_counted(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch, sent: bytes
+) -> None:
+    session, accept, wire = _local_connection(pki, monkeypatch, login_timeout=5, max_connections=1)
+    protocol, local = accept()
+    if sent:
+        protocol.dataReceived(sent)
+    (tunnel,) = session.tunnels
+    refused, _ = accept()  # the cap of 1 is taken by the connection still logging in
+    assert type(refused).__name__ == "_Refused"
+    session.channel.clock.advance(4.9)
+    assert not local.disconnecting
+    session.channel.clock.advance(0.1)
+    assert local.disconnecting
+    assert tunnel.login_timeouts == 1 and tunnel.counters()["login_timeouts"] == 1
+    assert session.current_connections() == 0
+    assert _frames(wire) == []  # nothing ever reached the Jumpoint
+    again, _ = accept()  # the slot is free again
+    assert isinstance(again, TdsLocalConnection)
+
+
+def test_a_client_closing_before_its_login_frees_its_slot_uncounted(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session, accept, wire = _local_connection(pki, monkeypatch, login_timeout=5)
+    protocol, _ = accept()
+    protocol.dataReceived(b"\x12\x01")
+    protocol.connectionLost()
+    (tunnel,) = session.tunnels
+    assert session.current_connections() == 0 and tunnel.login_timeouts == 0
+    session.channel.clock.advance(10)
+    assert tunnel.login_timeouts == 0 and _frames(wire) == []
+
+
+def test_a_refused_login_closes_the_client_without_a_stream(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session, accept, wire = _local_connection(pki, monkeypatch, login_timeout=5)
+    protocol, local = accept()
+    protocol.dataReceived(b"GET / HTTP/1.1\r\n\r\n")  # not TDS
+    assert local.disconnecting and session.current_connections() == 0
+    assert _frames(wire) == []
+
+
+def test_the_session_closing_aborts_connections_still_logging_in(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session, accept, _ = _local_connection(pki, monkeypatch, login_timeout=5)
+    _, local = accept()
+    session.abort_connections()
+    assert local.disconnecting and session.current_connections() == 0

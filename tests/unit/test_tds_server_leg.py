@@ -34,6 +34,7 @@ from jumpoint.tds_server_leg import (
 )
 from jumpoint.tds_upstream import MAX_REROUTES, TdsUpstreamBridge
 from shared.config import CredentialRef
+from shared.frames import ErrorCode
 from shared.items import Item, TunnelSpec
 from shared.pki import KeyPair, create_ca, issue_server
 from shared.tds import tokens
@@ -1039,19 +1040,80 @@ def test_bridge_unreachable_server_gives_18456(tmp_path: Path, keys: Keys) -> No
 def test_bridge_server_closing_during_login_gives_18456(tmp_path: Path, keys: Keys) -> None:
     world = sql_world(tmp_path, keys)
     app, stream = open_sql_stream(world)
+    stream.write(login_bytes(console_login7()))
+    world.flush()
     transport, bridge = world.targets.connect()
     bridge.readConnectionLost()
     world.flush()
     assert transport.disconnecting
     bridge.connectionLost(Failure(refused()))
     world.flush()
-    assert (app.data, app.ended) == (b"", False)  # the client reads an answer after LOGIN7
-    assert world.audit("connection_closed") == []  # the stream still waits for the LOGIN7
-    stream.write(login_bytes(console_login7()))
-    world.flush()
     assert "closed the connection during the login" in error_of(app.data).message
     assert app.ended and app.reset is None
     assert world.audit("connection_closed")
+
+
+def test_the_server_is_dialled_only_once_the_whole_login7_is_in(tmp_path: Path, keys: Keys) -> None:
+    world = sql_world(tmp_path, keys)
+    app, stream = open_sql_stream(world)
+    assert world.targets.requests == []  # an OPEN alone dials nothing
+    data = login_bytes(console_login7(appname="A" * 3000))  # two packets
+    stream.write(data[:5000])
+    world.flush()
+    assert world.targets.requests == []
+    stream.write(data[5000:])
+    world.flush()
+    ((host, port, _, _),) = world.targets.requests
+    assert (host, port) == (HOST, 1433)
+    wire = connect_server(world, FakeServer(server_pair()))
+    assert wire.server.login is not None and app.data == wire.server.response
+
+
+def test_a_stream_that_sends_no_login7_is_reset_at_the_login_timeout(
+    tmp_path: Path, keys: Keys
+) -> None:
+    world = sql_world(tmp_path, keys)
+    app, stream = open_sql_stream(world)
+    stream.write(login_bytes(console_login7())[:100])  # a partial LOGIN7, then nothing
+    world.advance(29)
+    assert app.reset is None
+    world.advance(1)
+    assert app.reset is not None
+    code, reason = app.reset
+    assert code == ErrorCode.TIMED_OUT and "login_timeout" in reason and "30s" in reason
+    assert world.targets.requests == []
+    (failed,) = audit_events(world, "sql_login_failed")
+    assert "login_timeout" in failed.detail["reason"]
+    assert audit_events(world, "connection_failed")
+
+
+def test_a_login_the_server_does_not_answer_fails_at_the_login_timeout(
+    tmp_path: Path, keys: Keys
+) -> None:
+    world = sql_world(tmp_path, keys, extra="    login_timeout: 5s\n")
+    app, stream = open_sql_stream(world)
+    stream.write(login_bytes(console_login7()))
+    world.flush()
+    transport, _ = world.targets.connect()  # connected, but the server never answers
+    world.advance(5)
+    error = error_of(app.data)
+    assert error.number == 18456 and "did not complete within 5s (login_timeout)" in error.message
+    assert app.ended and app.reset is None
+    assert transport.disconnecting
+    (failed,) = audit_events(world, "sql_login_failed")
+    assert "login_timeout" in failed.detail["reason"]
+
+
+def test_a_completed_login_is_not_timed_out(tmp_path: Path, keys: Keys) -> None:
+    world = sql_world(tmp_path, keys, extra="    login_timeout: 5s\n")
+    app, stream = open_sql_stream(world)
+    stream.write(login_bytes(console_login7()))
+    world.flush()
+    wire = connect_server(world, FakeServer(server_pair()))
+    assert app.data == wire.server.response
+    world.advance(10)
+    assert app.reset is None and not app.ended and not wire.transport.disconnecting
+    assert audit_events(world, "sql_login_failed") == []
 
 
 def test_stream_to_another_port_gets_18456_after_its_login(tmp_path: Path, keys: Keys) -> None:
@@ -1138,16 +1200,12 @@ def test_bridge_malformed_packet_after_login_resets_the_stream(tmp_path: Path, k
 
 
 def test_bridge_session_end_while_a_refusal_waits(tmp_path: Path, keys: Keys) -> None:
-    world = sql_world(tmp_path, keys)
+    world = sql_world(tmp_path, keys, credential=False)
     alice = world.connect("alice")
     alice.open("sql")
-    _stream, app = alice.stream(HOST, 1433)
-    transport, bridge = world.targets.connect()
-    bridge.readConnectionLost()  # refused, waiting for the LOGIN7
-    assert transport.disconnecting
+    _stream, app = alice.stream(HOST, 1433)  # refused (no credential), waiting for the LOGIN7
     alice.ask("close_session", reason="done")
     world.flush()
-    bridge.connectionLost(Failure(refused()))
-    world.flush()
     assert app.reset is not None and app.data == b""
-    assert world.audit("connection_closed")
+    assert world.targets.requests == []
+    assert world.audit("connection_failed")
