@@ -43,11 +43,15 @@ def _approvals(everything: bool, as_json: bool, profile: str | None) -> None:
     print_requests(result["requests"], as_json)
 
 
-def _decide(request_id: int, approve: bool, comment: str | None, profile: str | None) -> None:
+def _decide(
+    request_id: int, approve: bool, comment: str | None, as_json: bool, profile: str | None
+) -> None:
     result = call(
         profile, control.DECIDE_REQUEST, request=request_id, approve=approve, comment=comment
     )["request"]
-    if approve:
+    if as_json:
+        click.echo(json.dumps(result))
+    elif approve:
         click.echo(
             f"approved request {request_id}: {result['user']} may open {result['item']!r}"
             f" until {when(result.get('valid_until'))}"
@@ -61,9 +65,12 @@ def _sessions(everything: bool, as_json: bool, profile: str | None) -> None:
     print_sessions(result["sessions"], as_json, time.time())
 
 
-def _close(session: str, reason: str, profile: str | None) -> None:
-    call(profile, control.CLOSE_SESSION, session=session, reason=reason)
-    click.echo(f"closed session {session}")
+def _close(session: str, reason: str, as_json: bool, profile: str | None) -> None:
+    result = call(profile, control.CLOSE_SESSION, session=session, reason=reason)
+    if as_json:
+        click.echo(json.dumps({"session": result.get("session", session)}))
+    else:
+        click.echo(f"closed session {session}")
 
 
 @click.command()
@@ -89,19 +96,21 @@ def approvals(everything: bool, as_json: bool, profile: str | None) -> None:
 @click.command()
 @click.argument("request_id", metavar="ID", type=int)
 @click.option("--comment", help="A note for the requester and the audit log.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (and JSON errors).")
 @profile_option
-def approve(request_id: int, comment: str | None, profile: str | None) -> None:
+def approve(request_id: int, comment: str | None, as_json: bool, profile: str | None) -> None:
     """Approve access request ID."""
-    _decide(request_id, True, comment, profile)
+    _decide(request_id, True, comment, as_json, profile)
 
 
 @click.command()
 @click.argument("request_id", metavar="ID", type=int)
 @click.option("--reason", "comment", help="Why (for the requester and the audit log).")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (and JSON errors).")
 @profile_option
-def deny(request_id: int, comment: str | None, profile: str | None) -> None:
+def deny(request_id: int, comment: str | None, as_json: bool, profile: str | None) -> None:
     """Deny access request ID."""
-    _decide(request_id, False, comment, profile)
+    _decide(request_id, False, comment, as_json, profile)
 
 
 @click.command()
@@ -116,10 +125,11 @@ def sessions(everything: bool, as_json: bool, profile: str | None) -> None:
 @click.command()
 @click.argument("session")
 @click.option("--reason", default="closed with jump close", help="Why, for the logs.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (and JSON errors).")
 @profile_option
-def close(session: str, reason: str, profile: str | None) -> None:
+def close(session: str, reason: str, as_json: bool, profile: str | None) -> None:
     """Close SESSION (your own; others' with terminate_foreign_tunnels)."""
-    _close(session, reason, profile)
+    _close(session, reason, as_json, profile)
 
 
 COMMANDS = [request, approvals, approve, deny, sessions, close]

@@ -171,10 +171,7 @@ def open(
     """Open ITEM's tunnels; with `-- CMD ARG...` run CMD with them, then close."""
     from console.open_command import OpenOptions, run_open
 
-    if local_address is not None and not acl:
-        from console.listeners import check_local_address
-
-        check_local_address(local_address)  # off loopback only with an --acl
+    # Off loopback without --acl: the Jumpoint decides (rule tunnels_restricted.acl), audited.
     seconds = _duration("--for", duration)
     auto_close_seconds = _duration("--auto-close", auto_close)
     idle_seconds = _duration("--idle-timeout", idle_timeout, allow_zero=True)

@@ -1,9 +1,13 @@
 """A session's tunnels on the console: local listeners, connections and statistics.
 
 Each tunnel pair gets one listener.  Every accepted connection becomes one
-stream on the channel (L{TcpBridge}), up to the session's connection limit;
-beyond it a connection is refused at once and logged.  L{TunnelSession}
-keeps the counters the live view and the C{stats} events show.
+stream on the channel (L{TcpBridge}); the Jumpoint decides (and audits)
+whether the session may carry it (C{max_connections}), and a connection it
+refuses is closed, counted as refused and logged with the rule.  The console
+only bounds the refusals in flight: beyond C{max_connections} plus
+L{REFUSALS_IN_FLIGHT} open streams it closes a connection itself, with the
+same rule.  L{TunnelSession} keeps the counters the live view and the
+C{stats} events show.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from shared.mux import Stream
 from shared.pki import KeyPair
 
 log = Logger()
+
+REFUSALS_IN_FLIGHT = 32
+"""Connections over the cap sent to the Jumpoint for its decision at the same time."""
+CAP_RULE = "max_connections"
 
 FAILURE_CODES = {
     ErrorCode.REFUSED,
@@ -137,7 +145,15 @@ class Tunnel:
         self.bridges.discard(bridge)
         self.closed_bytes_to_remote += bridge.stream.bytes_sent
         self.closed_bytes_from_remote += bridge.stream.bytes_received
-        if bridge.reset_code in FAILURE_CODES:
+        if bridge.reset_code == ErrorCode.LIMIT:  # the Jumpoint's decision, audited there
+            self.total_connections -= 1
+            self.refused_connections += 1
+            log.warn(
+                "refused a local connection to {local}: {reason}",
+                local=f"{self.local_address}:{self.local_port}",
+                reason=bridge.close_reason,
+            )
+        elif bridge.reset_code in FAILURE_CODES:
             self.failed_connections += 1
             self.last_error = bridge.close_reason
             log.warn(
@@ -180,13 +196,15 @@ class TunnelFactory(ServerFactory):
                 acl=", ".join(str(n) for n in session.acl),
             )
             return _Refused()
-        if session.current_connections() >= session.max_connections:
+        if session.current_connections() >= session.max_connections + REFUSALS_IN_FLIGHT:
+            # the Jumpoint refuses these anyway; the console bounds what waits for it
             tunnel.refused_connections += 1
             log.warn(
                 "refused a local connection to {local}: the session already carries"
-                " {limit} connections (the limit)",
+                " {limit} connections (rule: {rule})",
                 local=f"{tunnel.local_address}:{tunnel.local_port}",
                 limit=session.max_connections,
+                rule=CAP_RULE,
             )
             return _Refused()
         kube: KubeSession | None = None

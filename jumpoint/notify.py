@@ -34,7 +34,7 @@ import hmac
 import json
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -237,6 +237,10 @@ class Delivery:
     """POSTs made; 0 if the notification was dropped before any."""
     error: str | None
     """Why the last attempt failed (or why it was dropped)."""
+    user: str | None = field(default=None, compare=False)
+    """The event's C{"user"}, C{"session"} and C{"item"}, for the audit row."""
+    session: str | None = field(default=None, compare=False)
+    item: str | None = field(default=None, compare=False)
 
 
 @dataclass(eq=False)
@@ -245,6 +249,7 @@ class _Job:
     shown_url: str
     event: str | None
     body: bytes
+    subject: dict[str, str | None]
     secret: SecretRef | None = None
     attempts: int = 0
     status: int | None = None
@@ -256,6 +261,15 @@ class _Job:
 def _event_name(event: Any) -> str | None:
     name = event.get("event") if isinstance(event, dict) else None
     return None if name is None else str(name)
+
+
+def _subject(event: Any) -> dict[str, str | None]:
+    """The user, session and item an event is about (the audit row's columns)."""
+    out: dict[str, str | None] = {}
+    for key in ("user", "session", "item"):
+        value = event.get(key) if isinstance(event, dict) else None
+        out[key] = value if isinstance(value, str) else None
+    return out
 
 
 class Notifier:
@@ -357,23 +371,32 @@ class Notifier:
     def _notify(self, url: str, event: dict[str, Any], secret: SecretRef | None) -> None:
         name = _event_name(event)
         shown = redact_url(url)
+        subject = _subject(event)
         if self._stopping:
-            self._drop(shown, name, "the notifier is stopped")
+            self._drop(shown, name, "the notifier is stopped", subject)
             return
         try:
             body = json.dumps(event).encode("utf-8")
         except (TypeError, ValueError) as e:
-            self._drop(shown, name, f"the event cannot be encoded as JSON: {e}")
+            self._drop(shown, name, f"the event cannot be encoded as JSON: {e}", subject)
             return
-        job = _Job(url=url, shown_url=shown, event=name, body=body, secret=secret)
+        job = _Job(
+            url=url, shown_url=shown, event=name, body=body, subject=subject, secret=secret
+        )
         if len(self._active) < self._max_in_flight and not self._queue:
             self._start(job)
         elif len(self._queue) < self._queue_limit:
             self._queue.append(job)
         else:
-            self._drop(shown, name, f"the queue is full ({self._queue_limit} waiting)")
+            self._drop(shown, name, f"the queue is full ({self._queue_limit} waiting)", subject)
 
-    def _drop(self, shown_url: str, event: str | None, reason: str) -> None:
+    def _drop(
+        self,
+        shown_url: str,
+        event: str | None,
+        reason: str,
+        subject: dict[str, str | None],
+    ) -> None:
         self.dropped += 1
         log.warn(
             "webhook {url}: notification {event} dropped: {reason}",
@@ -381,7 +404,9 @@ class Notifier:
             event=event,
             reason=reason,
         )
-        self._report(Delivery(shown_url, event, ok=False, status=None, attempts=0, error=reason))
+        self._report(
+            Delivery(shown_url, event, ok=False, status=None, attempts=0, error=reason, **subject)
+        )
 
     def _pump(self) -> None:
         """Start queued jobs while there are free slots (not re-entrant)."""
@@ -474,7 +499,11 @@ class Notifier:
                 attempts=job.attempts,
                 reason=job.error,
             )
-        self._report(Delivery(job.shown_url, job.event, ok, job.status, job.attempts, job.error))
+        self._report(
+            Delivery(
+                job.shown_url, job.event, ok, job.status, job.attempts, job.error, **job.subject
+            )
+        )
         self._pump()
         self._check_stopped()
 
@@ -493,7 +522,8 @@ class Notifier:
         self._stop_deadline = None
         while self._queue:
             job = self._queue.popleft()
-            self._drop(job.shown_url, job.event, "the notifier stopped before it was sent")
+            reason = "the notifier stopped before it was sent"
+            self._drop(job.shown_url, job.event, reason, job.subject)
         for job in list(self._active):
             if job.attempt is not None:
                 job.attempt.cancel()

@@ -45,21 +45,86 @@ Outcome = dict[str, Any] | Coroutine[Any, Any, dict[str, Any]]
 
 
 def handle(channel: JumpointChannel, kind: str, message: dict[str, Any]) -> Outcome:
-    """Answer one request (see the module docstring)."""
+    """Answer one request (see the module docstring); every denial is audited here."""
     assert channel.user is not None
-    grant = channel.core.grant_for(channel.user)
-    if grant.missing_groups and not grant.groups:
-        raise AccessDenied(
-            f"user {channel.user.name!r} is in group {grant.missing_groups[0]!r}, which"
-            " jumpoint.yaml does not define",
-            hint="ask your administrator to define the group or move you to another one",
-            rule="groups",
-        )
     handler = _HANDLERS.get(kind)
     if handler is None:
         raise ProtocolViolation(f"unexpected request {kind!r}")
-    outcome: Outcome = handler(channel, grant, message)
-    return outcome
+    try:
+        grant = channel.core.grant_for(channel.user)
+        if grant.missing_groups and not grant.groups:
+            raise AccessDenied(
+                f"user {channel.user.name!r} is in group {grant.missing_groups[0]!r}, which"
+                " jumpoint.yaml does not define",
+                hint="ask your administrator to define the group or move you to another one",
+                rule="groups",
+            )
+        outcome: Outcome = handler(channel, grant, message)
+    except AccessDenied as denial:
+        _audit_denial(channel, kind, message, denial)
+        raise
+    if isinstance(outcome, dict):
+        return outcome
+    return _audited(channel, kind, message, outcome)
+
+
+async def _audited(
+    channel: JumpointChannel,
+    kind: str,
+    message: dict[str, Any],
+    pending: Coroutine[Any, Any, dict[str, Any]],
+) -> dict[str, Any]:
+    """A handler that waits (DNS): its denial is audited like the others."""
+    try:
+        return await pending
+    except AccessDenied as denial:
+        _audit_denial(channel, kind, message, denial)
+        raise
+
+
+DENIAL_EVENTS = {
+    control.LIST_ITEMS: "request_denied",
+    control.SHOW_ITEM: "request_denied",
+    control.CREATE_ITEM: "item_denied",
+    control.CHANGE_ITEM: "item_denied",
+    control.DELETE_ITEM: "item_denied",
+    control.OPEN_SESSION: "session_denied",
+    control.TUNNELS_BOUND: "session_denied",
+    control.CLOSE_SESSION: "close_denied",
+    control.LIST_SESSIONS: "request_denied",
+    control.REQUEST_ACCESS: "request_denied",
+    control.LIST_REQUESTS: "request_denied",
+    control.DECIDE_REQUEST: "request_denied",
+}
+"""The audit event of a denied request, by request type (every handler has one)."""
+
+
+def _audit_denial(
+    channel: JumpointChannel, kind: str, message: dict[str, Any], denial: AccessDenied
+) -> None:
+    """Record one denial with its rule: the user, what they asked for, and why not.
+
+    Committed before the refusal is sent; if the audit cannot be written the
+    console gets an internal error instead (the request is refused either way).
+    """
+    assert channel.user is not None
+    fields: dict[str, Any] = {"user": channel.user.name, "action": kind}
+    item = message.get("item")
+    if isinstance(item, dict):  # create_item: the new item's spec
+        item = item.get("name")
+    if isinstance(item, str):
+        fields["item"] = item
+    session = channel.session
+    if kind == control.TUNNELS_BOUND and session is not None:
+        fields.update(session.audit_fields())
+    fields.update(denial.context)
+    channel.core.log_audit.record(
+        DENIAL_EVENTS[kind],
+        rule=denial.rule,
+        durable=True,
+        reason=denial.message,
+        **fields,
+    )
 
 
 # -- items -------------------------------------------------------------------
@@ -110,11 +175,19 @@ def _show_item(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) 
     return {"item": _item_json(_visible(channel.core, grant, message["item"]), grant)}
 
 
+def _denied(message: str, *, rule: str, hint: str | None = None, **context: object) -> AccessDenied:
+    """A denial naming its rule, with the fields its audit row adds."""
+    denial = AccessDenied(message, hint, rule)
+    denial.context.update(context)
+    return denial
+
+
 def _check_manage(grant: Grant, jump_group: str, action: str) -> None:
     if not grant.may_manage(jump_group):
-        raise AccessDenied(
+        raise _denied(
             f"your {grant.rule_groups()} may not {action} items in jump group {jump_group!r}",
             rule="groups.jump_groups.manage",
+            jump_group=jump_group,
         )
 
 
@@ -289,16 +362,6 @@ async def _open(channel: JumpointChannel, grant: Grant, request: SessionRequest)
                 check_allowed_targets(
                     core.config.allowed_targets, port, addresses, resolved, item.host
                 )
-    except AccessDenied as denial:
-        audit.record(
-            "session_denied",
-            user=user,
-            item=item.name,
-            rule=denial.rule,
-            durable=True,
-            reason=denial.message,
-        )
-        raise
     except ConsentRequired:
         audit.record("consent_requested", user=user, item=item.name, durable=True)
         raise
@@ -498,14 +561,7 @@ def _tunnels_bound(channel: JumpointChannel, grant: Grant, message: dict[str, An
                     "tunnels_restricted.acl",
                 )
     if problem is not None:
-        reason, rule = problem
-        channel.core.log_audit.record(
-            "session_denied",
-            **session.audit_fields(),
-            rule=rule,
-            durable=True,
-            reason=reason,
-        )
+        reason, rule = problem  # audited by handle(), with the session
         channel.core.clock.callLater(
             0, channel.close_session, "denied", f"{reason} (rule: {rule})", ErrorCode.DENIED
         )
@@ -534,19 +590,13 @@ def _close_session(channel: JumpointChannel, grant: Grant, message: dict[str, An
         raise UnknownSession(f"no open session {target_id!r}", hint="see `jump sessions`")
     session = owner.session
     if session.user != channel.user.name and not grant.restrictions.terminate_foreign_tunnels:
-        core.log_audit.record(
-            "close_denied",
-            user=channel.user.name,
-            session=session.session_id,
-            item=session.item.name,
-            rule="tunnels_restricted.terminate_foreign_tunnels",
-            durable=True,
-            owner=session.user,
-        )
-        raise AccessDenied(
+        raise _denied(
             f"session {target_id} belongs to {session.user!r}; your {grant.rule_groups()} may"
             " not close other users' sessions",
             rule="tunnels_restricted.terminate_foreign_tunnels",
+            session=session.session_id,
+            item=session.item.name,
+            owner=session.user,
         )
     why = f"closed by {channel.user.name}: {reason}"
     core.log_audit.record(
@@ -596,10 +646,12 @@ def _request_access(channel: JumpointChannel, grant: Grant, message: dict[str, A
     if not duration > 0:  # also NaN
         raise UsageError(f"--duration must be a positive number of seconds, not {duration:g}")
     if duration > policy.approval_max_duration:
-        raise AccessDenied(
+        raise _denied(
             f"a duration of {duration:g}s is longer than the {policy.approval_max_duration:g}s"
             f" jump policy {policy.name!r} allows",
             rule=f"jump_policies.{policy.name}.approval_max_duration",
+            item=item.name,
+            duration=duration,
         )
     approval = core.approvals.request(
         channel.user.name,
@@ -680,20 +732,31 @@ def _decide_request(channel: JumpointChannel, grant: Grant, message: dict[str, A
     approval = core.approvals.get(request_id)
     if approval is None:
         raise UnknownRequest(f"no access request {request_id}", hint="see `jump approvals`")
+    context: dict[str, object] = {
+        "item": approval.item,
+        "request": approval.id,
+        "requester": approval.user,
+    }
     if approval.item not in _approver_items(core, grant):
         item = core.catalog.get(approval.item)
         policy_name = item.jump_policy if item else None
-        raise AccessDenied(
+        denial = AccessDenied(
             f"you are not an approver of item {approval.item!r}",
             rule=f"jump_policies.{policy_name}.approver_group"
             if policy_name
             else "approvals.approver_group",
         )
+        denial.context.update(context)
+        raise denial
     approve = bool(message["approve"])
     comment = message.get("comment")
-    decided = core.approvals.decide(
-        request_id, channel.user.name, approve, comment, core.clock.seconds()
-    )
+    try:
+        decided = core.approvals.decide(
+            request_id, channel.user.name, approve, comment, core.clock.seconds()
+        )
+    except AccessDenied as denial:  # one's own request
+        denial.context.update(context)
+        raise
     core.log_audit.record(
         "approval_granted" if approve else "approval_denied",
         user=channel.user.name,

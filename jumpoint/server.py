@@ -56,6 +56,10 @@ RecorderFactory = Callable[[str], "SessionRecorder"]
 
 log = Logger()
 
+STREAMS_OVER_CAP = 64
+"""Streams the mux accepts beyond the session cap, so that the session refuses and audits
+them (C{max_connections}); only a console that ignores its refusals meets the mux's limit."""
+
 
 def classify_connect_failure(failure: Failure, host: str, port: int) -> tuple[ErrorCode, str]:
     """Map a failed connection to the target to a reset code and a reason."""
@@ -141,7 +145,8 @@ class JumpointCore:
     def mux_settings(self) -> MuxSettings:
         limits = self.config.limits
         return MuxSettings(
-            max_streams=limits.max_connections_per_session,
+            # room above the session's cap: the session refuses (and audits) the excess
+            max_streams=limits.max_connections_per_session + STREAMS_OVER_CAP,
             keepalive_interval=limits.keepalive_interval,
             keepalive_timeout=limits.keepalive_timeout,
         )
@@ -385,7 +390,8 @@ class JumpointChannel(ChannelProtocol):
         elif not session.has_room():
             refusal = (
                 ErrorCode.LIMIT,
-                f"the session already carries {session.max_connections} connections",
+                f"the session already carries {session.max_connections} connections"
+                " (rule: max_connections)",
                 "max_connections",
             )
         if refusal is not None:

@@ -127,6 +127,9 @@ def makeService(config: JumpointConfig, reactor: Any = None) -> IService:
     def delivered(delivery: Delivery) -> None:
         audit.record(
             "notification_sent" if delivery.ok else "notification_failed",
+            user=delivery.user,
+            session=delivery.session,
+            item=delivery.item,
             url=delivery.url,
             notification=delivery.event,
             status=delivery.status,

@@ -105,6 +105,8 @@ class AccessDenied(JumpError):
             message = f"{message} (rule: {rule})"
         super().__init__(message, hint)
         self.rule = rule
+        self.context: dict[str, object] = {}
+        """Fields the Jumpoint adds to the denial's audit row (never sent to the console)."""
 
     def to_json(self) -> dict[str, str]:
         out = super().to_json()

@@ -143,7 +143,8 @@ def test_console_errors_are_clear(deployment: Deployment) -> None:
         assert elsewhere.returncode == 0, elsewhere.stderr  # the suggested fix works
         assert f"127.0.0.77:{busy_port} -> 127.0.0.1:9" in elsewhere.stdout
         outside = deployment.jump("open", "busy", "--local-address", "10.1.2.3")
-        assert outside.returncode == ExitCode.LOCAL_BIND and "outside 127.0.0.0/8" in outside.stderr
+        assert outside.returncode == ExitCode.DENIED, outside.stderr
+        assert "(rule: tunnels_restricted.acl)" in outside.stderr
         server.stop()
         down = deployment.jump("items")
         assert down.returncode == ExitCode.UNREACHABLE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import socket
 import time
@@ -76,7 +77,11 @@ def test_256_concurrent_connections_with_sha256_and_the_257th_refused(deployment
         sent_hashes = sorted(sent for sent, _ in results)
         wait_until(lambda: len(echo.received_hashes) == LIMIT, what="all hashes at the target")
         assert sorted(echo.received_hashes) == sent_hashes
-        session.wait_for_stderr("refused a local connection")
+        refusal = session.wait_for_stderr("refused a local connection")
+        assert "(rule: max_connections)" in refusal
+        # the Jumpoint took the decision, and audited it
+        denied = deployment.jumpoint("audit", "--json", "--event", "connection_denied").stdout
+        assert [json.loads(line)["rule"] for line in denied.splitlines()] == ["max_connections"]
         stats = wait_until(
             lambda: next(
                 (

@@ -430,6 +430,15 @@ def test_foreign_sessions_allow_list_and_notifications(deployment: Deployment) -
         assert "carol" in received[1]["reason"]
         audit_text = (deployment.directory / "audit.jsonl").read_text()
         assert "notification_sent" in audit_text and "s3cret" not in audit_text
+        sent = [
+            json.loads(line)
+            for line in audit_text.splitlines()
+            if json.loads(line)["event"] == "notification_sent"
+        ]
+        assert sent and all(
+            (row["session"], row["user"], row["item"]) == (ready["session"], "alice", "db")
+            for row in sent
+        )
     finally:
         hook.shutdown()
         hook.server_close()
@@ -592,3 +601,103 @@ def test_concurrent_consoles_create_items_without_corruption(deployment: Deploym
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     created = [e for e in _audit(deployment, "--event", "item_created")]
     assert len(created) == 16
+
+
+def _json_error(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The JSON error event a failed `jump ... --json` printed (and its stderr agrees)."""
+    (event,) = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert event["event"] == "error", event
+    assert f"(rule: {event['rule']})" in result.stderr
+    return event
+
+
+def test_every_denial_is_named_in_json_and_audited_on_the_jumpoint(
+    deployment: Deployment,
+) -> None:
+    """Item create without manage, a request over approval_max_duration, approve by a
+    non-approver and by the requester, sessions --all, off loopback without --acl."""
+    deployment.items = [
+        {
+            "name": "db",
+            "type": "tcp",
+            "host": "127.0.0.1",
+            "tunnels": [{"local_port": "auto", "remote_port": 5432}],
+            "jump_policy": "guarded",
+        },
+        {
+            "name": "web",
+            "type": "tcp",
+            "host": "127.0.0.1",
+            "tunnels": [{"local_port": "auto", "remote_port": 80}],
+        },
+    ]
+    deployment.sections = {
+        "groups": {"approvers": {"jump_groups": ["*"]}},
+        "jump_policies": {
+            "guarded": {
+                "approval_required": True,
+                "approver_group": "approvers",
+                "approval_max_duration": "2h",
+            }
+        },
+    }
+    deployment.create()
+    deployment.add_user("bob", "approvers", deployment.home_of("bob"))
+    deployment.serve()
+    mine = json.loads(
+        deployment.jump("request", "db", "--reason", "fix", "--duration", "1h", "--json").stdout
+    )["id"]
+    bobs = json.loads(
+        deployment.jump_as(
+            "bob", "request", "db", "--reason", "own", "--duration", "1h", "--json"
+        ).stdout
+    )["id"]
+    attempts = [
+        (
+            "alice",
+            [
+                "item",
+                "create",
+                "tcp",
+                "x",
+                "--host",
+                "127.0.0.1",
+                "--tunnel",
+                "auto:22",
+                "--jump-group",
+                "prod",
+                "--json",
+            ],
+            "groups.jump_groups.manage",
+        ),
+        (
+            "alice",
+            ["request", "db", "--reason", "fix", "--duration", "5h", "--json"],
+            "jump_policies.guarded.approval_max_duration",
+        ),
+        ("alice", ["approve", str(mine), "--json"], "jump_policies.guarded.approver_group"),
+        ("bob", ["approve", str(bobs), "--json"], "approvals.second_person"),
+        ("alice", ["sessions", "--all", "--json"], "tunnels_restricted.terminate_foreign_tunnels"),
+        (
+            "alice",
+            ["open", "web", "--local-address", "0.0.0.0", "--json", "--for", "5s"],
+            "tunnels_restricted.acl",
+        ),
+    ]
+    for user, args, rule in attempts:
+        result = deployment.jump_as(user, *args)
+        assert result.returncode == ExitCode.DENIED, (args, result.stderr)
+        event = _json_error(result)
+        assert (event["code"], event["rule"]) == ("denied", rule), args
+    rows = [row for row in _audit(deployment) if row.get("rule")]
+    assert [(row["user"], row["rule"]) for row in rows] == [
+        (user, rule) for user, _, rule in attempts
+    ]
+    assert [row["event"] for row in rows] == [
+        "item_denied",
+        "request_denied",
+        "request_denied",
+        "request_denied",
+        "request_denied",
+        "session_denied",
+    ]

@@ -3,7 +3,8 @@
 The events are read from the code, not listed here: every string literal
 that is the first argument of an audit call (C{AuditLog.record}, the
 C{_audit} helpers, C{AuditEvent(...)} of the SQL leg), both branches of a
-conditional included.  The literal keyword fields of those calls (and the
+conditional included, and the string values of a C{..._EVENTS} dict (an event
+chosen by request type).  The literal keyword fields of those calls (and the
 literal keys of an C{AuditEvent}'s field dict) must be documented in the
 event's row too; fields built elsewhere (C{**session.audit_fields()}) are
 the author's to document.
@@ -46,6 +47,12 @@ def events_in_code() -> dict[str, set[str]]:
     for path in sorted((ROOT / "jumpoint").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         for node in ast.walk(tree):
+            if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Dict):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(isinstance(t, ast.Name) and t.id.endswith("_EVENTS") for t in targets):
+                    for value in node.value.values:
+                        for name in _names(value):
+                            found[name] |= set()
             if not isinstance(node, ast.Call) or _call_name(node) not in AUDIT_CALLS:
                 continue
             if not node.args:

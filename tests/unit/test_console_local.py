@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 import stat
@@ -21,7 +22,7 @@ from console.profiles import load_profile, save_profile
 from console.view import JsonView, RateMeter, human_bytes
 from jumpoint import pki
 from shared.enrollment import Enrollment, parse_enrollment
-from shared.errors import EnrollmentError, ExitCode, LocalBindError, ProfileError
+from shared.errors import AccessDenied, EnrollmentError, ExitCode, LocalBindError, ProfileError
 
 
 class FakePort:
@@ -163,6 +164,36 @@ def test_cli_errors_have_no_traceback(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(SystemExit) as exited:
         jump_cli.main(["enroll", str(bad)])
     assert exited.value.code == ExitCode.CONFIG
+
+
+def test_errors_are_a_json_error_event_under_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("JUMP_HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as exited:
+        jump_cli.main(["items", "--json"])
+    assert exited.value.code == ExitCode.CONFIG
+    out, err = capsys.readouterr()
+    event = json.loads(out)
+    assert event["event"] == "error" and event["code"] == "profile"
+    assert event["message"] in err
+    with pytest.raises(SystemExit):
+        jump_cli.main(["items"])
+    assert capsys.readouterr().out == ""  # without --json: stderr only
+
+
+def test_a_denial_as_json_names_its_rule() -> None:
+    from shared.entrypoint import wants_json
+
+    denial = AccessDenied("no", rule="tunnels_restricted.acl")
+    assert {"event": "error", **denial.to_json()} == {
+        "event": "error",
+        "code": "denied",
+        "message": "no (rule: tunnels_restricted.acl)",
+        "rule": "tunnels_restricted.acl",
+    }
+    assert wants_json(["open", "web", "--json", "--", "cmd"])
+    assert not wants_json(["open", "web", "--", "cmd", "--json"])
 
 
 def test_open_rejects_a_bad_duration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

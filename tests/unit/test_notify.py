@@ -204,7 +204,14 @@ def test_check_webhook_url_rejects(url: str, message: str) -> None:
 
 def test_body_and_headers(harness: Harness) -> None:
     notifier = harness.notifier()
-    event = {"event": "session-start", "user": "alice", "ports": [5432], "note": "héllo"}
+    event = {
+        "event": "session-start",
+        "user": "alice",
+        "session": "0123456789abcdef",
+        "item": "db",
+        "ports": [5432],
+        "note": "héllo",
+    }
     notifier.notify(SECRET_URL, event)
 
     [post] = harness.webhook.posts
@@ -219,6 +226,9 @@ def test_body_and_headers(harness: Harness) -> None:
     assert harness.results == [
         Delivery("https://hooks.example/x", "session-start", True, 204, 1, None)
     ]
+    # the audit row of the delivery names what it was about
+    (delivery,) = harness.results
+    assert (delivery.user, delivery.session, delivery.item) == ("alice", "0123456789abcdef", "db")
     assert notifier.delivered == 1
     assert (notifier.in_flight, notifier.queued) == (0, 0)
     assert harness.clock.getDelayedCalls() == []  # the timeout was cancelled
@@ -589,6 +599,9 @@ def test_real_agent_against_http_server() -> None:
             "status": 204,
             "attempts": 1,
             "error": None,
+            "user": "alice",
+            "session": None,
+            "item": "db1",
         }
         assert pending == 0
         path, headers, body = Handler.requests.get(timeout=10)

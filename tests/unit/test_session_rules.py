@@ -989,3 +989,102 @@ def test_schedule_denial(world: World) -> None:
     assert denied.rule == "jump_policies.office.schedule"
     assert "next opening 1970-01-08T00:00" in denied.message
     assert world.audit("session_denied")[0].rule == "jump_policies.office.schedule"
+
+
+# -- every denial is audited ---------------------------------------------------
+
+
+def _denial_rows(world: World) -> list[AuditEntry]:
+    world.core.log_audit.flush()
+    return [e for e in query(world.core.database) if e.rule is not None]
+
+
+def test_every_denied_request_is_audited_with_its_rule(world: World) -> None:
+    """Each denial the console is told of has exactly one audit row with the same rule."""
+    alice = world.connect("alice")
+    carol = world.connect("carol")
+    spec = {
+        "name": "proddb",
+        "type": "tcp",
+        "host": "10.9.9.9",
+        "jump_group": "prod",
+        "tunnels": [{"local_port": "auto", "remote_port": 5432}],
+    }
+    mine = alice.ask(control.REQUEST_ACCESS, item="guarded", reason="x", duration=60)
+    carols = carol.ask(control.REQUEST_ACCESS, item="guarded", reason="y", duration=60)
+    attempts: list[tuple[Console, str, dict[str, Any]]] = [
+        (alice, control.CREATE_ITEM, {"item": spec}),
+        (alice, control.REQUEST_ACCESS, {"item": "guarded", "reason": "x", "duration": 7200}),
+        (alice, control.DECIDE_REQUEST, {"request": mine["request"]["id"], "approve": True}),
+        (carol, control.DECIDE_REQUEST, {"request": carols["request"]["id"], "approve": True}),
+        (alice, control.LIST_SESSIONS, {"all": True}),
+        (alice, control.OPEN_SESSION, {"item": "web", "local_address": "10.0.0.1"}),
+    ]
+    denials = []
+    for console, kind, fields in attempts:
+        denied = console.refused(kind, **fields)
+        assert isinstance(denied, AccessDenied) and denied.rule is not None, kind
+        assert f"(rule: {denied.rule})" in denied.message
+        denials.append((console.user, kind, denied.rule))
+    rows = _denial_rows(world)
+    assert [(r.user, r.detail["action"], r.rule) for r in rows] == denials
+    assert [r.event for r in rows] == [
+        "item_denied",
+        "request_denied",
+        "request_denied",
+        "request_denied",
+        "request_denied",
+        "session_denied",
+    ]
+    created, too_long, not_approver, own, listing, off_loopback = rows
+    assert created.item == "proddb" and created.detail["jump_group"] == "prod"
+    assert too_long.item == "guarded" and too_long.detail["duration"] == 7200
+    assert not_approver.rule == "jump_policies.approval.approver_group"
+    assert not_approver.item == "guarded" and not_approver.detail["request"] == 1
+    assert own.rule == "approvals.second_person" and own.detail["requester"] == "carol"
+    assert listing.rule == "tunnels_restricted.terminate_foreign_tunnels"
+    assert off_loopback.rule == "tunnels_restricted.acl" and off_loopback.item == "web"
+    assert all(r.detail["reason"] for r in rows)
+
+
+def test_every_request_type_has_its_denial_event() -> None:
+    from jumpoint.requests import _HANDLERS, DENIAL_EVENTS
+
+    assert set(DENIAL_EVENTS) == set(_HANDLERS)
+
+
+def test_the_console_leaves_the_connection_cap_to_the_jumpoint(world: World) -> None:
+    """Over the cap the console still opens the stream: the Jumpoint refuses and audits it."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from console.tunnels import REFUSALS_IN_FLIGHT, TunnelFactory, TunnelSession
+
+    alice = world.connect("alice")
+    opened = alice.open("capped")  # max_connections: 2
+    session = TunnelSession(alice.channel, "capped", opened)
+    tunnel = session.tunnels[0]
+    factory = TunnelFactory(session, tunnel)
+    local = []
+    for n in range(3):
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000 + n))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        local.append((protocol, transport))
+        world.flush()
+    third, third_transport = local[2]
+    assert isinstance(third, TcpBridge)  # not refused by the console
+    assert third.reset_code == ErrorCode.LIMIT and third_transport.disconnecting
+    third.connectionLost(Failure(Exception("reset")))
+    (row,) = world.audit("connection_denied")
+    assert row.rule == "max_connections" and row.session == opened["session"]
+    assert "(rule: max_connections)" in (third.close_reason or "")
+    assert (tunnel.total_connections, tunnel.refused_connections) == (2, 1)
+    assert len(world.targets.requests) == 2
+    # the console bounds only what waits for the Jumpoint's refusals, naming the same rule
+    assert alice.channel.mux is not None
+    streams_before = len(alice.channel.mux.streams)
+    session.current_connections = lambda: 2 + REFUSALS_IN_FLIGHT  # type: ignore[method-assign]
+    refused = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40010))
+    assert not isinstance(refused, TcpBridge) and tunnel.refused_connections == 2
+    assert len(alice.channel.mux.streams) == streams_before
