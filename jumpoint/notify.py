@@ -380,9 +380,7 @@ class Notifier:
         except (TypeError, ValueError) as e:
             self._drop(shown, name, f"the event cannot be encoded as JSON: {e}", subject)
             return
-        job = _Job(
-            url=url, shown_url=shown, event=name, body=body, subject=subject, secret=secret
-        )
+        job = _Job(url=url, shown_url=shown, event=name, body=body, subject=subject, secret=secret)
         if len(self._active) < self._max_in_flight and not self._queue:
             self._start(job)
         elif len(self._queue) < self._queue_limit:
