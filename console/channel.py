@@ -8,6 +8,7 @@ rejected which certificate, or the reason the Jumpoint gave.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -59,6 +60,22 @@ def _open_transcript() -> Any:
 
 
 CLOSE_TIMEOUT = 3.0
+
+
+def keepalive_settings(settings: MuxSettings, welcome: dict[str, Any]) -> MuxSettings:
+    """The console follows the Jumpoint's keepalive (its C{limits}), when it is sane."""
+    interval, timeout = welcome.get("keepalive_interval"), welcome.get("keepalive_timeout")
+    if not all(
+        isinstance(value, int | float) and not isinstance(value, bool)
+        for value in (interval, timeout)
+    ):
+        return settings
+    assert isinstance(interval, int | float) and isinstance(timeout, int | float)
+    if not 1 <= interval < timeout <= 3600:
+        return settings
+    return dataclasses.replace(
+        settings, keepalive_interval=float(interval), keepalive_timeout=float(timeout)
+    )
 
 
 class ConsoleChannel(ChannelProtocol):
@@ -140,6 +157,9 @@ class ConsoleChannel(ChannelProtocol):
                 return SessionLost(
                     f"the Jumpoint closed the session: {self.session_closed_reason[1]}"
                 )
+            if not self._goaway_by_peer and code in (ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.LIMIT):
+                # This console gave up on a dead or stuck link: the Jumpoint closed nothing.
+                return SessionLost(f"the connection to the Jumpoint was lost: {why}")
             if not self._goaway_by_peer:
                 return SessionLost(
                     f"this console closed the connection to the Jumpoint"
@@ -172,6 +192,7 @@ class ConsoleChannel(ChannelProtocol):
                 self.mux.go_away(ErrorCode.PROTOCOL_ERROR, "second welcome")
                 return
             self.mux.establish()
+            self.mux.settings = keepalive_settings(self.mux.settings, message)
             self.mux.start_keepalive()
             self.welcome.callback(message)
         elif kind in (control.RESULT, control.ERROR):

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -283,7 +283,7 @@ async def _run_session(
                 call.cancel()
     if child is not None and not child.ended.called:
         await _stop_child(reactor, child)
-    await _close_session(reactor, session, end)
+    end = await _close_session(reactor, session, end)
     removed = cleanup.remove()
     if isinstance(view, JsonView):
         view.closed(end.code, end.reason, session.counters(), removed=removed if kube else None)
@@ -356,24 +356,51 @@ def _kill(child: _Child) -> None:
             log.warn("could not kill the command")
 
 
-async def _close_session(reactor: Any, session: TunnelSession, end: Ending) -> None:
-    """Stop listening, tell the Jumpoint, close the channel (bounded in time)."""
+async def _close_session(reactor: Any, session: TunnelSession, end: Ending) -> Ending:
+    """Stop listening, tell the Jumpoint, close the channel (bounded in time).
+
+    Returns the ending to report: C{end}, unless the Jumpoint never confirmed
+    the close (the link is gone or dead), which is never a normal end.
+    """
     session.closing = True
     session.stop_listening()
     channel = session.channel
     if channel.lost.called:
         session.abort_connections()
-        return
+        if end.error is None:
+            return _lost_while_closing(end, "the connection was already gone")
+        return end
     request = channel.request(control.CLOSE_SESSION, reason=end.reason)
     timer = reactor.callLater(CLOSE_TIMEOUT, request.cancel)
+    failure: str | None = None
     try:
         await request
-    except Exception as error:
-        log.info("closing the session: {error}", error=error)
+    except CancelledError:
+        failure = f"no answer within {CLOSE_TIMEOUT:g}s"
+    except JumpError as error:
+        if _link_gone(channel):
+            failure = error.message
+        else:  # the Jumpoint answered: the session is closed all the same
+            log.info("closing the session: {error}", error=error.message)
     if timer.active():
         timer.cancel()
     session.abort_connections()
     await channel.close_and_wait(reactor, end.reason)
+    if failure is not None and end.error is None:
+        log.info("closing the session: {error}", error=failure)
+        return _lost_while_closing(end, failure)
+    return end
+
+
+def _link_gone(channel: Any) -> bool:
+    return bool(channel.lost.called)
+
+
+def _lost_while_closing(end: Ending, why: str) -> Ending:
+    error = SessionLost(
+        f"the connection to the Jumpoint was lost: the session was not closed normally ({why})"
+    )
+    return Ending("jumpoint_lost", error.message, error.exit_code, error)
 
 
 __all__ = ["OpenOptions", "SessionLost", "run_open"]

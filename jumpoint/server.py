@@ -362,6 +362,8 @@ class JumpointChannel(ChannelProtocol):
                 "user": self.user.name,
                 "group": self.user.group,
                 "groups": list(self.user.all_groups),
+                "keepalive_interval": self.settings.keepalive_interval,
+                "keepalive_timeout": self.settings.keepalive_timeout,
             }
         )
         self.mux.establish()

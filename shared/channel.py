@@ -40,7 +40,9 @@ class ChannelProtocol(Protocol):
         self._handshake_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
-        tune_transport(self.transport)
+        tune_transport(
+            self.transport, self.settings.keepalive_interval, self.settings.keepalive_timeout
+        )
         self._handshake_timer = self.clock.callLater(
             self.handshake_timeout, self._handshake_timed_out
         )

@@ -83,7 +83,7 @@ _FIELDS: dict[str, dict[str, Types]] = {
 }
 
 _OPTIONAL: dict[str, dict[str, Types]] = {
-    WELCOME: {"groups": list},
+    WELCOME: {"groups": list, "keepalive_interval": _NUMBER, "keepalive_timeout": _NUMBER},
     LIST_ITEMS: {"search": str, "tag": str, "jump_group": str},
     OPEN_SESSION: {
         "ticket": str,

@@ -24,6 +24,16 @@ WINDOW_UPDATE was consumed within four round trips of the previous update, as
 long as the sum of all windows stays under
 L{MuxSettings.session_window_cap}.  A stream that exceeds its credit is reset;
 framing errors drop the whole connection.
+
+Bounds on what a peer can make us hold: every frame written while the
+transport is paused (RESETs answering OPENs, PING ACKs, WINDOW_UPDATEs,
+control replies...) counts against L{MuxSettings.control_buffer_cap}; past
+it the peer is evidently not reading and the connection is dropped.  The
+keepalive drops a connection on which nothing has arrived for
+L{MuxSettings.keepalive_timeout}.  A dead or non-reading peer's connection is
+aborted (never closed politely: a polite TLS close waits for the peer's
+flush and close_notify), and a polite close that has not finished within
+L{MuxSettings.close_timeout} is aborted too.
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ class MuxSettings:
     max_pending_per_stream: int = 1024 * 1024
     control_buffer_cap: int = 1024 * 1024
     default_rtt: float = 0.05
+    close_timeout: float = 5.0
 
 
 class StreamApplication(Protocol):
@@ -360,11 +371,13 @@ class Multiplexer:
         self._ready: deque[Stream] = deque()
         self._flushing = False
         self.writes = WriteBatch()
-        self._control_bytes_while_paused = 0
+        self._bytes_while_paused = 0
         self._total_windows = 0
         self._keepalive_call: IDelayedCall | None = None
         self._ping_deadline: IDelayedCall | None = None
+        self._abort_call: IDelayedCall | None = None
         self._ping_outstanding = False
+        self._last_heard = 0.0
 
     # -- wiring ----------------------------------------------------------
 
@@ -382,9 +395,26 @@ class Multiplexer:
         self.established = True
         self.parser.raise_limit()
 
+    @property
+    def bytes_while_paused(self) -> int:
+        """Bytes written since the transport paused (counted against the control cap)."""
+        return self._bytes_while_paused
+
     def start_keepalive(self) -> None:
-        """Ping every keepalive interval; drop the connection when a ping goes unanswered."""
+        """Ping every keepalive interval; drop the connection when the peer falls silent.
+
+        The deadline runs from the last bytes received: a live peer answers
+        each ping within a round trip, so nothing heard for
+        L{MuxSettings.keepalive_timeout} means the link or the peer is dead.
+        """
+        if self.closing or self._ping_deadline is not None:
+            return
+        self._last_heard = self.clock.seconds()
         self._send_ping()
+        if not self.closing:
+            self._ping_deadline = self.clock.callLater(
+                self.settings.keepalive_timeout, self._check_alive
+            )
 
     # -- inbound ---------------------------------------------------------
 
@@ -392,6 +422,7 @@ class Multiplexer:
         """Feed bytes from the transport; protocol errors close the connection."""
         if self.closing:
             return
+        self._last_heard = self.clock.seconds()
         outer = self._begin_event()
         try:
             for frame in self.parser.feed(data):
@@ -483,9 +514,6 @@ class Multiplexer:
             if not self._ping_outstanding:
                 return  # unsolicited: not ours to measure
             self._ping_outstanding = False
-            if self._ping_deadline is not None and self._ping_deadline.active():
-                self._ping_deadline.cancel()
-            self._ping_deadline = None
             (sent,) = _PING.unpack(frame.payload)
             rtt = self.clock.seconds() - sent
             if not math.isfinite(rtt) or not 0 <= rtt <= self.settings.keepalive_timeout:
@@ -522,12 +550,18 @@ class Multiplexer:
             raise ValueError("control message too large")
         self._write_control_frame(FrameType.CONTROL, 0, payload)
 
-    def go_away(self, code: int, reason: str) -> None:
-        """Tell the peer why the connection closes, then close it."""
+    def go_away(self, code: int, reason: str, *, abort: bool = False) -> None:
+        """Tell the peer why the connection closes, then close it.
+
+        With C{abort} (the peer is dead or does not read) the transport is
+        aborted at once instead of closed politely.
+        """
         if self.closing:
             return
-        self._write_frame(FrameType.GOAWAY, 0, 0, frames.encode_reason(code, reason))
-        self._close(code, reason, by_peer=False)
+        goaway = frames.encode_frame(FrameType.GOAWAY, 0, 0, frames.encode_reason(code, reason))
+        if self.transport is not None:
+            self.transport.write(goaway)  # exempt from the cap: the last frame
+        self._close(code, reason, by_peer=False, abort=abort)
 
     def _can_write_now(self) -> bool:
         """Whether a stream may write directly (nothing is waiting for its turn)."""
@@ -574,21 +608,28 @@ class Multiplexer:
     def _write_control_frame(
         self, frame_type: FrameType, flags: int, payload: bytes, stream_id: int = 0
     ) -> None:
-        """Write a frame that bypasses flow control, counting it while the peer is not reading."""
-        data = frames.encode_frame(frame_type, flags, stream_id, payload)
-        if self._paused:
-            self._control_bytes_while_paused += len(data)
-            if self._control_bytes_while_paused > self.settings.control_buffer_cap:
-                self.log.warn("closing channel: the peer does not read its control frames")
-                self._close(
-                    ErrorCode.LIMIT, "the peer does not read its control frames", by_peer=False
-                )
-                return
-        self._write(data)
+        """Write a frame that bypasses flow control (counted by L{_write} while paused)."""
+        self._write(frames.encode_frame(frame_type, flags, stream_id, payload))
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closing:
-            self.transport.write(data)
+        """Write to the transport; while it is paused, every byte counts against the cap.
+
+        Queued DATA waits in its stream while the transport is paused, so
+        what is written then are the frames outside flow control, most of
+        them answers to the peer (RESET for its OPENs, PING ACK, WINDOW_UPDATE,
+        control replies): a peer that sends and does not read would make
+        them pile up without end.
+        """
+        if self.transport is None or self.closing:
+            return
+        if self._paused:
+            self._bytes_while_paused += len(data)
+            if self._bytes_while_paused > self.settings.control_buffer_cap:
+                reason = "the peer does not read what it is sent"
+                self.log.warn("closing channel: {reason}", reason=reason)
+                self.go_away(ErrorCode.LIMIT, reason, abort=True)
+                return
+        self.transport.write(data)
 
     def _begin_event(self) -> bool:
         """Start collecting writes; C{False} if an outer event already collects them."""
@@ -646,27 +687,40 @@ class Multiplexer:
             self._write_control_frame(FrameType.PING, 0, _PING.pack(self.clock.seconds()))
             if self.is_closed():  # the control-frame cap may have closed it
                 return
-            self._ping_deadline = self.clock.callLater(
-                self.settings.keepalive_timeout, self._ping_timed_out
-            )
         self._keepalive_call = self.clock.callLater(
             self.settings.keepalive_interval, self._send_ping
         )
 
-    def _ping_timed_out(self) -> None:
+    def _check_alive(self) -> None:
         self._ping_deadline = None
-        reason = f"no answer to a keepalive ping within {self.settings.keepalive_timeout:g}s"
+        if self.closing:
+            return
+        timeout = self.settings.keepalive_timeout
+        silent = self.clock.seconds() - self._last_heard
+        if silent < timeout:
+            self._ping_deadline = self.clock.callLater(timeout - silent, self._check_alive)
+            return
+        reason = f"no answer to a keepalive ping within {timeout:g}s"
         self.log.warn("closing channel: {reason}", reason=reason)
-        self.go_away(ErrorCode.KEEPALIVE_TIMEOUT, reason)
+        self.go_away(ErrorCode.KEEPALIVE_TIMEOUT, reason, abort=True)
 
     # -- closing ---------------------------------------------------------
 
     def connection_lost(self, reason: str) -> None:
         """The transport is gone: reset every stream locally."""
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
         self._close(ErrorCode.CANCEL, reason, by_peer=True, transport_gone=True)
 
     def _close(
-        self, code: int, reason: str, *, by_peer: bool, transport_gone: bool = False
+        self,
+        code: int,
+        reason: str,
+        *,
+        by_peer: bool,
+        transport_gone: bool = False,
+        abort: bool = False,
     ) -> None:
         if self.closing:
             return
@@ -679,9 +733,21 @@ class Multiplexer:
             stream._notify_reset(code, reason)
         self.handler.mux_closing(code, reason, by_peer)
         transport = self.transport
-        if transport is not None and not transport_gone:
-            transport.unregisterProducer()  # type: ignore[attr-defined]
-            transport.loseConnection()
+        if transport is None or transport_gone:
+            return
+        transport.unregisterProducer()  # type: ignore[attr-defined]
+        if abort:
+            transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        transport.loseConnection()
+        self._abort_call = self.clock.callLater(self.settings.close_timeout, self._abort)
+
+    def _abort(self) -> None:
+        """The polite close did not finish in time (a dead peer): abort the transport."""
+        self._abort_call = None
+        if self.transport is not None:
+            self.log.info("closing channel: the peer did not finish the close; aborting")
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     # -- IPushProducer (the transport tells us it is full or drained) ----
 
@@ -690,7 +756,7 @@ class Multiplexer:
         if self._paused:
             return
         self._paused = True
-        self._control_bytes_while_paused = 0
+        self._bytes_while_paused = 0
 
     def resumeProducing(self) -> None:
         if not self._paused:

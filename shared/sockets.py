@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from typing import Any
 
 from twisted.internet.interfaces import ITCPTransport
@@ -11,11 +13,17 @@ READ_SIZE = 256 * 1024
 buffer size above which Twisted pauses a transport's producer."""
 
 
-def tune_transport(transport: object) -> None:
-    """Tune the channel's TCP socket (under TLS): no Nagle delay, larger reads.
+def tune_transport(
+    transport: object, keepalive_interval: float = 15.0, keepalive_timeout: float = 45.0
+) -> None:
+    """Tune the channel's TCP socket (under TLS): no Nagle delay, larger reads, dead links.
 
     Frames are written whole, so Nagle's algorithm would only hold back small
-    ones (an OPEN, a one-byte DATA) until the peer's delayed ACK.
+    ones (an OPEN, a one-byte DATA) until the peer's delayed ACK.  The
+    kernel drops the connection when sent data stays unacknowledged for
+    C{keepalive_timeout} (TCP_USER_TIMEOUT) and probes an idle one every
+    C{keepalive_interval} (TCP keepalive), so a dead link is noticed even
+    when the multiplexer's own keepalive cannot run.
     """
     for candidate in (transport, getattr(transport, "transport", None)):
         tcp = ITCPTransport(candidate, None)
@@ -23,6 +31,26 @@ def tune_transport(transport: object) -> None:
             candidate.bufferSize = READ_SIZE
             tcp.setTcpNoDelay(True)
             tcp.setTcpKeepAlive(True)
+            handle = getattr(candidate, "getHandle", None)
+            if handle is not None:
+                set_dead_link_timeouts(handle(), keepalive_interval, keepalive_timeout)
+
+
+def set_dead_link_timeouts(sock: Any, interval: float, timeout: float) -> None:
+    """TCP_USER_TIMEOUT and keepalive probes on C{sock} (where the system has them)."""
+    interval_s = max(1, int(interval))
+    options = [
+        ("TCP_USER_TIMEOUT", max(1000, int(timeout * 1000))),
+        ("TCP_KEEPIDLE", interval_s),
+        ("TCP_KEEPINTVL", interval_s),
+        ("TCP_KEEPCNT", max(1, int(timeout // interval_s))),
+    ]
+    for name, value in options:
+        option = getattr(socket, name, None)
+        if option is None:
+            continue
+        with contextlib.suppress(OSError, AttributeError):  # not TCP, or not supported here
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _idle_tcp(transport: object) -> Any:

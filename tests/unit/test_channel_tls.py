@@ -314,3 +314,54 @@ def test_the_transcript_holds_plaintext_and_is_private(
             assert b'"welcome"' in transcript.read_bytes()  # the channel's plaintext
     finally:
         os.umask(previous)
+
+
+def _tcp_of(protocol: Any) -> Any:
+    """The in-memory TCP transport under a TLS-wrapped channel protocol."""
+    return protocol.transport.transport
+
+
+def test_the_jumpoint_aborts_a_dead_console(tmp_path: Path, keys: Pki) -> None:
+    # Regression (issue 9, point 11): a polite TLS close to a dead console waits for a
+    # close_notify that never comes, keeping the connection ESTABLISHED.
+    pair = make_pair(tmp_path, keys)
+    (channel,) = pair.core.channels
+    limits = pair.core.config.limits
+    pair.clock.advance(limits.keepalive_timeout)
+    assert channel.mux is not None and channel.mux.closing
+    assert _tcp_of(channel).disconnecting  # aborted: a polite close would wait
+    pair.pump.flush()
+    assert pair.core.channels == set()
+
+
+def test_the_console_follows_the_jumpoints_keepalive(tmp_path: Path, keys: Pki) -> None:
+    global CONFIG
+    saved = CONFIG
+    CONFIG = saved + "limits: {keepalive_interval: 2s, keepalive_timeout: 5s}\n"
+    try:
+        pair = make_pair(tmp_path, keys)
+    finally:
+        CONFIG = saved
+    welcome = result_of(pair.console.welcome)
+    assert (welcome["keepalive_interval"], welcome["keepalive_timeout"]) == (2.0, 5.0)
+    assert pair.console.mux is not None
+    assert pair.console.mux.settings.keepalive_timeout == 5.0
+    assert pair.console.mux.settings.keepalive_interval == 2.0
+
+
+def test_a_dead_jumpoint_is_a_lost_connection_on_the_console(tmp_path: Path, keys: Pki) -> None:
+    """The console gives up on a silent Jumpoint: aborted, and said to be lost, not closed."""
+    pair = make_pair(tmp_path, keys)
+    (channel,) = pair.core.channels
+    assert channel.mux is not None
+    channel.mux.settings = channel.mux.settings.__class__(keepalive_timeout=1e9)
+    pair.clock.advance(45.0)  # nothing pumped: the Jumpoint is frozen
+    assert pair.console.mux is not None and pair.console.mux.closing
+    assert _tcp_of(pair.console).disconnecting
+    pair.pump.flush()
+    error = result_of(pair.console.lost)
+    assert isinstance(error, SessionLost) and error.exit_code == 9
+    assert error.message == (
+        "the connection to the Jumpoint was lost: no answer to a keepalive ping within 45s"
+    )
+    assert "the Jumpoint closed" not in error.message

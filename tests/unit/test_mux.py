@@ -41,6 +41,7 @@ class FakeTransport:
         self.streaming: bool | None = None
         self.unregistered = False
         self.disconnecting = False
+        self.aborted = False
 
     def write(self, data: bytes) -> None:
         assert not self.disconnecting, "write after loseConnection"
@@ -57,6 +58,9 @@ class FakeTransport:
 
     def loseConnection(self) -> None:
         self.disconnecting = True
+
+    def abortConnection(self) -> None:
+        self.disconnecting = self.aborted = True
 
     def frames(self) -> list[Frame]:
         """Every frame ever written on this transport."""
@@ -888,6 +892,67 @@ def test_ping_timeout_closes_with_keepalive_timeout() -> None:
     ]
 
 
+def test_keepalive_timeout_aborts_the_transport() -> None:
+    # Regression (issue 9, point 11): a polite TLS close waits for a dead peer forever.
+    pair = Pair()
+    pair.client.mux.start_keepalive()
+    pair.clock.advance(MuxSettings().keepalive_timeout)
+    assert pair.client.transport.aborted
+    assert pair.client.transport.unregistered
+
+
+def test_anything_heard_from_the_peer_keeps_the_link_alive() -> None:
+    settings = MuxSettings(keepalive_interval=1.0, keepalive_timeout=3.0)
+    pair = Pair(settings)
+    pair.client.mux.start_keepalive()
+    # The peer answers nothing but keeps sending other frames: the link is alive.
+    for _ in range(20):
+        pair.clock.advance(1.0)
+        pair.client.mux.data_received(encode_frame(FrameType.CONTROL, 0, 0, b'{"type":"x"}'))
+    assert not pair.client.mux.closing
+    assert len(pair.client.transport.frames_of(FrameType.PING)) == 1  # never answered
+    # Then it falls silent: the link is dropped exactly keepalive_timeout later.
+    pair.clock.advance(2.999)
+    assert not pair.client.mux.closing
+    pair.clock.advance(0.001)
+    assert_closed_with(pair.client, ErrorCode.KEEPALIVE_TIMEOUT)
+    assert pair.client.transport.aborted
+    assert pair.clock.getDelayedCalls() == []
+
+
+def test_deadline_runs_from_the_last_answer_not_the_next_ping() -> None:
+    # The peer stops right after answering a ping: the link is declared dead
+    # keepalive_timeout after that answer, not after the next ping goes unanswered.
+    settings = MuxSettings(keepalive_interval=15.0, keepalive_timeout=45.0)
+    pair = Pair(settings)
+    pair.client.mux.start_keepalive()
+    pair.clock.advance(0.1)
+    pair.flush()  # ping answered at t=0.1
+    pair.clock.advance(45.0 - 0.001)
+    assert not pair.client.mux.closing
+    pair.clock.advance(0.001)
+    assert_closed_with(pair.client, ErrorCode.KEEPALIVE_TIMEOUT)
+
+
+def test_a_polite_close_is_aborted_when_the_peer_never_finishes_it() -> None:
+    pair = Pair(MuxSettings(close_timeout=5.0))
+    pair.client.mux.go_away(ErrorCode.NO_ERROR, "bye")
+    assert pair.client.transport.disconnecting and not pair.client.transport.aborted
+    pair.clock.advance(4.9)
+    assert not pair.client.transport.aborted
+    pair.clock.advance(0.1)
+    assert pair.client.transport.aborted
+    assert pair.clock.getDelayedCalls() == []
+
+
+def test_a_polite_close_that_finishes_cancels_the_abort() -> None:
+    pair = Pair()
+    pair.client.mux.go_away(ErrorCode.NO_ERROR, "bye")
+    pair.client.mux.connection_lost("closed cleanly")
+    assert pair.clock.getDelayedCalls() == []
+    assert not pair.client.transport.aborted
+
+
 def test_ping_answered_sets_srtt() -> None:
     pair = Pair()
     pair.client.mux.start_keepalive()
@@ -1060,9 +1125,83 @@ def test_control_buffer_cap_exceeded_while_paused_closes() -> None:
     while not pair.client.mux.is_closed():
         pair.client.mux.send_control(message)
     assert_closed_with(pair.client, ErrorCode.LIMIT)
-    assert pair.client.handler.closing[0][1] == "the peer does not read its control frames"
-    assert goaway_codes(pair.client) == []
+    assert pair.client.handler.closing[0][1] == "the peer does not read what it is sent"
+    # The peer gets a GOAWAY (should it ever read again) and the transport is aborted.
+    assert goaway_codes(pair.client) == [ErrorCode.LIMIT]
+    assert pair.client.transport.aborted
     assert app.resets[0][0] == ErrorCode.LIMIT
+
+
+class RefusingHandler(RecordingHandler):
+    """Resets every stream the peer opens, as the Jumpoint does without a session."""
+
+    def stream_requested(self, stream: Stream, payload: bytes) -> None:
+        stream.reset(ErrorCode.DENIED, "no session is open on this connection")
+
+
+def _written_while_paused(side: Side) -> bytes:
+    return bytes(side.transport.history)
+
+
+def test_open_flood_against_a_paused_transport_stays_under_the_cap() -> None:
+    # Regression (issue 9, point 6): the RESETs answering a peer's OPENs were not
+    # counted, so 1.44 MB of OPENs from a peer that does not read left 6.12 MB queued.
+    settings = MuxSettings()
+    clock = Clock()
+    handler = RefusingHandler()
+    mux = Multiplexer(is_client=False, handler=handler, clock=clock, settings=settings)
+    transport = FakeTransport()
+    mux.make_connection(transport)  # type: ignore[arg-type]
+    mux.establish()
+    mux.pauseProducing()  # the peer does not read
+    flood = b"".join(
+        encode_frame(FrameType.OPEN, 0, 2 * index + 1, TARGET) for index in range(120_000)
+    )
+    for offset in range(0, len(flood), 256 * 1024):  # as the transport reads
+        mux.data_received(flood[offset : offset + 256 * 1024])
+    goaway = encode_frame(
+        FrameType.GOAWAY,
+        0,
+        0,
+        frames.encode_reason(ErrorCode.LIMIT, "the peer does not read what it is sent"),
+    )
+    assert len(transport.history) <= settings.control_buffer_cap + len(goaway)
+    assert transport.history.endswith(goaway)
+    assert mux.closing and transport.aborted and transport.unregistered
+    assert handler.closing == [(ErrorCode.LIMIT, "the peer does not read what it is sent", False)]
+    assert mux.streams == {}
+
+
+def test_ping_flood_against_a_paused_transport_stays_under_the_cap() -> None:
+    pair = Pair(MuxSettings(control_buffer_cap=10_000))
+    pair.server.mux.pauseProducing()
+    ping = encode_frame(FrameType.PING, 0, 0, b"12345678")
+    pair.server.mux.data_received(ping * 5_000)
+    assert len(pair.server.transport.history) <= 10_000 + 100
+    assert_closed_with(pair.server, ErrorCode.LIMIT)
+    assert pair.server.transport.aborted
+
+
+def test_window_updates_and_resets_count_against_the_cap() -> None:
+    pair = Pair(MuxSettings(control_buffer_cap=2_000))
+    opened = [pair.open() for _ in range(4)]
+    pair.server.mux.pauseProducing()
+    before = len(pair.server.transport.history)
+    # WINDOW_UPDATEs answering the peer's DATA count ...
+    for stream, _, _, _ in opened[:2]:
+        stream.write(pattern(0, MuxSettings().initial_window))
+    pair.pump(pair.client)
+    assert window_updates(pair.server)
+    # ... so do RESETs ...
+    for _, _, peer, _ in opened[2:]:
+        peer.reset(ErrorCode.CANCEL, "x" * 200)
+    assert pair.server.mux.bytes_while_paused == len(pair.server.transport.history) - before
+    # ... and the RESETs answering OPENs beyond the stream limit.
+    while not pair.server.mux.closing:
+        pair.client.mux.open_stream(TARGET)
+        pair.pump(pair.client)
+    assert len(pair.server.transport.history) - before <= 2_000 + 100
+    assert_closed_with(pair.server, ErrorCode.LIMIT)
 
 
 def test_control_frames_are_not_counted_when_not_paused() -> None:

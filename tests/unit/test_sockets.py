@@ -202,3 +202,48 @@ def test_the_channel_tls_sends_a_whole_frame_in_one_transport_write() -> None:
     assert len(writes) == 1 and writes[0] > len(payload)
     pump.flush()
     assert bytes(sink.received) == payload
+
+
+def test_channel_sockets_get_tcp_user_timeout_and_keepalive() -> None:
+    # Issue 9, point 11: the kernel drops a dead channel too (not only the mux's keepalive).
+    from shared.sockets import set_dead_link_timeouts
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        set_dead_link_timeouts(sock, 15.0, 45.0)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 45_000
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 15
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 15
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+
+
+def test_a_real_channel_socket_is_tuned() -> None:
+    from twisted.internet.tcp import Server
+
+    from shared.sockets import tune_transport
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        with client, accepted:
+
+            class Fake(Server):
+                """A Twisted TCP server connection around an accepted socket."""
+
+                def __init__(self, sock: socket.socket) -> None:
+                    self.socket = sock
+                    self.bufferSize = 65536
+
+                def getHandle(self) -> socket.socket:
+                    return self.socket
+
+                def setTcpNoDelay(self, enabled: bool) -> None:
+                    pass
+
+                def setTcpKeepAlive(self, enabled: bool) -> None:
+                    self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(enabled))
+
+            tune_transport(Fake(accepted), 5.0, 20.0)
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 20_000
+            assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
