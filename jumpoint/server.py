@@ -297,10 +297,11 @@ class JumpointChannel(ChannelProtocol):
         if self.user is None:
             return
         try:
-            kind = control.check_message(message, control.CONSOLE_MESSAGES)
+            kind = control.check_envelope(message, control.CONSOLE_MESSAGES)
             if not self._hello_done and kind != control.HELLO:
                 raise ProtocolViolation(f"{kind!r} before hello")
             if kind == control.HELLO:
+                control.check_message(message, {control.HELLO})  # no id: no error reply
                 self._hello(message)
                 return
         except ProtocolViolation as violation:
@@ -311,9 +312,14 @@ class JumpointChannel(ChannelProtocol):
 
         request_id = message["id"]
         try:
+            control.check_fields(kind, message)  # a bad field refuses this request only
             outcome = handle(self, kind, message)
         except JumpError as refusal:
             self._refused(kind, request_id, refusal)
+            return
+        except Exception:  # a bug: this request fails, the connection stays
+            log.failure("request {request} failed", request=kind)
+            self._refused(kind, request_id, InternalError("the Jumpoint failed the request"))
             return
         if isinstance(outcome, dict):
             self._reply(request_id, outcome)

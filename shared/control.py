@@ -5,18 +5,25 @@ an integer C{id}; the Jumpoint answers with C{result} or C{error} carrying the
 same C{id}.  Messages the Jumpoint sends on its own (C{session_closed}) have
 no C{id}.  OPEN frames carry a small JSON document too (L{StreamTarget}).
 
-Each message is checked against a schema before use (tahoe-lafs style):
-unknown types, missing fields, wrong types and oversize strings are a
-protocol violation that closes the connection.
+Each message is checked against one schema before use (tahoe-lafs style),
+in two tiers.  The envelope (an object whose C{type} this side accepts and,
+for a request, an integer C{id} in range) is framing: a message that breaks
+it is a protocol violation that closes the connection.  Every other field is
+checked for its type and its range (L{RANGES}: integers within bounds, numbers
+finite and bounded, strings, lists and nested objects limited): a request
+with a bad field is refused with an C{error} reply (L{InvalidRequest}, code
+C{invalid_request}) and the connection stays.  Nothing after the check sees
+an out-of-range value (10**400, 2**63, NaN), so no handler can overflow.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from shared.errors import ProtocolViolation
+from shared.errors import InvalidRequest, ProtocolViolation
 
 # Message types (docs/protocol.md, table "Control messages").
 HELLO = "hello"
@@ -100,29 +107,175 @@ _OPTIONAL: dict[str, dict[str, Types]] = {
 }
 
 
-def _check_value(kind: str, name: str, value: Any, expected: Types) -> None:
+MAX_ID = 2**63 - 1
+"""The largest request id and access request id (SQLite's INTEGER)."""
+MAX_SECONDS = 100 * 366 * 86400
+"""The largest magnitude of a duration in seconds (a century)."""
+MAX_DEPTH = 8
+"""Nesting of objects and lists inside an object field (create_item's item, error)."""
+MAX_KEYS = 64
+
+
+@dataclass(frozen=True)
+class Integer:
+    """An integer between C{low} and C{high}, both included."""
+
+    low: int
+    high: int
+
+    def problem(self, value: Any) -> str | None:
+        if not self.low <= value <= self.high:
+            return f"must be an integer from {self.low} to {self.high}"
+        return None
+
+
+@dataclass(frozen=True)
+class Number:
+    """A finite number of magnitude at most C{bound} (JSON allows NaN and Infinity)."""
+
+    bound: float
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, int):
+            finite = -self.bound <= value <= self.bound
+        else:
+            finite = math.isfinite(value) and abs(value) <= self.bound
+        return None if finite else f"must be a finite number of at most {self.bound:g}"
+
+
+@dataclass(frozen=True)
+class Entries:
+    """A list whose entries are strings of at most C{max_length}, or objects of C{fields}."""
+
+    max_length: int = 64
+    fields: tuple[tuple[str, type, Integer | None], ...] = ()
+
+    def problem(self, value: Any) -> str | None:
+        for entry in value:
+            if not self.fields:
+                if not isinstance(entry, str) or len(entry) > self.max_length:
+                    return f"entries must be strings of at most {self.max_length} characters"
+                continue
+            if not isinstance(entry, dict):
+                return "entries must be objects"
+            for name, kind, limits in self.fields:
+                member = entry.get(name)
+                if not isinstance(member, kind) or isinstance(member, bool):
+                    return f"entries need {name!r}"
+                if isinstance(member, str) and len(member) > self.max_length:
+                    return f"entries: {name!r} is too long"
+                if limits is not None and limits.problem(member) is not None:
+                    return f"entries: {name!r} {limits.problem(member)}"
+        return None
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """Any JSON object kept small: depth, keys, strings, lists and numbers bounded."""
+
+    def problem(self, value: Any, depth: int = 0) -> str | None:
+        if depth > MAX_DEPTH:
+            return f"is nested deeper than {MAX_DEPTH} levels"
+        if isinstance(value, bool) or value is None:
+            return None
+        if isinstance(value, int):
+            return None if -MAX_ID - 1 <= value <= MAX_ID else "holds an integer out of range"
+        if isinstance(value, float):
+            return None if math.isfinite(value) else "holds a number that is not finite"
+        if isinstance(value, str):
+            return None if len(value) <= MAX_STRING else "holds a string that is too long"
+        if isinstance(value, list):
+            if len(value) > MAX_LIST:
+                return "holds a list that is too long"
+            members = value
+        else:  # a dict: JSON has nothing else
+            if len(value) > MAX_KEYS:
+                return "has too many keys"
+            if any(len(key) > MAX_STRING for key in value):
+                return "holds a key that is too long"
+            members = list(value.values())
+        for member in members:
+            found = self.problem(member, depth + 1)
+            if found is not None:
+                return found
+        return None
+
+
+Range = Integer | Number | Entries | Bounded
+
+RANGES: dict[str, Range] = {
+    "id": Integer(0, MAX_ID),
+    "version": Integer(0, 65535),
+    "request": Integer(0, MAX_ID),
+    "duration": Number(MAX_SECONDS),
+    "auto_close": Number(MAX_SECONDS),
+    "idle_timeout": Number(MAX_SECONDS),
+    "keepalive_interval": Number(MAX_SECONDS),
+    "keepalive_timeout": Number(MAX_SECONDS),
+    "acl": Entries(64),
+    "groups": Entries(MAX_STRING),
+    "tunnels": Entries(64, (("local_address", str, None), ("local_port", int, Integer(0, 65535)))),
+    "item": Bounded(),
+    "error": Bounded(),
+}
+"""The range of a field, by name (the same name means the same thing in every message)."""
+
+
+def _problem(name: str, value: Any, expected: Types) -> str | None:
+    """What is wrong with one field's value, or C{None}."""
     wants_bool = expected is bool
     if not isinstance(value, expected) or (isinstance(value, bool) and not wants_bool):
-        raise ProtocolViolation(f"control message {kind!r}: field {name!r} is missing or invalid")
+        return "is missing or invalid"
     if isinstance(value, str) and len(value) > MAX_STRING:
-        raise ProtocolViolation(f"control message {kind!r}: field {name!r} is too long")
-    if isinstance(value, list):
-        if len(value) > MAX_LIST:
-            raise ProtocolViolation(f"control message {kind!r}: field {name!r} is too long")
-        if name == "acl" and not all(isinstance(v, str) and len(v) <= 64 for v in value):
-            raise ProtocolViolation(f"control message {kind!r}: field {name!r} is invalid")
+        return "is too long"
+    if isinstance(value, list) and len(value) > MAX_LIST:
+        return "is too long"
+    limits = RANGES.get(name)
+    if limits is None or isinstance(value, bool):
+        return None
+    if isinstance(limits, Bounded):
+        return limits.problem(value) if isinstance(value, dict) else None
+    if isinstance(limits, Entries):
+        return limits.problem(value) if isinstance(value, list) else None
+    return limits.problem(value)
 
 
-def check_message(message: dict[str, Any], allowed: set[str]) -> str:
-    """Validate a decoded control message; return its type or raise L{ProtocolViolation}."""
+def check_envelope(message: dict[str, Any], allowed: set[str]) -> str:
+    """The framing tier: a type this side accepts and, for a request, a valid C{id}.
+
+    Returns the type; raises L{ProtocolViolation} (the connection closes).
+    """
     kind = message.get("type")
     if not isinstance(kind, str) or kind not in allowed:
         raise ProtocolViolation(f"unexpected control message type {kind!r}"[:200])
-    for name, expected in _FIELDS[kind].items():
-        _check_value(kind, name, message.get(name), expected)
-    for name, expected in _OPTIONAL.get(kind, {}).items():
-        if message.get(name) is not None:
-            _check_value(kind, name, message[name], expected)
+    if "id" in _FIELDS[kind]:
+        problem = _problem("id", message.get("id"), int)
+        if problem is not None:
+            raise ProtocolViolation(f"control message {kind!r}: field 'id' {problem}")
+    return kind
+
+
+def check_fields(kind: str, message: dict[str, Any]) -> None:
+    """The request tier: every field of a message whose envelope passed.
+
+    Raises L{InvalidRequest} naming the field (answered with an C{error} reply).
+    """
+    for table, required in ((_FIELDS, True), (_OPTIONAL, False)):
+        for name, expected in table.get(kind, {}).items():
+            if name == "id" or (not required and message.get(name) is None):
+                continue
+            problem = _problem(name, message.get(name), expected)
+            if problem is not None:
+                raise InvalidRequest(f"control message {kind!r}: field {name!r} {problem}")
+
+
+def check_message(message: dict[str, Any], allowed: set[str]) -> str:
+    """Both tiers at once, every problem a L{ProtocolViolation} (messages without a reply)."""
+    kind = check_envelope(message, allowed)
+    try:
+        check_fields(kind, message)
+    except InvalidRequest as invalid:
+        raise ProtocolViolation(invalid.message) from None
     return kind
 
 

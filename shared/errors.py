@@ -55,6 +55,15 @@ class UsageError(JumpError):
     exit_code = ExitCode.USAGE
 
 
+class InvalidRequest(UsageError):
+    """A control request with a field of the wrong type or out of range.
+
+    The Jumpoint answers it with an error reply naming the field; the connection stays.
+    """
+
+    code = "invalid_request"
+
+
 class ConfigError(JumpError):
     """A configuration file is invalid; the message names file, line and key."""
 
