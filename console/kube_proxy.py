@@ -1,37 +1,34 @@
-"""The console's HTTPS listener for Kubernetes cluster items: local auth, then raw relay.
+"""The console's HTTPS listener for Kubernetes cluster items: local auth, then an HTTP relay.
 
 Each accepted connection of a C{k8s} tunnel is TLS (the per-session listener
 certificate of L{KubeSession}, TLS 1.2 or later, ALPN C{http/1.1} only, since
-SPDY and WebSocket upgrades need HTTP/1.1) around a L{KubeClientBridge}.  The
-stream to the Jumpoint is opened when the connection is accepted, as for any
-tunnel.  For each request on the connection (keep-alive, pipelining allowed)
-the bridge parses the head:
+SPDY and WebSocket upgrades need HTTP/1.1) around a L{KubeClientConnection},
+which runs the shared h11 relay (L{shared.k8s.relay}) between kubectl and a
+stream to the Jumpoint:
 
-  - a malformed head gets a local 400 (a small C{Status}), and the
-    connection is closed;
+  - no stream is opened, so the Jumpoint dials nothing, until the first
+    request head is complete and authenticated; a connection that has not
+    got there within the session's C{login_timeout} (L{DEFAULT_LOGIN_TIMEOUT}
+    without one) is closed and counted as a login timeout;
   - a request without exactly one C{Authorization: Bearer <session token>}
     line, or whose C{Host} is not the listener's C{ADDR:PORT} (or C{ADDR}),
     gets a local 401 and the connection is closed; none of its bytes cross
     the channel;
-  - otherwise the head bytes, as received, and the body (Content-Length or
-    chunked; the chunked framing is decoded only to find where the body
-    ends) go to the stream unchanged.
+  - a malformed head gets a local 400 (a small C{Status}) and the connection
+    is closed;
+  - otherwise the request, re-encoded by h11 without the session token, goes
+    to the stream; the request target is not judged here: the Jumpoint
+    canonicalises it, decides and audits.
 
-What comes back on the stream is raw HTTP/1.1 responses, written to the
-client unchanged.  After an upgrade request (C{Connection: upgrade} with an
-C{Upgrade} header) has been forwarded, bytes pass both ways untouched.
-
-A request refused after earlier requests of the same connection were
-forwarded is answered only once the Jumpoint has ended the stream (the
-console sends FIN first), so that the 401 cannot land inside a response
-still in flight; after L{REFUSAL_WAIT} seconds it is written anyway.
+What comes back on the stream is parsed by h11 too, so the console knows
+when an upgrade was accepted (101: raw bytes both ways from then on,
+including what arrived together with the 101) and when it was refused (the
+connection stays HTTP, and the next request is checked like the first).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection
-from http import HTTPStatus
 from typing import Any
 
 from twisted.internet import ssl
@@ -43,16 +40,18 @@ from twisted.python.failure import Failure
 
 from console.kube_session import KubeSession
 from shared.bridge import TcpBridge
-from shared.frames import ErrorCode
-from shared.k8s.http import ChunkedDecoder, HttpError, RequestHead, RequestHeadParser
-from shared.k8s.policy import status_401, status_body
+from shared.frames import ErrorCode, describe_code
+from shared.k8s.http import Answer, Forward, RequestHead, error_answer, rewrite_headers
+from shared.k8s.policy import unauthorized_answer
+from shared.k8s.relay import Exchange, HttpRelay
 from shared.mux import Stream
 
 log = Logger()
 
 ALPN = b"http/1.1"
-REFUSAL_WAIT = 5.0
-"""Seconds to wait for the Jumpoint to end the stream before a held-back refusal is written."""
+
+DEFAULT_LOGIN_TIMEOUT = 30.0
+"""Seconds a local connection has to send its first authenticated request (no session terms)."""
 
 TOKEN_MESSAGE = (
     "Unauthorized: the request does not carry this session's token"
@@ -65,25 +64,6 @@ def listener_hosts(address: str, port: int) -> frozenset[str]:
     """The C{Host} values accepted on a listener: C{ADDR:PORT} and C{ADDR} (lowercase)."""
     host = f"[{address}]" if ":" in address else address
     return frozenset({f"{host}:{port}".lower(), host.lower()})
-
-
-def status_response(code: int, message: str) -> bytes:
-    """A complete HTTP/1.1 error response with a Kubernetes C{Status}; closes the connection."""
-    try:
-        phrase = HTTPStatus(code).phrase
-    except ValueError:
-        phrase = "Error"
-    reason = phrase.replace(" ", "") or "BadRequest"
-    body = json.dumps(status_body(code, reason, message), separators=(",", ":")).encode("utf-8")
-    head = (
-        f"HTTP/1.1 {code} {phrase}\r\n"
-        "Content-Type: application/json\r\n"
-        "Cache-Control: no-cache, private\r\n"
-        "X-Content-Type-Options: nosniff\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
 
 
 def tls_options(session: KubeSession) -> ssl.CertificateOptions:
@@ -138,122 +118,228 @@ class KubeListenerFactory(ServerFactory):
         return protocol
 
 
-class KubeClientBridge(TcpBridge):
-    """One kubectl connection (already decrypted) bridged to a stream, request by request.
+class _StreamLeg(TcpBridge):
+    """The stream side of one kubectl connection, once its first request is authenticated.
 
-    @param hosts: the accepted C{Host} values (L{listener_hosts}).
-    @param local: the listener's address, for logs.
-    @param clock: for the refusal wait (the global reactor by default).
+    A plain L{TcpBridge} on the connection's TLS transport (credit and
+    backpressure as for any tunnel), except that what comes from the stream
+    goes through the connection's HTTP relay instead of straight to kubectl.
     """
 
     def __init__(
         self,
         stream: Stream,
-        session: KubeSession,
-        hosts: Collection[str],
-        on_closed: Callable[[TcpBridge], None] | None = None,
-        *,
-        local: str = "",
-        clock: IReactorTime | None = None,
+        connection: KubeClientConnection,
+        on_closed: Callable[[TcpBridge], None] | None,
     ) -> None:
         super().__init__(stream, on_closed)
+        self.connection = connection
+
+    def stream_data(self, data: bytes) -> None:
+        if self.tap is not None:
+            self.tap.to_socket(data)
+        self.connection.relay.feed_upstream(data)
+
+    def stream_ended(self) -> None:
+        self._write_closed = True
+        self.connection.relay.upstream_eof()
+
+    def stream_reset(self, code: int, reason: str) -> None:
+        self.reset_code = code
+        self.close_reason = f"{describe_code(code)}: {reason}"
+        self.connection.relay.abort(self.close_reason)
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+        else:
+            self._finish()
+
+
+class KubeClientConnection(Protocol):
+    """One kubectl connection (already decrypted): local auth, then an HTTP relay to a stream.
+
+    No stream exists (so the Jumpoint dials nothing) until the first request
+    head is complete and carries this session's token and Host.  A connection
+    that has not got that far within C{login_timeout} seconds is closed and
+    reported with C{on_ended(connection, True)}.
+
+    @param open_stream: opens the stream to the Jumpoint (None: the session is closing).
+    @param hosts: the accepted C{Host} values (L{listener_hosts}).
+    @param on_opened: the stream is open; its bridge now counts as a connection.
+    @param on_ended: the connection ended before it had a stream (timed out or not).
+    @param on_closed: the stream's bridge ended (the tunnel's counters).
+    @param local: the listener's address, for logs.
+    """
+
+    def __init__(
+        self,
+        open_stream: Callable[[], Stream | None],
+        session: KubeSession,
+        hosts: Collection[str],
+        *,
+        on_opened: Callable[[KubeClientConnection, TcpBridge], None] | None = None,
+        on_ended: Callable[[KubeClientConnection, bool], None] | None = None,
+        on_closed: Callable[[TcpBridge], None] | None = None,
+        clock: IReactorTime | None = None,
+        login_timeout: float | None = None,
+        local: str = "",
+    ) -> None:
+        self.open_stream = open_stream
         self.session = session
         self.hosts = frozenset(h.lower() for h in hosts)
+        self.on_opened = on_opened
+        self.on_ended = on_ended
+        self.on_closed = on_closed
+        self.clock = clock
+        self.login_timeout = DEFAULT_LOGIN_TIMEOUT if login_timeout is None else login_timeout
         self.local = local
-        self._clock = clock
-        self._mode = "head"  # head | length | chunked | upgraded | closed
-        self._parser = RequestHeadParser()
-        self._raw = bytearray()
-        self._remaining = 0
-        self._decoder: ChunkedDecoder | None = None
-        self.forwarded = 0
-        """Requests forwarded to the stream on this connection."""
-        self.refused = 0
-        self._held: bytes | None = None
-        self._wait: IDelayedCall | None = None
-        self._client_closed = False
+        self.relay = HttpRelay(self)
+        self.leg: _StreamLeg | None = None
+        self.refusals = 0
+        """Requests answered locally (401, malformed)."""
+        self.timed_out = False
+        self._timer: IDelayedCall | None = None
+        self._ended = False
+        self._lost = False
 
-    # -- from the client -------------------------------------------------------------------
+    @property
+    def stream(self) -> Stream | None:
+        return self.leg.stream if self.leg is not None else None
+
+    def _clock(self) -> IReactorTime:
+        if self.clock is None:
+            from twisted.internet import reactor
+
+            self.clock = reactor
+        assert self.clock is not None
+        return self.clock
+
+    # -- from kubectl ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._timer = self._clock().callLater(self.login_timeout, self._login_expired)
 
     def dataReceived(self, data: bytes) -> None:
-        while data:
-            mode = self._mode
-            if mode == "closed":
-                return
-            if mode == "upgraded":
-                super().dataReceived(data)
-                return
-            if mode == "head":
-                data = self._head_bytes(data)
-            elif mode == "length":
-                used = min(self._remaining, len(data))
-                super().dataReceived(data[:used])
-                self._remaining -= used
-                data = data[used:]
-                if not self._remaining:
-                    self._next_request()
-            else:
-                data = self._chunked_bytes(data)
+        self.relay.feed_client(data)
 
-    def _head_bytes(self, data: bytes) -> bytes:
-        """Feed the head parser; forward or refuse a complete head; the bytes after it."""
-        self._raw += data
-        try:
-            head = self._parser.feed(data)
-        except HttpError as error:
-            self._refuse(status_response(error.status, f"malformed request: {error.reason}"), error)
-            return b""
-        if head is None:
-            return b""
-        rest = self._parser.rest()
-        raw = bytes(self._raw[: len(self._raw) - len(rest)]).lstrip(b"\r\n")
-        self._raw.clear()
-        try:
-            length, chunked = head.content_length, head.chunked
-        except HttpError as error:
-            self._refuse(status_response(error.status, f"malformed request: {error.reason}"), error)
-            return b""
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_timer()
+        self._lost = True
+        leg = self.leg
+        if leg is not None:
+            self.relay.abort(f"the local connection was lost: {reason.getErrorMessage()}")
+            leg.connectionLost(reason)
+        else:
+            self.relay.abort("closed")
+            self._end(timed_out=False)
+
+    def abort(self) -> None:
+        """Close now (the session is closing)."""
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _login_expired(self) -> None:
+        self._timer = None
+        if self.leg is not None or self._ended:
+            return
+        self.timed_out = True
+        log.warn(
+            "closed a Kubernetes connection from {peer} on {local}: no complete request"
+            " within the login timeout ({timeout:g}s)",
+            peer=self._peer(),
+            local=self.local,
+            timeout=self.login_timeout,
+        )
+        self._end(timed_out=True)
+        self.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _end(self, timed_out: bool) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self.on_ended is not None:
+            self.on_ended(self, timed_out)
+
+    # -- the relay's handler --------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock().seconds()
+
+    def decide(self, exchange: Exchange) -> Forward | Answer:
+        head = exchange.head
         message = self._unauthorized(head)
         if message is not None:
-            self._refuse(status_401(message, close=True), message, head)
-            return b""
-        super().dataReceived(raw)
-        self.forwarded += 1
-        if head.is_upgrade:
-            self._mode = "upgraded"
-        elif chunked:
-            self._mode = "chunked"
-            self._decoder = ChunkedDecoder()
-        elif length:
-            self._mode = "length"
-            self._remaining = length
-        else:
-            self._next_request()
-        return rest
+            self._refused_log(message, head)
+            return unauthorized_answer(message)
+        if self.leg is None and not self._open():
+            return error_answer(
+                503, "the session is closing", close=True, reason="ServiceUnavailable"
+            )
+        return Forward(rewrite_headers(head, remove=("Authorization",)))
 
-    def _chunked_bytes(self, data: bytes) -> bytes:
-        decoder = self._decoder
-        assert decoder is not None
-        before = decoder.wire_bytes
-        try:
-            decoder.feed(data)
-        except HttpError as error:
-            # The head already went through: the Jumpoint holds a partial request.
-            self._abort_with(status_response(error.status, f"malformed request: {error.reason}"))
-            return b""
-        used = decoder.wire_bytes - before
-        super().dataReceived(data[:used])
-        if not decoder.done:
-            return b""
-        self._next_request()
-        return data[used:]
+    def _open(self) -> bool:
+        """Open the stream for the first authenticated request; False if the session is closing."""
+        if self._ended or self.transport is None:
+            return False
+        stream = self.open_stream()
+        if stream is None:
+            return False
+        self._cancel_timer()
+        self._ended = True  # from now on the leg reports the connection's end
+        leg = _StreamLeg(stream, self, self.on_closed)
+        self.leg = leg
+        if self.on_opened is not None:
+            self.on_opened(self, leg)
+        leg.makeConnection(self.transport)  # type: ignore[no-untyped-call]
+        return True
 
-    def _next_request(self) -> None:
-        self._mode = "head"
-        self._parser = RequestHeadParser()
-        self._raw.clear()
-        self._remaining = 0
-        self._decoder = None
+    def refused(self, status: int, reason: str) -> None:
+        self._refused_log(f"malformed request ({status}): {reason}", None)
+
+    def to_client(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def to_upstream(self, data: bytes) -> None:
+        leg = self.leg
+        if leg is not None and not leg.stream.closed:
+            TcpBridge.dataReceived(leg, data)
+
+    def switched(self, exchange: Exchange) -> None:
+        pass
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        pass  # audited on the Jumpoint
+
+    def upstream_ended(self) -> None:
+        # The Jumpoint has nothing more to say: TLS cannot half-close, so close in order.
+        self._close_client()
+
+    def client_ended(self) -> None:
+        leg = self.leg
+        if leg is not None:
+            leg.stream.end_write()
+
+    def finished(self, reason: str, clean: bool) -> None:
+        leg = self.leg
+        if leg is not None:
+            leg.close_reason = leg.close_reason or reason
+            if clean:
+                leg.stream.end_write()
+            else:
+                leg.stream.reset(ErrorCode.CANCEL, reason)
+        if self._lost:
+            return
+        if clean:
+            self._close_client()
+        elif self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    # -- helpers ---------------------------------------------------------------------------
 
     def _unauthorized(self, head: RequestHead) -> str | None:
         """Why the request may not cross the channel, or None."""
@@ -265,95 +351,24 @@ class KubeClientBridge(TcpBridge):
             return HOST_MESSAGE
         return None
 
-    # -- local answers ------------------------------------------------------------------------
-
-    def _refuse(self, response: bytes, why: object, head: RequestHead | None = None) -> None:
-        """Answer C{response} locally and close; nothing of this request reaches the stream."""
-        self._mode = "closed"
-        self.refused += 1
-        reason = why.reason if isinstance(why, HttpError) else str(why)
+    def _refused_log(self, reason: str, head: RequestHead | None) -> None:
+        self.refusals += 1
         log.warn(
             "refused a Kubernetes request from {peer} on {local}{what}: {reason}",
             peer=self._peer(),
             local=self.local,
-            what=f" ({head.method} {head.path})" if head is not None else "",
+            what=f" ({head.method} {head.target[:200]})" if head is not None else "",
             reason=reason,
         )
-        self.close_reason = f"refused locally: {reason}"
-        if not self.forwarded or self.stream.closed:
-            self._abort_with(response)
-            return
-        # Responses to earlier requests may still be coming: end our side, answer after them.
-        self._held = response
-        self.stream.end_write()
-        clock = self._clock
-        if clock is None:
-            from twisted.internet import reactor
 
-            clock = reactor
-        assert clock is not None
-        self._wait = clock.callLater(REFUSAL_WAIT, self._wait_over)
-
-    def _wait_over(self) -> None:
-        self._wait = None
-        held, self._held = self._held, None
-        if held is not None:
-            self._abort_with(held)
-
-    def _abort_with(self, response: bytes) -> None:
-        """Reset the stream, write C{response} to the client, close the connection."""
-        self._mode = "closed"
-        self.stream.reset(ErrorCode.CANCEL, self.close_reason or "refused by the console")
-        self._close_client(response)
-
-    def _close_client(self, last: bytes | None) -> None:
-        """Write C{last} after everything relayed, then close the TLS connection in order."""
-        self._mode = "closed"
-        if self._wait is not None and self._wait.active():
-            self._wait.cancel()
-        self._wait = None
+    def _close_client(self) -> None:
+        """Close the TLS connection after everything written so far."""
         transport = self.transport
-        if self._client_closed or transport is None:
-            if transport is None:
-                self._finish()
+        if transport is None:
             return
-        self._client_closed = True
-        if last:
-            transport.write(last)
         # A registered producer would make the TLS transport wait before closing.
         transport.unregisterProducer()  # type: ignore[attr-defined]
         transport.loseConnection()
-
-    # -- from the stream --------------------------------------------------------------------
-
-    def stream_data(self, data: bytes) -> None:
-        if self._before_connect is not None or self.transport is None:
-            super().stream_data(data)
-            return
-        if self._client_closed:
-            return
-        if self.tap is not None:
-            self.tap.to_socket(data)
-        # Straight to the TLS transport: the write batch would bypass the encryption.
-        self.transport.write(data)
-
-    def stream_ended(self) -> None:
-        if self._before_connect is not None or self.transport is None:
-            super().stream_ended()
-            return
-        # The Jumpoint has nothing more to say: TLS cannot half-close, so close in order.
-        self._write_closed = True
-        self.stream.end_write()
-        held, self._held = self._held, None
-        self.close_reason = self.close_reason or "closed"
-        self._close_client(held)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._wait is not None and self._wait.active():
-            self._wait.cancel()
-        self._wait = None
-        self._mode = "closed"
-        super().connectionLost(reason)
 
     def _peer(self) -> str:
         transport = self.transport
@@ -365,9 +380,9 @@ class KubeClientBridge(TcpBridge):
 
 __all__ = [
     "ALPN",
-    "KubeClientBridge",
+    "DEFAULT_LOGIN_TIMEOUT",
+    "KubeClientConnection",
     "KubeListenerFactory",
     "listener_hosts",
-    "status_response",
     "tls_options",
 ]

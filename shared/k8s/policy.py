@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from shared.k8s.http import Answer
 from shared.k8s.requests import RequestInfo
 
 READ_VERBS = frozenset({"get", "list", "watch"})
@@ -243,3 +244,27 @@ def status_403(info: RequestInfo, denial: Denial, *, close: bool = False) -> byt
 def status_401(message: str = "Unauthorized", *, close: bool = False) -> bytes:
     """A complete 401 response with a C{Status} (reason C{Unauthorized})."""
     return _response(401, "Unauthorized", status_body(401, "Unauthorized", message), close)
+
+
+def _answer(code: int, status: dict[str, object], close: bool) -> Answer:
+    return Answer(
+        status=code,
+        headers=(
+            ("Content-Type", "application/json"),
+            ("Cache-Control", "no-cache, private"),
+            ("X-Content-Type-Options", "nosniff"),
+        ),
+        body=json.dumps(status, separators=(",", ":")).encode("utf-8"),
+        close=close,
+    )
+
+
+def forbidden_answer(info: RequestInfo, denial: Denial) -> Answer:
+    """L{status_403} as a relay L{Answer} (the connection stays open)."""
+    _, _, body = status_403(info, denial).partition(b"\r\n\r\n")
+    return _answer(403, json.loads(body), False)
+
+
+def unauthorized_answer(message: str) -> Answer:
+    """L{status_401} as a relay L{Answer}; the connection is closed after it."""
+    return _answer(401, status_body(401, "Unauthorized", message), True)

@@ -25,17 +25,23 @@ C{portforward} are always C{create}, whatever the method (kubectl >= 1.30 uses
 a WebSocket GET where older versions POST; the apiserver itself added a
 synthetic C{create} check for this in 1.35).
 
-Paths are taken as sent on the wire (percent-encoded, without the query).
-Anything ambiguous (dot segments, empty segments, encoded C{/}, C{\\} or C{%},
-control characters, malformed escapes, over L{MAX_PATH} bytes) raises
-L{K8sRequestError}; the Jumpoint answers 400 and does not forward it.
+Every request target first goes through L{canonical_target}: the one
+origin-form target (path and query) that the policy classifies, the audit
+records and the Jumpoint forwards to the cluster.  Anything that is not a
+plain origin-form path is refused: absolute-form (C{http://h/p}),
+authority-form (C{h:443}), asterisk-form (C{*}), a target that does not
+start with exactly one C{/} (C{//api} reads as an authority to URL parsers),
+empty segments, dot segments (also percent-encoded), encoded C{/}, C{\\} or
+C{%}, control characters, malformed escapes, over L{MAX_PATH} bytes.  The
+Jumpoint answers such a target 400 before any policy check and never
+forwards it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import parse_qs, quote, unquote
 
 MAX_PATH = 8 * 1024
 """Longest accepted request path, in bytes as sent."""
@@ -61,7 +67,13 @@ _METHOD_VERBS = {
     "DELETE": "delete",
 }
 
+MAX_TARGET = 16 * 1024
+"""Longest accepted request target (path and query), in bytes as sent."""
+
 _HEX = frozenset("0123456789abcdefABCDEF")
+
+_SEGMENT_SAFE = "!$&'()*+,;=:@"
+"""Characters a canonical path segment keeps unescaped (RFC 3986 pchar, besides unreserved)."""
 
 
 class K8sRequestError(Exception):
@@ -159,6 +171,62 @@ def split_path(path: str) -> tuple[str, ...]:
     if "" in raw_segments:
         raise K8sRequestError("empty path segment")
     return tuple(_decode_segment(segment) for segment in raw_segments)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTarget:
+    """A request target in its one canonical origin form (see L{canonical_target}).
+
+    @ivar path: the canonical path: each segment decoded once and re-encoded
+        the same way, one C{/} between segments, a trailing C{/} kept.
+    @ivar query: the query as sent (without C{?}), its characters checked.
+    @ivar segments: the decoded path segments.
+    """
+
+    path: str
+    query: str
+    segments: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        """The target to forward: C{path} and, if any, C{?query}."""
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+    @property
+    def params(self) -> dict[str, list[str]]:
+        """The parsed query (blank values kept, C{&} separators only)."""
+        return parse_qs(self.query, keep_blank_values=True)
+
+
+def canonical_target(target: str) -> RequestTarget:
+    """The canonical origin form of a request target; raises L{K8sRequestError}.
+
+    Only a plain origin-form target is accepted (see the module docstring);
+    the result is a fixed point: C{canonical_target(t.text) == t}.
+    """
+    if not isinstance(target, str):
+        raise K8sRequestError("request target is not a string")
+    if len(target.encode("utf-8", "surrogatepass")) > MAX_TARGET:
+        raise K8sRequestError(f"request target longer than {MAX_TARGET} bytes")
+    for char in target:
+        if not 0x21 <= ord(char) <= 0x7E:
+            raise K8sRequestError(f"forbidden character {char!r} in request target")
+    if target == "*":
+        raise K8sRequestError("asterisk-form request target")
+    if not target.startswith("/"):
+        if "://" in target:
+            raise K8sRequestError("absolute-form request target (only a path is accepted)")
+        raise K8sRequestError("authority-form request target (only a path is accepted)")
+    if target.startswith("//"):
+        raise K8sRequestError("empty path segment ('//' at the start reads as an authority)")
+    if "#" in target:
+        raise K8sRequestError("fragment in request target")
+    path, _, query = target.partition("?")
+    segments = split_path(path)
+    canonical = "/" + "/".join(quote(segment, safe=_SEGMENT_SAFE) for segment in segments)
+    if segments and path.endswith("/"):
+        canonical += "/"
+    return RequestTarget(path=canonical, query=query, segments=segments)
 
 
 def _query_bool(query: Mapping[str, Sequence[str]], key: str) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -158,6 +159,18 @@ def request(method: str, target: str, *headers: str, body: bytes = b"") -> bytes
     if body:
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def dechunk(data: bytes) -> bytes:
+    """The data of complete chunks (h11 re-frames every piece it relays as one chunk)."""
+    out = b""
+    while data:
+        size, _, rest = data.partition(b"\r\n")
+        length = int(size, 16)
+        out += rest[:length]
+        assert rest[length : length + 2] == b"\r\n"
+        data = rest[length + 2 :]
+    return out
 
 
 def head_lines(data: bytes) -> list[str]:
@@ -310,10 +323,10 @@ def test_a_chunked_watch_is_relayed_piece_by_piece(tmp_path: Path) -> None:
     events = [b'{"type":"ADDED","object":{}}\n', b'{"type":"MODIFIED","object":{}}\n']
     for event in events:
         chunk = b"%x\r\n%s\r\n" % (len(event), event)
-        h.answer(chunk[:5])
-        assert h.at_console() == chunk[:5]
+        h.answer(chunk[:5])  # size line and one byte: that byte reaches the console at once
+        assert dechunk(h.at_console()) == event[:1]
         h.answer(chunk[5:])
-        assert h.at_console() == chunk[5:]  # at the console before the next one arrives
+        assert dechunk(h.at_console()) == event[1:]  # before the next one arrives
     assert h.audit.of("k8s_request") == []  # still running
     assert h.session._busy()  # the idle timeout never closes a watch
     h.answer(b"0\r\n\r\n")
@@ -431,3 +444,196 @@ def test_a_bad_path_is_answered_400(tmp_path: Path) -> None:
     code, _ = _status(h.at_console())
     assert code == 400
     assert h.at_cluster() == b""
+
+
+# -- one canonical origin-form target (issue 9, point 1) ------------------------------
+
+
+def test_a_double_slash_path_is_refused_400_before_policy_and_audited(tmp_path: Path) -> None:
+    h = Harness(tmp_path, k8s_item(read_only_access=True))
+    h.connect()
+    h.send(request("GET", "//api/v1/namespaces/default/secrets"))
+    code, status = _status(h.at_console())
+    assert code == 400 and "request target is refused" in status["message"]
+    assert h.at_cluster() == b""
+    (row,) = h.audit.of("k8s_denied")
+    assert row["rule"] == "k8s.path" and row["path"] == "//api/v1/namespaces/default/secrets"
+    assert h.audit.of("k8s_request") == []
+    # the connection goes on, and the canonical path is what the policy sees
+    h.send(request("GET", "/api/v1/namespaces/default/secrets"))
+    code, status = _status(h.at_console())
+    assert code == 403 and "(rule: k8s.denied_resources)" in status["message"]
+
+
+def test_a_websocket_exec_on_a_double_slash_path_gets_400_not_101(tmp_path: Path) -> None:
+    h = Harness(tmp_path, k8s_item(read_only_access=True))
+    h.connect()
+    h.send(
+        request(
+            "GET",
+            "//api/v1/namespaces/default/pods/web-1/exec?command=id&stdout=true",
+            "Connection: Upgrade",
+            "Upgrade: websocket",
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Protocol: v5.channel.k8s.io",
+        )
+        + b"\x82\x02\x00l"  # bytes after the head: never raw, parsed as HTTP (and refused)
+    )
+    out = h.at_console()
+    assert out.startswith(b"HTTP/1.1 400 ")
+    assert b" 101 " not in out
+    assert h.at_cluster() == b""
+    assert [row["rule"] for row in h.audit.of("k8s_denied")] == ["k8s.path"]
+    assert not h.bridge.long_running
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "//api/v1/pods",
+        "/api//v1/pods",
+        "/api/v1/namespaces/web/pods/./p1",
+        "/api/v1/namespaces/web/pods/../../kube-system/pods",
+        "/api/v1/namespaces/web/pods/%2e%2e/x",
+        "/api/v1/namespaces/web%2Fpods",
+        "/api/v1/namespaces/web%2fpods",
+        "https://k8s.lab/api/v1/pods",
+        "http://evil/api/v1/pods",
+        "k8s.lab:6443",
+        "*",
+    ],
+)
+def test_targets_that_are_not_a_plain_origin_form_path_get_400(tmp_path: Path, target: str) -> None:
+    h = Harness(tmp_path, k8s_item())
+    h.connect()
+    h.send(request("OPTIONS" if target == "*" else "GET", target))
+    code, _ = _status(h.at_console())
+    assert code == 400
+    assert h.at_cluster() == b""
+    assert [row["rule"] for row in h.audit.of("k8s_denied")] == ["k8s.path"]
+
+
+def test_policy_audit_and_forwarded_bytes_share_the_canonical_target(tmp_path: Path) -> None:
+    h = Harness(tmp_path, k8s_item(url="https://k8s.lab:6443/prefix"))
+    h.connect()
+    h.send(request("GET", "/api/v1/n%61mespaces/web/pods/p%31?watch=0"))
+    assert (
+        head_lines(h.at_cluster())[0]
+        == "GET /prefix/api/v1/namespaces/web/pods/p1?watch=0 HTTP/1.1"
+    )
+    h.answer(OK)
+    (row,) = h.audit.of("k8s_request")
+    assert row["path"] == "/api/v1/namespaces/web/pods/p1" and row["query"] == "watch=0"
+    assert row["namespace"] == "web" and row["name"] == "p1" and row["ended"] == "complete"
+
+
+# -- every request that reached the cluster has exactly one row (issue 9, point 2) ------
+
+
+def _upgrade(path: str, spdy: bool = False) -> bytes:
+    if spdy:
+        return request(
+            "POST",
+            path,
+            "Connection: Upgrade",
+            "Upgrade: SPDY/3.1",
+            "X-Stream-Protocol-Version: v4.channel.k8s.io",
+            "Content-Length: 0",
+        )
+    return request(
+        "GET",
+        path,
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Protocol: v5.channel.k8s.io",
+    )
+
+
+SWITCH_WS = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("how", ["session", "reset", "lost"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/web/pods/p1/exec?command=sh&stdin=true",
+        "/api/v1/namespaces/web/pods/p1/attach?stdin=true",
+        "/api/v1/namespaces/web/pods/p1/portforward?ports=80",
+    ],
+)
+def test_an_upgraded_request_cut_by_the_session_end_has_its_row(
+    tmp_path: Path, how: str, path: str
+) -> None:
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    from shared.frames import ErrorCode
+
+    h = Harness(tmp_path, k8s_item())
+    h.connect()
+    h.send(_upgrade(path))
+    h.at_cluster()
+    h.answer(SWITCH_WS + b"\x82\x03\x01$ ")
+    h.send(b"\x82\x02\x00l")
+    assert h.audit.of("k8s_request") == []
+    if how == "session":
+        h.bridge.abort(ErrorCode.SESSION_CLOSED, "the session was closed: jump close")
+    elif how == "reset":
+        h.stream._notify_reset(ErrorCode.CANCEL, "kubectl went away")
+    else:
+        h.bridge.connectionLost(Failure(ConnectionLost("reset by peer")))
+    h.bridge.connectionLost(Failure(ConnectionLost("aborted")))  # the transport's own report
+    (row,) = h.audit.of("k8s_request")
+    assert row["status"] == 101 and row["upgraded"] is True
+    assert row["bytes_out"] == len(SWITCH_WS) + 5 and row["bytes_in"] > 4
+    assert row["ended"] == ("complete" if how == "lost" else "aborted")
+
+
+@pytest.mark.parametrize("stage", ["sent", "head", "body"])
+def test_a_watch_cut_by_the_session_end_has_its_row(tmp_path: Path, stage: str) -> None:
+    from shared.frames import ErrorCode
+
+    h = Harness(tmp_path, k8s_item())
+    h.connect()
+    h.send(request("GET", "/api/v1/namespaces/web/pods?watch=true"))
+    h.at_cluster()
+    if stage != "sent":
+        h.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    if stage == "body":
+        h.answer(b"5\r\nhello\r\n")
+    h.bridge.abort(ErrorCode.SESSION_CLOSED, "the session was closed: SIGTERM")
+    (row,) = h.audit.of("k8s_request")
+    assert row["verb"] == "watch" and row["ended"] == "aborted"
+    assert row["status"] == (None if stage == "sent" else 200)
+    assert (row["bytes_out"] > 0) == (stage != "sent")
+
+
+def test_a_request_still_waiting_for_the_connection_is_reported_when_the_session_ends(
+    tmp_path: Path,
+) -> None:
+    from shared.frames import ErrorCode
+
+    h = Harness(tmp_path, k8s_item())
+    h.send(_upgrade("/api/v1/namespaces/web/pods/p1/exec?command=sh", spdy=True))
+    h.bridge.abort(ErrorCode.SESSION_CLOSED, "the session was closed: revoked")
+    (row,) = h.audit.of("k8s_request")
+    assert row["ended"] == "aborted" and row["status"] is None
+
+
+def test_bytes_right_after_the_101_in_one_read_reach_both_sides(tmp_path: Path) -> None:
+    h = Harness(tmp_path, k8s_item())
+    h.connect()
+    # kubectl's first frames in the same chunk as its request head
+    h.send(_upgrade("/api/v1/namespaces/web/pods/p1/exec?command=echo", spdy=True) + b"SYN1")
+    assert h.at_cluster().endswith(b"\r\n\r\n")  # held until the answer
+    h.answer(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: SPDY/3.1\r\nConnection: Upgrade\r\n\r\nOUT1"
+    )
+    assert h.at_console().endswith(b"\r\n\r\nOUT1")
+    assert h.at_cluster() == b"SYN1"
