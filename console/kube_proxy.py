@@ -366,8 +366,8 @@ class KubeClientConnection(Protocol):
         transport = self.transport
         if transport is None:
             return
-        # A registered producer would make the TLS transport wait before closing.
-        transport.unregisterProducer()  # type: ignore[attr-defined]
+        if self.leg is not None:  # its producer would make the TLS transport wait to close
+            transport.unregisterProducer()  # type: ignore[attr-defined]
         transport.loseConnection()
 
     def _peer(self) -> str:

@@ -21,7 +21,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 
 from console.channel import ConsoleChannel
-from console.kube_proxy import KubeClientBridge, KubeListenerFactory, listener_hosts
+from console.kube_proxy import KubeClientConnection, KubeListenerFactory, listener_hosts
 from console.kube_session import KubeSession
 from console.listeners import Listen, bind
 from console.local_ca import listener_certificate
@@ -40,6 +40,9 @@ log = Logger()
 REFUSALS_IN_FLIGHT = 32
 """Connections over the cap sent to the Jumpoint for its decision at the same time."""
 CAP_RULE = "max_connections"
+
+LocalLogin = TdsLocalConnection | KubeClientConnection
+"""A local connection that has no stream yet (its login or first request is not complete)."""
 
 FAILURE_CODES = {
     ErrorCode.REFUSED,
@@ -71,7 +74,7 @@ class Tunnel:
     listening: IListeningPort | None = None
     status: str = "pending"
     bridges: set[TcpBridge] = field(default_factory=set)
-    logins: set[TdsLocalConnection] = field(default_factory=set)
+    logins: set[LocalLogin] = field(default_factory=set)
     """Local connections still logging in: no stream yet, but a slot of the connection cap."""
     total_connections: int = 0
     refused_connections: int = 0
@@ -132,11 +135,11 @@ class Tunnel:
             "last_error": self.last_error,
         }
 
-    def login_completed(self, connection: TdsLocalConnection, bridge: TcpBridge) -> None:
+    def login_completed(self, connection: LocalLogin, bridge: TcpBridge) -> None:
         self.logins.discard(connection)
         self.bridges.add(bridge)
 
-    def login_ended(self, connection: TdsLocalConnection, *, timed_out: bool) -> None:
+    def login_ended(self, connection: LocalLogin, *, timed_out: bool) -> None:
         self.logins.discard(connection)
         if timed_out:
             self.login_timeouts += 1
@@ -248,18 +251,28 @@ class TunnelFactory(ServerFactory):
             tunnel.logins.add(connection)
             tunnel.total_connections += 1
             return connection
-        stream = mux.open_stream(target)
-        bridge: TcpBridge
         if kube is not None:
-            bridge = KubeClientBridge(
-                stream,
+            # The stream (and the Jumpoint's dial) waits for a complete, authenticated head.
+            def open_kube_stream() -> Stream | None:
+                if mux.closing or session.closing:
+                    return None
+                return mux.open_stream(target)
+
+            kube_connection = KubeClientConnection(
+                open_kube_stream,
                 kube,
                 listener_hosts(tunnel.local_address, tunnel.local_port),
+                on_opened=tunnel.login_completed,
+                on_ended=lambda c, timed_out: tunnel.login_ended(c, timed_out=timed_out),
                 on_closed=tunnel.connection_closed,
-                local=f"{tunnel.local_address}:{tunnel.local_port}",
+                clock=session.channel.clock,
+                login_timeout=session.login_timeout,
+                local=local,
             )
-        else:
-            bridge = TcpBridge(stream, on_closed=tunnel.connection_closed)
+            tunnel.logins.add(kube_connection)
+            tunnel.total_connections += 1
+            return kube_connection
+        bridge = TcpBridge(mux.open_stream(target), on_closed=tunnel.connection_closed)
         tunnel.bridges.add(bridge)
         tunnel.total_connections += 1
         return bridge

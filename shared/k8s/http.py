@@ -136,10 +136,27 @@ def request_head(event: h11.Request) -> RequestHead:
     )
 
 
+def head_size(headers: Headers) -> int:
+    """The encoded size of header lines (name, colon, space, value, CRLF each)."""
+    return sum(len(name) + len(value) + 4 for name, value in headers)
+
+
+def _check_values(headers: Headers, status: int) -> None:
+    # h11 accepts any byte but NUL, CR and LF in a value; the next hop may read them otherwise
+    for name, value in headers:
+        for char in value:
+            if (ord(char) < 0x20 and char != "\t") or ord(char) == 0x7F:
+                raise HttpError(status, f"control character in the value of header {name[:40]!r}")
+
+
 def check_request_head(head: RequestHead) -> None:
     """What h11 accepts but a proxy must not; raises L{HttpError}."""
+    _check_values(head.headers, 400)
     if len(head.headers) > MAX_HEADERS:
         raise HttpError(431, f"more than {MAX_HEADERS} header lines")
+    if head_size(head.headers) + len(head.method) + len(head.target) > MAX_HEAD:
+        # h11 bounds an incomplete head only; a whole one can arrive in a single read
+        raise HttpError(431, f"head larger than {MAX_HEAD} bytes")
     if len(head.get_all("host")) > 1:
         raise HttpError(400, "more than one Host header")
     has_te = bool(head.get_all("transfer-encoding"))
@@ -151,8 +168,11 @@ def check_request_head(head: RequestHead) -> None:
 
 def check_response_head(headers: Headers) -> None:
     """What h11 accepts in a response but a proxy must not relay; raises L{HttpError}(502)."""
+    _check_values(headers, 502)
     if len(headers) > MAX_HEADERS:
         raise HttpError(502, f"more than {MAX_HEADERS} header lines in the response")
+    if head_size(headers) > MAX_HEAD:
+        raise HttpError(502, f"response head larger than {MAX_HEAD} bytes")
     if _get_all(headers, "transfer-encoding") and _get_all(headers, "content-length"):
         raise HttpError(502, "both Content-Length and Transfer-Encoding in the response")
 

@@ -1,36 +1,37 @@
-"""HTTP/1.1 heads, header rewriting and chunked bodies (shared/k8s/http.py)."""
+"""The HTTP/1.1 layer of the Kubernetes legs: heads and checks (shared/k8s/http.py) and the
+h11 relay engine (shared/k8s/relay.py), driven with a recording handler."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.k8s.http import (
-    ChunkedDecoder,
+    MAX_HEAD,
+    Answer,
+    Forward,
     HttpError,
     RequestHead,
-    RequestHeadParser,
-    ResponseHead,
-    ResponseHeadParser,
-    encode_head,
+    check_request_head,
+    error_answer,
     rewrite_headers,
 )
+from shared.k8s.relay import MAX_PENDING, Exchange, HttpRelay
 
 EXEC_WS = (
     b"GET /api/v1/namespaces/default/pods/p/exec?command=ls&command=-l&stdout=true HTTP/1.1\r\n"
     b"Host: 127.0.0.5:18443\r\n"
     b"User-Agent: kubectl/v1.31.9\r\n"
-    b"Authorization: Bearer session-token\r\n"
     b"Connection: Upgrade\r\n"
     b"Upgrade: websocket\r\n"
     b"Sec-Websocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
     b"Sec-Websocket-Protocol: v5.channel.k8s.io\r\n"
     b"Sec-Websocket-Version: 13\r\n"
-    b"Impersonate-User: alice\r\n"
     b"Impersonate-Group: dev\r\n"
     b"Impersonate-Group: ops\r\n"
-    b"Kubectl-Command: kubectl exec\r\n"
     b"\r\n"
 )
 
@@ -47,338 +48,314 @@ EXEC_SPDY = (
     b"\r\n"
 )
 
-
-def parse(data: bytes, **kwargs: int) -> RequestHead:
-    parser = RequestHeadParser(**kwargs)
-    head = parser.feed(data)
-    assert head is not None
-    return head
+SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
 
-def test_websocket_exec_head() -> None:
-    parser = RequestHeadParser()
-    head = parser.feed(EXEC_WS + b"\x82\x01\x00")
-    assert head is not None
-    assert parser.done
-    assert parser.rest() == b"\x82\x01\x00"
-    assert head.method == "GET"
-    assert head.version == "HTTP/1.1"
-    assert head.path == "/api/v1/namespaces/default/pods/p/exec"
-    assert head.query == {"command": ["ls", "-l"], "stdout": ["true"]}
-    assert head.is_upgrade
-    assert head.get("sec-websocket-protocol") == "v5.channel.k8s.io"
-    assert head.get_all("IMPERSONATE-GROUP") == ("dev", "ops")
-    assert head.get("missing") is None
-    assert head.content_length is None
-    assert not head.chunked
-    assert not head.has_body
-    assert head.keep_alive
+@dataclass
+class Recorder:
+    """A relay handler that forwards everything (or answers what C{answer} says)."""
+
+    answer: Answer | None = None
+    client: bytearray = field(default_factory=bytearray)
+    upstream: bytearray = field(default_factory=bytearray)
+    heads: list[RequestHead] = field(default_factory=list)
+    finished_exchanges: list[Exchange] = field(default_factory=list)
+    refusals: list[int] = field(default_factory=list)
+    switches: int = 0
+    end: tuple[str, bool] | None = None
+    upstream_eofs: int = 0
+    client_eofs: int = 0
+
+    def now(self) -> float:
+        return 0.0
+
+    def decide(self, exchange: Exchange) -> Forward | Answer:
+        self.heads.append(exchange.head)
+        return self.answer if self.answer is not None else Forward(exchange.head)
+
+    def refused(self, status: int, reason: str) -> None:
+        self.refusals.append(status)
+
+    def to_client(self, data: bytes) -> None:
+        self.client += data
+
+    def to_upstream(self, data: bytes) -> None:
+        self.upstream += data
+
+    def switched(self, exchange: Exchange) -> None:
+        self.switches += 1
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        assert exchange not in self.finished_exchanges
+        self.finished_exchanges.append(exchange)
+
+    def upstream_ended(self) -> None:
+        self.upstream_eofs += 1
+
+    def client_ended(self) -> None:
+        self.client_eofs += 1
+
+    def finished(self, reason: str, clean: bool) -> None:
+        assert self.end is None
+        self.end = (reason, clean)
+
+    def take_client(self) -> bytes:
+        data = bytes(self.client)
+        self.client.clear()
+        return data
+
+    def take_upstream(self) -> bytes:
+        data = bytes(self.upstream)
+        self.upstream.clear()
+        return data
 
 
-def test_spdy_exec_keeps_repeated_lines() -> None:
-    head = parse(EXEC_SPDY)
-    assert head.is_upgrade
-    assert head.content_length == 0
-    assert len(head.get_all("x-stream-protocol-version")) == 4
-    assert encode_head(head) == EXEC_SPDY
+def make() -> tuple[HttpRelay, Recorder]:
+    recorder = Recorder()
+    return HttpRelay(recorder), recorder
+
+
+def test_websocket_exec_head_keeps_order_names_and_repeats() -> None:
+    relay, rec = make()
+    relay.feed_client(EXEC_WS)
+    (head,) = rec.heads
+    assert head.method == "GET" and head.version == "HTTP/1.1" and head.is_upgrade
+    assert head.get_all("impersonate-group") == ("dev", "ops")
+    assert head.headers[0] == ("Host", "127.0.0.5:18443")
+    assert rec.take_upstream() == EXEC_WS  # h11 writes the same bytes back
+
+
+def test_spdy_exec_keeps_repeated_lines_as_separate_lines() -> None:
+    relay, rec = make()
+    relay.feed_client(EXEC_SPDY)
+    lines = rec.take_upstream().split(b"\r\n")
+    assert [line for line in lines if line.startswith(b"X-Stream")] == [
+        b"X-Stream-Protocol-Version: v4.channel.k8s.io",
+        b"X-Stream-Protocol-Version: v3.channel.k8s.io",
+        b"X-Stream-Protocol-Version: v2.channel.k8s.io",
+        b"X-Stream-Protocol-Version: channel.k8s.io",
+    ]
 
 
 def test_not_upgrade_without_both_headers() -> None:
-    assert not parse(b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n").is_upgrade
-    assert not parse(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\n\r\n").is_upgrade
-    assert parse(
-        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n"
-    ).is_upgrade
-
-
-def test_incomplete_then_complete() -> None:
-    parser = RequestHeadParser()
-    assert parser.feed(EXEC_SPDY[:-1]) is None
-    assert not parser.done
-    assert parser.rest() == b""
-    assert parser.feed(EXEC_SPDY[-1:]) is not None
-    with pytest.raises(RuntimeError):
-        parser.feed(b"more")
-
-
-def test_bare_lf_tolerated_and_reencoded_with_crlf() -> None:
-    head = parse(b"GET /version HTTP/1.1\nHost: h\nAccept: */*\n\nrest")
-    assert head.headers == (("Host", "h"), ("Accept", "*/*"))
-    assert encode_head(head) == b"GET /version HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n"
-
-
-def test_leading_empty_lines_skipped() -> None:
-    assert parse(b"\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n").target == "/"
-
-
-def test_chunked_and_length() -> None:
-    head = parse(
-        b"POST /api/v1/namespaces/d/configmaps HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head = RequestHead("GET", "/", "HTTP/1.1", (("Host", "x"), ("Upgrade", "websocket")))
+    assert not head.is_upgrade
+    head = RequestHead(
+        "GET", "/", "HTTP/1.1", (("Host", "x"), ("Connection", "keep-alive, Upgrade"))
     )
-    assert head.chunked and head.has_body and head.content_length is None
-    head = parse(
-        b"PATCH /x HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\nContent-Length: 12\r\n\r\n"
-    )
-    assert head.content_length == 12
-    assert head.has_body
+    assert not head.is_upgrade
 
 
 @pytest.mark.parametrize(
     ("data", "status"),
     [
-        (b"GET /\r\nHost: h\r\n\r\n", 400),
-        (b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n", 400),
-        (b"G(T / HTTP/1.1\r\nHost: h\r\n\r\n", 400),
-        (b"GET http://evil/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),
-        (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505),
-        (b"GET / HTTX\r\nHost: h\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n  folded\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: h\r\nX-A : 1\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: h\r\nno colon\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a\rb\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a\x00b\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1, 1\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
         (
-            b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             400,
         ),
-        (b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
-        (b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: \x01\r\n\r\n", 400),
+        (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"NOT A REQUEST\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * (MAX_HEAD + 10) + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: y\r\n" * 250 + b"\r\n", 431),
     ],
 )
-def test_bad_requests(data: bytes, status: int) -> None:
-    with pytest.raises(HttpError) as caught:
-        RequestHeadParser().feed(data)
-    assert caught.value.status == status
-    assert caught.value.reason
+def test_bad_requests_are_answered_with_their_status_and_closed(data: bytes, status: int) -> None:
+    relay, rec = make()
+    relay.feed_client(data)
+    assert rec.refusals == [status]
+    assert rec.take_client().startswith(b"HTTP/1.1 %d " % status)
+    assert rec.upstream == b"" and rec.heads == []
+    assert rec.end is not None and relay.done
 
 
-def test_limits() -> None:
+def test_a_huge_head_in_small_pieces_is_refused_431_without_buffering_it() -> None:
+    relay, rec = make()
+    relay.feed_client(b"GET / HTTP/1.1\r\nHost: a\r\nX: ")
+    for _ in range(MAX_HEAD // 1000 + 2):
+        relay.feed_client(b"a" * 1000)
+        if relay.done:
+            break
+    assert rec.refusals == [431] and relay.done
+
+
+def test_check_request_head_directly() -> None:
+    head = RequestHead("GET", "/", "HTTP/1.0", (("Transfer-Encoding", "chunked"),))
     with pytest.raises(HttpError) as caught:
-        RequestHeadParser(max_head=100).feed(b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X: y\r\n" * 30)
-    assert caught.value.status == 431
-    with pytest.raises(HttpError) as caught:
-        RequestHeadParser(max_headers=3).feed(
-            b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X: y\r\n" * 3 + b"\r\n"
-        )
-    assert caught.value.status == 431
-    with pytest.raises(HttpError) as caught:
-        RequestHeadParser(max_line=50).feed(b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"y" * 60)
-    assert caught.value.status == 431
-    with pytest.raises(HttpError) as caught:
-        RequestHeadParser(max_line=50).feed(b"GET /" + b"a" * 60)
-    assert caught.value.status == 414
+        check_request_head(head)
+    assert caught.value.status == 400
 
 
 def test_rewrite_headers() -> None:
-    head = parse(EXEC_WS)
-    rewritten = rewrite_headers(
-        head,
-        remove=["authorization", "Impersonate-*", "x-forwarded-for"],
-        add=[("Authorization", "Bearer sa-token"), ("Impersonate-User", "pra:alice")],
+    head = RequestHead(
+        "GET",
+        "/",
+        "HTTP/1.1",
+        (
+            ("Host", "x"),
+            ("Authorization", "Bearer a"),
+            ("Impersonate-User", "root"),
+            ("impersonate-extra-scopes", "s"),
+            ("Accept", "a"),
+        ),
     )
-    names = [name for name, _ in rewritten.headers]
-    assert names == [
-        "Host",
-        "User-Agent",
-        "Connection",
-        "Upgrade",
-        "Sec-Websocket-Key",
-        "Sec-Websocket-Protocol",
-        "Sec-Websocket-Version",
-        "Kubectl-Command",
-        "Authorization",
-        "Impersonate-User",
+    new = rewrite_headers(
+        head, remove=("authorization", "Impersonate-*"), add=[("Authorization", "Bearer b")]
+    )
+    assert new.headers == (("Host", "x"), ("Accept", "a"), ("Authorization", "Bearer b"))
+    with pytest.raises(ValueError):
+        rewrite_headers(head, remove=(), add=[("X", "a\r\nInjected: 1")])
+    with pytest.raises(ValueError):
+        rewrite_headers(head, remove=(), add=[("Bad Name", "a")])
+
+
+def test_a_chunked_response_is_relayed_piece_by_piece() -> None:
+    relay, rec = make()
+    relay.feed_client(b"GET /w HTTP/1.1\r\nHost: a\r\n\r\n")
+    relay.feed_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert rec.take_client() == b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    relay.feed_upstream(b"1d\r\n{")
+    assert rec.take_client() == b"1\r\n{\r\n"  # at the client before the chunk is complete
+    assert rec.finished_exchanges == []
+    relay.feed_upstream(b"x" * 28 + b"\r\n0\r\n\r\n")
+    assert rec.take_client() == b"1c\r\n" + b"x" * 28 + b"\r\n0\r\n\r\n"
+    (exchange,) = rec.finished_exchanges
+    assert exchange.status == 200 and exchange.ended == "complete"
+    assert relay.exchange is None and not relay.done
+
+
+def test_a_close_delimited_response_is_reframed_as_chunked() -> None:
+    relay, rec = make()
+    relay.feed_client(b"GET /w HTTP/1.1\r\nHost: a\r\n\r\n")
+    relay.feed_upstream(b"HTTP/1.1 200 OK\r\n\r\nhello")
+    relay.upstream_eof()
+    out = rec.take_client()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and b"Transfer-Encoding: chunked" in out
+    assert out.endswith(b"5\r\nhello\r\n0\r\n\r\n")
+    assert rec.finished_exchanges[0].ended == "complete"
+    assert rec.end is not None and rec.end[1]
+
+
+@pytest.mark.parametrize("request_head", [EXEC_WS, EXEC_SPDY])
+def test_bytes_with_the_101_and_early_bytes_from_the_client_both_pass(request_head: bytes) -> None:
+    relay, rec = make()
+    relay.feed_client(request_head + b"early")
+    assert rec.take_upstream() == request_head  # early bytes held until the answer
+    relay.feed_upstream(SWITCH + b"first-output")
+    assert rec.take_client() == SWITCH + b"first-output"
+    assert rec.take_upstream() == b"early"
+    assert rec.switches == 1 and relay.upgraded is not None
+    relay.feed_client(b"GET / HTTP/1.1\r\n\r\n")  # raw now
+    assert rec.take_upstream() == b"GET / HTTP/1.1\r\n\r\n"
+    relay.upstream_eof()
+    relay.client_eof()
+    (exchange,) = rec.finished_exchanges
+    assert exchange.upgraded and exchange.status == 101 and exchange.ended == "complete"
+    assert exchange.response_bytes == len(SWITCH) + len(b"first-output")
+
+
+def test_a_refused_upgrade_turns_held_bytes_back_into_requests() -> None:
+    relay, rec = make()
+    second = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+    relay.feed_client(EXEC_WS + second)
+    assert len(rec.heads) == 1
+    relay.feed_upstream(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+    assert [head.target for head in rec.heads] == [
+        "/api/v1/namespaces/default/pods/p/exec?command=ls&command=-l&stdout=true",
+        "/next",
     ]
-    assert rewritten.get("authorization") == "Bearer sa-token"
-    assert rewritten.get_all("impersonate-group") == ()
-    encoded = encode_head(rewritten)
-    assert b"session-token" not in encoded
-    assert b"alice\r\n" not in encoded.replace(b"pra:alice", b"")
-    assert parse(encoded) == rewritten
-    with pytest.raises(ValueError):
-        rewrite_headers(head, remove=[], add=[("X-A", "a\r\nInjected: 1")])
-    with pytest.raises(ValueError):
-        rewrite_headers(head, remove=[], add=[("Bad Name", "v")])
+    assert rec.take_upstream().endswith(second)
 
 
-def test_response_heads() -> None:
-    parser = ResponseHeadParser()
-    switching = (
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-Websocket-Protocol: v5.channel.k8s.io\r\n\r\n\x82\x02\x01a"
-    )
-    head = parser.feed(switching)
-    assert isinstance(head, ResponseHead)
-    assert (head.status, head.reason, head.version) == (101, "Switching Protocols", "HTTP/1.1")
-    assert head.is_switching
-    assert head.body_kind("GET") == "none"
-    assert parser.rest() == b"\x82\x02\x01a"
-
-    watch = ResponseHeadParser().feed(
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-    assert watch is not None and watch.chunked and watch.body_kind("GET") == "chunked"
-    assert watch.body_kind("HEAD") == "none"
-    plain = ResponseHeadParser().feed(b"HTTP/1.1 404\r\nContent-Length: 10\r\n\r\n")
-    assert plain is not None and plain.status == 404 and plain.reason == ""
-    assert plain.body_kind("GET") == "length" and plain.content_length == 10
-    eof = ResponseHeadParser().feed(b"HTTP/1.0 200 OK\r\n\r\n")
-    assert eof is not None and eof.body_kind("GET") == "close" and not eof.keep_alive
-    assert ResponseHeadParser().feed(b"HTTP/1.1 204 No Content\r\n\r\n") is not None
+def test_local_answers_drain_the_body_and_keep_the_connection() -> None:
+    relay, rec = make()
+    rec.answer = error_answer(403, "no")
+    relay.feed_client(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
+    assert rec.take_client().startswith(b"HTTP/1.1 403 Forbidden\r\n")
+    relay.feed_client(b"cdGET /y HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert [head.target for head in rec.heads] == ["/x", "/y"]
+    assert rec.upstream == b""
+    assert not relay.done
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"HTTP/1.1 99 Low\r\n\r\n",
-        b"HTTP/1.1 2000 OK\r\n\r\n",
-        b"SPDY/3 200 OK\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\n folded\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n",
-    ],
-)
-def test_bad_responses(data: bytes) -> None:
-    with pytest.raises(HttpError) as caught:
-        ResponseHeadParser().feed(data)
-    assert caught.value.status == 502
+def test_pipelined_bytes_are_bounded() -> None:
+    relay, rec = make()
+    relay.feed_client(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    relay.feed_client(b"G" * (MAX_PENDING + 1))
+    assert relay.done and rec.end is not None and not rec.end[1]
+    (exchange,) = rec.finished_exchanges
+    assert exchange.ended == "aborted"
 
 
-def test_chunked_decoder() -> None:
-    decoder = ChunkedDecoder()
-    body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nGET / HTTP/1.1\r\n"
-    pieces = decoder.feed(body)
-    assert b"".join(pieces) == b"hello world"
-    assert decoder.done
-    assert decoder.data_bytes == 11
-    assert decoder.trailers == [b"X-Trailer: t"]
-    assert decoder.rest() == b"GET / HTTP/1.1\r\n"
-    assert decoder.wire_bytes == len(body) - len(b"GET / HTTP/1.1\r\n")
-    assert decoder.feed(b"x") == []
-    assert decoder.rest().endswith(b"x")
+def test_a_malformed_response_before_anything_was_relayed_is_a_502() -> None:
+    relay, rec = make()
+    relay.feed_client(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    relay.feed_upstream(b"HTTP/1.1 2000 Nope\r\n\r\n")
+    assert rec.take_client().startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    (exchange,) = rec.finished_exchanges
+    assert exchange.status == 502
+    assert rec.end is not None and relay.done
 
 
-def test_chunked_does_not_buffer_data() -> None:
-    decoder = ChunkedDecoder()
-    assert decoder.feed(b"100000\r\n") == []
-    assert decoder.feed(b"a" * 1000) == [b"a" * 1000]
-    assert not decoder.done
+def test_abort_reports_the_exchange_in_flight_once_with_its_bytes() -> None:
+    relay, rec = make()
+    relay.feed_client(b"GET /w?watch=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    relay.feed_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    relay.abort("session closed")
+    relay.abort("again")
+    (exchange,) = rec.finished_exchanges
+    assert exchange.ended == "aborted" and exchange.status == 200
+    assert exchange.response_bytes == len(rec.client)
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"5\nhello\r\n0\r\n\r\n",
-        b"5\r\nhello\n0\r\n\r\n",
-        b"5\r\nhelloXX0\r\n\r\n",
-        b"g\r\n",
-        b"-5\r\n",
-        b" 5\r\n",
-        b"5 \r\n",
-        b"5;a b\r\n",
-        b"11111111111111111\r\n",
-        b"5\r\nhello\r\n0\r\n folded\r\n\r\n",
-        b"5\r\nhello\r\n0\r\nno-colon\r\n\r\n",
-        b"1" * 5000,
-        b"",
-    ],
-)
-def test_chunked_errors(body: bytes) -> None:
-    decoder = ChunkedDecoder()
-    if not body:
-        decoder = ChunkedDecoder(max_trailers=10)
-        body = b"0\r\n" + b"X: " + b"a" * 20 + b"\r\n\r\n"
-    with pytest.raises(HttpError) as caught:
-        decoder.feed(body)
-    assert caught.value.status == 400
-    with pytest.raises(HttpError):
-        decoder.feed(b"0\r\n\r\n")
+# -- random chunkings: what arrives does not depend on how the bytes were cut -------------
 
 
-def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
+def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
     pieces, last = [], 0
-    for point in points:
+    for point in [*points, len(data)]:
         pieces.append(data[last:point])
         last = point
-    pieces.append(data[last:])
-    return pieces
+    return [p for p in pieces if p]
 
 
-_names = st.sampled_from(
-    [
-        "Host",
-        "Accept",
-        "X-Stream-Protocol-Version",
-        "Impersonate-Group",
-        "Kubectl-Session",
-        "Content-Type",
-    ]
+CONVERSATION = (
+    b"POST /api/v1/namespaces/d/configmaps HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3;x=1\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
 )
-_values = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30)
+ANSWER = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwxyz\r\n0\r\n\r\n"
 
 
 @given(
-    headers=st.lists(st.tuples(_names, _values), max_size=12),
-    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=10),
-    lf_only=st.booleans(),
+    client_cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+    upstream_cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
 )
-def test_heads_in_random_chunks(
-    headers: list[tuple[str, str]], cuts: list[int], lf_only: bool
+def test_random_chunkings_relay_the_same_bytes(
+    client_cuts: list[int], upstream_cuts: list[int]
 ) -> None:
-    headers = [("Host", "h")] + [(n, v) for n, v in headers if n != "Host"]
-    eol = "\n" if lf_only else "\r\n"
-    text = (
-        "GET /api/v1/pods?watch=1 HTTP/1.1"
-        + eol
-        + "".join(f"{n}: {v}{eol}" for n, v in headers)
-        + eol
-    )
-    data = text.encode("ascii") + b"BODY"
-    whole = parse(data)
-    parser = RequestHeadParser()
-    pieces = [piece for piece in _chunks(data[:-4], cuts) if piece]
-    results = [parser.feed(piece) for piece in pieces[:-1]]
-    assert results == [None] * len(results)
-    assert parser.feed(pieces[-1]) == whole
-    assert parser.rest() == b""
-    assert whole.headers == tuple(headers)
-    encoded = encode_head(whole)
-    assert parse(encoded) == whole
-    assert encoded == text.replace(eol, "\r\n").encode("ascii")
+    whole, whole_rec = make()
+    whole.feed_client(CONVERSATION + EXEC_SPDY + b"early")
+    whole.feed_upstream(ANSWER)
+    whole.feed_upstream(SWITCH + b"out")
+    relay, rec = make()
+    for piece in _cut(CONVERSATION + EXEC_SPDY + b"early", client_cuts):
+        relay.feed_client(piece)
+    for piece in _cut(ANSWER + SWITCH + b"out", upstream_cuts):
+        relay.feed_upstream(piece)
+    assert _dechunked(rec.upstream) == _dechunked(whole_rec.upstream)
+    assert _dechunked(rec.client) == _dechunked(whole_rec.client)
+    assert rec.switches == 1 and len(rec.finished_exchanges) == 1
 
 
-@given(
-    payload=st.lists(st.binary(min_size=1, max_size=50), max_size=6),
-    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=10),
-)
-def test_chunked_in_random_pieces(payload: list[bytes], cuts: list[int]) -> None:
-    wire = b"".join(b"%x\r\n" % len(p) + p + b"\r\n" for p in payload) + b"0\r\n\r\n"
-    decoder = ChunkedDecoder()
-    out = []
-    for piece in _chunks(wire + b"NEXT", cuts):
-        out.extend(decoder.feed(piece))
-    assert b"".join(out) == b"".join(payload)
-    assert decoder.done
-    assert decoder.rest() == b"NEXT"
-    assert decoder.wire_bytes == len(wire)
+def _dechunked(data: bytearray) -> bytes:
+    """Chunk boundaries depend on the reads: compare the bytes without chunk-size lines."""
+    import re
 
-
-@given(st.binary(max_size=300))
-def test_parsers_only_raise_http_error(data: bytes) -> None:
-    for parser in (RequestHeadParser(max_head=200), ResponseHeadParser(max_head=200)):
-        try:
-            parser.feed(data)
-        except HttpError as error:
-            assert error.status in (400, 414, 431, 501, 505, 502)
-    decoder = ChunkedDecoder(max_line=20, max_trailers=50)
-    try:
-        decoder.feed(data)
-    except HttpError as error:
-        assert error.status == 400
+    return re.sub(rb"\r\n[0-9a-f]+(;[^\r]*)?\r\n", b"", bytes(data))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qs, urlsplit
 
+import h11
 import pytest
 
-from shared.k8s.http import ResponseHeadParser
 from shared.k8s.policy import Denial, KubePolicy, check, status_401, status_403
 from shared.k8s.requests import RequestInfo, request_info
 
@@ -126,13 +126,19 @@ def test_exec_and_port_forward_switches() -> None:
 
 
 def _parse(response: bytes) -> tuple[int, dict[str, object], dict[str, str]]:
-    parser = ResponseHeadParser()
-    head = parser.feed(response)
-    assert head is not None
-    body = parser.rest()
-    assert head.content_length == len(body)
-    assert head.get("content-type") == "application/json"
-    return head.status, json.loads(body), dict(head.headers)
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(response)
+    head = client.next_event()
+    assert isinstance(head, h11.Response)
+    data = client.next_event()
+    assert isinstance(data, h11.Data)
+    body = bytes(data.data)
+    headers = {k.decode(): v.decode() for k, v in head.headers.raw_items()}
+    assert int(headers["Content-Length"]) == len(body)
+    assert headers["Content-Type"] == "application/json"
+    return head.status_code, json.loads(body), headers
 
 
 def test_status_403() -> None:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.k8s.requests import MAX_PATH, K8sRequestError, RequestInfo, request_info, split_path
+from shared.k8s.requests import (
+    MAX_PATH,
+    K8sRequestError,
+    RequestInfo,
+    canonical_target,
+    request_info,
+    split_path,
+)
 
 
 def info(method: str, target: str, upgrade: bool = False) -> RequestInfo:
@@ -359,3 +366,78 @@ def test_quoted_names_round_trip() -> None:
     name = "a:b@c"
     result = request_info("GET", "/api/v1/namespaces/ns/pods/" + quote(name, safe=""), {})
     assert result.name == name
+
+
+# -- the one canonical origin-form target (issue 9, point 1) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("//api/v1/namespaces/default/secrets", "empty path segment"),
+        ("//evil.example/api/v1/pods", "empty path segment"),
+        ("/api//v1/pods", "empty path segment"),
+        ("/api/v1/./pods", "dot segment"),
+        ("/api/v1/namespaces/a/../b/pods", "dot segment"),
+        ("/api/v1/namespaces/%2e%2E/pods", "dot segment"),
+        ("/api/v1/namespaces/a%2Fb/pods", "forbidden character"),
+        ("/api/v1/namespaces/a%2fb/pods", "forbidden character"),
+        ("/api/v1/namespaces/a%5cb/pods", "forbidden character"),
+        ("/api/v1/namespaces/a%zz/pods", "malformed percent escape"),
+        ("https://k8s.lab/api/v1/pods", "absolute-form"),
+        ("http:/api", "authority-form"),
+        ("k8s.lab:443", "authority-form"),
+        ("*", "asterisk-form"),
+        ("/api/v1/pods#frag", "fragment"),
+        ("/api/v1/pods\\x", "forbidden character"),
+        ("/api/v1/p\x00ds", "forbidden character"),
+        ("/" + "a" * (16 * 1024), "longer than"),
+    ],
+)
+def test_targets_that_are_not_plain_origin_form_paths_are_refused(target: str, why: str) -> None:
+    with pytest.raises(K8sRequestError) as caught:
+        canonical_target(target)
+    assert why in caught.value.reason
+
+
+def test_the_canonical_target_decodes_and_reencodes_each_segment_once() -> None:
+    target = canonical_target("/api/v1/n%61mespaces/web/pods/p%3a1?watch=1&labelSelector=a%3Db")
+    assert target.path == "/api/v1/namespaces/web/pods/p:1"
+    assert target.segments == ("api", "v1", "namespaces", "web", "pods", "p:1")
+    assert target.query == "watch=1&labelSelector=a%3Db"
+    assert target.params == {"watch": ["1"], "labelSelector": ["a=b"]}
+    assert target.text == "/api/v1/namespaces/web/pods/p:1?watch=1&labelSelector=a%3Db"
+    assert canonical_target("/").path == "/"
+    assert canonical_target("/apis/").path == "/apis/"
+    assert canonical_target("/api/v1/namespaces/caf%C3%A9").segments[-1] == "café"
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80))
+def test_canonical_targets_are_fixed_points_a_url_parser_reads_the_same(target: str) -> None:
+    try:
+        canonical = canonical_target(target)
+    except K8sRequestError:
+        return
+    assert canonical_target(canonical.text) == canonical
+    assert canonical.path.startswith("/") and not canonical.path.startswith("//")
+    assert "//" not in canonical.path
+    parts = urlsplit(canonical.text)
+    assert parts.netloc == "" and parts.scheme == "" and parts.path == canonical.path
+    assert all(segment not in (".", "..") for segment in canonical.segments)
+    assert "%2f" not in canonical.path.lower() and "%2e" not in canonical.path.lower()
+
+
+@given(
+    st.lists(
+        st.text(
+            alphabet=st.characters(blacklist_characters="/\\%", blacklist_categories=("Cs", "Cc")),
+            min_size=1,
+            max_size=12,
+        ).filter(lambda s: s not in (".", "..")),
+        max_size=8,
+    )
+)
+def test_any_segments_quoted_give_back_the_same_segments(segments: list[str]) -> None:
+
+    target = "/" + "/".join(quote(s, safe="") for s in segments)
+    assert canonical_target(target).segments == tuple(segments)
