@@ -199,6 +199,8 @@ _ITEMS = """\
 #     username: report_reader     # the SQL login
 #     database: sales             # optional
 #     login_timeout: 30s          # a client that has not sent its login by then is closed
+#     allowed_routes: [sql-replica.corp.example:1433]   # where the server may route
+#                                 # a login (Always On, Azure); default: only host:port
 #     jump_group: db
 #     jump_policy: approved
 #   - name: k8s-prod              # a Kubernetes API server

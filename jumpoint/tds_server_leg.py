@@ -700,11 +700,8 @@ class ServerLeg:
         self._sspi = None
         routing = response.routing
         if routing is not None:
-            host, port = routing
-            out.audit.append(
-                AuditEvent("sql_routed", {"server": self.server_name, "to": f"{host}:{port}"})
-            )
-            out.reconnect = (host, port)
+            # The caller checks the target (and audits sql_routed when it follows it).
+            out.reconnect = routing
             self.phase = Phase.DONE
             return
         kept = response.without(set(STRIPPED_TOKENS))

@@ -24,10 +24,14 @@ the stream: with a login failure when the LOGIN7 is in (the server is slow),
 with a reset C{TIMED_OUT} when it never came; both are audited
 (C{sql_login_failed}).
 
-A routing ENVCHANGE in the login response makes the bridge drop the server
-connection (not the stream), check the new target against the Jumpoint's
-C{allowed_targets} when there is one, dial it with a fresh leg and replay the
-console's LOGIN7 there; at most L{MAX_REROUTES} times.
+A routing ENVCHANGE in the login response is followed only to a target the
+item allows (its own host and port, or one of its C{allowed_routes}: rule
+C{allowed_routes}) and the Jumpoint's C{allowed_targets} allow, when there
+are any (rule C{allowed_targets}); otherwise the client gets a clean 18456
+naming the rule and the refusal is audited (C{sql_login_failed} with the
+rule).  To follow it the bridge drops the server connection (not the stream),
+dials the new target with a fresh leg and replays the console's LOGIN7 there
+(C{sql_routed}); at most L{MAX_REROUTES} times.
 """
 
 from __future__ import annotations
@@ -185,6 +189,8 @@ class TdsUpstreamBridge(TcpBridge):
         if self.credential is not None:
             self.leg = self._new_leg(self.server_host)
         self.reroutes = 0
+        self.routed_from = self.server_host
+        """The server that sent the latest routing answer (for the audit)."""
         self._route: tuple[str, int] | None = None
         self._route_attempt: Deferred[Any] | None = None
         self._closing = False
@@ -458,6 +464,19 @@ class TdsUpstreamBridge(TcpBridge):
                 )
             )
             return
+        if not self.item.allows_route(host, port):
+            allowed = ", ".join(self.item.allowed_routes) or "none"
+            self._refuse_route(
+                host,
+                port,
+                AccessDenied(
+                    f"the server redirected the login to {host}:{port}, which item"
+                    f" {self.item.name!r} does not allow (its own host and port, and its"
+                    f" allowed_routes: {allowed})",
+                    rule="allowed_routes",
+                ),
+            )
+            return
         self.reroutes += 1
         self._route = (host, port)
         transport = self.transport
@@ -473,6 +492,7 @@ class TdsUpstreamBridge(TcpBridge):
         assert route is not None and self.leg is not None
         host, port = route
         replay = self.leg.console_login
+        self.routed_from = self.server_host
         self.server_host, self.port = host, port
         self.leg = self._new_leg(host)
         if replay:
@@ -485,7 +505,7 @@ class TdsUpstreamBridge(TcpBridge):
             port=port,
         )
         if self.core.config.allowed_targets is None:
-            self._connect(host, port)
+            self._follow(host, port, host)
         else:
             Deferred.fromCoroutine(self._check_then_connect(host, port))
 
@@ -497,13 +517,41 @@ class TdsUpstreamBridge(TcpBridge):
             addresses, resolved = await resolve_checked(self.core, host)
             check_allowed_targets(self.core.config.allowed_targets, port, addresses, resolved, host)
         except AccessDenied as denial:
-            self.refuse(f"the server redirected the login to a refused target: {denial.message}")
+            self._refuse_route(host, port, denial)
             return
         except Exception:
             self.refuse(f"the server redirected the login to {host}, which cannot be resolved")
             return
-        if not (self._finished or self._closing):
-            self._connect(addresses[0], port)
+        self._follow(host, port, addresses[0])
+
+    def _follow(self, host: str, port: int, address: str) -> None:
+        """The route passed every check: audit it and dial C{address}."""
+        if self._finished or self._closing:
+            return
+        self._record(AuditEvent("sql_routed", {"server": self.routed_from, "to": f"{host}:{port}"}))
+        self._connect(address, port)
+
+    def _refuse_route(self, host: str, port: int, denial: AccessDenied) -> None:
+        """A route a rule refuses: 18456 naming the rule, audited with it, never dialled."""
+        log.warn(
+            "session {session}: stream {stream_id}: refused the server's route to"
+            " {host}:{port}: {reason}",
+            session=self.session.session_id,
+            stream_id=self.stream.stream_id,
+            host=host,
+            port=port,
+            reason=denial.message,
+        )
+        if self._finished or self._closing:
+            return
+        self._apply(
+            login_refusal(
+                denial.message,
+                rule=denial.rule,
+                server=self.routed_from,
+                to=f"{host}:{port}",
+            )
+        )
 
     def _connect(self, address: str, port: int) -> None:
         if self._finished or self._closing:

@@ -19,6 +19,7 @@ field is validated in one place.  Items travel to the console as plain JSON
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, replace
 from typing import Any
@@ -142,6 +143,8 @@ class Item:
     filters: tuple[str, ...] = ()
     login_timeout: float | None = None
     """mssql, k8s: seconds a local connection has to finish its login (L{LOGIN_TIMEOUT_DEFAULT})."""
+    allowed_routes: tuple[str, ...] = ()
+    """mssql: C{HOST:PORT} targets (C{*.domain} for any name under it) the server may route to."""
     source: str = "config"
     created_by: str | None = None
 
@@ -156,6 +159,26 @@ class Item:
     def allows_target(self, host: str, port: int) -> bool:
         """The seed's rule: only the item's host and one of its remote ports."""
         return host == self.host and port in self.remote_ports
+
+    def allows_route(self, host: str, port: int) -> bool:
+        """mssql: may a SQL Server routing answer send the login to C{host}:C{port}?
+
+        Only to the item's own host and port, or to a target of
+        C{allowed_routes}; host names compare case-insensitively.
+        """
+        wanted = canonical_route_host(host)
+        if wanted == canonical_route_host(self.host) and port == (self.port or 1433):
+            return True
+        for entry in self.allowed_routes:
+            pattern, entry_port = split_route(entry)
+            if entry_port != port:
+                continue
+            if pattern.startswith("*."):
+                if wanted.endswith(pattern[1:]):  # a name under the domain, not the domain
+                    return True
+            elif pattern == wanted:
+                return True
+        return False
 
     def to_spec(self) -> dict[str, Any]:
         """The fields an admin or a console sets: what the database stores."""
@@ -206,6 +229,7 @@ def _mssql_values(item: Item) -> dict[str, Any]:
         "trust_server_certificate": item.trust_server_certificate or None,
         "ca_pem": item.ca_pem,
         "login_timeout": item.login_timeout,
+        "allowed_routes": list(item.allowed_routes) or None,
     }
 
 
@@ -304,6 +328,38 @@ def _filter_rule(node: yaml.Node, where: Where) -> str:
         raise where.error(node, str(error)) from None
 
 
+def canonical_route_host(host: str) -> str:
+    """A host as routing compares it: lower case, no trailing dot or brackets, IPs normalised."""
+    text = host.strip().strip("[]").rstrip(".").lower()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text
+
+
+def split_route(text: str) -> tuple[str, int]:
+    """C{HOST:PORT} (C{[IPV6]:PORT}) of an C{allowed_routes} entry; raises L{ValueError}."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (for example replica.corp:1433)")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, as [::1]:1433")
+    name = canonical_route_host(host)
+    pattern = name[2:] if name.startswith("*.") else name
+    if not pattern or not schema.is_host(pattern):
+        raise ValueError(f"{text!r}: {host!r} is not a host name, *.domain or IP address")
+    return name, int(port)
+
+
+def _route(node: yaml.Node, where: Where) -> str:
+    value = schema.string(3, 300)(node, where)
+    try:
+        host, port = split_route(value)
+    except ValueError as error:
+        raise where.error(node, str(error)) from None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def login_timeout(node: yaml.Node, where: Where) -> float:
     """C{login_timeout} of an item or a session policy: a duration, 1 s to 1 h."""
     seconds = schema.duration(LOGIN_TIMEOUT_MAX)(node, where)
@@ -340,6 +396,7 @@ _KIND_FIELDS: dict[str, dict[str, Field]] = {
         "trust_server_certificate": Field(schema.boolean, default=False),
         "ca_pem": Field(_pem_certificates, default=None),
         "login_timeout": Field(login_timeout, default=None),
+        "allowed_routes": Field(schema.list_of(_route, max_items=100), default=[]),
     },
     "k8s": {
         "url": Field(_https_url, required=True),
@@ -412,6 +469,7 @@ def _build(kind: str, values: dict[str, Any], source: str, where: Where, node: y
             encryption=values["encryption"],
             trust_server_certificate=values["trust_server_certificate"],
             ca_pem=values["ca_pem"],
+            allowed_routes=tuple(values["allowed_routes"]),
             tunnels=(tunnel,),
             **common,
         )

@@ -264,7 +264,14 @@ def test_routing_is_followed_on_the_jumpoint(deployment: Deployment, tmp_path: P
         secret = tmp_path / "sql.secret"
         secret.write_text(SECRET)
         secret.chmod(0o600)
-        deployment.items = [_item("sql", first, Path(tls.ca).read_text())]
+        deployment.items = [
+            _item(
+                "sql",
+                first,
+                Path(tls.ca).read_text(),
+                allowed_routes=[f"127.0.0.1:{second.port}"],
+            )
+        ]
         deployment.sections = {"credentials": [{"item": "sql", "password_file": str(secret)}]}
         deployment.create().serve()
         transcript = tmp_path / "t.bin"
@@ -273,6 +280,110 @@ def test_routing_is_followed_on_the_jumpoint(deployment: Deployment, tmp_path: P
         assert first.logins() and second.logins()
         assert all(login["password"] == SECRET for login in second.logins())
         assert str(second.port).encode("utf-16-le") not in transcript.read_bytes()
+        (routed,) = audit_until(
+            deployment, lambda rows: len(rows) == 1, "--event", "sql_routed", what="sql_routed"
+        )
+        assert routed["to"] == f"127.0.0.1:{second.port}"
+
+
+@pytest.mark.parametrize("refused_by", ["allowed_routes", "allowed_targets"])
+def test_a_route_the_rules_refuse_gets_a_clean_login_failure(
+    deployment: Deployment, tmp_path: Path, refused_by: str
+) -> None:
+    tls = clients.write_tls_files(tmp_path)
+    with (
+        FakeTdsServer(
+            encryption="on", cert=tls.cert, key=tls.key, user=USER, password=SECRET
+        ) as second,
+        FakeTdsServer(
+            encryption="on",
+            cert=tls.cert,
+            key=tls.key,
+            user=USER,
+            password=SECRET,
+            route_to=f"127.0.0.1:{second.port}",
+        ) as first,
+    ):
+        secret = tmp_path / "sql.secret"
+        secret.write_text(SECRET)
+        secret.chmod(0o600)
+        extra: dict[str, Any] = {}
+        sections: dict[str, Any] = {"credentials": [{"item": "sql", "password_file": str(secret)}]}
+        if refused_by == "allowed_targets":  # the item allows the route, the Jumpoint does not
+            extra["allowed_routes"] = [f"127.0.0.1:{second.port}"]
+            sections["allowed_targets"] = [f"127.0.0.1:{first.port}"]
+        deployment.items = [_item("sql", first, Path(tls.ca).read_text(), **extra)]
+        deployment.sections = sections
+        deployment.create().serve()
+        session, host, port = _open(deployment, "sql", tmp_path / "t.bin")
+        with pytest.raises(Exception) as failure:
+            clients.run_pytds(host, port, "jump", "x")
+        assert getattr(failure.value, "number", None) == 18456, failure.value
+        assert f"(rule: {refused_by})" in str(failure.value)
+        assert first.logins() and second.accepted == 0  # the route was never dialled
+        assert session.popen.poll() is None  # the session stays up
+        (failed,) = audit_until(
+            deployment,
+            lambda rows: len(rows) == 1,
+            "--event",
+            "sql_login_failed",
+            what="the sql_login_failed row of the refused route",
+        )
+        assert failed["rule"] == refused_by and failed["to"] == f"127.0.0.1:{second.port}"
+        routed = deployment.jumpoint("audit", "--json", "--event", "sql_routed").stdout
+        assert routed.strip() == ""
+
+
+def _read_to_end(sock: Any) -> bytes:
+    """Everything until the peer closes (or aborts) the connection."""
+    received = bytearray()
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return bytes(received)
+
+
+def test_a_client_that_never_logs_in_is_closed_at_the_login_timeout(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    import socket
+    import time
+
+    tls = clients.write_tls_files(tmp_path)
+    with FakeTdsServer(
+        encryption="on", cert=tls.cert, key=tls.key, user=USER, password=SECRET
+    ) as server:
+        secret = tmp_path / "sql.secret"
+        secret.write_text(SECRET)
+        secret.chmod(0o600)
+        deployment.items = [_item("sql", server, Path(tls.ca).read_text(), login_timeout="2s")]
+        deployment.sections = {"credentials": [{"item": "sql", "password_file": str(secret)}]}
+        deployment.create().serve()
+        session, host, port = _open(deployment, "sql", tmp_path / "t.bin")
+        ready = session.wait_for_event("ready")
+        assert ready["login_timeout"] == 2
+        silent = socket.create_connection((host, port), timeout=20)
+        partial = socket.create_connection((host, port), timeout=20)
+        partial.sendall(bytes.fromhex("12 01 00 2f 00 00 01 00 00 00 1a"))  # half a PRELOGIN
+        started = time.monotonic()
+        for sock in (silent, partial):
+            with sock:  # a read times out (the test fails) unless the console closes it
+                assert _read_to_end(sock) == b""  # nothing answers half a PRELOGIN
+        assert time.monotonic() - started >= 1.5  # closed by the timeout, not at once
+
+        def counted() -> dict[str, Any] | None:
+            stats = [e for e in session.json_events() if e.get("event") == "stats"]
+            if stats and stats[-1]["tunnels"][0]["login_timeouts"] == 2:
+                return stats[-1]
+            return None
+
+        last = wait_until(counted, what="a stats event counting 2 login timeouts")
+        assert last["connections"] == 0
+        assert server.accepted == 0  # nothing was dialled for them
+        assert clients.run_pytds(host, port, "jump", "x") == [(1,)]  # the session serves on
+        assert server.accepted == 1
 
 
 def test_windows_authentication_is_computed_on_the_jumpoint(

@@ -772,6 +772,8 @@ class FakeTdsServer:
         self.records: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.transactions = 0
+        self.accepted = 0
+        """TCP connections accepted so far (to check that nothing dialled the server)."""
         self.port = 0
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -895,6 +897,7 @@ class FakeTdsServer:
                 return
             with self._lock:
                 self._spid += 1
+                self.accepted += 1
                 spid = self._spid
                 self._connections.add(connection)
             threading.Thread(target=self._serve, args=(connection, spid), daemon=True).start()

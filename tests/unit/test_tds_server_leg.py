@@ -619,8 +619,7 @@ def test_routing_asks_for_a_reconnect_and_never_reaches_the_console(tmp_path: Pa
     run.console(login_bytes(console_login7()))
     assert run.reconnect == ("replica.example", 11001)
     assert run.to_console == b"" and run.close is None
-    (event,) = run.events("sql_routed")
-    assert event.fields["to"] == "replica.example:11001"
+    assert run.events("sql_routed") == []  # the bridge audits it once it follows the route
     assert run.leg.closed
     replay = run.leg.console_login
     assert replay == login_bytes(console_login7())
@@ -1135,7 +1134,7 @@ def test_stream_to_another_port_gets_18456_after_its_login(tmp_path: Path, keys:
 
 
 def test_bridge_follows_routing_with_a_fresh_leg(tmp_path: Path, keys: Keys) -> None:
-    world = sql_world(tmp_path, keys)
+    world = sql_world(tmp_path, keys, extra='    allowed_routes: ["127.0.0.1:11001"]\n')
     app, stream = open_sql_stream(world)
     stream.write(login_bytes(console_login7()))
     world.flush()
@@ -1151,7 +1150,7 @@ def test_bridge_follows_routing_with_a_fresh_leg(tmp_path: Path, keys: Keys) -> 
     assert second.server.login is not None and second.server.login.servername == "127.0.0.1"
     assert app.data == second.server.response and app.reset is None and not app.ended
     (routed,) = audit_events(world, "sql_routed")
-    assert routed.detail["to"] == "127.0.0.1:11001"
+    assert routed.detail["to"] == "127.0.0.1:11001" and routed.detail["server"] == HOST
 
 
 def test_bridge_stops_after_too_many_reroutes(tmp_path: Path, keys: Keys) -> None:
@@ -1169,7 +1168,11 @@ def test_bridge_stops_after_too_many_reroutes(tmp_path: Path, keys: Keys) -> Non
 
 
 def test_bridge_route_outside_the_allow_list_is_refused(tmp_path: Path, keys: Keys) -> None:
-    world = sql_world(tmp_path, keys, extra=f'allowed_targets: ["{HOST}"]\n')
+    world = sql_world(
+        tmp_path,
+        keys,
+        extra=f'    allowed_routes: ["evil.example:1433"]\nallowed_targets: ["{HOST}"]\n',
+    )
 
     def resolve(host: str) -> Deferred[list[str]]:
         return succeed({HOST: ["10.1.1.1"]}.get(host, ["192.0.2.7"]))
@@ -1183,7 +1186,60 @@ def test_bridge_route_outside_the_allow_list_is_refused(tmp_path: Path, keys: Ke
     first.bridge.connectionLost(Failure(refused()))
     world.flush()
     assert len(world.targets.requests) == 1
-    assert "refused target" in error_of(app.data).message
+    error = error_of(app.data)
+    assert error.number == 18456 and "(rule: allowed_targets)" in error.message
+    assert app.ended and app.reset is None
+    (failed,) = audit_events(world, "sql_login_failed")
+    assert failed.rule == "allowed_targets" and failed.detail["to"] == "evil.example:1433"
+    assert audit_events(world, "sql_routed") == []
+
+
+@pytest.mark.parametrize(
+    ("route", "allowed_routes"),
+    [
+        (("10.9.9.9", 1433), []),  # another host
+        ((HOST, 1444), []),  # the item's host, another port
+        (("replica.corp", 1433), ["replica.corp:1444"]),  # listed at another port
+        (("corp", 1433), ["*.corp:1433"]),  # a wildcard matches names under the domain only
+    ],
+)
+def test_bridge_route_the_item_does_not_allow_is_refused(
+    tmp_path: Path, keys: Keys, route: tuple[str, int], allowed_routes: list[str]
+) -> None:
+    world = sql_world(tmp_path, keys, extra=f"    allowed_routes: {json.dumps(allowed_routes)}\n")
+    app, stream = open_sql_stream(world)
+    stream.write(login_bytes(console_login7()))
+    world.flush()
+    first = connect_server(world, FakeServer(server_pair(), Knobs(routing=route)))
+    assert first.transport.disconnecting
+    first.bridge.connectionLost(Failure(refused()))
+    world.flush()
+    assert len(world.targets.requests) == 1  # the routed target is never dialled
+    error = error_of(app.data)
+    assert error.number == 18456 and "(rule: allowed_routes)" in error.message
+    assert f"{route[0]}:{route[1]}" in error.message
+    assert app.ended and app.reset is None
+    (failed,) = audit_events(world, "sql_login_failed")
+    assert failed.rule == "allowed_routes" and failed.detail["to"] == f"{route[0]}:{route[1]}"
+    assert failed.detail["server"] == HOST
+    assert audit_events(world, "sql_routed") == []
+    assert_no_secret(app.data)
+
+
+def test_bridge_follows_a_route_a_wildcard_allows(tmp_path: Path, keys: Keys) -> None:
+    world = sql_world(tmp_path, keys, extra='    allowed_routes: ["*.Corp.:1433"]\n')
+    app, stream = open_sql_stream(world)
+    stream.write(login_bytes(console_login7()))
+    world.flush()
+    first = connect_server(world, FakeServer(server_pair(), Knobs(routing=("Replica.corp", 1433))))
+    first.bridge.connectionLost(Failure(refused()))
+    world.flush()
+    host, port, _, _ = world.targets.requests[-1]
+    assert (host, port) == ("Replica.corp", 1433)
+    second = connect_server(world, FakeServer(issue_server(ca(), "replica", ["replica.corp"])))
+    assert app.data == second.server.response
+    (routed,) = audit_events(world, "sql_routed")
+    assert routed.detail["to"] == "Replica.corp:1433"
 
 
 def test_bridge_malformed_packet_after_login_resets_the_stream(tmp_path: Path, keys: Keys) -> None:
