@@ -199,6 +199,8 @@ class TdsUpstreamBridge(TcpBridge):
         self._watch = _LoginWatch()
         self._held_refusal: bytes | None = None
         self._on_login: Callable[[], None] | None = None
+        self._untapped: list[bytes] | None = []
+        """Console bytes that came before the dial set the recording tap (the LOGIN7)."""
         self.login_timeout = session.terms.login_timeout if session.terms is not None else None
         self._login_timer: IDelayedCall | None = None
         if self.login_timeout is not None:
@@ -277,8 +279,12 @@ class TdsUpstreamBridge(TcpBridge):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        untapped, self._untapped = self._untapped, None
         if self._finished:
             return
+        if untapped and self.tap is not None:
+            for chunk in untapped:  # the recording starts with the console's LOGIN7
+                self.tap.to_socket(chunk)
         self._server_live = True
         assert self.leg is not None
         self._apply(self.leg.start_output())
@@ -334,6 +340,8 @@ class TdsUpstreamBridge(TcpBridge):
             return
         if self.tap is not None:
             self.tap.to_socket(data)
+        elif self._untapped is not None:  # bounded by the stream's window until the dial
+            self._untapped.append(data)
         self._apply(self.leg.from_console(data))
         dial = self._on_login
         if login_in and dial is not None:
@@ -576,6 +584,7 @@ class TdsUpstreamBridge(TcpBridge):
 
     def _finish(self) -> None:
         self._on_login = None
+        self._untapped = None
         self._cancel_login_timer()
         super()._finish()
         attempt, self._route_attempt = self._route_attempt, None

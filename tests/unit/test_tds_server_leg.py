@@ -1068,6 +1068,40 @@ def test_the_server_is_dialled_only_once_the_whole_login7_is_in(tmp_path: Path, 
     assert wire.server.login is not None and app.data == wire.server.response
 
 
+class _Tap:
+    def __init__(self) -> None:
+        self.to_server = bytearray()
+        self.from_server = bytearray()
+
+    def to_socket(self, data: bytes) -> None:
+        self.to_server += data
+
+    def from_socket(self, data: bytes) -> None:
+        self.from_server += data
+
+    def closed(self, reset: bool) -> None:
+        pass
+
+
+def test_the_recording_starts_with_the_login7_that_came_before_the_dial(
+    tmp_path: Path, keys: Keys
+) -> None:
+    world = sql_world(tmp_path, keys)
+    app, stream = open_sql_stream(world)
+    login = login_bytes(console_login7())
+    stream.write(login)
+    world.flush()
+    _, _, bridge, _ = world.targets.requests[0]
+    tap = _Tap()
+    bridge.tap = tap  # as StreamConnection.dial does for a recorded session
+    wire = connect_server(world, FakeServer(server_pair()))
+    stream.write(batch_message("select 1"))
+    world.flush()
+    wire.pump()
+    assert bytes(tap.to_server) == login + batch_message("select 1")
+    assert bytes(tap.from_server) == app.data
+
+
 def test_a_stream_that_sends_no_login7_is_reset_at_the_login_timeout(
     tmp_path: Path, keys: Keys
 ) -> None:
