@@ -34,6 +34,7 @@ from zope.interface import implementer
 from console.tds_client_leg import ClientLeg, LegOutput
 from shared.bridge import TcpBridge
 from shared.frames import ErrorCode
+from shared.items import LOGIN_TIMEOUT_DEFAULT
 from shared.mux import Stream
 
 log = Logger()
@@ -176,7 +177,7 @@ class TdsLocalConnection(Protocol):
     @param open_stream: opens the stream to the Jumpoint once the LOGIN7 is
         whole; C{None} when the channel can carry none any more.
     @param login_timeout: seconds the client has to complete its login
-        (C{None}: no limit).
+        (C{None}, from a Jumpoint that sends none: L{LOGIN_TIMEOUT_DEFAULT}).
     @param local: the listener's address, C{host:port} (for logs only).
     """
 
@@ -196,7 +197,7 @@ class TdsLocalConnection(Protocol):
         self._open_stream = open_stream
         self._host = host
         self._clock = clock
-        self._login_timeout = login_timeout
+        self._login_timeout = LOGIN_TIMEOUT_DEFAULT if login_timeout is None else login_timeout
         self._timer: IDelayedCall | None = None
         self._phase = _Phase.LOGIN
 
@@ -205,8 +206,7 @@ class TdsLocalConnection(Protocol):
         return self._phase is _Phase.LOGIN
 
     def connectionMade(self) -> None:
-        if self._login_timeout is not None:
-            self._timer = self._clock.callLater(self._login_timeout, self._login_timed_out)
+        self._timer = self._clock.callLater(self._login_timeout, self._login_timed_out)
 
     def dataReceived(self, data: bytes) -> None:
         if self.bridge is not None:
@@ -287,7 +287,6 @@ class TdsLocalConnection(Protocol):
         transport = self.transport
         if self._phase is not _Phase.LOGIN or transport is None:
             return
-        assert self._login_timeout is not None
         log.warn(
             "closed the SQL Server client {peer} on {local}: no complete login within"
             " {seconds:g}s (login_timeout)",

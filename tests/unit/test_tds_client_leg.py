@@ -907,6 +907,17 @@ def test_a_client_that_does_not_log_in_in_time_is_closed_and_counted(
     assert isinstance(again, TdsLocalConnection)
 
 
+def test_without_a_login_timeout_in_the_terms_the_default_applies(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session, accept, _ = _local_connection(pki, monkeypatch)  # an older Jumpoint sends none
+    _, local = accept()
+    session.channel.clock.advance(29.9)
+    assert not local.disconnecting
+    session.channel.clock.advance(0.1)
+    assert local.disconnecting and session.tunnels[0].login_timeouts == 1
+
+
 def test_a_client_closing_before_its_login_frees_its_slot_uncounted(
     pki: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
