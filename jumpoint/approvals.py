@@ -5,11 +5,15 @@ of the policy's approver group approves or denies it.  An unanswered request
 expires after the policy's C{approval_request_timeout}; an approved one is
 valid for its duration from the approval and then expires too.  Statuses are
 kept in the state database; expiry is computed from the clock when read, so
-nothing needs a timer.
+nothing needs a timer.  Reads run where they are called; the two writes are
+jobs (L{ApprovalStore.requesting}, L{ApprovalStore.deciding}) that the audit
+log commits on the database thread together with their audit events.
 """
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,20 +79,36 @@ class ApprovalStore:
     def __init__(self, database: StateDatabase) -> None:
         self.database = database
 
-    def request(
+    def requesting(
         self, user: str, item: str, reason: str, duration: float, timeout: float, now: float
-    ) -> Approval:
-        with self.database.transaction() as db:
+    ) -> Callable[[sqlite3.Connection], Approval]:
+        """The write that adds a pending request (its job returns the new request)."""
+
+        def request(db: sqlite3.Connection) -> Approval:
             cursor = db.execute(
                 "INSERT INTO approvals (user_name, item, reason, duration, status, requested_at,"
                 " request_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (user, item, reason, duration, PENDING, now, now + timeout),
             )
-            request_id = cursor.lastrowid
-        assert request_id is not None
-        found = self.get(request_id)
-        assert found is not None
-        return found
+            assert cursor.lastrowid is not None
+            return _read(db, cursor.lastrowid)
+
+        return request
+
+    def request(
+        self, user: str, item: str, reason: str, duration: float, timeout: float, now: float
+    ) -> Approval:
+        """L{requesting}, committed here (tools and tests; the daemon commits it audited)."""
+        with self.database.transaction() as db:
+            return self.requesting(user, item, reason, duration, timeout, now)(db)
+
+    def decide(
+        self, request_id: int, approver: str, approve: bool, comment: str | None, now: float
+    ) -> Approval:
+        """L{check_decidable} and L{deciding}, committed here (tools and tests)."""
+        current = self.check_decidable(request_id, approver, now)
+        with self.database.transaction() as db:
+            return self.deciding(current, approver, approve, comment, now)(db)
 
     def get(self, request_id: int) -> Approval | None:
         row = self.database.connection.execute(
@@ -107,9 +127,8 @@ class ApprovalStore:
             if (user is None or a.user == user) and (items is None or a.item in items)
         ]
 
-    def decide(
-        self, request_id: int, approver: str, approve: bool, comment: str | None, now: float
-    ) -> Approval:
+    def check_decidable(self, request_id: int, approver: str, now: float) -> Approval:
+        """The pending request C{request_id}, if C{approver} may decide it (else an error)."""
         current = self.get(request_id)
         if current is None:
             raise UnknownRequest(f"no access request {request_id}", hint="see `jump approvals`")
@@ -121,8 +140,15 @@ class ApprovalStore:
         status = current.status_at(now)
         if status != PENDING:
             raise UsageError(f"request {request_id} is {status}, not pending")
-        with self.database.transaction() as db:
-            db.execute(
+        return current
+
+    def deciding(
+        self, current: Approval, approver: str, approve: bool, comment: str | None, now: float
+    ) -> Callable[[sqlite3.Connection], Approval]:
+        """The write that decides C{current} (checked by L{check_decidable}); returns it decided."""
+
+        def decide(db: sqlite3.Connection) -> Approval:
+            cursor = db.execute(
                 "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, comment = ?,"
                 " valid_until = ? WHERE id = ? AND status = ?",
                 (
@@ -131,13 +157,15 @@ class ApprovalStore:
                     approver,
                     comment,
                     now + current.duration if approve else None,
-                    request_id,
+                    current.id,
                     PENDING,
                 ),
             )
-        decided = self.get(request_id)
-        assert decided is not None
-        return decided
+            if cursor.rowcount != 1:
+                raise UsageError(f"request {current.id} was decided meanwhile")
+            return _read(db, current.id)
+
+        return decide
 
     def valid_for(self, user: str, item: str, now: float) -> Approval | None:
         """The approved, unexpired request of C{user} for C{item} lasting longest, if any."""
@@ -155,3 +183,8 @@ class ApprovalStore:
             (user, item),
         ).fetchone()
         return None if row is None else Approval(*row)
+
+
+def _read(db: sqlite3.Connection, request_id: int) -> Approval:
+    row = db.execute(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (request_id,)).fetchone()
+    return Approval(*row)

@@ -170,10 +170,9 @@ def user_add(
     not_after = certificate.not_valid_after_utc.isoformat()
     with _admin_audit(config) as (database, audit):
         database.add_user(name, chosen[0], client.serial, not_after, more_groups=chosen[1:])
-        audit.record(
+        audit.record_sync(
             "user_added",
             user=name,
-            durable=True,
             groups=list(database.groups_of(name)),
             serial=client.serial,
             not_after=not_after,
@@ -225,7 +224,7 @@ def _admin_audit(config: JumpointConfig) -> Iterator[tuple[StateDatabase, AuditL
     database = StateDatabase(config.state_database)
     try:
         try:
-            audit = AuditLog(database, config.audit_file, _WallClock())
+            audit = AuditLog(database, config.audit_file, _WallClock(), durable_wait=0.0)
         except OSError as error:
             raise ConfigError(f"{config.path}: audit.file: cannot open it: {error}") from None
         try:
@@ -267,7 +266,7 @@ def user_revoke(name: str, config_path: str | None) -> None:
     config = load_config(config_path)
     with _admin_audit(config) as (database, audit):
         count = database.revoke_user(name)
-        audit.record("user_revoked", user=name, durable=True, certificates=count, by=_operator())
+        audit.record_sync("user_revoked", user=name, certificates=count, by=_operator())
     click.echo(
         f"user {name!r} revoked ({count} certificate(s)); a running Jumpoint closes their"
         f" sessions within {config.limits.revocation_poll_interval:g}s"
@@ -299,10 +298,9 @@ def user_groups(name: str, groups: tuple[str, ...], config_path: str | None) -> 
             )
         database.set_groups(name, chosen)
         now = database.groups_of(name)
-        audit.record(
+        audit.record_sync(
             "user_groups_changed",
             user=name,
-            durable=True,
             groups=list(now),
             previous=list(existing.all_groups),
             by=_operator(),

@@ -1,7 +1,10 @@
 """Items created from the console, kept in the state database, and the catalog of all items.
 
 L{ItemStore} reads and writes the C{items} table; every row holds the item's
-checked specification as JSON and is re-checked when read.  L{Catalog} puts
+checked specification as JSON and is re-checked when read.  Reads run where
+they are called; a write is a job (L{ItemStore.creating}, ...) that the
+audit log commits on the database thread in the same transaction as the
+event that records it (C{item_created}, ...).  L{Catalog} puts
 them together with the read-only items of jumpoint.yaml: one namespace, so a
 console item can never shadow a configured one.
 """
@@ -9,6 +12,8 @@ console item can never shadow a configured one.
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Callable
 
 from jumpoint.state import StateDatabase
 from shared.errors import UnknownItem, UsageError
@@ -37,8 +42,10 @@ class ItemStore:
         ).fetchone()
         return None if row is None else self._item(row[0], row[1])
 
-    def create(self, item: Item, by: str, now: float) -> Item:
-        with self.database.transaction() as db:
+    def creating(self, item: Item, by: str, now: float) -> Callable[[sqlite3.Connection], Item]:
+        """The write that adds C{item} (fails with L{UsageError} if the name is taken)."""
+
+        def create(db: sqlite3.Connection) -> Item:
             if db.execute("SELECT 1 FROM items WHERE name = ?", (item.name,)).fetchone():
                 raise UsageError(
                     f"an item named {item.name!r} already exists",
@@ -49,10 +56,14 @@ class ItemStore:
                 " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (item.name, item.type, item.jump_group, json.dumps(item.to_spec()), by, now, now),
             )
-        return item.with_changes(source="console", created_by=by)
+            return item.with_changes(source="console", created_by=by)
 
-    def update(self, item: Item, now: float) -> Item:
-        with self.database.transaction() as db:
+        return create
+
+    def updating(self, item: Item, now: float) -> Callable[[sqlite3.Connection], Item]:
+        """The write that replaces the item of C{item}'s name."""
+
+        def update(db: sqlite3.Connection) -> Item:
             cursor = db.execute(
                 "UPDATE items SET type = ?, jump_group = ?, spec = ?, updated_at = ?"
                 " WHERE name = ?",
@@ -60,12 +71,23 @@ class ItemStore:
             )
             if cursor.rowcount != 1:
                 raise UnknownItem(f"no item named {item.name!r}")
-        return item
+            return item
 
-    def delete(self, name: str) -> None:
-        with self.database.transaction() as db:
+        return update
+
+    def deleting(self, name: str) -> Callable[[sqlite3.Connection], None]:
+        """The write that removes item C{name}."""
+
+        def delete(db: sqlite3.Connection) -> None:
             if db.execute("DELETE FROM items WHERE name = ?", (name,)).rowcount != 1:
                 raise UnknownItem(f"no item named {name!r}")
+
+        return delete
+
+    def create(self, item: Item, by: str, now: float) -> Item:
+        """L{creating}, committed here (admin tools; the daemon commits it with its audit)."""
+        with self.database.transaction() as db:
+            return self.creating(item, by, now)(db)
 
 
 class Catalog:

@@ -5,7 +5,10 @@ show, create, change, delete), sessions (open, report bindings, list,
 close), and access requests (request, list, approve or deny).  Every
 decision is taken here, on the Jumpoint, and audited; a refusal raises a
 L{JumpError} naming the rule, which the channel sends back as an error
-reply.  Handlers that must wait (DNS for the allow-list) return coroutines.
+reply.  Handlers that must wait (DNS for the allow-list, the commit of a
+decision by the database thread) return coroutines: a decision and the
+state change it makes are committed before the reply, without the reactor
+ever waiting for the database.
 """
 
 from __future__ import annotations
@@ -15,16 +18,17 @@ import sqlite3
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from jumpoint.access import SessionRequest, SessionTerms, check_allowed_targets, decide
+from jumpoint.approvals import Approval
 from jumpoint.audit import AuditLog
 from jumpoint.session import Session, new_session_id
 from shared import control
 from shared.errors import (
     AccessDenied,
     ConsentRequired,
-    InternalError,
     JumpError,
     ProtocolViolation,
     UnknownItem,
@@ -61,8 +65,7 @@ def handle(channel: JumpointChannel, kind: str, message: dict[str, Any]) -> Outc
             )
         outcome: Outcome = handler(channel, grant, message)
     except AccessDenied as denial:
-        _audit_denial(channel, kind, message, denial)
-        raise
+        return _refused_when_audited(_audit_denial(channel, kind, message, denial), denial)
     if isinstance(outcome, dict):
         return outcome
     return _audited(channel, kind, message, outcome)
@@ -78,8 +81,14 @@ async def _audited(
     try:
         return await pending
     except AccessDenied as denial:
-        _audit_denial(channel, kind, message, denial)
+        await _audit_denial(channel, kind, message, denial)
         raise
+
+
+async def _refused_when_audited(committed: Deferred[Any], denial: AccessDenied) -> dict[str, Any]:
+    """The refusal is sent once its audit row is committed (the reactor does not wait)."""
+    await committed
+    raise denial
 
 
 DENIAL_EVENTS = {
@@ -101,7 +110,7 @@ DENIAL_EVENTS = {
 
 def _audit_denial(
     channel: JumpointChannel, kind: str, message: dict[str, Any], denial: AccessDenied
-) -> None:
+) -> Deferred[Any]:
     """Record one denial with its rule: the user, what they asked for, and why not.
 
     Committed before the refusal is sent; if the audit cannot be written the
@@ -118,7 +127,7 @@ def _audit_denial(
     if kind == control.TUNNELS_BOUND and session is not None:
         fields.update(session.audit_fields())
     fields.update(denial.context)
-    channel.core.log_audit.record(
+    return channel.core.log_audit.record(
         DENIAL_EVENTS[kind],
         rule=denial.rule,
         durable=True,
@@ -202,7 +211,9 @@ def _check_policies(core: JumpointCore, item: Item) -> None:
             )
 
 
-def _create_item(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+async def _create_item(
+    channel: JumpointChannel, grant: Grant, message: dict[str, Any]
+) -> dict[str, Any]:
     core = channel.core
     assert channel.user is not None
     item = item_from_data(message["item"], "console")
@@ -213,18 +224,15 @@ def _create_item(channel: JumpointChannel, grant: Grant, message: dict[str, Any]
             hint="choose another name",
         )
     _check_policies(core, item)
-    created = core.catalog.store.create(item, channel.user.name, core.clock.seconds())
-    try:
-        core.log_audit.record(
-            "item_created",
-            user=channel.user.name,
-            item=item.name,
-            durable=True,
-            spec=_audit_spec(created),
-        )
-    except InternalError:
-        core.catalog.store.delete(item.name)  # not audited: not done
-        raise
+    # the item and its audit row are committed together, or neither
+    created: Item = await core.log_audit.record(
+        "item_created",
+        user=channel.user.name,
+        item=item.name,
+        durable=True,
+        apply=core.catalog.store.creating(item, channel.user.name, core.clock.seconds()),
+        spec=_audit_spec(item.with_changes(source="console", created_by=channel.user.name)),
+    )
     return {"item": _item_json(created, grant)}
 
 
@@ -246,7 +254,9 @@ def _managed(core: JumpointCore, grant: Grant, name: str, action: str) -> Item:
     return item
 
 
-def _change_item(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+async def _change_item(
+    channel: JumpointChannel, grant: Grant, message: dict[str, Any]
+) -> dict[str, Any]:
     core = channel.core
     assert channel.user is not None
     change, value = message["change"], message["value"]
@@ -299,24 +309,31 @@ def _change_item(channel: JumpointChannel, grant: Grant, message: dict[str, Any]
     else:
         spec["comments"] = value or None
     changed = item_from_data(spec, "console").with_changes(created_by=item.created_by)
-    core.catalog.store.update(changed, core.clock.seconds())
-    core.log_audit.record(
+    await core.log_audit.record(
         "item_changed",
         user=channel.user.name,
         item=item.name,
         durable=True,
+        apply=core.catalog.store.updating(changed, core.clock.seconds()),
         change=change,
         value=value,
     )
     return {"item": _item_json(changed, grant)}
 
 
-def _delete_item(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+async def _delete_item(
+    channel: JumpointChannel, grant: Grant, message: dict[str, Any]
+) -> dict[str, Any]:
     core = channel.core
     assert channel.user is not None
     item = _managed(core, grant, message["item"], "delete")
-    core.catalog.store.delete(item.name)
-    core.log_audit.record("item_deleted", user=channel.user.name, item=item.name, durable=True)
+    await core.log_audit.record(
+        "item_deleted",
+        user=channel.user.name,
+        item=item.name,
+        durable=True,
+        apply=core.catalog.store.deleting(item.name),
+    )
     return {"item": item.name}
 
 
@@ -354,6 +371,19 @@ async def _open(channel: JumpointChannel, grant: Grant, request: SessionRequest)
     )
     channel.opening = True
     try:
+        return await _decide_and_open(channel, grant, request, item)
+    finally:
+        channel.opening = False
+
+
+async def _decide_and_open(
+    channel: JumpointChannel, grant: Grant, request: SessionRequest, item: Item
+) -> dict[str, Any]:
+    core = channel.core
+    assert channel.user is not None
+    user = channel.user.name
+    audit = core.log_audit
+    try:
         now = core.clock.seconds()
         terms = decide(core.config, grant, item, request, now, core.approvals)
         if core.config.allowed_targets is not None:
@@ -363,11 +393,9 @@ async def _open(channel: JumpointChannel, grant: Grant, request: SessionRequest)
                     core.config.allowed_targets, port, addresses, resolved, item.host
                 )
     except ConsentRequired:
-        audit.record("consent_requested", user=user, item=item.name, durable=True)
+        await audit.record("consent_requested", user=user, item=item.name, durable=True)
         raise
-    finally:
-        channel.opening = False
-    if channel.mux is None or channel.mux.closing:
+    if _connection_gone(channel):
         raise UsageError("the connection closed while the session was being opened")
     session = Session(
         session_id=new_session_id(),
@@ -382,40 +410,19 @@ async def _open(channel: JumpointChannel, grant: Grant, request: SessionRequest)
     if terms.recording and core.new_recorder is not None:
         session.recorder = core.new_recorder(session.session_id)
     recording_path = str(session.recorder.path) if session.recorder else None
-    # committed before the session is set up: if the audit log cannot be written, no session
+    # the audit row and the session's row are committed together before the session is set
+    # up: if they cannot be written, there is no session
     try:
-        _record_opened(audit, session, terms, details, recording_path)
-    except InternalError:
+        await _record_opened(audit, session, terms, details, recording_path)
+    except BaseException:
         if session.recorder is not None:
             session.recorder.close()
         raise
-    try:
-        with core.database.transaction() as db:
-            db.execute(
-                "INSERT INTO sessions (id, user_name, item, opened_at, ticket, approval_id,"
-                " recording) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    session.session_id,
-                    user,
-                    item.name,
-                    session.opened_at,
-                    terms.ticket,
-                    terms.approval_id,
-                    recording_path,
-                ),
-            )
-    except sqlite3.Error as error:
-        audit.record(
-            "session_closed",
-            user=user,
-            session=session.session_id,
-            item=item.name,
-            code="internal",
-            reason=f"cannot record the session: {error}",
-        )
-        raise InternalError(
-            "the Jumpoint cannot write its state database; the session was not opened"
-        ) from None
+    if _connection_gone(channel):
+        why = "the connection closed while the session was being opened"
+        session.closed = True
+        session_ended(core, session, why, "connection_closed")
+        raise UsageError(why)
     channel.session = session
     session.start_timers(core.clock)
     log.info(
@@ -429,17 +436,39 @@ async def _open(channel: JumpointChannel, grant: Grant, request: SessionRequest)
     return {"session": session.session_id, "item": item.to_json(), **details}
 
 
+def _connection_gone(channel: JumpointChannel) -> bool:
+    return channel.mux is None or channel.mux.closing
+
+
 def _record_opened(
     audit: AuditLog,
     session: Session,
     terms: SessionTerms,
     details: dict[str, Any],
     recording: str | None,
-) -> None:
-    audit.record(
+) -> Deferred[None]:
+    row = (
+        session.session_id,
+        session.user,
+        session.item.name,
+        session.opened_at,
+        terms.ticket,
+        terms.approval_id,
+        recording,
+    )
+
+    def insert(db: sqlite3.Connection) -> None:
+        db.execute(
+            "INSERT INTO sessions (id, user_name, item, opened_at, ticket, approval_id,"
+            " recording) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            row,
+        )
+
+    return audit.record(
         "session_opened",
         **session.audit_fields(),
         durable=True,
+        apply=insert,
         ticket=terms.ticket,
         approval=terms.approval_id,
         recording=recording,
@@ -455,29 +484,20 @@ def session_ended(core: JumpointCore, session: Session, reason: str, code: str) 
     now = core.clock.seconds()
     if session.recorder is not None:
         session.recorder.close()
-    try:
-        with core.database.transaction() as db:
-            db.execute(
-                "UPDATE sessions SET closed_at = ?, close_reason = ?, connections = ?,"
-                " bytes_to_target = ?, bytes_from_target = ? WHERE id = ?",
-                (
-                    now,
-                    reason,
-                    session.total_connections,
-                    to_target,
-                    from_target,
-                    session.session_id,
-                ),
-            )
-    except Exception as error:  # the session is over either way
-        log.error(
-            "cannot record the end of session {session}: {error}",
-            session=session.session_id,
-            error=error,
+    row = (now, reason, session.total_connections, to_target, from_target, session.session_id)
+
+    def update(db: sqlite3.Connection) -> None:
+        db.execute(
+            "UPDATE sessions SET closed_at = ?, close_reason = ?, connections = ?,"
+            " bytes_to_target = ?, bytes_from_target = ? WHERE id = ?",
+            row,
         )
+
+    # not a decision: spooled and retried until committed, with the session's row
     core.log_audit.record(
         "session_closed",
         **session.audit_fields(),
+        apply=update,
         code=code,
         reason=reason,
         connections=session.total_connections,
@@ -529,7 +549,9 @@ def _notify(core: JumpointCore, session: Session, event: str, reason: str | None
     core.notifier.notify(policy.webhook, body, policy.webhook_secret)
 
 
-def _tunnels_bound(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+async def _tunnels_bound(
+    channel: JumpointChannel, grant: Grant, message: dict[str, Any]
+) -> dict[str, Any]:
     session = channel.session
     if session is None or session.terms is None:
         raise UsageError("no session is open on this connection")
@@ -574,7 +596,9 @@ def _tunnels_bound(channel: JumpointChannel, grant: Grant, message: dict[str, An
     return {"session": session.session_id}
 
 
-def _close_session(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+async def _close_session(
+    channel: JumpointChannel, grant: Grant, message: dict[str, Any]
+) -> dict[str, Any]:
     core = channel.core
     assert channel.user is not None
     reason = message["reason"][:200]
@@ -599,7 +623,7 @@ def _close_session(channel: JumpointChannel, grant: Grant, message: dict[str, An
             owner=session.user,
         )
     why = f"closed by {channel.user.name}: {reason}"
-    core.log_audit.record(
+    await core.log_audit.record(
         "session_terminated",
         user=channel.user.name,
         session=session.session_id,
@@ -608,7 +632,8 @@ def _close_session(channel: JumpointChannel, grant: Grant, message: dict[str, An
         owner=session.user,
         reason=reason,
     )
-    owner.close_session("closed_by_other", why, ErrorCode.SESSION_CLOSED)
+    if owner.session is session:  # it may have ended while the decision was committed
+        owner.close_session("closed_by_other", why, ErrorCode.SESSION_CLOSED)
     return {"session": target_id}
 
 
@@ -630,7 +655,9 @@ def _list_sessions(channel: JumpointChannel, grant: Grant, message: dict[str, An
 # -- access requests ---------------------------------------------------------
 
 
-def _request_access(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+async def _request_access(
+    channel: JumpointChannel, grant: Grant, message: dict[str, Any]
+) -> dict[str, Any]:
     core = channel.core
     assert channel.user is not None
     item = _visible(core, grant, message["item"])
@@ -653,21 +680,22 @@ def _request_access(channel: JumpointChannel, grant: Grant, message: dict[str, A
             item=item.name,
             duration=duration,
         )
-    approval = core.approvals.request(
-        channel.user.name,
-        item.name,
-        reason[:1000],
-        duration,
-        policy.approval_request_timeout,
-        core.clock.seconds(),
-    )
-    core.log_audit.record(
+    # the request's row and its audit row are committed together; the row's id is audited
+    approval: Approval = await core.log_audit.record(
         "approval_requested",
         user=channel.user.name,
         item=item.name,
         durable=True,
-        request=approval.id,
-        reason=approval.reason,
+        apply=core.approvals.requesting(
+            channel.user.name,
+            item.name,
+            reason[:1000],
+            duration,
+            policy.approval_request_timeout,
+            core.clock.seconds(),
+        ),
+        fields_from=lambda created: {"request": created.id},
+        reason=reason[:1000],
         duration=duration,
         approver_group=policy.approver_group,
     )
@@ -725,7 +753,9 @@ def _list_requests(channel: JumpointChannel, grant: Grant, message: dict[str, An
     return {"requests": found}
 
 
-def _decide_request(channel: JumpointChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+async def _decide_request(
+    channel: JumpointChannel, grant: Grant, message: dict[str, Any]
+) -> dict[str, Any]:
     core = channel.core
     assert channel.user is not None
     request_id = message["request"]
@@ -750,22 +780,23 @@ def _decide_request(channel: JumpointChannel, grant: Grant, message: dict[str, A
         raise denial
     approve = bool(message["approve"])
     comment = message.get("comment")
+    now = core.clock.seconds()
     try:
-        decided = core.approvals.decide(
-            request_id, channel.user.name, approve, comment, core.clock.seconds()
-        )
+        current = core.approvals.check_decidable(request_id, channel.user.name, now)
     except AccessDenied as denial:  # one's own request
         denial.context.update(context)
         raise
-    core.log_audit.record(
+    # the decision and its audit row are committed together
+    decided: Approval = await core.log_audit.record(
         "approval_granted" if approve else "approval_denied",
         user=channel.user.name,
-        item=decided.item,
+        item=current.item,
         durable=True,
-        request=decided.id,
-        requester=decided.user,
+        apply=core.approvals.deciding(current, channel.user.name, approve, comment, now),
+        request=current.id,
+        requester=current.user,
         comment=comment,
-        valid_until=decided.valid_until,
+        valid_until=now + current.duration if approve else None,
     )
     return {"request": decided.to_json(core.clock.seconds())}
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from jumpoint.credentials import CredentialStore
 from jumpoint.item_store import Catalog, ItemStore
 from jumpoint.kube_upstream import KubeUpstreamBridge
 from jumpoint.session import Session
-from jumpoint.state import StateDatabase, User
+from jumpoint.state import StateDatabase, User, data_version, user_for_certificate
 from jumpoint.tds_upstream import TdsUpstreamBridge, refuse_stream
 from shared import control
 from shared.bridge import TcpBridge
@@ -59,6 +60,9 @@ log = Logger()
 STREAMS_OVER_CAP = 64
 """Streams the mux accepts beyond the session cap, so that the session refuses and audits
 them (C{max_connections}); only a console that ignores its refusals meets the mux's limit."""
+
+AUDIT_SPOOL_RULE = "audit_spool"
+"""The rule that refuses a decision while the audit spool is full (see L{jumpoint.audit})."""
 
 
 def classify_connect_failure(failure: Failure, host: str, port: int) -> tuple[ErrorCode, str]:
@@ -128,6 +132,7 @@ class JumpointCore:
     catalog: Catalog = field(init=False)
     approvals: ApprovalStore = field(init=False)
     _data_version: int | None = None
+    _checking_revocations: bool = False
 
     def __post_init__(self) -> None:
         if self.audit is None:
@@ -155,19 +160,40 @@ class JumpointCore:
         return Grant.of(user.name, user.all_groups, self.config.groups)
 
     def check_revocations(self) -> None:
-        """Close the channels of users revoked since the last check (polled)."""
-        version = self.database.data_version()
-        if version == self._data_version:
+        """Close the channels of users revoked since the last check (polled).
+
+        The lookups run on the database thread (one check at a time); the
+        channels are closed on the reactor when their answers come back.
+        """
+        if self._checking_revocations:
             return
-        self._data_version = version
-        for channel in list(self.channels):
-            if channel.certificate_serial is None:
-                continue
-            user, why = self.database.user_for_certificate(channel.certificate_serial)
-            if user is None:
-                channel.revoke(why)
-            else:
-                channel.user = user
+        self._checking_revocations = True
+        last = self._data_version
+        serials = {c.certificate_serial for c in self.channels if c.certificate_serial}
+
+        def look_up(db: sqlite3.Connection) -> tuple[int, dict[str, tuple[User | None, str]]]:
+            version = data_version(db)
+            if version == last:
+                return version, {}
+            return version, {serial: user_for_certificate(db, serial) for serial in serials}
+
+        def checked(result: tuple[int, dict[str, tuple[User | None, str]]]) -> None:
+            self._checking_revocations = False
+            self._data_version, found = result
+            for channel in list(self.channels):
+                if channel.certificate_serial not in found:
+                    continue
+                user, why = found[channel.certificate_serial]
+                if user is None:
+                    channel.revoke(why)
+                else:
+                    channel.user = user
+
+        def failed(failure: Failure) -> None:
+            self._checking_revocations = False
+            log.warn("cannot check for revoked users: {error}", error=failure.getErrorMessage())
+
+        self.log_audit.writer.submit(look_up).addCallbacks(checked, failed)
 
     def sessions(self) -> list[Session]:
         return [c.session for c in self.channels if c.session is not None]
@@ -402,6 +428,21 @@ class JumpointChannel(ChannelProtocol):
                 " (rule: max_connections)",
                 "max_connections",
             )
+        elif not self.core.log_audit.accepting:
+            # a connection is a decision: without room in the audit spool, none is taken
+            reason = (
+                f"the Jumpoint cannot write its audit log ({self.core.log_audit.spooled} events"
+                " are waiting for the database)"
+            )
+            log.warn(
+                "session {session}: refused stream {stream_id}: {reason} (rule: {rule})",
+                session=session.session_id,
+                stream_id=stream.stream_id,
+                reason=reason,
+                rule=AUDIT_SPOOL_RULE,
+            )
+            stream.reset(ErrorCode.INTERNAL_ERROR, f"{reason} (rule: {AUDIT_SPOOL_RULE})")
+            return
         if refusal is not None:
             code, reason, rule = refusal
             self._refuse_stream(session, stream, target, code, reason, rule)

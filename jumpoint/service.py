@@ -2,10 +2,14 @@
 
 The launchers (the C{jumpoint serve} command, the systemd unit, the Windows
 service) only load the configuration, call L{makeService} and start it.
+L{makeService} first takes the instance lock (L{jumpoint.instance_lock}),
+before it touches any state, then opens the state database for reads on the
+reactor thread and starts the database thread that does every write.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -15,9 +19,11 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
 from jumpoint.audit import AuditLog
+from jumpoint.db_thread import DatabaseThread, DatabaseWriter
+from jumpoint.instance_lock import InstanceLock
 from jumpoint.notify import Delivery, Notifier
 from jumpoint.server import JumpointCore, JumpointFactory, thread_resolver
-from jumpoint.state import StateDatabase
+from jumpoint.state import READ_BUSY_TIMEOUT, StateDatabase
 from jumpoint.targets import make_connector
 from shared.config import JumpointConfig
 from shared.errors import ConfigError
@@ -30,10 +36,18 @@ log = Logger()
 class JumpointService(MultiService):
     """The running daemon: the TLS listener and the revocation poller."""
 
-    def __init__(self, core: JumpointCore, listener: StreamServerEndpointService) -> None:
+    def __init__(
+        self,
+        core: JumpointCore,
+        listener: StreamServerEndpointService,
+        writer: DatabaseWriter | None = None,
+        lock: InstanceLock | None = None,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.core = core
         self.listener = listener
+        self.writer = writer
+        self.lock = lock
         listener.setServiceParent(self)
         poller = TimerService(core.config.limits.revocation_poll_interval, core.check_revocations)
         poller.clock = core.clock
@@ -56,38 +70,56 @@ class JumpointService(MultiService):
                 channel.mux.go_away(ErrorCode.SHUTDOWN, "the Jumpoint is shutting down")
         result: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
 
+        def close_audit(passed: object) -> Deferred[object]:
+            return self.core.log_audit.close().addBoth(lambda _: passed)
+
+        def stop_writer(passed: object) -> object:
+            if self.writer is None:
+                return passed
+            return self.writer.stop().addBoth(lambda _: passed)
+
         def finish(passed: object) -> object:
-            self.core.log_audit.close()
             self.core.database.close()
+            if self.lock is not None:
+                self.lock.release()
             return passed
 
         if self.core.notifier is not None:
             stopping = self.core.notifier.stop()
             result.addBoth(lambda passed: stopping.addBoth(lambda _: passed))
+        result.addBoth(close_audit)
+        result.addBoth(stop_writer)
         result.addBoth(finish)
         return result
 
 
 def close_stale_sessions(database: StateDatabase, audit: AuditLog, now: float) -> int:
-    """Sessions a killed daemon left open are closed in the database (and audited)."""
+    """Sessions a killed daemon left open are closed in the database (and audited).
+
+    Only under the instance lock: the open sessions are then certainly dead.
+    Each row is closed in the same transaction as its audit event.
+    """
     rows = database.connection.execute(
         "SELECT id, user_name, item FROM sessions WHERE closed_at IS NULL"
     ).fetchall()
-    if not rows:
-        return 0
-    with database.transaction() as db:
-        db.execute(
-            "UPDATE sessions SET closed_at = ?, close_reason = ? WHERE closed_at IS NULL",
-            (now, "the Jumpoint stopped while the session was open"),
-        )
+    reason = "the Jumpoint stopped while the session was open"
     for session_id, user, item in rows:
+
+        def close(db: sqlite3.Connection, session_id: str = session_id) -> None:
+            db.execute(
+                "UPDATE sessions SET closed_at = ?, close_reason = ?"
+                " WHERE id = ? AND closed_at IS NULL",
+                (now, reason, session_id),
+            )
+
         audit.record(
             "session_closed",
             user=user,
             session=session_id,
             item=item,
+            apply=close,
             code="jumpoint_stopped",
-            reason="the Jumpoint stopped while the session was open",
+            reason=reason,
         )
     audit.flush()
     return len(rows)
@@ -115,10 +147,22 @@ def makeService(config: JumpointConfig, reactor: Any = None) -> IService:
 
         reactor = default_reactor
 
-    database = StateDatabase(config.state_database)
+    lock = InstanceLock.acquire(config.state_database)  # before any state is touched
     try:
-        audit = AuditLog(database, config.audit_file, reactor)
+        return _build(config, reactor, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _build(config: JumpointConfig, reactor: Any, lock: InstanceLock) -> IService:
+    database = StateDatabase(config.state_database)
+    database.set_busy_timeout(READ_BUSY_TIMEOUT)  # reads only here; writes: the thread
+    writer = DatabaseThread(config.state_database, reactor.callFromThread)
+    try:
+        audit = AuditLog(writer, config.audit_file, reactor)
     except OSError as error:
+        writer.stop()
         raise ConfigError(f"{config.path}: audit.file: cannot open it: {error}") from None
     stale = close_stale_sessions(database, audit, reactor.seconds())
     if stale:
@@ -163,4 +207,4 @@ def makeService(config: JumpointConfig, reactor: Any = None) -> IService:
     )
     listener = StreamServerEndpointService(endpoint, wrap_server(options, JumpointFactory(core)))
     listener._raiseSynchronously = True
-    return JumpointService(core, listener)
+    return JumpointService(core, listener, writer, lock)

@@ -8,8 +8,12 @@ notices commits by other processes through C{PRAGMA data_version}, which is
 how C{jumpoint user revoke} reaches it without a restart.
 
 Items, sessions, approvals and the audit log have their own modules
-(L{jumpoint.item_store}, L{jumpoint.approvals}, L{jumpoint.audit}); they share
-this connection and its L{StateDatabase.transaction}.
+(L{jumpoint.item_store}, L{jumpoint.approvals}, L{jumpoint.audit}).  In the
+daemon this connection only reads (WAL readers never wait for a writer, so a
+read never waits for another process's lock, and its busy timeout is cut to
+L{READ_BUSY_TIMEOUT}); every write runs on the database thread
+(L{jumpoint.db_thread}), mostly together with its audit event.  The admin
+commands write here directly (L{StateDatabase.transaction}).
 """
 
 from __future__ import annotations
@@ -123,6 +127,10 @@ class User:
         return self.groups or (self.group,)
 
 
+READ_BUSY_TIMEOUT = 0.05
+"""Seconds a read on the reactor thread may wait for a lock (WAL: only rare checkpoints)."""
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
@@ -130,10 +138,10 @@ def _now() -> str:
 class StateDatabase:
     """A connection to the state database; one per process."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = path
         try:
-            self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)
+            self._db = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -146,6 +154,10 @@ class StateDatabase:
 
     def close(self) -> None:
         self._db.close()
+
+    def set_busy_timeout(self, seconds: float) -> None:
+        """How long a statement here waits for another connection's lock."""
+        self._db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -274,12 +286,7 @@ class StateDatabase:
             self._set_groups(name, groups)
 
     def groups_of(self, name: str) -> tuple[str, ...]:
-        rows = self._db.execute(
-            "SELECT g.group_name FROM user_groups g JOIN users u ON u.name = g.user_name"
-            " WHERE g.user_name = ? ORDER BY g.group_name != u.user_group, g.group_name",
-            (name,),
-        ).fetchall()
-        return tuple(row[0] for row in rows)
+        return groups_of(self._db, name)
 
     def list_users(self) -> list[User]:
         rows = self._db.execute(
@@ -295,20 +302,40 @@ class StateDatabase:
 
     def user_for_certificate(self, serial: str) -> tuple[User | None, str]:
         """The active user owning certificate C{serial}, or C{None} and the reason why not."""
-        row = self._db.execute(
-            "SELECT u.name, u.user_group, u.created_at, u.revoked_at, c.revoked_at"
-            " FROM certificates c JOIN users u ON u.name = c.user_name WHERE c.serial = ?",
-            (serial,),
-        ).fetchone()
-        if row is None:
-            return None, "the certificate is not registered on this Jumpoint"
-        user = User(row[0], row[1], row[2], row[3], self.groups_of(row[0]))
-        if row[4] is not None or not user.active:
-            return None, f"the certificate of user {user.name!r} has been revoked"
-        return user, ""
+        return user_for_certificate(self._db, serial)
 
     def revoked_serials(self) -> set[str]:
         rows = self._db.execute(
             "SELECT serial FROM certificates WHERE revoked_at IS NOT NULL"
         ).fetchall()
         return {row[0] for row in rows}
+
+
+def groups_of(db: sqlite3.Connection, name: str) -> tuple[str, ...]:
+    """Every group of user C{name}, the first one given at enrollment first."""
+    rows = db.execute(
+        "SELECT g.group_name FROM user_groups g JOIN users u ON u.name = g.user_name"
+        " WHERE g.user_name = ? ORDER BY g.group_name != u.user_group, g.group_name",
+        (name,),
+    ).fetchall()
+    return tuple(row[0] for row in rows)
+
+
+def user_for_certificate(db: sqlite3.Connection, serial: str) -> tuple[User | None, str]:
+    """The active user owning certificate C{serial}, or C{None} and the reason why not."""
+    row = db.execute(
+        "SELECT u.name, u.user_group, u.created_at, u.revoked_at, c.revoked_at"
+        " FROM certificates c JOIN users u ON u.name = c.user_name WHERE c.serial = ?",
+        (serial,),
+    ).fetchone()
+    if row is None:
+        return None, "the certificate is not registered on this Jumpoint"
+    user = User(row[0], row[1], row[2], row[3], groups_of(db, row[0]))
+    if row[4] is not None or not user.active:
+        return None, f"the certificate of user {user.name!r} has been revoked"
+    return user, ""
+
+
+def data_version(db: sqlite3.Connection) -> int:
+    """Changes whenever another connection commits (PRAGMA data_version)."""
+    return int(db.execute("PRAGMA data_version").fetchone()[0])

@@ -183,26 +183,40 @@ def test_a_version_1_database_is_migrated_keeping_its_users(tmp_path: Path) -> N
 def test_a_durable_audit_event_that_cannot_be_written_fails_the_request(tmp_path: Path) -> None:
     import sqlite3
 
-    from jumpoint.audit import AuditLog, query
-    from shared.errors import InternalError
+    from twisted.internet.defer import fail
+
+    from jumpoint.audit import AuditLog, AuditUnavailable, query
+    from jumpoint.db_thread import InlineDatabase
 
     database = StateDatabase(tmp_path / "state.db")
-    audit = AuditLog(database, tmp_path / "audit.jsonl", Clock())
-    audit.record("session_opened", user="alice", durable=True)
+    inline = InlineDatabase(database.connection)
+
+    class Writer:  # the database thread, whose disk fills up
+        full = False
+
+        def submit(self, job: Any) -> Any:
+            if self.full:
+                return fail(sqlite3.OperationalError("database or disk is full"))
+            return inline.submit(job)
+
+        def stop(self) -> Any:
+            return inline.stop()
+
+    writer = Writer()
+    audit = AuditLog(writer, tmp_path / "audit.jsonl", Clock())
+    outcomes: list[object] = []
+    audit.record("session_opened", user="alice", durable=True).addBoth(outcomes.append)
+    assert outcomes == [None]
     assert [e.event for e in query(database)] == ["session_opened"]
 
-    class FullDisk:
-        def __enter__(self) -> Any:
-            raise sqlite3.OperationalError("database or disk is full")
-
-        def __exit__(self, *args: object) -> None:
-            return None
-
-    real = database.transaction
-    database.transaction = lambda: FullDisk()  # type: ignore[method-assign]
-    with pytest.raises(InternalError, match="cannot write its audit log"):
-        audit.record("session_opened", user="bob", durable=True)
-    database.transaction = real  # type: ignore[method-assign]
+    writer.full = True
+    audit.record("session_opened", user="bob", durable=True).addErrback(
+        lambda failure: outcomes.append(failure.value)
+    )
+    assert isinstance(outcomes[-1], AuditUnavailable)
+    assert "cannot write its audit log" in outcomes[-1].message
+    assert audit.spooled == 0  # the refused decision is not retried later
+    writer.full = False
     assert [e.user for e in query(database)] == ["alice"]  # nothing half-written
     lines = (tmp_path / "audit.jsonl").read_text().splitlines()
     assert len(lines) == 1 and '"user":"alice"' in lines[0]
