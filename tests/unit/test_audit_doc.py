@@ -18,9 +18,17 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-AUDIT_CALLS = {"record", "_audit", "AuditEvent", "record_denial", "_record_denial"}
+AUDIT_CALLS = {
+    "record",
+    "record_sync",
+    "_audit",
+    "AuditEvent",
+    "record_denial",
+    "_record_denial",
+}
 """Names of the functions whose first argument is an audit event's name."""
-NOT_FIELDS = {"durable"}
+NOT_FIELDS = {"durable", "apply", "fields_from"}
+"""Keywords of an audit call that are not fields (how it is committed)."""
 EVENT_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)+$")
 
 
