@@ -243,6 +243,10 @@ jumpoint:
   # certificate; the first one goes into enrollment files.
   addresses:
 {address_lines}
+  # Connections that have not finished their TLS handshake: over either cap,
+  # the oldest pending one is closed (keep these well under LimitNOFILE).
+  max_pending_handshakes: 512
+  max_pending_handshakes_per_address: 32
 
 tls:
   ca_certificate: ca.pem

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from jumpoint.approvals import ApprovalStore
 from jumpoint.audit import AuditLog
 from jumpoint.credentials import CredentialStore
+from jumpoint.handshakes import PendingHandshakes
 from jumpoint.item_store import Catalog, ItemStore
 from jumpoint.kube_upstream import KubeUpstreamBridge
 from jumpoint.session import Session
@@ -131,6 +132,8 @@ class JumpointCore:
     """The logins injected into mssql connections (built from the config when not given)."""
     catalog: Catalog = field(init=False)
     approvals: ApprovalStore = field(init=False)
+    handshakes: PendingHandshakes = field(init=False)
+    """Consoles connected but not yet through their TLS handshake (capped)."""
     _data_version: int | None = None
     _checking_revocations: bool = False
 
@@ -141,6 +144,11 @@ class JumpointCore:
             self.credentials = CredentialStore(self.config)
         self.catalog = Catalog(self.config.items, ItemStore(self.database))
         self.approvals = ApprovalStore(self.database)
+        self.handshakes = PendingHandshakes(
+            self.clock,
+            self.config.max_pending_handshakes,
+            self.config.max_pending_handshakes_per_address,
+        )
 
     @property
     def log_audit(self) -> AuditLog:
@@ -230,6 +238,13 @@ class JumpointChannel(ChannelProtocol):
         peer = self.transport.getPeer()
         self.peer_host = str(getattr(peer, "host", "0.0.0.0"))
         self.peer = f"{self.peer_host}:{getattr(peer, 'port', '?')}"
+        self.core.handshakes.started(self, self.peer_host, self.transport.abortConnection)  # type: ignore[attr-defined]
+
+    def handshake_done(self) -> None:
+        self.core.handshakes.completed(self)
+
+    def handshake_failed(self, peer: str, reason: str) -> None:
+        self.core.handshakes.failed(self, peer, reason, timed_out=self.handshake_timed_out)
 
     def channel_started(self) -> None:
         assert self.mux is not None

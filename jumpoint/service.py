@@ -79,6 +79,7 @@ class JumpointService(MultiService):
             return self.writer.stop().addBoth(lambda _: passed)
 
         def finish(passed: object) -> object:
+            self.core.handshakes.stop()
             self.core.database.close()
             if self.lock is not None:
                 self.lock.release()

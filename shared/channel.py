@@ -50,7 +50,6 @@ class ChannelProtocol(Protocol):
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
         self.handshake_timed_out = True
-        self.log.info("TLS handshake not finished in time; closing")
         assert self.transport is not None
         self.transport.abortConnection()  # type: ignore[attr-defined]
 
@@ -61,6 +60,7 @@ class ChannelProtocol(Protocol):
 
     def handshakeCompleted(self) -> None:
         self._cancel_timer()
+        self.handshake_done()
         transport = self.transport
         assert transport is not None
         negotiated = getattr(transport, "negotiatedProtocol", None)
@@ -91,15 +91,23 @@ class ChannelProtocol(Protocol):
             self.mux.connection_lost(reason.getErrorMessage())
         else:
             peer = self.transport.getPeer() if self.transport is not None else None
-            emit = self.log.info if self.is_client else self.log.warn
-            emit(
-                "TLS handshake with {peer} failed: {reason}",
-                peer=f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}",
-                reason=reason.getErrorMessage(),
+            why = (
+                f"not finished within {self.handshake_timeout:g}s"
+                if self.handshake_timed_out
+                else reason.getErrorMessage()
             )
+            self.handshake_failed(f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}", why)
         self.channel_lost(reason)
 
     # -- for subclasses ----------------------------------------------------
+
+    def handshake_done(self) -> None:
+        """The TLS handshake completed (the peer is authenticated by its certificate)."""
+
+    def handshake_failed(self, peer: str, reason: str) -> None:
+        """The connection ended before its TLS handshake completed."""
+        emit = self.log.info if self.is_client else self.log.warn
+        emit("TLS handshake with {peer} failed: {reason}", peer=peer, reason=reason)
 
     def channel_started(self) -> None:
         """TLS is up and the multiplexer is running."""

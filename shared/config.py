@@ -92,6 +92,8 @@ class JumpointConfig:
     recordings_directory: Path | None = None
     recording_buffer_limit: int = 8 * 1024 * 1024
     credentials: tuple[CredentialRef, ...] = ()
+    max_pending_handshakes: int = 512
+    max_pending_handshakes_per_address: int = 32
 
     @property
     def directory(self) -> Path:
@@ -111,6 +113,8 @@ _JUMPOINT_FIELDS = {
     "name": Field(_NAME, required=True),
     "listen": Field(schema.host_port, required=True),
     "addresses": Field(schema.list_of(schema.host, min_items=1, max_items=32), required=True),
+    "max_pending_handshakes": Field(schema.integer(1, 100_000), default=512),
+    "max_pending_handshakes_per_address": Field(schema.integer(1, 100_000), default=32),
 }
 
 _TLS_FIELDS = {
@@ -597,6 +601,8 @@ def parse_config(text: str, path: Path) -> JumpointConfig:
         listen_host=listen_host,
         listen_port=listen_port,
         addresses=tuple(jumpoint["addresses"]),
+        max_pending_handshakes=jumpoint["max_pending_handshakes"],
+        max_pending_handshakes_per_address=jumpoint["max_pending_handshakes_per_address"],
         ca_certificate=resolve(tls["ca_certificate"]),
         ca_key=resolve(tls["ca_key"]),
         server_certificate=resolve(tls["server_certificate"]),

@@ -71,12 +71,19 @@ def rss_kib(pid: int) -> int:
 class Process:
     """A child process whose stdout and stderr lines are collected by threads."""
 
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        cwd: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.args = args
         self.popen = subprocess.Popen(
             args,
             env=env,
             cwd=cwd,
+            preexec_fn=preexec_fn,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -271,8 +278,18 @@ class Deployment:
         assert result.returncode == 0, result.stderr
         return enrollment
 
-    def serve(self) -> Process:
-        process = Process([*tool("jumpoint"), "serve", *self.serve_args], self.env())
+    def serve(self, max_files: int | None = None) -> Process:
+        """Start `jumpoint serve`; C{max_files} limits its descriptors (RLIMIT_NOFILE)."""
+        preexec = None
+        if max_files is not None:
+            import resource
+
+            def preexec() -> None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
+
+        process = Process(
+            [*tool("jumpoint"), "serve", *self.serve_args], self.env(), preexec_fn=preexec
+        )
         self.processes.append(process)
         wait_until(
             lambda: port_open("127.0.0.1", self.port) or process.popen.poll() is not None,
