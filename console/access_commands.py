@@ -13,7 +13,7 @@ import time
 
 import click
 
-from console.output import print_requests, print_sessions, span, when
+from console.output import print_requests, print_sessions, say, span, when
 from console.remote import call, profile_option
 from shared import control
 from shared.errors import UsageError
@@ -31,11 +31,11 @@ def _request(item: str, reason: str, duration: str, as_json: bool, profile: str 
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(
+    say(
         f"request {result['id']} for item {item!r} ({span(seconds)}) is {result['status']};"
         f" approvers: group {result.get('approver_group')!r}"
     )
-    click.echo(f"it expires unanswered at {when(result.get('request_expires_at'))}")
+    say(f"it expires unanswered at {when(result.get('request_expires_at'))}")
 
 
 def _approvals(everything: bool, as_json: bool, profile: str | None) -> None:
@@ -52,12 +52,12 @@ def _decide(
     if as_json:
         click.echo(json.dumps(result))
     elif approve:
-        click.echo(
+        say(
             f"approved request {request_id}: {result['user']} may open {result['item']!r}"
             f" until {when(result.get('valid_until'))}"
         )
     else:
-        click.echo(f"denied request {request_id} of {result['user']} for {result['item']!r}")
+        say(f"denied request {request_id} of {result['user']} for {result['item']!r}")
 
 
 def _sessions(everything: bool, as_json: bool, profile: str | None) -> None:
@@ -70,7 +70,7 @@ def _close(session: str, reason: str, as_json: bool, profile: str | None) -> Non
     if as_json:
         click.echo(json.dumps({"session": result.get("session", session)}))
     else:
-        click.echo(f"closed session {session}")
+        say(f"closed session {session}")
 
 
 @click.command()

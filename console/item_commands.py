@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from console.output import print_item, print_items
+from console.output import print_item, print_items, say
 from console.remote import call, profile_option
 from shared import control
 from shared.errors import UsageError
@@ -57,7 +57,7 @@ def _create(spec: dict[str, Any], as_json: bool, profile: str | None) -> None:
     if as_json:
         print_item(result["item"], True)
     else:
-        click.echo(f"created {spec['type']} item {spec['name']!r}")
+        say(f"created {spec['type']} item {spec['name']!r}")
         print_item(result["item"], False)
 
 
@@ -212,12 +212,12 @@ def show(name: str, as_json: bool, profile: str | None) -> None:
 def delete(name: str, profile: str | None) -> None:
     """Delete an item created from the console."""
     call(profile, control.DELETE_ITEM, item=name)
-    click.echo(f"deleted item {name!r}")
+    say(f"deleted item {name!r}")
 
 
 def _change(name: str, change: str, value: str, profile: str | None, done: str) -> None:
     result = call(profile, control.CHANGE_ITEM, item=name, change=change, value=value)
-    click.echo(done)
+    say(done)
     print_item(result["item"], False)
 
 

@@ -1,4 +1,4 @@
-"""Where the console's log events go: stderr, or the live view while one is shown."""
+"""Where the console's log events go: stderr (escaped), or the live view while one is shown."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import LogLevel, formatEvent
+
+from shared.text import printable
 
 PROGRAM = "jump"
 _ORDER = [LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error, LogLevel.critical]
@@ -27,7 +29,7 @@ class _LogRouter:
         if self.note is not None:
             self.note(text)
         else:
-            sys.stderr.write(f"{PROGRAM}: {text}\n")
+            sys.stderr.write(f"{PROGRAM}: {printable(text)}\n")
             sys.stderr.flush()
 
 

@@ -1,7 +1,10 @@
 """How the management commands print what the Jumpoint answered: tables or JSON.
 
-Every listing has a C{--json} form (the Jumpoint's objects, unchanged) and a
-plain table for people; times are shown in the local time zone.
+Every listing has a C{--json} form (the Jumpoint's objects, unchanged; JSON
+escapes every control character) and a plain table for people; times are
+shown in the local time zone.  Every line of text goes out through L{say},
+which escapes control and bidi characters (L{shared.text.printable}); table
+cells are escaped before they are padded (L{cell}) so that columns line up.
 """
 
 from __future__ import annotations
@@ -11,6 +14,18 @@ import time
 from typing import Any
 
 import click
+
+from shared.text import printable
+
+
+def say(text: str, err: bool = False) -> None:
+    """Print one line of text for people: every untrusted character escaped."""
+    click.echo(printable(text), err=err)
+
+
+def cell(value: Any) -> str:
+    """A table cell: the value as text, escaped (so padding counts what is shown)."""
+    return printable("" if value is None else str(value))
 
 
 def when(seconds: Any) -> str:
@@ -55,21 +70,20 @@ def print_items(entries: list[dict[str, Any]], as_json: bool) -> None:
         click.echo(json.dumps(entries))
         return
     if not entries:
-        click.echo("no items")
+        say("no items")
         return
-    click.echo(
-        f"{'NAME':<24} {'TYPE':<7} {'HOST':<24} {'TUNNELS':<28} {'GROUP':<12} {'TAG':<12} NOTE"
-    )
+    say(f"{'NAME':<24} {'TYPE':<7} {'HOST':<24} {'TUNNELS':<28} {'GROUP':<12} {'TAG':<12} NOTE")
     for entry in entries:
         notes = []
         if entry.get("read_only"):
             notes.append("read-only")
         if entry.get("may_open") is False:
             notes.append("view only")
-        click.echo(
-            f"{entry.get('name', ''):<24} {entry.get('type', ''):<7} {entry.get('host', ''):<24}"
-            f" {item_targets(entry):<28} {entry.get('jump_group', ''):<12}"
-            f" {entry.get('tag') or '':<12} {', '.join(notes)}".rstrip()
+        say(
+            f"{cell(entry.get('name')):<24} {cell(entry.get('type')):<7}"
+            f" {cell(entry.get('host')):<24} {cell(item_targets(entry)):<28}"
+            f" {cell(entry.get('jump_group')):<12} {cell(entry.get('tag')):<12}"
+            f" {', '.join(notes)}".rstrip()
         )
 
 
@@ -98,14 +112,14 @@ def print_item(entry: dict[str, Any], as_json: bool) -> None:
     ]
     for key in order:
         if entry.get(key) not in (None, ""):
-            click.echo(f"{key + ':':<16} {entry[key]}")
+            say(f"{key + ':':<16} {cell(entry[key])}")
     if entry.get("type") == "tcp":
-        click.echo(f"{'tunnels:':<16} {item_targets(entry)}")
+        say(f"{'tunnels:':<16} {item_targets(entry)}")
     if entry.get("type") == "network":
         for rule in entry.get("filters", []):
-            click.echo(f"{'filter:':<16} {rule}")
+            say(f"{'filter:':<16} {rule}")
     if entry.get("ca_certificates"):
-        click.echo(f"{'ca:':<16} {entry['ca_certificates']} certificate(s)")
+        say(f"{'ca:':<16} {entry['ca_certificates']} certificate(s)")
     flags = []
     if entry.get("read_only"):
         flags.append("read-only (jumpoint.yaml)")
@@ -114,7 +128,7 @@ def print_item(entry: dict[str, Any], as_json: bool) -> None:
     if entry.get("may_manage"):
         flags.append("you may manage it")
     if flags:
-        click.echo(f"{'access:':<16} {', '.join(flags)}")
+        say(f"{'access:':<16} {', '.join(flags)}")
 
 
 def print_sessions(entries: list[dict[str, Any]], as_json: bool, now: float) -> None:
@@ -122,9 +136,9 @@ def print_sessions(entries: list[dict[str, Any]], as_json: bool, now: float) -> 
         click.echo(json.dumps(entries))
         return
     if not entries:
-        click.echo("no open sessions")
+        say("no open sessions")
         return
-    click.echo(
+    say(
         f"{'SESSION':<18} {'USER':<14} {'ITEM':<20} {'AGE':>8} {'CONN':>5} {'TO TARGET':>12}"
         f" {'FROM TARGET':>12} CLOSES"
     )
@@ -132,11 +146,11 @@ def print_sessions(entries: list[dict[str, Any]], as_json: bool, now: float) -> 
         closes = when(entry.get("closes_at"))
         if entry.get("recording"):
             closes += " (recorded)"
-        click.echo(
-            f"{entry.get('session', ''):<18} {entry.get('user', ''):<14}"
-            f" {entry.get('item', ''):<20} {span(entry.get('age')):>8}"
-            f" {entry.get('connections', 0):>5} {entry.get('bytes_to_target', 0):>12}"
-            f" {entry.get('bytes_from_target', 0):>12} {closes}"
+        say(
+            f"{cell(entry.get('session')):<18} {cell(entry.get('user')):<14}"
+            f" {cell(entry.get('item')):<20} {span(entry.get('age')):>8}"
+            f" {cell(entry.get('connections', 0)):>5} {cell(entry.get('bytes_to_target', 0)):>12}"
+            f" {cell(entry.get('bytes_from_target', 0)):>12} {closes}"
         )
 
 
@@ -145,18 +159,18 @@ def print_requests(entries: list[dict[str, Any]], as_json: bool) -> None:
         click.echo(json.dumps(entries))
         return
     if not entries:
-        click.echo("no access requests")
+        say("no access requests")
         return
-    click.echo(f"{'ID':>5} {'STATUS':<9} {'USER':<14} {'ITEM':<20} {'FOR':>6} {'UNTIL':<17} REASON")
+    say(f"{'ID':>5} {'STATUS':<9} {'USER':<14} {'ITEM':<20} {'FOR':>6} {'UNTIL':<17} REASON")
     for entry in entries:
-        status = str(entry.get("status", ""))
+        status = cell(entry.get("status"))
         if entry.get("can_decide"):
             status += "*"
         until = entry.get("valid_until") or entry.get("request_expires_at")
-        click.echo(
-            f"{entry.get('id', ''):>5} {status:<9} {entry.get('user', ''):<14}"
-            f" {entry.get('item', ''):<20} {span(entry.get('duration')):>6} {when(until):<17}"
-            f" {entry.get('reason', '')}"
+        say(
+            f"{cell(entry.get('id')):>5} {status:<9} {cell(entry.get('user')):<14}"
+            f" {cell(entry.get('item')):<20} {span(entry.get('duration')):>6} {when(until):<17}"
+            f" {cell(entry.get('reason'))}"
         )
     if any(e.get("can_decide") for e in entries):
-        click.echo("* you may decide: jump approve ID / jump deny ID")
+        say("* you may decide: jump approve ID / jump deny ID")

@@ -3,7 +3,9 @@
 All three get the same calls: L{SessionView.ready} once the listeners are
 bound, L{SessionView.update} periodically with the tunnels' counters, and
 L{SessionView.closed} with the reason.  L{RateMeter} turns byte counters into
-throughput.
+throughput.  The plain and terminal views escape everything they write
+(L{shared.text.printable}): item names, the Jumpoint's notes and close
+reasons come from other people.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import json
 from collections import deque
 from typing import Any, Protocol, TextIO
+
+from shared.text import printable
 
 
 class SessionView(Protocol):
@@ -158,14 +162,14 @@ class PlainView:
         details: dict[str, Any] | None = None,
     ) -> None:
         for tunnel in tunnels:
-            self.out.write(binding(tunnel) + "\n")
+            self.out.write(printable(binding(tunnel)) + "\n")
         self.out.flush()
 
     def update(self, counters: list[dict[str, Any]]) -> None:
         pass
 
     def note(self, text: str) -> None:
-        self.out.write(f"jump: {text}\n")
+        self.out.write(f"jump: {printable(text)}\n")
         self.out.flush()
 
     def closed(self, code: str, reason: str, counters: list[dict[str, Any]]) -> None:
@@ -173,7 +177,7 @@ class PlainView:
         down = sum(c["bytes_from_remote"] for c in counters)
         total = sum(c["total_connections"] for c in counters)
         self.out.write(
-            f"jump: session closed: {reason} ({total} connections,"
+            f"jump: session closed: {printable(reason)} ({total} connections,"
             f" {human_bytes(up)} sent, {human_bytes(down)} received)\n"
         )
         self.out.flush()
@@ -197,8 +201,10 @@ class TerminalView:
         details: dict[str, Any] | None = None,
     ) -> None:
         for tunnel in tunnels:
-            self.out.write(binding(tunnel) + "\n")
-        self.header = f"item {item}, session {session} (Ctrl-C closes the session)"
+            self.out.write(printable(binding(tunnel)) + "\n")
+        self.header = (
+            f"item {printable(item)}, session {printable(session)} (Ctrl-C closes the session)"
+        )
         self.out.flush()
 
     def note(self, text: str) -> None:
@@ -213,13 +219,14 @@ class TerminalView:
         )
         for counter, (up, down) in zip(counters, rates, strict=True):
             lines.append(
-                f"{binding(counter, service=False):<44} {counter['status']:<10}"
+                f"{printable(binding(counter, service=False)):<44}"
+                f" {printable(str(counter['status'])):<10}"
                 f" {counter['connections']:>5}"
                 f" {counter['total_connections']:>6} {human_bytes(counter['bytes_to_remote']):>11}"
                 f" {human_bytes(counter['bytes_from_remote']):>11} {human_bytes(up):>11}"
                 f" {human_bytes(down):>11}"
             )
-        lines.extend(f"  ! {note}" for note in self.notes)
+        lines.extend(f"  ! {printable(note)}" for note in self.notes)
         self._redraw(lines)
 
     def _redraw(self, lines: list[str]) -> None:
@@ -231,5 +238,5 @@ class TerminalView:
 
     def closed(self, code: str, reason: str, counters: list[dict[str, Any]]) -> None:
         self.update(counters)
-        self.out.write(f"session closed: {reason}\n")
+        self.out.write(f"session closed: {printable(reason)}\n")
         self.out.flush()

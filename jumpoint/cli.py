@@ -31,6 +31,7 @@ from shared.entrypoint import run_cli
 from shared.errors import ConfigError, UnknownUser, UsageError
 from shared.logs import LOG_FORMATS
 from shared.schema import is_host, parse_duration, parse_host_port
+from shared.text import user_name_problem
 
 PROGRAM = "jumpoint"
 
@@ -244,10 +245,11 @@ def _operator() -> str:
 
 
 def _check_user_name(name: str) -> None:
-    if not 1 <= len(name) <= 128 or not all(c.isalnum() or c in "._-@" for c in name):
+    problem = user_name_problem(name)
+    if problem is not None:
         raise UsageError(
-            f"invalid user name {name!r}",
-            hint="use 1-128 letters, digits, '.', '_', '-' or '@'",
+            f"invalid user name {name!r}: {problem}",
+            hint="use 1-128 letters (of one script), digits, '.', '_', '-' or '@'",
         )
 
 

@@ -27,7 +27,7 @@ class ItemStore:
         self.database = database
 
     def _item(self, spec: str, created_by: str) -> Item:
-        item = item_from_data(json.loads(spec), "console")
+        item = item_from_data(json.loads(spec), "console", stored=True)
         return item.with_changes(created_by=created_by)
 
     def all(self) -> list[Item]:

@@ -54,6 +54,7 @@ def handle(channel: JumpointChannel, kind: str, message: dict[str, Any]) -> Outc
     handler = _HANDLERS.get(kind)
     if handler is None:
         raise ProtocolViolation(f"unexpected request {kind!r}")
+    control.check_text_fields(kind, message)
     try:
         grant = channel.core.grant_for(channel.user)
         if grant.missing_groups and not grant.groups:

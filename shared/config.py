@@ -135,7 +135,7 @@ _LIMIT_FIELDS = {
     "revocation_poll_interval": Field(schema.duration(600), default=1.0),
 }
 
-_PATTERN = schema.string(1, 128)
+_PATTERN = schema.name(128)  # a jump group name, or a pattern of them
 _PATTERNS = schema.list_of(_PATTERN, max_items=1000)
 
 _JUMP_GROUP_FIELDS = {
@@ -287,7 +287,7 @@ _JUMP_POLICY_FIELDS = {
     "ticket_id_pattern": Field(_regex, default=None),
     "notifications": Field(lambda n, w: schema.mapping(n, w, _NOTIFICATION_FIELDS), default=None),
     "approval_required": Field(schema.boolean, default=False),
-    "approver_group": Field(schema.string(1, 128), default=None),
+    "approver_group": Field(schema.name(128), default=None),
     "approval_max_duration": Field(schema.duration(), default=8 * 3600.0),
     "approval_request_timeout": Field(schema.duration(), default=24 * 3600.0),
     "comments": Field(schema.optional_string(), default=None),
@@ -313,9 +313,9 @@ def _allowed_targets(node: yaml.Node, where: Where) -> AllowList:
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 _CREDENTIAL_FIELDS = {
-    "item": Field(schema.string(1, 128), default=None),
+    "item": Field(schema.name(128), default=None),
     "host": Field(schema.host, default=None),
-    "username": Field(schema.string(1, 128), default=None),
+    "username": Field(schema.name(128), default=None),
     "type": Field(schema.choice("sql", "ntlm", "token", "client_certificate"), default="sql"),
     "domain": Field(schema.string(1, 256), default=None),
     "password_file": Field(schema.string(1, 4096), default=None),

@@ -23,7 +23,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from shared.errors import InvalidRequest, ProtocolViolation
+from shared import text
+from shared.errors import InvalidRequest, ProtocolViolation, UsageError
 
 # Message types (docs/protocol.md, table "Control messages").
 HELLO = "hello"
@@ -238,6 +239,43 @@ def _problem(name: str, value: Any, expected: Types) -> str | None:
     if isinstance(limits, Entries):
         return limits.problem(value) if isinstance(value, list) else None
     return limits.problem(value)
+
+
+@dataclass(frozen=True)
+class TextRule:
+    """How a free-text field of a request is checked (L{check_text_fields})."""
+
+    label: str
+    max_length: int
+    replace: bool = False
+    """C{True}: unsafe characters are escaped instead of refused (a close never fails)."""
+
+
+TEXT_FIELDS: dict[str, dict[str, TextRule]] = {
+    REQUEST_ACCESS: {"reason": TextRule("--reason", 1000)},
+    DECIDE_REQUEST: {"comment": TextRule("the comment", 1000)},
+    OPEN_SESSION: {"ticket": TextRule("--ticket", 256)},
+    CLOSE_SESSION: {"reason": TextRule("the close reason", 200, replace=True)},
+}
+"""Free text that requests carry and others see (approvers, logs, a victim's terminal)."""
+
+
+def check_text_fields(kind: str, message: dict[str, Any]) -> None:
+    """Check a request's free text (L{TEXT_FIELDS}): a stated error on that request.
+
+    Control characters, bidi controls and text over the limit are refused
+    with L{UsageError}; a close reason is made printable and cut instead.
+    """
+    for name, rule in TEXT_FIELDS.get(kind, {}).items():
+        value = message.get(name)
+        if not isinstance(value, str):
+            continue
+        if rule.replace:
+            message[name] = text.replace_unsafe(value, rule.max_length)
+            continue
+        problem = text.free_text_problem(value, rule.max_length)
+        if problem is not None:
+            raise UsageError(f"{rule.label} {problem}")
 
 
 def check_envelope(message: dict[str, Any], allowed: set[str]) -> str:

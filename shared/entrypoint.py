@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from shared.errors import ExitCode, JumpError, render_error
+from shared.text import printable
 
 
 def wants_json(args: list[str]) -> bool:
@@ -48,7 +49,7 @@ def run_cli(group: click.Group, program: str, debug_env: str, argv: list[str] | 
         if os.environ.get(debug_env):
             raise
         click.echo(
-            f"{program}: internal error: {type(error).__name__}: {error}"
+            f"{program}: internal error: {type(error).__name__}: {printable(str(error))}"
             f" (set {debug_env}=1 for details)",
             err=True,
         )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from shared.text import printable
+
 
 class ExitCode:
     """Process exit codes shared by C{jump} and C{jumpoint}."""
@@ -199,8 +201,12 @@ def error_from_json(data: object) -> JumpError:
 
 
 def render_error(program: str, error: JumpError) -> str:
-    """The text a CLI prints on standard error for C{error}."""
-    text = f"{program}: error: {error.message}"
+    """The text a CLI prints on standard error for C{error}.
+
+    The message and the hint may quote others' text (a close reason, an item
+    name): both are escaped (L{shared.text.printable}), one line each.
+    """
+    text = f"{program}: error: {printable(error.message)}"
     if error.hint:
-        text += f"\n{program}: hint: {error.hint}"
+        text += f"\n{program}: hint: {printable(error.hint)}"
     return text

@@ -370,15 +370,19 @@ def login_timeout(node: yaml.Node, where: Where) -> float:
 
 _NAMESPACE = schema.string(1, 63, r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
+COMMENTS_MAX = 4096
+
+# Names are printable and in NFKC form, comments are one line of text
+# (shared.text): they are shown on others' terminals.
 _COMMON_FIELDS = {
-    "name": Field(schema.string(1, NAME_MAX), required=True),
+    "name": Field(schema.name(NAME_MAX), required=True),
     "type": Field(schema.choice(*KINDS), required=True),
     "local_address": Field(schema.loopback_address, default=LOOPBACK_DEFAULT),
-    "jump_group": Field(schema.string(1, NAME_MAX), default="default"),
-    "tag": Field(schema.optional_string(NAME_MAX), default=None),
-    "comments": Field(schema.optional_string(4096), default=None),
-    "jump_policy": Field(schema.string(1, NAME_MAX), default=None),
-    "session_policy": Field(schema.string(1, NAME_MAX), default=None),
+    "jump_group": Field(schema.name(NAME_MAX), default="default"),
+    "tag": Field(schema.optional_name(NAME_MAX), default=None),
+    "comments": Field(schema.free_text(COMMENTS_MAX), default=None),
+    "jump_policy": Field(schema.name(NAME_MAX), default=None),
+    "session_policy": Field(schema.name(NAME_MAX), default=None),
 }
 
 _KIND_FIELDS: dict[str, dict[str, Field]] = {
@@ -390,8 +394,8 @@ _KIND_FIELDS: dict[str, dict[str, Field]] = {
         "host": Field(schema.host, required=True),
         "port": Field(schema.integer(1, 65535), default=1433),
         "local_port": Field(_local_port, default=None),
-        "username": Field(schema.string(1, NAME_MAX), required=True),
-        "database": Field(schema.string(1, NAME_MAX), default=None),
+        "username": Field(schema.name(NAME_MAX), required=True),
+        "database": Field(schema.name(NAME_MAX), default=None),
         "encryption": Field(schema.choice("required", "strict"), default="required"),
         "trust_server_certificate": Field(schema.boolean, default=False),
         "ca_pem": Field(_pem_certificates, default=None),
@@ -509,6 +513,13 @@ def items(node: yaml.Node, where: Where) -> tuple[Item, ...]:
     return tuple(checked)
 
 
-def item_from_data(data: dict[str, Any], source: str, label: str = "item") -> Item:
-    """Check an item given as plain data (a console request, a database row)."""
-    return item_checker(source)(schema.from_data(data), Where(label, "", show_line=False))
+def item_from_data(
+    data: dict[str, Any], source: str, label: str = "item", stored: bool = False
+) -> Item:
+    """Check an item given as plain data (a console request, a database row).
+
+    C{stored}: a row of the state database, checked when it was stored; the
+    text rules of names and comments are not applied again (L{Where.check_text}).
+    """
+    where = Where(label, "", show_line=False, check_text=not stored)
+    return item_checker(source)(schema.from_data(data), where)

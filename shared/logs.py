@@ -2,7 +2,11 @@
 
 Events carry named fields (C{"stream {stream_id} closed: {reason}"}); the JSON
 format writes each event with its fields so logs can be queried.  Secrets are
-never passed as log fields.
+never passed as log fields.  Fields often hold others' text (a user's close
+reason, an item name): the text format escapes every event's message with
+L{shared.text.printable}, so one event is one line whatever it holds (a
+traceback keeps its lines, each escaped); the JSON format escapes them as
+JSON does (C{\\u001b}).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from twisted.logger import (
     jsonFileLogObserver,
 )
 from zope.interface import implementer
+
+from shared.text import printable, printable_lines
 
 LOG_FORMATS = ("text", "json")
 
@@ -47,12 +53,11 @@ class TextLogObserver:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(second))
         level = event.get("log_level")
         level_name = level.name if level is not None else "-"
-        line = (
-            f"{self._stamp} [{event.get('log_namespace', '-')}#{level_name}] {formatEvent(event)}"
-        )
+        namespace = printable(str(event.get("log_namespace", "-")))
+        line = f"{self._stamp} [{namespace}#{level_name}] {printable(formatEvent(event).rstrip())}"
         failure = event.get("log_failure")
         if failure is not None:
-            line += "\n" + failure.getTraceback()
+            line += "\n" + printable_lines(failure.getTraceback().rstrip("\n"))
         self._output.write(line.rstrip("\n") + "\n")
         self._output.flush()
 
@@ -81,8 +86,8 @@ def start_logging(
 
 
 def format_event(event: dict[str, object]) -> str:
-    """One event as a line of text (for tests and the console's event list)."""
-    return (formatEventAsClassicLogText(event) or "").rstrip("\n")
+    """One event as a line of text (for tests and the console's event list), escaped."""
+    return printable_lines((formatEventAsClassicLogText(event) or "").rstrip("\n"))
 
 
 __all__ = ["LOG_FORMATS", "format_event", "make_observer", "start_logging"]

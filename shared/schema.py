@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from shared import text
 from shared.errors import ConfigError
 
 T = TypeVar("T")
@@ -33,11 +34,17 @@ class Where:
     path: str
     show_line: bool = True
     """C{False} for documents built from a request (their lines mean nothing to the user)."""
+    check_text: bool = True
+    """C{False} for rows read back from the state database: they were checked when
+    stored, perhaps by an older Jumpoint, and stay readable (and deletable) even if
+    today's text rules (L{name}, L{free_text}) would refuse them."""
 
     def child(self, key: str | int) -> Where:
         if isinstance(key, int):
-            return Where(self.filename, f"{self.path}[{key}]", self.show_line)
-        return Where(self.filename, f"{self.path}.{key}" if self.path else key, self.show_line)
+            path = f"{self.path}[{key}]"
+        else:
+            path = f"{self.path}.{key}" if self.path else key
+        return Where(self.filename, path, self.show_line, self.check_text)
 
     def error(self, node: yaml.Node | None, message: str) -> ConfigError:
         line = f":{node.start_mark.line + 1}" if node is not None and self.show_line else ""
@@ -152,6 +159,47 @@ def string(min_length: int = 1, max_length: int = 4096, pattern: str | None = No
             raise where.error(node, f"must be {min_length} to {max_length} characters long")
         if compiled is not None and not compiled.match(value):
             raise where.error(node, f"{value!r} is not valid here")
+        return value
+
+    return checker
+
+
+def name(max_length: int = text.NAME_MAX, pattern: str | None = None) -> Checker[str]:
+    """A name (item, jump group, tag, policy ...): printable, NFKC (L{text.name_problem})."""
+    inner = string(1, max_length, pattern)
+
+    def checker(node: yaml.Node, where: Where) -> str:
+        value = inner(node, where)
+        problem = text.name_problem(value, max_length) if where.check_text else None
+        if problem is not None:
+            raise where.error(node, f"{value!r} {problem}")
+        return value
+
+    return checker
+
+
+def optional_name(max_length: int = text.NAME_MAX) -> Checker[str | None]:
+    """A name, or nothing (null or the empty string)."""
+    inner = name(max_length)
+
+    def checker(node: yaml.Node, where: Where) -> str | None:
+        if _scalar(node, where) in (None, ""):
+            return None
+        return inner(node, where)
+
+    return checker
+
+
+def free_text(max_length: int = 4096) -> Checker[str | None]:
+    """Free text, or nothing: one line without control characters (L{text.free_text_problem})."""
+    inner = optional_string(max_length)
+
+    def checker(node: yaml.Node, where: Where) -> str | None:
+        value = inner(node, where)
+        if value is not None and where.check_text:
+            problem = text.free_text_problem(value, max_length)
+            if problem is not None:
+                raise where.error(node, problem)
         return value
 
     return checker
