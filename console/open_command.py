@@ -32,6 +32,7 @@ from console.tunnels import TunnelSession
 from console.view import JsonView, PlainView, SessionView, TerminalView
 from shared import control
 from shared.errors import ConsentRequired, ExitCode, JumpError, SessionLost, UsageError
+from shared.text import printable
 
 log = Logger()
 
@@ -125,7 +126,7 @@ def command_environment(session: TunnelSession, kube: KubeSession | None = None)
 
 def _stderr_lines(lines: list[str]) -> None:
     for line in lines:
-        sys.stderr.write(f"jump: {line}\n")
+        sys.stderr.write(f"jump: {printable(line)}\n")
     sys.stderr.flush()
 
 
@@ -307,7 +308,7 @@ async def _request_session(channel: Any, options: OpenOptions) -> dict[str, Any]
             raise
         from twisted.internet.threads import deferToThread
 
-        sys.stderr.write(f"jump: {question.message}\n")
+        sys.stderr.write(f"jump: {printable(question.message)}\n")
         agreed = await deferToThread(_ask, "jump: do you consent to the recording?")
         if not agreed:
             raise ConsentRequired(

@@ -518,3 +518,15 @@ def test_jumpoint_user_add_refuses_a_confusable_name(tmp_path: Path) -> None:
         env={"JUMPOINT_CONFIG": str(tmp_path / "jp" / "jumpoint.yaml")},
     )
     assert json.loads(listed.output) == []
+
+
+def test_jump_open_notes_on_stderr_are_escaped(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    from console.open_command import _stderr_lines
+
+    _stderr_lines([f"removed {CLEAR}{FORGED}", RLO])
+    _, err = _captured(capsysbinary)
+    _assert_raw_safe(err)
+    assert err.decode().splitlines() == [
+        "jump: removed \\x1b[2Jdb\\n   99 approved  root           everything",
+        "jump: invoice\\u202etxt.exe",
+    ]
