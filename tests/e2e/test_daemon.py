@@ -6,12 +6,22 @@ import contextlib
 import json
 import signal
 import socket
+import sqlite3
 import stat
 
 import yaml
 
 from shared.errors import ExitCode
-from tests.e2e.harness import Deployment, Process, free_port, tool, tunnel_address, wait_until
+from tests.e2e.harness import (
+    Deployment,
+    Process,
+    audit_until,
+    free_port,
+    tool,
+    tunnel_address,
+    wait_until,
+)
+from tests.e2e.servers import EchoServer
 
 
 def test_check_config_reports_file_line_and_key(deployment: Deployment) -> None:
@@ -198,3 +208,75 @@ def test_both_commands_report_their_version(deployment: Deployment) -> None:
         version = Process([*tool(name), "--version"], deployment.env())
         assert version.wait() == 0
         assert any("0.1.0" in line for line in version.stdout_lines), version.output()
+
+
+def _echo_round_trip(host: str, port: int, payload: bytes = b"still here\n") -> bytes:
+    with socket.create_connection((host, port), timeout=30) as connection:
+        connection.sendall(payload)
+        received = b""
+        while len(received) < len(payload):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+def test_a_second_serve_on_the_same_config_exits_3_and_leaves_the_live_sessions_alone(
+    deployment: Deployment,
+) -> None:
+    """The second daemon takes the instance lock before it touches any state."""
+    echo = EchoServer()
+    try:
+        deployment.items = [
+            {
+                "name": "echo",
+                "type": "tcp",
+                "host": "127.0.0.1",
+                "tunnels": [{"local_port": "auto", "remote_port": echo.port}],
+            }
+        ]
+        first = deployment.create().serve()
+        session = deployment.open("echo")
+        ready = session.wait_for_event("ready")
+        host, port = tunnel_address(ready)
+        assert _echo_round_trip(host, port) == b"still here\n"
+        opened = audit_until(deployment, bool, "--event", "session_opened")
+        session_id = opened[0]["session"]
+
+        second = deployment.jumpoint("serve", check=False)
+        assert second.returncode == ExitCode.CONFIG, second.stdout + second.stderr
+
+        # the live session is untouched: no close in the audit nor in the state, still working
+        closes = deployment.jumpoint("audit", "--json", "--event", "session_closed").stdout
+        assert closes.strip() == ""
+        state = sqlite3.connect(str(deployment.directory / "state.db"))
+        row = state.execute("SELECT closed_at FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        state.close()
+        assert row == (None,)
+        assert _echo_round_trip(host, port) == b"still here\n"
+        assert first.popen.poll() is None and session.popen.poll() is None
+        assert "another Jumpoint" in second.stderr and str(first.pid) in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        echo.close()
+
+
+def test_sighup_and_other_signals_are_logged_and_ignored_sigterm_logs_a_stop_line(
+    deployment: Deployment,
+) -> None:
+    """Until reload exists SIGHUP is logged and ignored; no signal ends the daemon silently."""
+    server = deployment.create().serve()
+    server.signal(signal.SIGHUP)
+    server.wait_for_stdout("received SIGHUP")
+    server.signal(signal.SIGUSR1)
+    server.wait_for_stdout("received SIGUSR1: ignored")
+    assert server.popen.poll() is None
+    listed = deployment.jump("items")  # still serving
+    assert listed.returncode == 0, listed.stderr
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    output = "\n".join(server.stdout_lines)
+    assert "reloading the configuration is not supported yet; ignored" in output
+    assert "received SIGTERM: stopping" in output
+    assert "stopped" in server.stdout_lines[-1]
