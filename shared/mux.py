@@ -623,12 +623,12 @@ class Multiplexer:
         if self.transport is None or self.closing:
             return
         if self._paused:
-            self._bytes_while_paused += len(data)
-            if self._bytes_while_paused > self.settings.control_buffer_cap:
+            if self._bytes_while_paused + len(data) > self.settings.control_buffer_cap:
                 reason = "the peer does not read what it is sent"
                 self.log.warn("closing channel: {reason}", reason=reason)
                 self.go_away(ErrorCode.LIMIT, reason, abort=True)
                 return
+            self._bytes_while_paused += len(data)
         self.transport.write(data)
 
     def _begin_event(self) -> bool:
