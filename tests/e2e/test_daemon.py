@@ -83,7 +83,8 @@ def test_serve_logs_json_and_stops_cleanly_on_sigterm(deployment: Deployment) ->
     server.signal(signal.SIGTERM)
     assert server.wait() == 0
     assert session.wait() == ExitCode.SESSION_LOST
-    assert "shutting down" in session.json_events()[-1]["reason"]
+    (closed,) = [e for e in session.json_events() if e["event"] == "closed"]
+    assert "shutting down" in closed["reason"]
     events = [json.loads(line) for line in server.stdout_lines if line.strip()]
     texts = [e.get("log_format", "") for e in events]
     assert any("listening on" in t for t in texts)
