@@ -342,3 +342,65 @@ def test_impersonation_names_the_jump_user(cluster: Cluster, tmp_path: Path) -> 
     assert request.header("Authorization") == f"Bearer {TOKEN}"
     assert request.header_all("Impersonate-User") == ["alice"]  # never the client's --as
     assert "default" in request.header_all("Impersonate-Group")
+
+
+def _session_token(config: str) -> str:
+    import yaml
+
+    document = yaml.safe_load(Path(config).read_text())
+    token: str = document["users"][0]["user"]["token"]
+    return token
+
+
+def _curl(*args: str) -> str:
+    answer = subprocess.run(
+        ["curl", "-sk", "-i", "--path-as-is", "--max-time", "10", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return answer.stdout
+
+
+def test_a_double_slash_path_is_refused_400_and_audited_before_policy(cluster: Cluster) -> None:
+    """Issue 9, point 1: `//api/...` once read as a host by urlsplit and bypassed the policy."""
+    session = cluster.open("viewer-k8s")
+    config, ready = _ready(session)
+    port = ready["tunnels"][0]["local_port"]
+    auth = f"Authorization: Bearer {_session_token(config)}"
+    base = f"https://127.0.0.5:{port}"
+    count = len(cluster.server.requests)
+    secrets = _curl("-H", auth, f"{base}//api/v1/namespaces/default/secrets")
+    assert secrets.startswith("HTTP/1.1 400 "), secrets
+    assert '"code":400' in secrets.replace(" ", "") and "SecretList" not in secrets
+    exec_ws = _curl(
+        "-H",
+        auth,
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "-H",
+        "Sec-WebSocket-Protocol: v5.channel.k8s.io",
+        f"{base}//api/v1/namespaces/default/pods/web-1/exec?command=id&stdout=true",
+    )
+    assert exec_ws.startswith("HTTP/1.1 400 "), exec_ws
+    assert " 101 " not in exec_ws
+    assert len(cluster.server.requests) == count  # nothing reached the cluster
+    denied = audit_until(
+        cluster.deployment,
+        lambda rows: len([r for r in rows if r["rule"] == "k8s.path"]) >= 2,
+        "--event",
+        "k8s_denied",
+    )
+    paths = sorted(r["path"] for r in denied if r["rule"] == "k8s.path")
+    assert paths == [
+        "//api/v1/namespaces/default/pods/web-1/exec",
+        "//api/v1/namespaces/default/secrets",
+    ]
+    assert all(r["session"] == ready["session"] for r in denied)
+    session.stop()

@@ -93,7 +93,14 @@ def _pod(name: str, namespace: str, rv: str = "10") -> dict[str, Any]:
             "labels": {"app": "demo"},
         },
         "spec": {
-            "containers": [{"name": "main", "image": "busybox", "ports": [{"containerPort": 8080}]}]
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "busybox",
+                    "stdin": True,
+                    "ports": [{"containerPort": 8080}],
+                }
+            ]
         },
         "status": {
             "phase": "Running",
@@ -571,6 +578,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         events = [("ADDED", _pod(n, ns, "11")) for n in fake.pod_names]
         events.append(("MODIFIED", _pod(fake.pod_names[0], ns, "12")))
+        events.extend(
+            ("MODIFIED", _pod(fake.pod_names[0], ns, str(13 + n))) for n in range(fake.watch_events)
+        )
         for kind, obj in events:
             time.sleep(fake.watch_delay)
             line = json.dumps({"type": kind, "object": obj}).encode() + b"\n"
@@ -667,6 +677,8 @@ class _Handler(BaseHTTPRequestHandler):
         return WebSocket(self.rfile, self.connection)
 
     def _command(self) -> list[str]:
+        if self.record.path.endswith("/attach"):
+            return ["cat"]  # attach: the container echoes its stdin until it closes
         return self.record.query.get("command", [])
 
     def _exec_websocket(self) -> None:
@@ -901,6 +913,7 @@ class FakeApiServer:
         git_version: str = "v1.31.0",
         pod_names: tuple[str, ...] = ("web-0", "web-1"),
         watch_delay: float = 0.2,
+        watch_events: int = 0,
         websocket_exec: bool = True,
         websocket_portforward: bool = True,
     ) -> None:
@@ -912,6 +925,8 @@ class FakeApiServer:
         self.git_version = git_version
         self.pod_names = list(pod_names)
         self.watch_delay = watch_delay
+        self.watch_events = watch_events
+        """Extra MODIFIED events a watch sends (one per C{watch_delay}) before it ends."""
         self.websocket_exec = websocket_exec
         self.websocket_portforward = websocket_portforward
         self.requests: list[RecordedRequest] = []
