@@ -404,3 +404,107 @@ def test_a_double_slash_path_is_refused_400_and_audited_before_policy(cluster: C
     ]
     assert all(r["session"] == ready["session"] for r in denied)
     session.stop()
+
+
+def _long_running(
+    cluster: Cluster, config: str, tmp_path: Path, what: str
+) -> subprocess.Popen[str]:
+    """A kubectl command that keeps a request open at the cluster until the session ends."""
+    env = dict(os.environ, KUBECONFIG=config, HOME=str(tmp_path / "home-dir"))
+    binary = kubectl(VERSIONS[-1])
+    if what == "exec":
+        args = ["exec", "-i", "web-0", "--", "cat"]
+    elif what == "exec-spdy":
+        args = ["exec", "-i", "web-0", "--", "cat"]
+        env["KUBECTL_REMOTE_COMMAND_WEBSOCKETS"] = "false"
+    elif what == "attach":
+        args = ["attach", "-i", "web-0"]
+    elif what == "port-forward":
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            local = probe.getsockname()[1]
+        args = ["port-forward", "pod/web-0", f"{local}:8080"]
+    else:
+        args = ["get", "pods", "-w"]
+    process = subprocess.Popen(
+        [binary, *args],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    subresource = {"exec": "/exec", "exec-spdy": "/exec", "attach": "/attach"}.get(what)
+    if what == "port-forward":
+        subresource = "/portforward"
+    if subresource is not None:
+        wait_until(
+            lambda: any(r.status == 101 for r in cluster.server.requests_to(subresource or "")),
+            what=f"{what} upgraded at the cluster",
+        )
+    else:
+        wait_until(
+            lambda: any(r.query.get("watch") for r in cluster.server.requests_to("/pods")),
+            what="the watch at the cluster",
+        )
+    return process
+
+
+def test_every_request_that_reached_the_cluster_has_one_row_however_the_session_ends(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Issue 9, point 2: exec, attach, port-forward and watch cut by each kind of session end."""
+    cluster.server.watch_delay = 0.5
+    cluster.server.watch_events = 60  # a watch that outlives its session
+    ends = [
+        ("exec", "SIGTERM"),
+        ("attach", "Ctrl-C"),
+        ("port-forward", "jump close"),
+        ("watch", "--for"),
+        ("exec-spdy", "revocation"),  # last: alice is revoked
+    ]
+    kubectls: list[subprocess.Popen[str]] = []
+    sessions: list[str] = []
+    try:
+        for what, end in ends:
+            session = cluster.open("prod-k8s", *(["--for", "6s"] if end == "--for" else []))
+            config, ready = _ready(session)
+            sessions.append(ready["session"])
+            kubectls.append(_long_running(cluster, config, tmp_path, what))
+            if end == "SIGTERM":
+                session.signal(signal.SIGTERM)
+            elif end == "Ctrl-C":
+                session.signal(signal.SIGINT)
+            elif end == "jump close":
+                closed = cluster.run("close", ready["session"])
+                assert closed.returncode == 0, closed.stderr
+            elif end == "revocation":
+                cluster.deployment.jumpoint("user", "revoke", "alice")
+            session.wait_for_event("closed", timeout=30)
+            session.wait()
+    finally:
+        for process in kubectls:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+    # one to one: every request the cluster saw has exactly one row
+    seen = sorted((r.method, r.path) for r in cluster.server.requests)
+
+    def requests(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in rows
+            if r.get("event") in ("k8s_request", "k8s_discovery") and r.get("session") in sessions
+        ]
+
+    rows = requests(
+        audit_until(cluster.deployment, lambda found: len(requests(found)) >= len(seen))
+    )
+    assert sorted((r["method"], r["path"]) for r in rows) == seen
+    cut = [r for r in rows if r.get("event") == "k8s_request" and r.get("ended") == "aborted"]
+    cut_kinds = {(r["verb"], r.get("subresource") or "") for r in cut}
+    assert {("create", "exec"), ("create", "attach"), ("create", "portforward")} <= cut_kinds
+    assert ("watch", "") in cut_kinds
+    # the status so far: an exec cut before its 101 came back through the Jumpoint has none
+    assert all(r["status"] in (None, 101, 200) for r in cut)
+    assert all(r["bytes_out"] > 0 for r in cut if r["status"] is not None)
