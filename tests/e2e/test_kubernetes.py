@@ -508,3 +508,35 @@ def test_every_request_that_reached_the_cluster_has_one_row_however_the_session_
     # the status so far: an exec cut before its 101 came back through the Jumpoint has none
     assert all(r["status"] in (None, 101, 200) for r in cut)
     assert all(r["bytes_out"] > 0 for r in cut if r["status"] is not None)
+
+
+def test_short_execs_in_a_loop_print_every_byte_and_have_every_row(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Issue 9, point 17: `exec -- echo` printed nothing now and then; real kubectl, both protocols."""
+    binary = kubectl(VERSIONS[-1])
+    session = cluster.open()
+    config, ready = _ready(session)
+    env = dict(os.environ, KUBECONFIG=config, HOME=str(tmp_path / "home-dir"))
+    runs = 10
+    for n in range(runs):
+        for websockets in ("true", "false"):
+            ran = subprocess.run(
+                [binary, "exec", "web-0", "--", "echo", f"hello-{n}-{websockets}"],
+                env={**env, "KUBECTL_REMOTE_COMMAND_WEBSOCKETS": websockets},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert ran.returncode == 0, ran.stderr
+            assert ran.stdout == f"hello-{n}-{websockets}\n", (n, websockets, ran.stdout)
+    rows = audit_until(
+        cluster.deployment,
+        lambda found: len([r for r in found if r.get("subresource") == "exec"]) >= 2 * runs,
+        "--event",
+        "k8s_request",
+    )
+    execs = [r for r in rows if r.get("subresource") == "exec" and r["session"] == ready["session"]]
+    assert len(execs) == 2 * runs == len(cluster.server.requests_to("/exec"))
+    assert all(r["status"] == 101 and r["ended"] == "complete" for r in execs)
+    session.stop()
