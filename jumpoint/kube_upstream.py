@@ -1,35 +1,34 @@
-"""The Jumpoint's side of a Kubernetes cluster item: an HTTP/1.1-aware stream bridge.
+"""The Jumpoint's side of a Kubernetes cluster item: an HTTP/1.1 proxy per stream.
 
 L{KubeUpstreamBridge} replaces the plain L{TcpBridge} for the streams of k8s
-items.  The console sends kubectl's raw HTTP/1.1 requests (already
-authenticated locally, keep-alive, possibly an upgrade); the bridge speaks
-HTTP/1.1 over TLS to the cluster (the item's PEM CAs, host name or IP
-checked, ALPN C{http/1.1}) and, for every request:
+items and drives the shared h11 relay (L{shared.k8s.relay.HttpRelay}): the
+console's side is the client, the cluster (over TLS: the item's PEM CAs,
+host name or IP checked, ALPN C{http/1.1}) the upstream.  For every request:
 
-  - parses the head (the limits of L{shared.k8s.http}) and classifies it
-    (L{request_info}); an unparseable path is answered 400, a request the
-    item's policy refuses 403 with a C{Status} naming the rule (audited as
-    C{k8s_denied}); the body of an answered request is read and dropped, so
-    the next request on the connection works;
-  - otherwise strips C{Authorization}, C{Proxy-Authorization},
-    C{Impersonate-*} and C{X-Forwarded-For}, rewrites C{Host}, adds the
-    cluster's bearer token (client certificates go into the TLS handshake)
-    and, with C{impersonate}, C{Impersonate-User} and one C{Impersonate-Group}
-    line per group; the head is re-encoded one line per header (repeats
-    kept) and the body streamed unchanged;
-  - relays the response head and then its body piece by piece as it arrives
-    (watches and C{logs -f} flow at once), finds its end (length, chunked,
-    close) and audits the exchange (C{k8s_request}, or C{k8s_discovery} for
-    discovery paths);
-  - after a C{101 Switching Protocols} relays raw bytes both ways and audits
-    the upgrade when the connection ends.  Bytes the console sends after an
-    upgrade request and before the answer are held: raw if the answer is
-    101, parsed as requests otherwise (never smuggled past the policy).
+  - the target is put in its canonical origin form (L{canonical_target});
+    anything else (C{//api}, dot or empty segments, encoded C{/}, absolute,
+    authority or asterisk form) is answered 400 and audited as C{k8s_denied}
+    with rule C{k8s.path}, before any policy check;
+  - the canonical target is classified (L{request_info}) and checked against
+    the item's policy: a refusal is a 403 C{Status} naming the rule (audited
+    as C{k8s_denied}); the body of an answered request is read and dropped,
+    so the next request on the connection works;
+  - otherwise C{Authorization}, C{Proxy-Authorization}, C{Impersonate-*} and
+    C{X-Forwarded-For} are removed, C{Host} rewritten, the cluster's bearer
+    token added (client certificates go into the TLS handshake) and, with
+    C{impersonate}, C{Impersonate-User} and one C{Impersonate-Group} line per
+    group; h11 writes the head (repeats kept) with the canonical target;
+  - the response is relayed piece by piece as it arrives (watches and
+    C{logs -f} flow at once); after C{101 Switching Protocols} raw bytes pass
+    both ways, starting with what came together with the heads;
+  - every exchange that reached the cluster is audited exactly once
+    (C{k8s_request}, or C{k8s_discovery} for discovery paths), however it
+    ends: C{ended} is C{complete}, or C{aborted} with the status and bytes so
+    far when the session's end, a reset stream or a lost connection cut it.
 
-Responses go back in request order: a local answer (400, 403, 503) waits
-behind the cluster's answers to earlier requests.  Without a usable
-credential the bridge never dials: every request is answered 503 with a
-C{Status} saying so.  The token never appears in logs or audit rows.
+Without a usable credential the bridge never dials: every request is
+answered 503 with a C{Status} saying so.  The token never appears in logs or
+audit rows.
 
 While a watch (or C{logs -f}) is in flight or the connection is upgraded,
 L{KubeUpstreamBridge.long_running} is true and the session's idle timeout
