@@ -179,7 +179,7 @@ _ITEMS = """\
 # can be opened; network items are accepted here and listed.
 #> example: items (replaces the last line, "items: []")
 # items:
-#   - name: web-prod              # 1-128 characters, unique
+#   - name: web-prod              # 1-128 printable characters (NFKC), unique
 #     type: tcp
 #     host: web.corp.example      # the target, resolved on the Jumpoint
 #     local_address: 127.0.0.5    # on the console; must be in 127.0.0.0/8
@@ -187,8 +187,8 @@ _ITEMS = """\
 #       - {local_port: 8080, remote_port: 80}
 #       - {local_port: auto, remote_port: 443, scheme: https}
 #     jump_group: web             # matched against the groups' jump_groups
-#     tag: web
-#     comments: production web servers
+#     tag: web                    # names and tags: printable, in NFKC form
+#     comments: production web servers   # one line, no control characters
 #     jump_policy: business-hours # from jump_policies
 #     session_policy: recorded    # from session_policies
 #   - name: sql-prod              # a SQL Server
