@@ -281,7 +281,13 @@ class KubeUpstreamBridge(TcpBridge):
             return
         self.reset_code = code
         self.close_reason = f"{describe_code(code)}: {reason}"
-        self.relay.abort(self.close_reason)
+        if code == ErrorCode.CANCEL and self.relay.upgraded is not None:
+            # The console cancels the stream when the client's own connection
+            # ends without a half-close (kubectl does so after an exec): that is
+            # the upgraded exchange's own end, not a cut by the session.
+            self.relay.end(self.close_reason)
+        else:
+            self.relay.abort(self.close_reason)
         self._cut(self.close_reason)
 
     def abort(self, code: ErrorCode, reason: str) -> None:

@@ -538,5 +538,9 @@ def test_short_execs_in_a_loop_print_every_byte_and_have_every_row(
     )
     execs = [r for r in rows if r.get("subresource") == "exec" and r["session"] == ready["session"]]
     assert len(execs) == 2 * runs == len(cluster.server.requests_to("/exec"))
-    assert all(r["status"] == 101 and r["ended"] == "complete" for r in execs)
+    assert all(r["status"] == 101 and r["ended"] == "complete" for r in execs), [
+        (r["status"], r["ended"], r.get("reason"), r.get("bytes_in"), r.get("bytes_out"))
+        for r in execs
+        if r["status"] != 101 or r["ended"] != "complete"
+    ]
     session.stop()
