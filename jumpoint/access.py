@@ -14,9 +14,11 @@ why, the connection cap, and whether it is recorded.  The rules, in order:
 4. the item's session policy: recording consent, idle timeout, lifetime,
    connection cap.
 
-The Jumpoint-local allow-list (C{allowed_targets}) needs DNS, so the server
-checks it separately (L{check_allowed_targets}), both when the session opens
-and for every connection.  Nothing here does I/O except reading approvals.
+The Jumpoint-local allow-list (C{allowed_targets}, with its built-in default:
+loopback, link-local and the Jumpoint's own listener only when listed
+explicitly) needs DNS, so the server checks it separately (L{check_target}),
+when an item is created or given new tunnels, when the session opens and for
+every connection.  Nothing here does I/O except reading approvals.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jumpoint.approvals import ApprovalStore
-from shared.addresses import AllowList, PortSet
+from shared.addresses import AllowList, EgressGuard, PortSet
 from shared.config import JumpointConfig
 from shared.errors import AccessDenied, ConsentRequired, NotSupported, UsageError
 from shared.items import LOGIN_KINDS, LOGIN_TIMEOUT_DEFAULT, Item
@@ -452,20 +454,43 @@ def _check_schedule(policy: JumpPolicy, now: float) -> Deadline | None:
     )
 
 
+def own_endpoints(config: JumpointConfig) -> list[tuple[str, int]]:
+    """The Jumpoint's own listening endpoints: never targets unless listed explicitly."""
+    hosts = [config.listen_host, *config.addresses]
+    return [(host, config.listen_port) for host in dict.fromkeys(hosts)]
+
+
 def check_allowed_targets(
     allow_list: AllowList | None,
     port: int,
     addresses: Sequence[str],
     resolved_hosts: Mapping[str, Sequence[str]],
     host: str,
+    own: Sequence[tuple[str, int]] = (),
 ) -> None:
-    """The Jumpoint-local allow-list: every resolved address must be allowed."""
-    if allow_list is None:
-        return
-    decision = allow_list.check(port, addresses, resolved_hosts)
+    """The Jumpoint-local allow-list and the built-in default: every address must pass.
+
+    Loopback, link-local and the Jumpoint's own listener (C{own}) are refused
+    unless the allow-list names them explicitly, also when there is no allow-list
+    (L{EgressGuard}).
+    """
+    decision = EgressGuard.of(allow_list, own).check(port, addresses, resolved_hosts)
     if not decision.allowed:
         shown = host if decision.address in (None, host) else f"{host} ({decision.address})"
         raise AccessDenied(
             f"{shown}:{port} is not in this Jumpoint's allowed_targets: {decision.reason}",
             rule="allowed_targets",
         )
+
+
+def check_target(
+    config: JumpointConfig,
+    port: int,
+    addresses: Sequence[str],
+    resolved_hosts: Mapping[str, Sequence[str]],
+    host: str,
+) -> None:
+    """L{check_allowed_targets} with this Jumpoint's allow-list and own listener."""
+    check_allowed_targets(
+        config.allowed_targets, port, addresses, resolved_hosts, host, own_endpoints(config)
+    )

@@ -82,9 +82,17 @@ groups:
 
 _POLICIES = """\
 # allowed_targets: the only targets this Jumpoint connects to, whatever the items
-# say. Omitted, there is no restriction; an empty list allows nothing. Host names
-# (of targets and of entries) are resolved on the Jumpoint, and a target is
-# allowed only if every address it resolves to matches an entry.
+# say. Omitted, any target is allowed except the built-in default below; an empty
+# list allows nothing. Host names (of targets and of entries) are resolved on the
+# Jumpoint, and a target is allowed only if every address it resolves to matches
+# an entry. Checked when a console creates an item or adds a tunnel, when a
+# session opens, and for every connection.
+# Built-in default, with or without this list: loopback (127.0.0.0/8, ::1, 0.0.0.0),
+# link-local (169.254.0.0/16 -- cloud metadata at 169.254.169.254 --, fe80::/10)
+# and this Jumpoint's own listener are never targets unless an entry lists them
+# explicitly: an address or CIDR inside them (127.0.0.0/8:5432, 169.254.169.254:80),
+# for the own listener with its port. Catch-alls (0.0.0.0/0, :443, host names) do
+# not count.
 #> example: allowed_targets
 # allowed_targets:
 #   - 10.0.0.0/8:22               # CIDR:port (a port or a range such as 8000-8100)

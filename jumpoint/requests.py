@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from jumpoint.access import SessionRequest, SessionTerms, check_allowed_targets, decide
+from jumpoint.access import SessionRequest, SessionTerms, check_target, decide
 from jumpoint.approvals import Approval
 from jumpoint.audit import AuditLog
 from jumpoint.session import Session, new_session_id
@@ -212,6 +212,25 @@ def _check_policies(core: JumpointCore, item: Item) -> None:
             )
 
 
+async def check_item_targets(
+    core: JumpointCore, item: Item, ports: frozenset[int] | None = None
+) -> None:
+    """Every remote port of the item's host (or C{ports}) passes C{allowed_targets}.
+
+    The built-in default applies without an allow-list too: loopback, link-local
+    and the Jumpoint's own listener only when listed explicitly.  A host that
+    resolves to nothing passes here only without an allow-list (each connection
+    is checked again when it is dialled).
+    """
+    if not item.host:
+        return
+    addresses, resolved = await resolve_checked(core, item.host)
+    if not addresses:
+        return
+    for port in sorted(item.remote_ports if ports is None else ports):
+        check_target(core.config, port, addresses, resolved, item.host)
+
+
 async def _create_item(
     channel: JumpointChannel, grant: Grant, message: dict[str, Any]
 ) -> dict[str, Any]:
@@ -225,6 +244,11 @@ async def _create_item(
             hint="choose another name",
         )
     _check_policies(core, item)
+    try:  # its targets pass allowed_targets at creation, not only at open
+        await check_item_targets(core, item)
+    except AccessDenied as denial:
+        denial.context.update(jump_group=item.jump_group, host=item.host)
+        raise
     # the item and its audit row are committed together, or neither
     created: Item = await core.log_audit.record(
         "item_created",
@@ -310,6 +334,12 @@ async def _change_item(
     else:
         spec["comments"] = value or None
     changed = item_from_data(spec, "console").with_changes(created_by=item.created_by)
+    if change == "tunnel_add":  # a new target: checked now, not only when opened
+        try:
+            await check_item_targets(core, changed, frozenset({tunnel["remote_port"]}))
+        except AccessDenied as denial:
+            denial.context.update(jump_group=changed.jump_group, host=changed.host)
+            raise
     await core.log_audit.record(
         "item_changed",
         user=channel.user.name,
@@ -342,9 +372,13 @@ async def _delete_item(
 
 
 async def resolve_checked(core: JumpointCore, host: str) -> tuple[list[str], dict[str, list[str]]]:
-    """The addresses of C{host}, and of every host name the allow-list mentions."""
+    """The addresses of C{host}, and of every host name the allow-list mentions.
+
+    With an allow-list a name that resolves to nothing is denied (nothing can
+    be checked); without one the addresses are empty and the caller decides.
+    """
     addresses = await core.resolve(host)
-    if not addresses:
+    if not addresses and core.config.allowed_targets is not None:
         raise AccessDenied(f"cannot resolve {host}", rule="allowed_targets")
     resolved: dict[str, list[str]] = {}
     allow_list = core.config.allowed_targets
@@ -387,12 +421,7 @@ async def _decide_and_open(
     try:
         now = core.clock.seconds()
         terms = decide(core.config, grant, item, request, now, core.approvals)
-        if core.config.allowed_targets is not None:
-            addresses, resolved = await resolve_checked(core, item.host)
-            for port in sorted(item.remote_ports):
-                check_allowed_targets(
-                    core.config.allowed_targets, port, addresses, resolved, item.host
-                )
+        await check_item_targets(core, item)
     except ConsentRequired:
         await audit.record("consent_requested", user=user, item=item.name, durable=True)
         raise

@@ -151,6 +151,13 @@ class JumpointCore:
         )
 
     @property
+    def resolves_names(self) -> bool:
+        """Whether host names are resolved here (the daemon's resolver), so every address
+        dialled is one that was checked; a core built without one (tests) dials names as
+        given when there is no allow-list."""
+        return self.resolve is not _no_resolver
+
+    @property
     def log_audit(self) -> AuditLog:
         assert self.audit is not None
         return self.audit
@@ -536,21 +543,22 @@ class StreamConnection:
         self._route()
 
     def _route(self) -> None:
-        """Dial the target, after checking it against C{allowed_targets} when there is one."""
-        if self.core.config.allowed_targets is None:
-            self.dial(self.target.host)
-        else:
-            Deferred.fromCoroutine(self._check_then_dial())
+        """Dial the target once it passed C{allowed_targets} and the built-in default."""
+        Deferred.fromCoroutine(self._check_then_dial())
 
     async def _check_then_dial(self) -> None:
-        from jumpoint.access import check_allowed_targets
+        from jumpoint.access import check_target
         from jumpoint.requests import resolve_checked
 
         target, session = self.target, self.session
-        allow_list = self.core.config.allowed_targets
         try:
             addresses, resolved_hosts = await resolve_checked(self.core, target.host)
-            check_allowed_targets(allow_list, target.port, addresses, resolved_hosts, target.host)
+            if not addresses:  # no allow-list, and the name resolves to nothing
+                if self.core.resolves_names:
+                    raise LookupError(target.host)  # never dialled unchecked
+                self.dial(target.host)  # a core without a resolver: the connector resolves
+                return
+            check_target(self.core.config, target.port, addresses, resolved_hosts, target.host)
         except AccessDenied as denial:
             session.connection_finished(self.bridge)
             self.channel._refuse_stream(

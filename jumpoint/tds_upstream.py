@@ -512,18 +512,22 @@ class TdsUpstreamBridge(TcpBridge):
             host=host,
             port=port,
         )
-        if self.core.config.allowed_targets is None:
-            self._follow(host, port, host)
-        else:
-            Deferred.fromCoroutine(self._check_then_connect(host, port))
+        Deferred.fromCoroutine(self._check_then_connect(host, port))
 
     async def _check_then_connect(self, host: str, port: int) -> None:
-        from jumpoint.access import check_allowed_targets
+        """allowed_targets and its built-in default (loopback, link-local, the Jumpoint's
+        own listener only when listed), also without an allow-list."""
+        from jumpoint.access import check_target
         from jumpoint.requests import resolve_checked
 
         try:
             addresses, resolved = await resolve_checked(self.core, host)
-            check_allowed_targets(self.core.config.allowed_targets, port, addresses, resolved, host)
+            if not addresses:
+                if self.core.resolves_names:
+                    raise LookupError(host)
+                self._follow(host, port, host)  # a core without a resolver (tests)
+                return
+            check_target(self.core.config, port, addresses, resolved, host)
         except AccessDenied as denial:
             self._refuse_route(host, port, denial)
             return

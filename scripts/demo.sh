@@ -52,8 +52,11 @@ python - "$JUMPOINT_CONFIG" "$HTTP_PORT" <<'PY'
 import re
 import sys
 path, port = sys.argv[1], sys.argv[2]
-# the last line of the file is "items: []" (comments above it mention it too)
-text = re.sub(r"^items: \[\]\s*\Z", lambda _: f"""items:
+# the last line of the file is "items: []" (comments above it mention it too);
+# the demo's target is on loopback, which is a target only when listed explicitly
+text = re.sub(r"^items: \[\]\s*\Z", lambda _: f"""allowed_targets:
+  - 127.0.0.1:{port}
+items:
   - name: demo-web
     type: tcp
     host: 127.0.0.1

@@ -6,7 +6,9 @@ This module parses and evaluates three kinds of policy text, with no I/O:
    lists such as C{22,80,8000-8100}: L{PortSet}, L{parse_port_list};
  - the Jumpoint-local allow-list of targets (C{allowed_targets}), with entries
    such as C{10.0.0.0/8:5432}, C{db.corp.example} or C{:22}: L{AllowedTarget},
-   L{AllowList};
+   L{AllowList}, and the built-in egress default around it (L{EgressGuard}:
+   loopback, link-local and the Jumpoint's own listener are never targets
+   unless an entry lists them explicitly);
  - Network Tunnel filter rules such as C{10.0.0.0/24/tcp/22,80}: L{FilterRule},
    L{parse_filter_rules}.
 
@@ -388,6 +390,102 @@ class AllowList:
                 reason = f"{_with_port(text, port)} is not in allowed_targets"
                 return AllowDecision(False, text, reason)
         return AllowDecision(True)
+
+
+# The built-in egress default
+
+PROTECTED_NETWORKS: tuple[tuple[str, IPNetwork], ...] = (
+    ("loopback", IPv4Network("127.0.0.0/8")),
+    ("loopback", IPv6Network("::1/128")),
+    ("loopback", IPv4Network("0.0.0.0/8")),  # 0.0.0.0 reaches this host on Linux
+    ("loopback", IPv6Network("::/128")),
+    ("link-local", IPv4Network("169.254.0.0/16")),  # cloud metadata: 169.254.169.254
+    ("link-local", IPv6Network("fe80::/10")),
+)
+"""Addresses that are never targets unless an entry inside them lists them explicitly."""
+
+
+def protected_network(address: IPAddress) -> tuple[str, IPNetwork] | None:
+    """The kind (C{loopback}, C{link-local}) and protected network of C{address}, if any."""
+    address = _unmap(address)
+    for kind, network in PROTECTED_NETWORKS:
+        if address.version == network.version and address in network:
+            return kind, network
+    return None
+
+
+def _explicitly(
+    entry: AllowedTarget, address: IPAddress, port: int, within: IPNetwork | None
+) -> bool:
+    """Whether C{entry} names C{address}:C{port} itself, not as part of a wider catch-all.
+
+    For a protected address the entry's network must lie inside the protected
+    network (C{127.0.0.0/8}, C{169.254.169.254}); for the Jumpoint's own
+    listener the entry must also name the port.
+    """
+    network = entry.network
+    if network is None or address.version != network.version or address not in network:
+        return False
+    if entry.ports is not None and port not in entry.ports:
+        return False
+    if within is not None:
+        return network.version == within.version and network.subnet_of(within)  # type: ignore[arg-type]
+    return entry.ports is not None
+
+
+@dataclass(frozen=True)
+class EgressGuard:
+    """C{allowed_targets} with the built-in default around it: what a Jumpoint dials.
+
+    A loopback or link-local address (L{PROTECTED_NETWORKS}), or one of the
+    Jumpoint's own listening endpoints (C{own}), passes only if an entry of
+    the allow-list names it explicitly (an IP or CIDR entry inside the
+    protected network; for the own listener, with its port).  Every other
+    address passes when there is no allow-list, and otherwise as
+    L{AllowList.check} decides.
+    """
+
+    allow_list: AllowList | None
+    own: frozenset[tuple[IPAddress, int]] = frozenset()
+
+    @classmethod
+    def of(cls, allow_list: AllowList | None, own: Iterable[tuple[str, int]] = ()) -> EgressGuard:
+        """C{own}: the Jumpoint's listening endpoints; host names among them are skipped."""
+        endpoints = set()
+        for host, port in own:
+            try:
+                endpoints.add((_parse_checked_address(host), port))
+            except ValueError:
+                continue
+        return cls(allow_list, frozenset(endpoints))
+
+    def check(
+        self, port: int, addresses: Sequence[str], resolved_hosts: Mapping[str, Sequence[str]]
+    ) -> AllowDecision:
+        """Like L{AllowList.check}, with the built-in default applied first."""
+        entries = self.allow_list.entries if self.allow_list is not None else ()
+        for text in addresses:
+            address = _parse_checked_address(text)
+            protected = protected_network(address)
+            own = (address, port) in self.own
+            if protected is None and not own:
+                continue
+            within = protected[1] if protected is not None else None
+            if any(_explicitly(entry, address, port, within) for entry in entries):
+                continue
+            what = (
+                f"a {protected[0]} address"
+                if protected is not None
+                else "the Jumpoint's own listener"
+            )
+            reason = (
+                f"{_with_port(text, port)} is {what}: never a target unless allowed_targets"
+                " lists it explicitly"
+            )
+            return AllowDecision(False, text, reason)
+        if self.allow_list is None:
+            return AllowDecision(True)
+        return self.allow_list.check(port, addresses, resolved_hosts)
 
 
 # Network tunnel filter rules

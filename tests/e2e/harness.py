@@ -191,6 +191,10 @@ def tool(name: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
+LOOPBACK_TARGETS = ["127.0.0.0/8", "::1"]
+"""The allowed_targets of a test deployment unless its sections give their own."""
+
+
 @dataclass
 class Deployment:
     """A throwaway Jumpoint with one enrolled user."""
@@ -254,8 +258,12 @@ class Deployment:
         document = yaml.safe_load(self.config.read_text())
         document["items"] = self.items
         document.setdefault("limits", {})["keepalive_interval"] = "5s"
+        # The tests' targets listen on loopback, a target only when listed explicitly.
+        document["allowed_targets"] = LOOPBACK_TARGETS
         for key, value in self.sections.items():
-            if isinstance(value, dict) and isinstance(document.get(key), dict):
+            if value is None:  # a section the test wants absent (allowed_targets: init's)
+                document.pop(key, None)
+            elif isinstance(value, dict) and isinstance(document.get(key), dict):
                 document[key].update(value)
             else:
                 document[key] = value

@@ -701,3 +701,43 @@ def test_every_denial_is_named_in_json_and_audited_on_the_jumpoint(
         "request_denied",
         "session_denied",
     ]
+
+
+def test_jumpoint_init_refuses_loopback_link_local_and_itself_as_targets(
+    deployment: Deployment,
+) -> None:
+    """The configuration `jumpoint init` writes (no allowed_targets): the built-in default."""
+    deployment.sections = {"groups": MANAGERS, "allowed_targets": None}
+    deployment.create()
+    assert "allowed_targets:" not in [
+        line for line in deployment.config.read_text().splitlines() if not line.startswith("#")
+    ]
+    deployment.jumpoint("user", "groups", "alice", "--group", "ops")
+    deployment.serve()
+    refused = []
+    for host, port in (
+        ("169.254.169.254", 80),
+        ("127.0.0.1", deployment.port),
+        ("localhost", 22),
+    ):
+        result = deployment.jump(
+            "item",
+            "create",
+            "tcp",
+            f"to-{port}",
+            "--host",
+            host,
+            "--tunnel",
+            f"auto:{port}",
+            "--jump-group",
+            "team-a",
+            "--json",
+        )
+        assert result.returncode == ExitCode.DENIED, result.stderr
+        event = _json_error(result)
+        assert event["rule"] == "allowed_targets" and "explicitly" in event["message"]
+        refused.append(f"to-{port}")
+    rows = _audit(deployment, "--event", "item_denied")
+    assert [row["item"] for row in rows] == refused
+    assert all(row["rule"] == "allowed_targets" for row in rows)
+    assert json.loads(deployment.jump("items", "--json").stdout) == []

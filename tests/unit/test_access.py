@@ -1492,3 +1492,73 @@ def test_config_undefined_references_name_file_and_key(
 @pytest.mark.parametrize(("snippet", "line", "expected"), UNDEFINED_REFERENCES)
 def test_config_undefined_references_name_the_line(snippet: str, line: str, expected: str) -> None:
     assert config_error(snippet).startswith(f"{CONFIG_PATH}{line} {expected}")
+
+
+# -- the built-in egress default --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.1.2.3",
+        "::1",
+        "::ffff:127.0.0.1",
+        "0.0.0.0",
+        "::",
+        "169.254.169.254",
+        "fe80::1",
+    ],
+)
+def test_loopback_and_link_local_are_refused_without_an_allow_list(address: str) -> None:
+    with pytest.raises(AccessDenied) as info:
+        check_allowed_targets(None, 80, [address], {}, "target.example")
+    assert info.value.rule == "allowed_targets"
+    assert "lists it explicitly" in info.value.message
+    check_allowed_targets(None, 80, ["10.0.0.1", "2001:db8::1"], {}, "target.example")
+
+
+def test_a_name_with_one_loopback_address_is_refused() -> None:
+    with pytest.raises(AccessDenied, match=r"app\.corp \(127\.0\.0\.1\)"):
+        check_allowed_targets(None, 443, ["10.1.1.1", "127.0.0.1"], {}, "app.corp")
+
+
+def test_protected_addresses_need_an_entry_inside_them() -> None:
+    wide = AllowList.parse(["0.0.0.0/0", "::/0", ":80", "metadata.internal"])
+    with pytest.raises(AccessDenied):
+        check_allowed_targets(wide, 80, ["127.0.0.1"], {}, "127.0.0.1")
+    with pytest.raises(AccessDenied):  # a host name entry is not explicit either
+        check_allowed_targets(
+            wide, 80, ["169.254.169.254"], {"metadata.internal": ["169.254.169.254"]}, "m"
+        )
+    metadata = AllowList.parse(["169.254.169.254:80"])
+    check_allowed_targets(metadata, 80, ["169.254.169.254"], {}, "169.254.169.254")
+    with pytest.raises(AccessDenied):
+        check_allowed_targets(metadata, 81, ["169.254.169.254"], {}, "169.254.169.254")
+    with pytest.raises(AccessDenied):
+        check_allowed_targets(metadata, 80, ["169.254.1.1"], {}, "169.254.1.1")
+    check_allowed_targets(AllowList.parse(["::1"]), 22, ["::1"], {}, "::1")
+
+
+def test_the_own_listener_needs_an_entry_naming_its_port() -> None:
+    own = [("10.0.0.5", 7443), ("jumpoint.example", 7443)]
+    for allow_list in (None, AllowList.parse(["10.0.0.0/8"])):
+        with pytest.raises(AccessDenied, match="own listener"):
+            check_allowed_targets(allow_list, 7443, ["10.0.0.5"], {}, "10.0.0.5", own)
+        check_allowed_targets(allow_list, 22, ["10.0.0.5"], {}, "10.0.0.5", own)
+    explicit = AllowList.parse(["10.0.0.5:7443"])
+    check_allowed_targets(explicit, 7443, ["10.0.0.5"], {}, "10.0.0.5", own)
+
+
+def test_the_config_jumpoint_init_writes_refuses_loopback_link_local_and_itself() -> None:
+    from jumpoint.access import check_target
+    from jumpoint.config_template import render_config
+
+    text = render_config("corp", "0.0.0.0", 7443, ["jump.corp.example", "10.0.0.5"])
+    config = parse_config(text, Path("/etc/jumpoint/jumpoint.yaml"))
+    assert config.allowed_targets is None
+    for address, port in (("127.0.0.1", 22), ("169.254.169.254", 80), ("10.0.0.5", 7443)):
+        with pytest.raises(AccessDenied) as info:
+            check_target(config, port, [address], {}, address)
+        assert info.value.rule == "allowed_targets"
+    check_target(config, 22, ["10.0.0.5"], {}, "10.0.0.5")

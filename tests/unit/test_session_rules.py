@@ -1091,3 +1091,124 @@ def test_the_console_leaves_the_connection_cap_to_the_jumpoint(world: World) -> 
     refused = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40010))
     assert not isinstance(refused, TcpBridge) and tunnel.refused_connections == 2
     assert len(alice.channel.mux.streams) == streams_before
+
+
+# -- egress: the built-in default around allowed_targets ------------------------
+
+
+METADATA_ITEMS = """
+  - {name: local-ssh, type: tcp, host: 127.0.0.1, tunnels: [{local_port: auto, remote_port: 22}]}
+  - {name: rebinding, type: tcp, host: rebind.example,
+     tunnels: [{local_port: auto, remote_port: 80}]}
+"""
+
+
+def _spec(host: str, port: int = 80, name: str = "mine") -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "tcp",
+        "host": host,
+        "jump_group": "lab",
+        "tunnels": [{"local_port": "auto", "remote_port": port}],
+    }
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1", "0.0.0.0", "169.254.169.254"]
+)
+def test_item_create_refuses_loopback_and_link_local_without_an_allow_list(
+    world: World, host: str
+) -> None:
+    """allowed_targets is unset: the built-in default still refuses, at creation."""
+    alice = world.connect("alice")
+    denied = alice.refused(control.CREATE_ITEM, item=_spec(host))
+    assert isinstance(denied, AccessDenied) and denied.rule == "allowed_targets"
+    assert "never a target unless allowed_targets lists it explicitly" in denied.message
+    (row,) = world.audit("item_denied")
+    assert row.rule == "allowed_targets" and row.item == "mine"
+    assert row.detail["host"] == host and row.detail["action"] == control.CREATE_ITEM
+    assert world.core.catalog.get("mine") is None and world.audit("item_created") == []
+    assert alice.ask(control.CREATE_ITEM, item=_spec("10.1.2.3"))["item"]["name"] == "mine"
+
+
+def test_item_create_and_tunnel_add_refuse_targets_outside_the_allow_list(
+    tmp_path: Path, new_world: Callable[..., World]
+) -> None:
+    config = CONFIG.replace("items:\n", 'allowed_targets: ["10.1.0.0/16:22"]\nitems:\n', 1)
+    world = new_world(config=config)
+    alice = world.connect("alice")
+    denied = alice.refused(control.CREATE_ITEM, item=_spec("10.1.2.3", 5432))
+    assert isinstance(denied, AccessDenied) and denied.rule == "allowed_targets"
+    assert alice.ask(control.CREATE_ITEM, item=_spec("10.1.2.3", 22))["item"]["name"] == "mine"
+    for value in ("9000:5432", "9001:22"):
+        change = {"item": "mine", "change": "tunnel_add", "value": value}
+        if value.endswith(":5432"):
+            refused = alice.refused(control.CHANGE_ITEM, **change)
+            assert isinstance(refused, AccessDenied) and refused.rule == "allowed_targets"
+        else:
+            alice.ask(control.CHANGE_ITEM, **change)
+    rows = world.audit("item_denied")
+    assert [(r.detail["action"], r.rule) for r in rows] == [
+        (control.CREATE_ITEM, "allowed_targets"),
+        (control.CHANGE_ITEM, "allowed_targets"),
+    ]
+    ports = sorted(t.remote_port for t in world.core.catalog.get("mine").tunnels)  # type: ignore[union-attr]
+    assert ports == [22, 22]
+
+
+@pytest.mark.parametrize(
+    ("allowed", "opens"),
+    [
+        (None, False),  # no allow-list: the built-in default refuses loopback
+        ('["0.0.0.0/0", ":22"]', False),  # catch-alls do not list it explicitly
+        ('["127.0.0.0/8:22"]', True),
+        ('["127.0.0.1"]', True),
+    ],
+)
+def test_loopback_is_a_target_only_when_listed_explicitly(
+    new_world: Callable[..., World], allowed: str | None, opens: bool
+) -> None:
+    section = f"allowed_targets: {allowed}\n" if allowed else ""
+    config = CONFIG.replace("items:\n", section + "items:\n" + METADATA_ITEMS, 1)
+    alice = new_world(config=config).connect("alice")
+    if opens:
+        assert alice.open("local-ssh")["session"]
+        return
+    denied = alice.refused(control.OPEN_SESSION, item="local-ssh")
+    assert isinstance(denied, AccessDenied) and denied.rule == "allowed_targets"
+    assert "127.0.0.1:22 is a loopback address" in denied.message
+
+
+def test_a_name_that_turns_into_loopback_is_refused_per_connection(
+    tmp_path: Path, new_world: Callable[..., World]
+) -> None:
+    """DNS rebinding: checked at open, and every connection dials what was checked."""
+    answers = {"rebind.example": ["10.1.9.9"]}
+
+    def resolve(host: str) -> Deferred[list[str]]:
+        return succeed(answers.get(host, []))
+
+    config = CONFIG.replace("items:\n", "items:\n" + METADATA_ITEMS, 1)
+    world = new_world(config=config, resolve=resolve)
+    alice = world.connect("alice")
+    alice.open("rebinding")
+    answers["rebind.example"] = ["127.0.0.1"]
+    _, app = alice.stream("rebind.example", 80)
+    assert app.reset is not None and app.reset[0] == ErrorCode.DENIED
+    assert world.targets.requests == []
+    (row,) = world.audit("connection_denied")
+    assert row.rule == "allowed_targets" and "127.0.0.1" in row.detail["reason"]
+
+
+def test_the_jumpoints_own_listener_is_no_target(
+    tmp_path: Path, new_world: Callable[..., World]
+) -> None:
+    config = CONFIG.replace(
+        'listen: "127.0.0.1:7443", addresses: ["127.0.0.1"]',
+        'listen: "0.0.0.0:7443", addresses: ["10.1.0.1"]',
+    )
+    world = new_world(config=config)
+    alice = world.connect("alice")
+    denied = alice.refused(control.CREATE_ITEM, item=_spec("10.1.0.1", 7443))
+    assert isinstance(denied, AccessDenied) and "own listener" in denied.message
+    assert alice.ask(control.CREATE_ITEM, item=_spec("10.1.0.1", 22))["item"]

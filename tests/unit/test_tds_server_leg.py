@@ -1168,23 +1168,23 @@ def test_stream_to_another_port_gets_18456_after_its_login(tmp_path: Path, keys:
 
 
 def test_bridge_follows_routing_with_a_fresh_leg(tmp_path: Path, keys: Keys) -> None:
-    world = sql_world(tmp_path, keys, extra='    allowed_routes: ["127.0.0.1:11001"]\n')
+    world = sql_world(tmp_path, keys, extra='    allowed_routes: ["sql.example:11001"]\n')
     app, stream = open_sql_stream(world)
     stream.write(login_bytes(console_login7()))
     world.flush()
-    first = connect_server(world, FakeServer(server_pair(), Knobs(routing=("127.0.0.1", 11001))))
+    first = connect_server(world, FakeServer(server_pair(), Knobs(routing=("sql.example", 11001))))
     assert first.transport.disconnecting and app.data == b""
     assert len(world.targets.requests) == 1  # dialled only once the old connection is gone
     first.bridge.connectionLost(Failure(refused()))
     world.flush()
     host, port, _, _ = world.targets.requests[-1]
-    assert (host, port) == ("127.0.0.1", 11001)
+    assert (host, port) == ("sql.example", 11001)
     second = connect_server(world, FakeServer(server_pair()))
     assert second.bridge is first.bridge
-    assert second.server.login is not None and second.server.login.servername == "127.0.0.1"
+    assert second.server.login is not None and second.server.login.servername == "sql.example"
     assert app.data == second.server.response and app.reset is None and not app.ended
     (routed,) = audit_events(world, "sql_routed")
-    assert routed.detail["to"] == "127.0.0.1:11001" and routed.detail["server"] == HOST
+    assert routed.detail["to"] == "sql.example:11001" and routed.detail["server"] == HOST
 
 
 def test_bridge_stops_after_too_many_reroutes(tmp_path: Path, keys: Keys) -> None:
@@ -1225,6 +1225,27 @@ def test_bridge_route_outside_the_allow_list_is_refused(tmp_path: Path, keys: Ke
     assert app.ended and app.reset is None
     (failed,) = audit_events(world, "sql_login_failed")
     assert failed.rule == "allowed_targets" and failed.detail["to"] == "evil.example:1433"
+    assert audit_events(world, "sql_routed") == []
+
+
+@pytest.mark.parametrize("route", [("127.0.0.1", 1433), ("169.254.169.254", 80)])
+def test_bridge_route_to_loopback_or_link_local_is_refused_without_an_allow_list(
+    tmp_path: Path, keys: Keys, route: tuple[str, int]
+) -> None:
+    """No allowed_targets: the built-in default still refuses the route (a clean 18456)."""
+    host, port = route
+    world = sql_world(tmp_path, keys, extra=f'    allowed_routes: ["{host}:{port}"]\n')
+    app, stream = open_sql_stream(world)
+    stream.write(login_bytes(console_login7()))
+    world.flush()
+    first = connect_server(world, FakeServer(server_pair(), Knobs(routing=route)))
+    first.bridge.connectionLost(Failure(refused()))
+    world.flush()
+    assert len(world.targets.requests) == 1  # never dialled
+    error = error_of(app.data)
+    assert error.number == 18456 and "(rule: allowed_targets)" in error.message
+    (failed,) = audit_events(world, "sql_login_failed")
+    assert failed.rule == "allowed_targets"
     assert audit_events(world, "sql_routed") == []
 
 
