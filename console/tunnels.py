@@ -233,13 +233,15 @@ class TunnelFactory(ServerFactory):
                 return _Refused()
         target = StreamTarget(tunnel.remote_host, tunnel.remote_port).encode()
         local = f"{tunnel.local_address}:{tunnel.local_port}"
-        if leg is not None:
-            # The stream (and the Jumpoint's dial) waits for the client's whole LOGIN7.
-            def open_stream() -> Stream | None:
-                if mux.closing or session.closing:
-                    return None
-                return mux.open_stream(target)
 
+        def open_stream() -> Stream | None:
+            """The stream (and so the Jumpoint's dial), once the client has logged in."""
+            if mux.closing or session.closing:
+                return None
+            return mux.open_stream(target)
+
+        if leg is not None:
+            # The stream waits for the client's whole LOGIN7.
             connection = TdsLocalConnection(
                 leg,
                 open_stream,
@@ -252,14 +254,9 @@ class TunnelFactory(ServerFactory):
             tunnel.total_connections += 1
             return connection
         if kube is not None:
-            # The stream (and the Jumpoint's dial) waits for a complete, authenticated head.
-            def open_kube_stream() -> Stream | None:
-                if mux.closing or session.closing:
-                    return None
-                return mux.open_stream(target)
-
+            # The stream waits for a complete, authenticated head.
             kube_connection = KubeClientConnection(
-                open_kube_stream,
+                open_stream,
                 kube,
                 listener_hosts(tunnel.local_address, tunnel.local_port),
                 on_opened=tunnel.login_completed,
