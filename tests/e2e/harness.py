@@ -345,6 +345,16 @@ def audit_until(
     return wait_until(check, what=what)
 
 
+def tcp_item(name: str, remote_port: int, host: str = "127.0.0.1") -> dict[str, Any]:
+    """A TCP item with one tunnel from an automatic local port to HOST:REMOTE_PORT."""
+    return {
+        "name": name,
+        "type": "tcp",
+        "host": host,
+        "tunnels": [{"local_port": "auto", "remote_port": remote_port}],
+    }
+
+
 def tunnel_address(ready: dict[str, Any], index: int = 0) -> tuple[str, int]:
     tunnel = ready["tunnels"][index]
     return tunnel["local_address"], int(tunnel["local_port"])

@@ -17,6 +17,7 @@ from tests.e2e.harness import (
     Process,
     audit_until,
     free_port,
+    tcp_item,
     tool,
     tunnel_address,
     wait_until,
@@ -229,14 +230,7 @@ def test_a_second_serve_on_the_same_config_exits_3_and_leaves_the_live_sessions_
     """The second daemon takes the instance lock before it touches any state."""
     echo = EchoServer()
     try:
-        deployment.items = [
-            {
-                "name": "echo",
-                "type": "tcp",
-                "host": "127.0.0.1",
-                "tunnels": [{"local_port": "auto", "remote_port": echo.port}],
-            }
-        ]
+        deployment.items = [tcp_item("echo", echo.port)]
         first = deployment.create().serve()
         session = deployment.open("echo")
         ready = session.wait_for_event("ready")

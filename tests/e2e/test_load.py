@@ -9,7 +9,7 @@ import os
 import socket
 import time
 
-from tests.e2e.harness import Deployment, rss_kib, tunnel_address, wait_until
+from tests.e2e.harness import Deployment, rss_kib, tcp_item, tunnel_address, wait_until
 from tests.e2e.servers import EchoServer, FirehoseServer, SinkServer
 
 LIMIT = 256
@@ -42,14 +42,7 @@ def test_256_concurrent_connections_with_sha256_and_the_257th_refused(deployment
     """256 connections move random data both ways intact; the 257th is refused at once."""
     echo = EchoServer()
     try:
-        deployment.items = [
-            {
-                "name": "echo",
-                "type": "tcp",
-                "host": "127.0.0.1",
-                "tunnels": [{"local_port": "auto", "remote_port": echo.port}],
-            }
-        ]
+        deployment.items = [tcp_item("echo", echo.port)]
         deployment.create().serve()
         session = deployment.open("echo")
         host, port = tunnel_address(session.wait_for_event("ready"))

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 
-from tests.e2e.harness import Deployment, audit_until, wait_until
+from tests.e2e.harness import Deployment, audit_until, tcp_item, wait_until
 from tests.e2e.harness import tunnel_address as address_of
 from tests.e2e.servers import EchoServer
 
@@ -66,14 +66,7 @@ def test_a_foreign_sqlite_lock_never_stalls_a_tunnel_and_every_event_is_audited(
 ) -> None:
     echo = EchoServer()
     try:
-        deployment.items = [
-            {
-                "name": "echo",
-                "type": "tcp",
-                "host": "127.0.0.1",
-                "tunnels": [{"local_port": "auto", "remote_port": echo.port}],
-            }
-        ]
+        deployment.items = [tcp_item("echo", echo.port)]
         deployment.create().serve()
         session = deployment.open("echo")
         host, port = address_of(session.wait_for_event("ready"))
