@@ -248,18 +248,23 @@ class ConsoleChannel(ChannelProtocol):
 
 
 def _connect_error(failure: Failure, profile: Profile) -> JumpError:
-    value = failure.value
-    where = f"the Jumpoint at {profile.address}"
     hint = (
         f"check that `jumpoint serve` runs there and that profile {profile.name!r}"
         " has the right address"
     )
+    return connect_failure(failure, profile.address, profile.host, hint)
+
+
+def connect_failure(failure: Failure, address: str, host: str, hint: str) -> JumpError:
+    """A failed TCP connection to the Jumpoint at C{address} as a L{JumpError}."""
+    value = failure.value
+    where = f"the Jumpoint at {address}"
     if isinstance(value, JumpError):
         return value
     if isinstance(value, net_error.ConnectionRefusedError):
         return JumpointUnreachable(f"{where} refused the connection", hint=hint)
     if isinstance(value, net_error.DNSLookupError):
-        return JumpointUnreachable(f"cannot resolve {profile.host}", hint=hint)
+        return JumpointUnreachable(f"cannot resolve {host}", hint=hint)
     if isinstance(value, net_error.TimeoutError | net_error.ConnectingCancelledError):
         return JumpointUnreachable(f"connecting to {where} timed out", hint=hint)
     return JumpointUnreachable(f"cannot reach {where}: {failure.getErrorMessage()}", hint=hint)

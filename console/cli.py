@@ -19,13 +19,14 @@ from twisted.logger import LogLevel, globalLogBeginner
 from console import __version__
 from console.logrouter import LOG_ROUTER
 from console.output import print_items
-from console.profiles import list_profiles, load_profile, save_profile
+from console.profiles import list_profiles, load_profile
 from console.remote import PROGRAM, call, chosen_profile, profile_option, run_reactor
 from shared import control
 from shared.enrollment import read_enrollment
 from shared.entrypoint import run_cli
 from shared.errors import ProtocolViolation, UsageError
 from shared.schema import parse_duration
+from shared.text import printable
 
 
 @click.group()
@@ -40,16 +41,74 @@ def cli(verbose: bool) -> None:
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--profile", help="Name of the profile (default: the Jumpoint's name).")
-def enroll(file: str, profile: str | None) -> None:
-    """Store an enrollment FILE from your administrator as a profile."""
+@click.option(
+    "--delete/--keep",
+    "delete",
+    default=None,
+    help="Delete the enrollment file once used (default: ask on a terminal, else keep).",
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def enroll(file: str, profile: str | None, delete: bool | None, as_json: bool) -> None:
+    """Enroll with the enrollment FILE from your administrator (a one-time token).
+
+    Makes this console's private key here, gets its certificate from the
+    Jumpoint named in FILE and stores both as a profile.
+    """
     from pathlib import Path
 
-    enrollment = read_enrollment(Path(file))
-    stored = save_profile(enrollment, profile)
+    from console.enroll import enroll as redeem
+    from console.enroll import skew_warning
+
+    path = Path(file)
+    enrollment = read_enrollment(path)
+    enrolled: list[Any] = []
+
+    async def main(reactor: Any) -> int:
+        enrolled.append(await redeem(reactor, enrollment, profile))
+        return 0
+
+    run_reactor(main)
+    result = enrolled[0]
+    stored = result.profile
+    warning = skew_warning(result)
+    if warning:
+        click.echo(f"{PROGRAM}: warning: {warning}", err=True)
+    if delete is None:
+        delete = (
+            not as_json
+            and sys.stdin.isatty()
+            and click.confirm(f"the token in {path} is spent: delete the file?", default=True)
+        )
+    deleted = False
+    if delete:
+        try:
+            path.unlink()
+            deleted = True
+        except OSError as error:
+            click.echo(f"{PROGRAM}: warning: cannot delete {path}: {error.strerror}", err=True)
+    if as_json:
+        event = {
+            "event": "enrolled",
+            "user": stored.user,
+            "jumpoint": stored.jumpoint_name,
+            "address": stored.address,
+            "profile": stored.name,
+            "groups": list(result.groups),
+            "serial": result.serial,
+            "not_after": result.not_after,
+            "file_deleted": deleted,
+        }
+        click.echo(json.dumps(event, separators=(",", ":")))
+        return
     click.echo(
-        f"enrolled as {stored.user!r} with Jumpoint {stored.jumpoint_name!r} at"
-        f" {stored.address} (profile {stored.name!r})"
+        f"enrolled as {printable(stored.user)!r} with Jumpoint {printable(stored.jumpoint_name)!r}"
+        f" at {stored.address} (profile {stored.name!r}); certificate valid until"
+        f" {result.not_after}; the private key was made here and stays here"
     )
+    if deleted:
+        click.echo(f"deleted {path}")
+    elif delete is False or not sys.stdin.isatty():
+        click.echo(f"the token in {path} is spent; you may delete the file")
 
 
 @cli.command()

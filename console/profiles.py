@@ -78,8 +78,17 @@ class Profile:
             ) from None
 
 
-def save_profile(enrollment: Enrollment, name: str | None, home: Path | None = None) -> Profile:
-    """Store an enrollment as a profile and make it the current one."""
+def save_profile(
+    enrollment: Enrollment,
+    certificate_pem: bytes,
+    key_pem: bytes,
+    name: str | None,
+    home: Path | None = None,
+) -> Profile:
+    """Store an enrollment with the certificate it bought as a profile; make it the current one.
+
+    C{key_pem} is the private key this machine made for the certificate (mode 0600).
+    """
     home = home or jump_home()
     profile_name = name or enrollment.jumpoint_name
     if not _PROFILE_NAME.match(profile_name):
@@ -88,8 +97,8 @@ def save_profile(enrollment: Enrollment, name: str | None, home: Path | None = N
     _private_dir(home / "profiles")
     directory = _private_dir(home / "profiles" / profile_name)
     (directory / "ca.pem").write_text(enrollment.ca_certificate, encoding="ascii")
-    (directory / "client.pem").write_text(enrollment.certificate, encoding="ascii")
-    write_private(directory / "client.key", enrollment.private_key.encode("ascii"))
+    write_private(directory / "client.key", key_pem)
+    (directory / "client.pem").write_bytes(certificate_pem)
     document = {
         "jumpoint": enrollment.jumpoint_name,
         "host": enrollment.host,

@@ -21,17 +21,17 @@ from typing import Any, NoReturn
 import click
 from twisted.internet.task import Clock
 
-from jumpoint import __version__, pki
+from jumpoint import __version__, enrollment_tokens, pki
 from jumpoint.audit import AuditEntry, AuditLog, query
 from jumpoint.config_template import render_config
 from jumpoint.state import StateDatabase
 from shared.config import CONFIG_ENV, JUMPOINT_NAME, JumpointConfig, load_config
-from shared.enrollment import Enrollment
+from shared.enrollment import Enrollment, rfc3339
 from shared.entrypoint import run_cli
 from shared.errors import ConfigError, UnknownUser, UsageError
 from shared.logs import LOG_FORMATS
 from shared.schema import is_host, parse_duration, parse_host_port
-from shared.text import user_name_problem
+from shared.text import printable, user_name_problem
 
 PROGRAM = "jumpoint"
 
@@ -150,50 +150,122 @@ def user() -> None:
     help="A group from jumpoint.yaml (repeatable; the first goes into the certificate).",
 )
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option(
+    "--valid-for",
+    "valid_for",
+    default="24h",
+    show_default=True,
+    help="How long the enrollment file's one-time token may wait to be used (30m, 24h, 7d).",
+)
 @click.option(
     "--valid-days",
     type=click.IntRange(1, 3650),
     default=365,
     show_default=True,
-    help="Lifetime of the client certificate.",
+    help="Lifetime of the client certificate the token buys.",
 )
 @config_option
 def user_add(
-    name: str, groups: tuple[str, ...], out_path: str, valid_days: int, config_path: str | None
+    name: str,
+    groups: tuple[str, ...],
+    out_path: str,
+    force: bool,
+    valid_for: str,
+    valid_days: int,
+    config_path: str | None,
 ) -> None:
-    """Issue a client certificate and write ONE enrollment file (mode 0600)."""
+    """Add a user and write ONE enrollment file (mode 0600) with a one-time token.
+
+    The user runs `jump enroll FILE`: their console makes its key and gets
+    its certificate from the running Jumpoint; the token then is spent.
+    """
     config = load_config(config_path)
     _check_user_name(name)
     chosen = _check_groups(config, groups)
-    ca = _load_ca(config)
-    client = pki.issue_client(ca, name, chosen[0], datetime.timedelta(days=valid_days))
-    certificate = client.certificate
-    not_after = certificate.not_valid_after_utc.isoformat()
-    with _admin_audit(config) as (database, audit):
-        database.add_user(name, chosen[0], client.serial, not_after, more_groups=chosen[1:])
-        audit.record_sync(
-            "user_added",
-            user=name,
-            groups=list(database.groups_of(name)),
-            serial=client.serial,
-            not_after=not_after,
-            by=_operator(),
+    lifetime = _token_lifetime(valid_for)
+    out = Path(out_path)
+    if out.exists() and not force:
+        raise UsageError(
+            f"{out} exists already (another enrollment file?)",
+            hint="choose another --out, or add --force to replace it",
         )
+    ca = _load_ca_certificate(config)
+    now = time.time()
+    token = enrollment_tokens.new_token()
     enrollment = Enrollment(
         jumpoint_name=config.name,
         host=config.addresses[0],
         port=config.listen_port,
         server_name=config.addresses[0],
         user=name,
-        ca_certificate=ca.certificate_pem.decode(),
-        certificate=client.certificate_pem.decode(),
-        private_key=client.key_pem.decode(),
+        ca_certificate=ca,
+        token=token,
+        expires_at=datetime.datetime.fromtimestamp(now + lifetime, datetime.UTC),
     )
-    pki.write_private(Path(out_path), enrollment.to_yaml().encode())
+    staged = _stage_private(out, enrollment.to_yaml().encode())
+    placed = False
+
+    def add(db: Any) -> None:
+        nonlocal placed
+        enrollment_tokens.add_user_with_token(db, name, chosen, token, now, lifetime, valid_days)
+        try:
+            os.replace(staged, out)
+        except OSError as error:
+            raise UsageError(f"cannot write {out}: {error.strerror}") from None
+        placed = True
+
+    try:
+        with _admin_audit(config) as (_database, audit):
+            audit.record_sync(
+                "user_added",
+                user=name,
+                groups=list(chosen),
+                expires_at=rfc3339(enrollment.expires_at),
+                certificate_days=valid_days,
+                by=_operator(),
+                apply=add,
+            )
+    except BaseException:
+        if placed:
+            out.unlink(missing_ok=True)  # nothing in the database: no file either
+        staged.unlink(missing_ok=True)
+        raise
     label = "group" if len(chosen) == 1 else "groups"
     shown = ", ".join(repr(group) for group in chosen)
-    click.echo(f"user {name!r} ({label} {shown}) enrolled; enrollment file: {out_path}")
-    click.echo(f"give it to the user, who runs: jump enroll {Path(out_path).name}")
+    click.echo(f"user {name!r} ({label} {shown}) added; enrollment file: {out}")
+    click.echo(
+        f"give it to the user, who runs before {rfc3339(enrollment.expires_at)}:"
+        f" jump enroll {out.name}"
+    )
+    click.echo("the file holds a one-time token: it enrolls one console once")
+
+
+def _token_lifetime(text: str) -> float:
+    days = re.fullmatch(r"\s*(\d{1,3})d\s*", text)
+    try:
+        seconds = int(days.group(1)) * 86400.0 if days else parse_duration(text)
+    except ValueError as error:
+        raise UsageError(
+            f"--valid-for: {error}", hint="use a duration such as 30m, 24h or 7d"
+        ) from None
+    if not 60 <= seconds <= 90 * 86400:
+        raise UsageError("--valid-for: must be between 1m and 90d")
+    return seconds
+
+
+def _stage_private(out: Path, data: bytes) -> Path:
+    """Write C{data} (mode 0600) beside C{out}, to be moved into place on commit."""
+    staged = out.with_name(f".{out.name}.{os.getpid()}.new")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staged.unlink(missing_ok=True)
+        descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+    except OSError as error:
+        raise UsageError(f"cannot write {out}: {error.strerror}") from None
+    return staged
 
 
 def _check_groups(config: JumpointConfig, groups: tuple[str, ...]) -> tuple[str, ...]:
@@ -253,11 +325,13 @@ def _check_user_name(name: str) -> None:
         )
 
 
-def _load_ca(config: JumpointConfig) -> pki.KeyPair:
+def _load_ca_certificate(config: JumpointConfig) -> str:
     try:
-        return pki.load_pair(config.ca_certificate, config.ca_key)
-    except OSError as error:
-        raise ConfigError(f"cannot read the CA certificate or key: {error}") from None
+        return config.ca_certificate.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(
+            f"cannot read the CA certificate {config.ca_certificate}: {error}"
+        ) from None
 
 
 @user.command("revoke")
@@ -324,8 +398,21 @@ def user_list(as_json: bool, config_path: str | None) -> None:
     database = StateDatabase(config.state_database)
     try:
         users = database.list_users()
+        waiting = enrollment_tokens.pending(database.connection, time.time())
     finally:
         database.close()
+
+    def status(u: Any) -> str:
+        if not u.active:
+            return "revoked"
+        return "pending" if u.name in waiting else "active"
+
+    def enroll_by(u: Any) -> str | None:
+        seconds = waiting.get(u.name) if u.active else None
+        return (
+            None if seconds is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+        )
+
     if as_json:
         click.echo(
             json.dumps(
@@ -336,7 +423,8 @@ def user_list(as_json: bool, config_path: str | None) -> None:
                         "groups": list(u.all_groups),
                         "created_at": u.created_at,
                         "revoked_at": u.revoked_at,
-                        "status": "active" if u.active else "revoked",
+                        "status": status(u),
+                        "enroll_by": enroll_by(u),
                     }
                     for u in users
                 ]
@@ -346,13 +434,15 @@ def user_list(as_json: bool, config_path: str | None) -> None:
     if not users:
         click.echo("no users")
         return
-    rows = [(u.name, ",".join(u.all_groups), "active" if u.active else "revoked", u) for u in users]
+    rows = [(printable(u.name), ",".join(u.all_groups), status(u), u) for u in users]
     name_width = max(24, *(len(row[0]) + 1 for row in rows))
     groups_width = max(16, *(len(row[1]) + 1 for row in rows))
     click.echo(f"{'NAME':<{name_width}} {'GROUPS':<{groups_width}} {'STATUS':<8} CREATED")
-    for shown_name, shown_groups, status, u in rows:
+    for shown_name, shown_groups, shown_status, u in rows:
+        until = enroll_by(u)
         click.echo(
-            f"{shown_name:<{name_width}} {shown_groups:<{groups_width}} {status:<8} {u.created_at}"
+            f"{shown_name:<{name_width}} {shown_groups:<{groups_width}} {shown_status:<8}"
+            f" {u.created_at}" + (f" (enroll by {until})" if until else "")
         )
 
 

@@ -13,6 +13,7 @@ recorded, and audits its opening and closing.
 
 from __future__ import annotations
 
+import datetime
 import errno
 import ipaddress
 import socket
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -31,6 +32,7 @@ from twisted.python.failure import Failure
 from jumpoint.approvals import ApprovalStore
 from jumpoint.audit import AuditLog
 from jumpoint.credentials import CredentialStore
+from jumpoint.enroll_exchange import EnrollExchange, EnrollmentDesk
 from jumpoint.handshakes import PendingHandshakes
 from jumpoint.item_store import Catalog, ItemStore
 from jumpoint.kube_upstream import KubeUpstreamBridge
@@ -42,11 +44,24 @@ from shared.bridge import TcpBridge
 from shared.channel import ChannelProtocol
 from shared.config import JumpointConfig
 from shared.control import StreamTarget
+from shared.enroll_protocol import ENROLL_ALPN
+from shared.enrollment import rfc3339
 from shared.errors import AccessDenied, InternalError, JumpError, ProtocolViolation
 from shared.frames import PROTOCOL_VERSION, ErrorCode, describe_code
 from shared.mux import MuxSettings, Stream
+from shared.pki import KeyPair
 from shared.policy import Grant
 from shared.tls import peer_certificate_serial
+
+
+def peer_certificate_expiry(transport: object) -> float | None:
+    """When the peer's certificate of a TLS transport stops being valid (POSIX time)."""
+    get = getattr(transport, "getPeerCertificate", None)
+    certificate = get() if get is not None else None
+    if certificate is None:
+        return None
+    return float(certificate.to_cryptography().not_valid_after_utc.timestamp())
+
 
 if TYPE_CHECKING:
     from jumpoint.notify import Notifier
@@ -130,6 +145,11 @@ class JumpointCore:
     channels: set[JumpointChannel] = field(default_factory=set)
     credentials: CredentialStore | None = None
     """The logins injected into mssql connections (built from the config when not given)."""
+    ca: KeyPair | None = None
+    """The CA that signs the certificates of consoles enrolling online (none: refused)."""
+    ca_unavailable: str | None = None
+    """Why L{ca} is missing, for the consoles that try to enroll."""
+    enrollment: EnrollmentDesk = field(init=False)
     catalog: Catalog = field(init=False)
     approvals: ApprovalStore = field(init=False)
     handshakes: PendingHandshakes = field(init=False)
@@ -144,6 +164,9 @@ class JumpointCore:
             self.credentials = CredentialStore(self.config)
         self.catalog = Catalog(self.config.items, ItemStore(self.database))
         self.approvals = ApprovalStore(self.database)
+        self.enrollment = EnrollmentDesk(
+            self.ca, self.database, self.audit, self.clock, self.ca_unavailable
+        )
         self.handshakes = PendingHandshakes(
             self.clock,
             self.config.max_pending_handshakes,
@@ -236,6 +259,9 @@ class JumpointChannel(ChannelProtocol):
         self.peer_host = "0.0.0.0"
         self.close_reason: str | None = None
         self._hello_done = False
+        self.enrollment: EnrollExchange | None = None
+        """Set when the console came to enroll (ALPN C{jumpoint-enroll/1}), not for a channel."""
+        self._expiry: IDelayedCall | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -247,10 +273,31 @@ class JumpointChannel(ChannelProtocol):
         self.peer = f"{self.peer_host}:{getattr(peer, 'port', '?')}"
         self.core.handshakes.started(self, self.peer_host, self.transport.abortConnection)  # type: ignore[attr-defined]
 
+    def handshakeCompleted(self) -> None:
+        if getattr(self.transport, "negotiatedProtocol", None) == ENROLL_ALPN:
+            # No certificate on this protocol: one enrollment exchange, still under the
+            # handshake deadline and in the table of pending handshakes until it closes.
+            assert self.transport is not None
+            self.enrollment = EnrollExchange(self.core.enrollment, self.peer, self.transport)
+            return
+        super().handshakeCompleted()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.enrollment is not None:
+            self.enrollment.data_received(data)
+            return
+        super().dataReceived(data)
+
     def handshake_done(self) -> None:
         self.core.handshakes.completed(self)
 
     def handshake_failed(self, peer: str, reason: str) -> None:
+        if self.enrollment is not None:
+            self.enrollment.connection_lost()
+            self.core.handshakes.completed(self)
+            if self.handshake_timed_out:
+                log.warn("an enrollment from {peer} did not finish in time", peer=peer)
+            return
         self.core.handshakes.failed(self, peer, reason, timed_out=self.handshake_timed_out)
 
     def channel_started(self) -> None:
@@ -278,12 +325,40 @@ class JumpointChannel(ChannelProtocol):
         self.user = user
         self.core.channels.add(self)
         log.info("console {peer} connected as user {user}", peer=self.peer, user=user.name)
+        not_after = peer_certificate_expiry(self.transport)
+        if not_after is not None:
+            self._expiry = self.core.clock.callLater(
+                max(0.0, not_after - self.core.clock.seconds()),
+                self._certificate_expired,
+                not_after,
+            )
+
+    def _certificate_expired(self, not_after: float) -> None:
+        """The console's certificate expired while its channel was open: end it."""
+        self._expiry = None
+        assert self.user is not None and self.mux is not None
+        when = rfc3339(datetime.datetime.fromtimestamp(not_after, datetime.UTC))
+        why = f"the console's certificate expired at {when}"
+        log.warn("closing the channel of {user}: {reason}", user=self.user.name, reason=why)
+        self.core.log_audit.record(
+            "certificate_expired",
+            user=self.user.name,
+            session=self.session.session_id if self.session is not None else None,
+            item=self.session.item.name if self.session is not None else None,
+            serial=self.certificate_serial,
+            not_after=when,
+            peer=self.peer,
+        )
+        self.close_session("certificate_expired", why, ErrorCode.REVOKED)
 
     def mux_closing(self, code: int, reason: str, by_peer: bool) -> None:
         self.close_reason = reason if by_peer else f"{describe_code(code)}: {reason}"
         self.end_session(self.close_reason, "connection_closed")
 
     def channel_lost(self, reason: Failure) -> None:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
         self.core.channels.discard(self)
         self.end_session("connection lost", "connection_lost")
         if self.user is not None:

@@ -28,6 +28,7 @@ from jumpoint.targets import make_connector
 from shared.config import JumpointConfig
 from shared.errors import ConfigError
 from shared.frames import ErrorCode
+from shared.pki import KeyPair, load_pair
 from shared.tls import server_options, wrap_server
 
 log = Logger()
@@ -156,6 +157,20 @@ def makeService(config: JumpointConfig, reactor: Any = None) -> IService:
         raise
 
 
+def _signing_ca(config: JumpointConfig) -> tuple[KeyPair | None, str | None]:
+    """The CA that signs enrolling consoles' certificates, or why there is none.
+
+    An admin may keep the CA key off the Jumpoint; then online enrollment is
+    refused (rule C{enrollment.disabled}) and everything else works.
+    """
+    try:
+        return load_pair(config.ca_certificate, config.ca_key), None
+    except OSError as error:
+        why = f"it cannot read its CA key ({error.strerror})"
+        log.warn("online enrollment is off: {reason}", reason=why)
+        return None, why
+
+
 def _build(config: JumpointConfig, reactor: Any, lock: InstanceLock) -> IService:
     database = StateDatabase(config.state_database)
     database.set_busy_timeout(READ_BUSY_TIMEOUT)  # reads only here; writes: the thread
@@ -182,6 +197,7 @@ def _build(config: JumpointConfig, reactor: Any, lock: InstanceLock) -> IService
             error=delivery.error,
         )
 
+    ca, ca_unavailable = _signing_ca(config)
     core = JumpointCore(
         config=config,
         database=database,
@@ -191,12 +207,15 @@ def _build(config: JumpointConfig, reactor: Any, lock: InstanceLock) -> IService
         audit=audit,
         notifier=Notifier(reactor, on_result=delivered),
         new_recorder=_recorder_factory(config, reactor),
+        ca=ca,
+        ca_unavailable=ca_unavailable,
     )
     try:
         options = server_options(
             config.ca_certificate.read_bytes(),
             config.server_certificate.read_bytes(),
             config.server_key.read_bytes(),
+            enrollment=True,
         )
     except (OSError, ValueError) as error:
         raise ConfigError(

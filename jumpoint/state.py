@@ -106,6 +106,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX audit_by_user ON audit(user_name, time);
     CREATE INDEX audit_by_item ON audit(item, time);
     """,
+    # 3: single-use enrollment tokens (jumpoint.enrollment_tokens)
+    """
+    CREATE TABLE enrollment_tokens (
+        token_hash TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL REFERENCES users(name),
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        certificate_days INTEGER NOT NULL,
+        used_at REAL,
+        used_by TEXT,
+        serial TEXT,
+        revoked_at REAL
+    );
+    CREATE INDEX enrollment_tokens_by_user ON enrollment_tokens(user_name);
+    """,
 ]
 
 
@@ -261,6 +276,11 @@ class StateDatabase:
             cursor = db.execute(
                 "UPDATE certificates SET revoked_at = ? WHERE user_name = ? AND revoked_at IS NULL",
                 (now, name),
+            )
+            db.execute(  # a token not redeemed yet dies with the user
+                "UPDATE enrollment_tokens SET revoked_at = ?"
+                " WHERE user_name = ? AND used_at IS NULL AND revoked_at IS NULL",
+                (datetime.datetime.now(datetime.UTC).timestamp(), name),
             )
             db.execute("COMMIT")
             return cursor.rowcount

@@ -1,26 +1,46 @@
-"""The enrollment file: everything a console needs to reach one Jumpoint as one user.
+"""The enrollment file: a one-time token and what a console needs to redeem it.
 
 Written by C{jumpoint user add} (mode 0600) and read by C{jump enroll}.  It
 holds the Jumpoint's name and address, the name the console checks the
-Jumpoint's certificate against, the CA certificate, and the user's client
-certificate and private key, all PEM.
+Jumpoint's certificate against, the CA certificate (PEM), the user's name,
+and a single-use token that expires at C{expires_at}.  It holds no private
+key: C{jump enroll} makes the key on the engineer's machine and gets its
+certificate from the Jumpoint over TLS (the exchange C{jumpoint-enroll/1},
+L{shared.enroll_protocol}), so the key never leaves that machine.
+
+Version 1 files (a certificate and a private key made on the Jumpoint) are
+refused with a sentence saying so.
 """
 
 from __future__ import annotations
 
+import datetime
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from shared import schema
 from shared.errors import EnrollmentError
 from shared.schema import Field, Where
 
 KIND = "jump-enrollment"
-VERSION = 1
+VERSION = 2
+TOKEN_PATTERN = r"^[A-Za-z0-9_-]{43}$"
+"""A token: 32 random bytes, base64url without padding (C{secrets.token_urlsafe(32)})."""
+_TOKEN = re.compile(TOKEN_PATTERN)
+_ASK_AGAIN = "ask your Jumpoint administrator for a new enrollment file"
+
+
+def is_token(value: object) -> bool:
+    return isinstance(value, str) and _TOKEN.match(value) is not None
+
+
+def rfc3339(moment: datetime.datetime) -> str:
+    """A time as RFC 3339 UTC with C{Z}, to the second."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -31,8 +51,12 @@ class Enrollment:
     server_name: str
     user: str
     ca_certificate: str
-    certificate: str
-    private_key: str
+    token: str
+    expires_at: datetime.datetime
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def to_yaml(self) -> str:
         document = {
@@ -40,33 +64,44 @@ class Enrollment:
             "version": VERSION,
             "jumpoint": {
                 "name": self.jumpoint_name,
-                "address": f"{self.host}:{self.port}"
-                if ":" not in self.host
-                else f"[{self.host}]:{self.port}",
+                "address": self.address,
                 "server_name": self.server_name,
             },
             "user": self.user,
+            "token": self.token,
+            "expires_at": rfc3339(self.expires_at),
             "ca_certificate": self.ca_certificate,
-            "certificate": self.certificate,
-            "private_key": self.private_key,
         }
         header = (
-            "# jump enrollment file: keep it secret (it holds a private key).\n"
-            "# Import it with: jump enroll THIS_FILE\n"
+            "# jump enrollment file: keep it secret until it is used (it holds a one-time token).\n"
+            f"# Redeem it before {rfc3339(self.expires_at)} with: jump enroll THIS_FILE\n"
         )
         return header + yaml.safe_dump(document, sort_keys=False, width=1000)
 
 
-def _pem(kind: str) -> schema.Checker[str]:
-    check = schema.string(1, 64 * 1024)
+def _pem_certificate(node: yaml.Node, where: Where) -> str:
+    value = schema.string(1, 64 * 1024)(node, where)
+    if "-----BEGIN CERTIFICATE" not in value:
+        raise where.error(node, "expected a PEM certificate")
+    return value
 
-    def checker(node: yaml.Node, where: Where) -> str:
-        value = check(node, where)
-        if f"-----BEGIN {kind}" not in value:
-            raise where.error(node, f"expected a PEM {kind.lower()}")
-        return value
 
-    return checker
+def _timestamp(node: yaml.Node, where: Where) -> datetime.datetime:
+    value = schema.string(1, 64)(node, where)
+    try:
+        moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise where.error(node, "expected a time like 2026-12-03T15:00:00Z") from None
+    if moment.tzinfo is None:
+        raise where.error(node, "expected a time with its zone, like 2026-12-03T15:00:00Z")
+    return moment
+
+
+def _token(node: yaml.Node, where: Where) -> str:
+    value = schema.string(1, 256)(node, where)
+    if not is_token(value):  # never quoted: it is a secret
+        raise where.error(node, "expected a token of 43 characters (A-Z, a-z, 0-9, _ and -)")
+    return value
 
 
 _JUMPOINT_FIELDS = {
@@ -80,21 +115,33 @@ _FIELDS = {
     "version": Field(schema.integer(VERSION, VERSION), required=True),
     "jumpoint": Field(lambda n, w: schema.mapping(n, w, _JUMPOINT_FIELDS), required=True),
     "user": Field(schema.string(1, 128), required=True),
-    "ca_certificate": Field(_pem("CERTIFICATE"), required=True),
-    "certificate": Field(_pem("CERTIFICATE"), required=True),
-    "private_key": Field(_pem("PRIVATE KEY"), required=True),
+    "token": Field(_token, required=True),
+    "expires_at": Field(_timestamp, required=True),
+    "ca_certificate": Field(_pem_certificate, required=True),
 }
+
+
+def _version_1(text: str) -> bool:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    return isinstance(document, dict) and document.get("version") == 1
 
 
 def parse_enrollment(text: str, filename: str) -> Enrollment:
     """Check an enrollment file; raises L{EnrollmentError} naming file, line and key."""
+    if _version_1(text):
+        raise EnrollmentError(
+            f"{filename} is an enrollment file of version 1 (a private key made on the"
+            " Jumpoint), which this console no longer accepts",
+            hint=_ASK_AGAIN + " (`jumpoint user add` writes version 2: a one-time token)",
+        )
     try:
         values = schema.mapping(schema.compose(text, filename), Where(filename, ""), _FIELDS)
     except Exception as error:
         message = getattr(error, "message", str(error))
-        raise EnrollmentError(
-            message, hint="ask your Jumpoint administrator for a new enrollment file"
-        ) from None
+        raise EnrollmentError(message, hint=_ASK_AGAIN) from None
     host, port = values["jumpoint"]["address"]
     enrollment = Enrollment(
         jumpoint_name=values["jumpoint"]["name"],
@@ -103,28 +150,14 @@ def parse_enrollment(text: str, filename: str) -> Enrollment:
         server_name=values["jumpoint"]["server_name"],
         user=values["user"],
         ca_certificate=values["ca_certificate"],
-        certificate=values["certificate"],
-        private_key=values["private_key"],
+        token=values["token"],
+        expires_at=values["expires_at"],
     )
-    _check_keys(enrollment, filename)
-    return enrollment
-
-
-def _check_keys(enrollment: Enrollment, filename: str) -> None:
     try:
         x509.load_pem_x509_certificate(enrollment.ca_certificate.encode())
-        certificate = x509.load_pem_x509_certificate(enrollment.certificate.encode())
-        key = serialization.load_pem_private_key(enrollment.private_key.encode(), password=None)
     except ValueError as error:
-        raise EnrollmentError(f"{filename}: unreadable certificate or key: {error}") from None
-    public = certificate.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    derived = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    if public != derived:
-        raise EnrollmentError(f"{filename}: the private key does not match the certificate")
+        raise EnrollmentError(f"{filename}: unreadable CA certificate: {error}") from None
+    return enrollment
 
 
 def read_enrollment(path: Path) -> Enrollment:

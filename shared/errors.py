@@ -126,6 +126,12 @@ class AccessDenied(JumpError):
         return out
 
 
+class EnrollmentRefused(AccessDenied):
+    """The Jumpoint refused to redeem an enrollment token (C{rule} says why)."""
+
+    code = "enrollment_refused"
+
+
 class ConsentRequired(JumpError):
     """The session will be recorded and the user has not consented yet."""
 
@@ -194,9 +200,9 @@ def error_from_json(data: object) -> JumpError:
     hint = str(hint_value)[:2000] if hint_value is not None else None
     by_code = {sub.code: sub for sub in _all_subclasses(JumpError)}
     cls = by_code.get(code, JumpError)
-    if cls is AccessDenied:
+    if cls is AccessDenied or cls is EnrollmentRefused:
         rule = data.get("rule")
-        return AccessDenied(message, hint, str(rule)[:200] if rule is not None else None)
+        return cls(message, hint, str(rule)[:200] if rule is not None else None)
     return cls(message, hint)
 
 

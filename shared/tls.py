@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtoc
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
+from shared.enroll_protocol import ENROLL_ALPN
 from shared.frames import ALPN_PROTOCOL
 from shared.sockets import write_now
 
@@ -90,17 +91,50 @@ def wrap_client(options: Any, factory: IProtocolFactory) -> ChannelTLSFactory:
 
 
 def server_options(
-    ca_certificate_pem: bytes, certificate_pem: bytes, key_pem: bytes
+    ca_certificate_pem: bytes,
+    certificate_pem: bytes,
+    key_pem: bytes,
+    *,
+    enrollment: bool = False,
 ) -> ssl.CertificateOptions:
-    """Context factory for the Jumpoint's listener."""
+    """Context factory for the Jumpoint's listener.
+
+    Every connection must present a client certificate signed by the CA,
+    except, with C{enrollment}, one that asks for the enrollment protocol
+    (ALPN C{jumpoint-enroll/1}) and offers no channel protocol: the ALPN
+    choice is made while the ClientHello is read, before the Jumpoint would
+    ask for a certificate, so for that connection alone it asks for none.
+    """
     certificate = ssl.PrivateCertificate.loadPEM(certificate_pem + b"\n" + key_pem)
     ca = ssl.Certificate.loadPEM(ca_certificate_pem)
-    return ssl.CertificateOptions(
+    protocols = [ALPN_PROTOCOL, ENROLL_ALPN] if enrollment else [ALPN_PROTOCOL]
+    options = ssl.CertificateOptions(
         privateKey=certificate.privateKey.original,
         certificate=certificate.original,
         trustRoot=ca,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_3,
-        acceptableProtocols=[ALPN_PROTOCOL],
+        acceptableProtocols=protocols,
+    )
+
+    def select(connection: SSL.Connection, offered: list[bytes]) -> Any:
+        if ALPN_PROTOCOL in offered:
+            return ALPN_PROTOCOL
+        if enrollment and ENROLL_ALPN in offered:
+            connection.set_verify(SSL.VERIFY_NONE)
+            return ENROLL_ALPN
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    options.getContext().set_alpn_select_callback(select)
+    return options
+
+
+def enroll_client_options(server_name: str, ca_certificate_pem: bytes) -> Any:
+    """Connection creator for C{jump enroll}: no client certificate, the enrollment ALPN."""
+    return ssl.optionsForClientTLS(
+        server_name,
+        trustRoot=ssl.Certificate.loadPEM(ca_certificate_pem),
+        acceptableProtocols=[ENROLL_ALPN],
+        extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_3},
     )
 
 

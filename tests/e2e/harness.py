@@ -205,6 +205,9 @@ class Deployment:
     port: int = 0
     serve_args: list[str] = field(default_factory=list)
     processes: list[Process] = field(default_factory=list)
+    waiting_enrollments: list[tuple[Path, dict[str, str]]] = field(default_factory=list)
+    """Enrollment files written before the Jumpoint ran: L{serve} redeems them."""
+    serving: bool = False
     sections: dict[str, Any] = field(default_factory=dict)
     """Further top-level sections of jumpoint.yaml (groups, policies, allowed_targets...)."""
 
@@ -282,9 +285,15 @@ class Deployment:
         env = self.env()
         if home is not None:
             env["JUMP_HOME"] = str(home)
-        result = run([*tool("jump"), "enroll", str(enrollment)], env)
-        assert result.returncode == 0, result.stderr
+        if self.serving:
+            self.redeem(enrollment, env)
+        else:  # enrollment is online: redeemed once the Jumpoint serves
+            self.waiting_enrollments.append((enrollment, env))
         return enrollment
+
+    def redeem(self, enrollment: Path, env: dict[str, str]) -> None:
+        result = run([*tool("jump"), "enroll", "--keep", str(enrollment)], env)
+        assert result.returncode == 0, result.stderr
 
     def serve(self, max_files: int | None = None) -> Process:
         """Start `jumpoint serve`; C{max_files} limits its descriptors (RLIMIT_NOFILE)."""
@@ -304,6 +313,10 @@ class Deployment:
             what="the Jumpoint to listen",
         )
         assert process.popen.poll() is None, process.output()
+        self.serving = True
+        waiting, self.waiting_enrollments = self.waiting_enrollments, []
+        for enrollment, env in waiting:
+            self.redeem(enrollment, env)
         return process
 
     def home_of(self, name: str) -> Path:
