@@ -34,7 +34,7 @@ from shared.errors import (
 )
 from shared.frames import PROTOCOL_VERSION, ErrorCode, describe_code
 from shared.mux import MuxSettings, Stream
-from shared.tls import client_options, describe_tls_failure, wrap_client
+from shared.tls import CONSOLE_EXPIRED, client_options, describe_tls_failure, wrap_client
 
 CONNECT_TIMEOUT = 15.0
 TRANSCRIPT_ENV = "JUMP_TRANSCRIPT"
@@ -117,8 +117,23 @@ class ConsoleChannel(ChannelProtocol):
         if not self.lost.called:
             self.lost.callback(error)
 
+    def _client_certificate(self) -> bytes | None:
+        """The profile's client.pem, to say until when it was valid (C{None} if unreadable)."""
+        try:
+            return (self.profile.directory / "client.pem").read_bytes()
+        except OSError:
+            return None
+
     def _explain_loss(self, reason: Failure) -> JumpError:
-        tls = describe_tls_failure(reason)
+        tls = (
+            describe_tls_failure(
+                reason,
+                transport=self.transport,
+                client_certificate_pem=self._client_certificate(),
+            )
+            if not self.welcome.called
+            else None
+        )
         welcomed = self.welcome.called
         if self.handshake_timed_out and not welcomed:
             return JumpointUnreachable(
@@ -132,6 +147,18 @@ class ConsoleChannel(ChannelProtocol):
             if side == "jumpoint":
                 who = "the Jumpoint rejected this console's certificate"
                 hint = "enroll again with a new enrollment file from your administrator"
+                if why.startswith(f"{CONSOLE_EXPIRED}: valid until"):
+                    hint = (
+                        "if this machine's clock is right, enroll again with a new enrollment"
+                        " file from your administrator; if the certificate should still be"
+                        " valid, the Jumpoint's clock is wrong: tell your administrator"
+                    )
+            elif "has expired: valid until" in why or "is not yet valid: valid from" in why:
+                who = "this console rejected the Jumpoint's certificate"
+                hint = (
+                    "check this machine's clock; if it is right, the Jumpoint's certificate"
+                    " must be renewed: tell your administrator"
+                )
             elif "not valid for" in why:
                 who = "this console rejected the Jumpoint's certificate"
                 hint = (

@@ -5,13 +5,25 @@ checks the Jumpoint's certificate against the CA from its enrollment and the
 address in its profile (service-identity, via Twisted's C{optionsForClientTLS}).
 L{describe_tls_failure} turns OpenSSL's terse errors into a sentence saying
 which side rejected which certificate, and why.
+
+OpenSSL reports every refusal of the Jumpoint's certificate as "certificate
+verify failed".  To tell a wrong clock from a foreign CA, L{chain_time_problem}
+verifies the certificates the Jumpoint sent once more, with OpenSSL and the
+trust store of the failed connection, and keeps only the two time errors
+(C{X509_V_ERR_CERT_NOT_YET_VALID}, C{X509_V_ERR_CERT_HAS_EXPIRED}).  It is not
+done in a verify callback: Twisted's C{ClientTLSOptions} checks the server name
+in the verify callback it sets on each connection, and a second
+C{set_verify} would replace that check.  The handshake itself is untouched.
 """
 
 from __future__ import annotations
 
+import datetime
+from dataclasses import dataclass
 from typing import Any
 
-from OpenSSL import SSL
+from cryptography import x509
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtocolFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
@@ -153,16 +165,112 @@ def client_options(
     )
 
 
+CONSOLE_EXPIRED = "this console's certificate has expired"
+
 _PEER_ALERTS = {
     "certificate required": "this console sent no certificate",
     "unknown ca": "this console's certificate was not issued by the Jumpoint's CA",
     "bad certificate": "this console's certificate was refused",
     "certificate unknown": "this console's certificate was refused",
     "certificate revoked": "this console's certificate has been revoked",
-    "certificate expired": "this console's certificate has expired",
+    "certificate expired": CONSOLE_EXPIRED,
     "protocol version": "the Jumpoint requires TLS 1.3",
     "no application protocol": "the Jumpoint speaks another protocol version",
 }
+
+
+X509_V_ERR_CERT_NOT_YET_VALID = 9
+X509_V_ERR_CERT_HAS_EXPIRED = 10
+
+
+@dataclass(frozen=True)
+class CertificateTimeProblem:
+    """OpenSSL refused a certificate of the Jumpoint's chain because of the time.
+
+    @ivar expired: C{True} for C{X509_V_ERR_CERT_HAS_EXPIRED}, C{False} for
+        C{X509_V_ERR_CERT_NOT_YET_VALID}.
+    @ivar depth: 0 for the Jumpoint's own certificate, more for a CA certificate.
+    @ivar now: this machine's clock when the chain was checked.
+    """
+
+    expired: bool
+    depth: int
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    now: datetime.datetime
+
+
+def rfc3339(moment: datetime.datetime) -> str:
+    """C{2026-12-02T15:04:05Z}: UTC, whole seconds."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def chain_time_problem(transport: object) -> CertificateTimeProblem | None:
+    """Why OpenSSL refused the peer's certificates on C{transport}, if it is the time.
+
+    C{transport} is the TLS transport (L{TLSMemoryBIOProtocol}) while the
+    connection is being lost, so that its OpenSSL connection still exists.
+    The certificates the peer sent are verified again against the trust store
+    of that connection; C{None} unless OpenSSL's first error is "not yet
+    valid" or "expired" (an unknown CA, for one, is reported before the time).
+    """
+    get_handle = getattr(transport, "getHandle", None)
+    connection = get_handle() if callable(get_handle) else None
+    if not isinstance(connection, SSL.Connection):
+        return None
+    chain = connection.get_peer_cert_chain()
+    store = connection.get_context().get_cert_store()
+    if not chain or store is None:
+        return None
+    now = _now()
+    try:
+        crypto.X509StoreContext(store, chain[0], chain[1:]).verify_certificate()
+    except crypto.Error:
+        return None
+    except crypto.X509StoreContextError as error:
+        details = list(error.errors)  # [errno, depth, OpenSSL's text]
+        if len(details) < 2 or not isinstance(details[1], int) or error.certificate is None:
+            return None
+        errno, depth = details[0], details[1]
+        if errno not in (X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED):
+            return None  # an unknown CA, a bad signature, ...: not the clock
+        failing = error.certificate.to_cryptography()
+        return CertificateTimeProblem(
+            expired=errno == X509_V_ERR_CERT_HAS_EXPIRED,
+            depth=depth,
+            not_before=failing.not_valid_before_utc,
+            not_after=failing.not_valid_after_utc,
+            now=now,
+        )
+    return None
+
+
+def _describe_time_problem(problem: CertificateTimeProblem) -> str:
+    whose = "the Jumpoint's certificate" if problem.depth == 0 else "the CA certificate"
+    clock = f"this machine's clock says {rfc3339(problem.now)}"
+    if problem.expired:
+        return f"{whose} has expired: valid until {rfc3339(problem.not_after)}, {clock}"
+    return (
+        f"{whose} is not yet valid: valid from {rfc3339(problem.not_before)}, {clock}"
+        " (check this machine's clock)"
+    )
+
+
+def _describe_console_expiry(certificate_pem: bytes | None) -> str | None:
+    if certificate_pem is None:
+        return None
+    try:
+        certificate = x509.load_pem_x509_certificate(certificate_pem)
+    except ValueError:
+        return None
+    return (
+        f"{CONSOLE_EXPIRED}: valid until {rfc3339(certificate.not_valid_after_utc)}"
+        f" (from the profile's client.pem), this machine's clock says {rfc3339(_now())}"
+    )
 
 
 def _openssl_reasons(error: BaseException) -> list[str]:
@@ -176,10 +284,20 @@ def _openssl_reasons(error: BaseException) -> list[str]:
     return reasons
 
 
-def describe_tls_failure(failure: Failure | BaseException) -> tuple[str, str] | None:
+def describe_tls_failure(
+    failure: Failure | BaseException,
+    *,
+    transport: object = None,
+    client_certificate_pem: bytes | None = None,
+) -> tuple[str, str] | None:
     """Explain a TLS failure seen by the console: (C{"console"|"jumpoint"}, reason).
 
-    Returns C{None} when the failure is not a TLS certificate problem.
+    Returns C{None} when the failure is not a TLS certificate problem.  With
+    the connection's C{transport} (see L{chain_time_problem}), a Jumpoint
+    certificate refused because of the time is said to have expired or to be
+    not yet valid, with its dates and this machine's clock; with the console's
+    own certificate (C{client_certificate_pem}, the profile's C{client.pem}),
+    the Jumpoint's "certificate expired" alert says until when it was valid.
     """
     error = failure.value if isinstance(failure, Failure) else failure
     name = type(error).__name__
@@ -199,9 +317,16 @@ def describe_tls_failure(failure: Failure | BaseException) -> tuple[str, str] | 
     for reason in _openssl_reasons(error):
         lowered = reason.lower()
         if "certificate verify failed" in lowered:
+            problem = chain_time_problem(transport) if transport is not None else None
+            if problem is not None:
+                return "console", _describe_time_problem(problem)
             return "console", "the Jumpoint's certificate was not issued by the CA in this profile"
         for alert, text in _PEER_ALERTS.items():
             if alert in lowered:
+                if text == CONSOLE_EXPIRED:
+                    expiry = _describe_console_expiry(client_certificate_pem)
+                    if expiry is not None:
+                        return "jumpoint", expiry
                 return "jumpoint", f"{text} ({reason})"
     return "console", f"TLS failure: {'; '.join(_openssl_reasons(error))}"
 
