@@ -137,7 +137,7 @@ class EnrollClient(Protocol):
                 f"the Jumpoint at {self.address} did not answer the enrollment within"
                 f" {EXCHANGE_TIMEOUT:g}s"
             )
-        tls = describe_tls_failure(reason)
+        tls = describe_tls_failure(reason, transport=self.transport)
         if tls is not None and not self._handshake_done:
             side, why = tls
             if side == "console":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import ssl
 from pathlib import Path
@@ -13,30 +14,48 @@ from shared.errors import ExitCode
 from tests.e2e.harness import Deployment, run, tool, tunnel_address, wait_until
 
 
-def _other_jumpoint(root: Path, name: str = "bob") -> dict[str, str]:
-    """An enrollment from a different Jumpoint (another CA)."""
+def _profile_dir(home: Path) -> Path:
+    (directory,) = (home / "profiles").iterdir()
+    return directory
+
+
+def _other_jumpoint(root: Path) -> Path:
+    """A profile enrolled with a different Jumpoint (another CA): its directory."""
     other = Deployment(root)
     other.items = []
-    other.create()
-    return yaml.safe_load((root / f"{other.user}.enroll").read_text())
+    other.create().serve()
+    try:
+        return _profile_dir(other.home)
+    finally:
+        other.stop_all()
 
 
-def _enroll_document(deployment: Deployment, document: dict[str, object], name: str) -> Path:
-    path = deployment.root / f"{name}.enroll"
-    path.write_text(yaml.safe_dump(document))
+def _forged_profile(
+    deployment: Deployment, name: str, files: dict[str, Path], **settings: object
+) -> Path:
+    """A JUMP_HOME whose one profile is alice's with some files and settings replaced."""
+    ours = _profile_dir(deployment.home)
     home = deployment.root / f"home-{name}"
-    result = run([*tool("jump"), "enroll", str(path)], {**deployment.env(), "JUMP_HOME": str(home)})
-    assert result.returncode == 0, result.stderr
+    directory = home / "profiles" / ours.name
+    shutil.copytree(ours, directory)
+    for file_name, source in files.items():
+        shutil.copyfile(source, directory / file_name)
+    document = yaml.safe_load((directory / "profile.yaml").read_text())
+    document.update(settings)
+    (directory / "profile.yaml").write_text(yaml.safe_dump(document))
+    (home / "current").write_text(ours.name + "\n")
     return home
 
 
 def test_a_client_certificate_from_another_ca_is_refused(deployment: Deployment):
     """The Jumpoint refuses a console whose certificate another CA signed, and says so."""
     deployment.create().serve()
-    ours = yaml.safe_load((deployment.root / "alice.enroll").read_text())
     foreign = _other_jumpoint(deployment.root / "other")
-    mixed = dict(ours, certificate=foreign["certificate"], private_key=foreign["private_key"])
-    home = _enroll_document(deployment, mixed, "mallory")
+    home = _forged_profile(
+        deployment,
+        "mallory",
+        {"client.pem": foreign / "client.pem", "client.key": foreign / "client.key"},
+    )
     result = deployment.jump("items", JUMP_HOME=str(home))
     assert result.returncode == ExitCode.CERTIFICATE, result.stderr
     assert "the Jumpoint rejected this console's certificate" in result.stderr
@@ -46,11 +65,13 @@ def test_a_client_certificate_from_another_ca_is_refused(deployment: Deployment)
 def test_a_jumpoint_certificate_from_another_ca_is_refused_by_the_console(deployment: Deployment):
     """The console refuses a Jumpoint that its profile's CA did not sign."""
     deployment.create().serve()
-    ours = yaml.safe_load((deployment.root / "alice.enroll").read_text())
     foreign = _other_jumpoint(deployment.root / "other")
-    # a profile that trusts another CA but points at our Jumpoint
-    impostor = dict(foreign, jumpoint=ours["jumpoint"])
-    home = _enroll_document(deployment, impostor, "victim")
+    # a profile that trusts another CA (with that CA's certificate) but points at our Jumpoint
+    home = _forged_profile(
+        deployment,
+        "victim",
+        {name: foreign / name for name in ("ca.pem", "client.pem", "client.key")},
+    )
     result = deployment.jump("items", JUMP_HOME=str(home))
     assert result.returncode == ExitCode.CERTIFICATE, result.stderr
     assert "this console rejected the Jumpoint's certificate" in result.stderr
@@ -59,12 +80,25 @@ def test_a_jumpoint_certificate_from_another_ca_is_refused_by_the_console(deploy
 def test_the_console_checks_the_jumpoint_name(deployment: Deployment):
     """A profile whose server name is not in the Jumpoint's certificate is refused."""
     deployment.create().serve()
-    ours = yaml.safe_load((deployment.root / "alice.enroll").read_text())
-    wrong = dict(ours, jumpoint=dict(ours["jumpoint"], server_name="jumpoint.elsewhere.example"))
-    home = _enroll_document(deployment, wrong, "wrongname")
+    home = _forged_profile(deployment, "wrongname", {}, server_name="jumpoint.elsewhere.example")
     result = deployment.jump("items", JUMP_HOME=str(home))
     assert result.returncode == ExitCode.CERTIFICATE, result.stderr
     assert "is not valid for jumpoint.elsewhere.example" in result.stderr
+    # and so does `jump enroll`: an enrollment file naming another server is refused
+    deployment.jumpoint("user", "add", "walter", "--group", "default", "--out",
+                        str(deployment.root / "walter.enroll"))  # fmt: skip
+    path = deployment.root / "walter.enroll"
+    document = yaml.safe_load(path.read_text())
+    document["jumpoint"]["server_name"] = "jumpoint.elsewhere.example"
+    path.write_text(yaml.safe_dump(document))
+    enrolled = run(
+        [*tool("jump"), "enroll", str(path)],
+        {**deployment.env(), "JUMP_HOME": str(deployment.root / "home-walter")},
+    )
+    assert enrolled.returncode == ExitCode.CERTIFICATE, enrolled.stderr
+    assert "is not valid for jumpoint.elsewhere.example" in enrolled.stderr
+    audit = deployment.jumpoint("audit", "--json", "--user", "walter").stdout
+    assert "user_enrolled" not in audit
 
 
 def test_revoking_a_user_closes_their_session_and_refuses_new_ones(deployment: Deployment):

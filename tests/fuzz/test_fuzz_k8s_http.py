@@ -35,7 +35,8 @@ RESPONSES = [
 class Handler:
     def __init__(self, answer: bool) -> None:
         self.answer = answer
-        self.reported: list[int] = []
+        self.reported: list[Exchange] = []
+        """The exchanges themselves: an id() of a freed one may be reused."""
         self.ends = 0
 
     def now(self) -> float:
@@ -59,8 +60,8 @@ class Handler:
         pass
 
     def exchange_finished(self, exchange: Exchange) -> None:
-        assert id(exchange) not in self.reported
-        self.reported.append(id(exchange))
+        assert all(seen is not exchange for seen in self.reported)
+        self.reported.append(exchange)
 
     def upstream_ended(self) -> None:
         pass

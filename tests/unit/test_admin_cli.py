@@ -24,10 +24,12 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from twisted.internet.task import Clock
 
+from jumpoint import enrollment_tokens
 from jumpoint.audit import AuditLog, query
 from jumpoint.cli import cli, main, parse_since
 from jumpoint.config_template import EXAMPLE_END, EXAMPLE_START, render_config
 from jumpoint.state import StateDatabase
+from shared import pki
 from shared.addresses import PortSet
 from shared.config import JumpointConfig, load_config, parse_config
 from shared.enrollment import parse_enrollment
@@ -116,9 +118,28 @@ def audit_rows(config: Path) -> list[dict[str, Any]]:
         database.close()
 
 
-def certificate_of(enrollment: Path) -> x509.Certificate:
+def certificate_of(config: Path, enrollment: Path) -> x509.Certificate:
+    """Redeem the file's token as the running Jumpoint would (L{enrollment_tokens.redeem})."""
     loaded = parse_enrollment(enrollment.read_text(), str(enrollment))
-    return x509.load_pem_x509_certificate(loaded.certificate.encode())
+    settings = load_config(config)
+    ca = pki.load_pair(settings.ca_certificate, settings.ca_key)
+    _, csr_pem = pki.new_key_and_request(loaded.user)
+    csr = pki.load_signing_request(csr_pem)
+    database = StateDatabase(settings.state_database)
+    try:
+        with database.transaction() as db:
+            issued = enrollment_tokens.redeem(
+                db,
+                enrollment_tokens.token_hash(loaded.token),
+                time.time(),
+                "127.0.0.1:1",
+                lambda user, group, lifetime: pki.sign_client_request(
+                    ca, csr, user, group, lifetime
+                ),
+            )
+    finally:
+        database.close()
+    return issued.certificate
 
 
 def users_json(config: Path) -> dict[str, dict[str, Any]]:
@@ -378,12 +399,13 @@ def test_user_add_with_two_groups(config_path: Path) -> None:
         config_path, "user", "add", "alice", "--group", "ops", "--group", "dba", "--out", str(out)
     )
     assert stdout_lines(result)[0] == (
-        f"user 'alice' (groups 'ops', 'dba') enrolled; enrollment file: {out}"
+        f"user 'alice' (groups 'ops', 'dba') added; enrollment file: {out}"
     )
     alice = users_json(config_path)["alice"]
     assert alice["group"] == "ops" and alice["groups"] == ["ops", "dba"]
-    assert alice["status"] == "active"
-    certificate = certificate_of(out)
+    assert alice["status"] == "pending" and alice["enroll_by"]
+    certificate = certificate_of(config_path, out)
+    assert users_json(config_path)["alice"]["status"] == "active"
     unit = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     assert [a.value for a in unit] == ["ops"]  # the first group goes into the certificate
     database = StateDatabase(load_config(config_path).state_database)
@@ -412,7 +434,7 @@ def test_user_add_with_one_group_keeps_its_message(config_path: Path) -> None:
     assert result["groups"] == ["default"]
     assert out.exists()
     text = ok(config_path, "user", "list").stdout
-    assert re.search(r"^dave +default +active ", text, re.MULTILINE)
+    assert re.search(r"^dave +default +pending .* \(enroll by \S+Z\)$", text, re.MULTILINE)
 
 
 def test_user_groups_replaces_the_groups(config_path: Path) -> None:
@@ -452,14 +474,14 @@ def test_user_list_shows_every_group(config_path: Path) -> None:
     assert lines[0].split() == ["NAME", "GROUPS", "STATUS", "CREATED"]
     rows = [line.split() for line in lines[1:]]
     assert [row[:3] for row in rows] == [
-        ["alice", "default,dba,ops", "active"],
+        ["alice", "default,dba,ops", "pending"],
         ["bob", "dba", "revoked"],
     ]
     for row in rows:
         datetime.datetime.fromisoformat(row[3])
     # the columns line up under the header
     status_column = lines[0].index("STATUS")
-    assert [line[status_column:].split()[0] for line in lines[1:]] == ["active", "revoked"]
+    assert [line[status_column:].split()[0] for line in lines[1:]] == ["pending", "revoked"]
     assert lines[1][status_column - 1] == " " and lines[2][status_column - 1] == " "
     listing = users_json(config_path)
     assert listing["alice"]["groups"] == ["default", "dba", "ops"]
@@ -472,7 +494,9 @@ def test_user_list_shows_every_group(config_path: Path) -> None:
         "created_at",
         "revoked_at",
         "status",
+        "enroll_by",
     }
+    assert listing["bob"]["enroll_by"] is None  # a revoked user's token is dead
 
 
 def test_user_list_widens_the_columns_for_long_group_lists(config_path: Path) -> None:
@@ -480,13 +504,14 @@ def test_user_list_widens_the_columns_for_long_group_lists(config_path: Path) ->
     ok(config_path, "user", "groups", "alice", "--group", "default", "--group", "dba")
     enroll(config_path, "a-rather-long-user-name@corp.example", "default", "ops", "dba")
     lines = stdout_lines(ok(config_path, "user", "list"))
-    starts = {line.index("active") for line in lines[1:]}
+    starts = {line.index("pending") for line in lines[1:]}
     assert starts == {lines[0].index("STATUS")}
 
 
 def test_user_commands_write_audit_events(config_path: Path) -> None:
     before = time.time()
     out = enroll(config_path, "alice", "default", "ops")
+    certificate = certificate_of(config_path, out)
     ok(config_path, "user", "groups", "alice", "--group", "dba")
     ok(config_path, "user", "revoke", "alice")
     rows = audit_rows(config_path)
@@ -494,8 +519,11 @@ def test_user_commands_write_audit_events(config_path: Path) -> None:
     assert all(row["user"] == "alice" and row["item"] is None for row in rows)
     added, changed, revoked = rows
     assert added["groups"] == ["default", "ops"]
-    certificate = certificate_of(out)
-    assert added["serial"] == format(certificate.serial_number, "x")
+    assert added["certificate_days"] == 365
+    assert "serial" not in added  # the certificate is made when the console enrolls
+    expires = datetime.datetime.fromisoformat(added["expires_at"].replace("Z", "+00:00"))
+    assert abs(expires.timestamp() - before - 24 * 3600) < 60
+    assert certificate.not_valid_after_utc.timestamp() > before + 364 * 86400
     assert changed["groups"] == ["dba"] and changed["previous"] == ["default", "ops"]
     assert revoked["certificates"] == 1
     assert all(isinstance(row["by"], str) and row["by"] for row in rows)
@@ -806,3 +834,80 @@ def test_a_webhook_secret_env_must_be_set(
     monkeypatch.setenv("HOOK_SECRET_FOR_TEST", "abc")
     policy = load_config(config_path).policies.jump["announced"]
     assert policy.webhook_secret is not None and policy.webhook_secret.read() == b"abc"
+
+
+# -- user add: the enrollment file ---------------------------------------------------
+
+
+def test_user_add_writes_a_private_file_with_a_token_and_no_key(config_path: Path) -> None:
+    out = enroll(config_path, "alice", "default")
+    assert out.stat().st_mode & 0o777 == 0o600
+    text = out.read_text()
+    assert "PRIVATE KEY" not in text
+    loaded = parse_enrollment(text, str(out))
+    assert loaded.user == "alice" and loaded.port == 7443
+    database = StateDatabase(load_config(config_path).state_database)
+    try:
+        assert loaded.token not in "\n".join(database.connection.iterdump())
+    finally:
+        database.close()
+    row = audit_rows(config_path)[0]
+    assert loaded.token not in json.dumps(row)
+
+
+def test_user_add_refuses_to_overwrite_a_file_without_force(config_path: Path) -> None:
+    out = config_path.parent / "bob.enroll"
+    out.write_text("someone else's enrollment\n")
+    error = failure(config_path, "user", "add", "alice", "--group", "default", "--out", str(out))
+    assert isinstance(error, UsageError) and "exists already" in error.message
+    assert error.hint is not None and "--force" in error.hint
+    assert out.read_text() == "someone else's enrollment\n"
+    assert "alice" not in users_json(config_path)
+    assert audit_rows(config_path) == []
+    ok(config_path, "user", "add", "alice", "--group", "default", "--out", str(out), "--force")
+    assert parse_enrollment(out.read_text(), str(out)).user == "alice"
+    assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_user_add_writes_nothing_to_the_database_unless_the_file_was_written(
+    config_path: Path,
+) -> None:
+    blocked = config_path.parent / "not-a-directory"
+    blocked.write_text("")
+    out = blocked / "alice.enroll"
+    error = failure(config_path, "user", "add", "alice", "--group", "default", "--out", str(out))
+    assert isinstance(error, UsageError) and "cannot write" in error.message
+    assert "alice" not in users_json(config_path)
+    assert audit_rows(config_path) == []
+
+
+def test_user_add_writes_no_file_when_the_database_refuses(config_path: Path) -> None:
+    enroll(config_path, "alice", "default")
+    out = config_path.parent / "again.enroll"
+    error = failure(config_path, "user", "add", "alice", "--group", "default", "--out", str(out))
+    assert isinstance(error, UsageError) and "already exists" in error.message
+    assert not out.exists()
+    assert not list(config_path.parent.glob(".again.enroll.*"))  # no staged file left
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"), [("30m", 1800), ("24h", 86400), ("7d", 7 * 86400), ("90", 90)]
+)
+def test_user_add_valid_for(config_path: Path, given: str, seconds: int) -> None:
+    out = config_path.parent / "alice.enroll"
+    before = time.time()
+    ok(config_path, "user", "add", "alice", "--group", "default", "--out", str(out),
+       "--valid-for", given)  # fmt: skip
+    loaded = parse_enrollment(out.read_text(), str(out))
+    assert abs(loaded.expires_at.timestamp() - before - seconds) < 60
+
+
+@pytest.mark.parametrize("given", ["0", "30s", "91d", "soon"])
+def test_user_add_refuses_a_bad_valid_for(config_path: Path, given: str) -> None:
+    out = config_path.parent / "alice.enroll"
+    error = failure(
+        config_path, "user", "add", "alice", "--group", "default", "--out", str(out),
+        "--valid-for", given,
+    )  # fmt: skip
+    assert isinstance(error, UsageError) and error.message.startswith("--valid-for:")
+    assert not out.exists() and "alice" not in users_json(config_path)

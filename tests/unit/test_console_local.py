@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import errno
 import json
 import os
@@ -20,7 +22,7 @@ from console import cli as jump_cli
 from console.listeners import bind, check_local_address
 from console.profiles import load_profile, save_profile
 from console.view import JsonView, RateMeter, human_bytes
-from jumpoint import pki
+from shared import pki
 from shared.enrollment import Enrollment, parse_enrollment
 from shared.errors import AccessDenied, EnrollmentError, ExitCode, LocalBindError, ProfileError
 
@@ -111,7 +113,6 @@ def test_real_port_in_use() -> None:
 
 def _enrollment() -> Enrollment:
     ca = pki.create_ca("unit")
-    client = pki.issue_client(ca, "alice", "default")
     return Enrollment(
         "unit",
         "127.0.0.1",
@@ -119,8 +120,8 @@ def _enrollment() -> Enrollment:
         "127.0.0.1",
         "alice",
         ca.certificate_pem.decode(),
-        client.certificate_pem.decode(),
-        client.key_pem.decode(),
+        "A" * 43,
+        datetime.datetime(2026, 12, 3, 15, 0, tzinfo=datetime.UTC),
     )
 
 
@@ -128,10 +129,13 @@ def test_enrollment_round_trip_and_profile_modes(tmp_path: Path) -> None:
     enrollment = _enrollment()
     parsed = parse_enrollment(enrollment.to_yaml(), "alice.enroll")
     assert parsed == enrollment
-    profile = save_profile(parsed, None, tmp_path)
+    key_pem, _ = pki.new_key_and_request("alice")
+    certificate = pki.issue_client(pki.create_ca("unit"), "alice", "default").certificate_pem
+    profile = save_profile(parsed, certificate, key_pem, None, tmp_path)
     assert profile.name == "unit" and profile.address == "127.0.0.1:7443"
     key = profile.directory / "client.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.read_bytes() == key_pem
     assert stat.S_IMODE(profile.directory.stat().st_mode) == 0o700
     assert load_profile(None, tmp_path) == profile  # remembered as current
 
@@ -139,11 +143,20 @@ def test_enrollment_round_trip_and_profile_modes(tmp_path: Path) -> None:
 def test_enrollment_errors_are_clear() -> None:
     enrollment = _enrollment()
     document = yaml.safe_load(enrollment.to_yaml())
-    document["private_key"] = _enrollment().private_key  # another key
-    with pytest.raises(EnrollmentError, match="does not match the certificate"):
+    document["token"] = "secret-but-short"
+    with pytest.raises(EnrollmentError, match="expected a token of 43 characters") as info:
         parse_enrollment(yaml.safe_dump(document), "x.enroll")
+    assert "secret-but-short" not in info.value.message  # a token is never quoted
     with pytest.raises(EnrollmentError, match="x.enroll:1: missing required key"):
         parse_enrollment("kind: jump-enrollment\n", "x.enroll")
+    old = {**yaml.safe_load(enrollment.to_yaml()), "version": 1}
+    with pytest.raises(EnrollmentError, match="version 1") as old_info:
+        parse_enrollment(yaml.safe_dump(old), "old.enroll")
+    assert old_info.value.hint is not None and "one-time token" in old_info.value.hint
+    document = yaml.safe_load(enrollment.to_yaml())
+    document["expires_at"] = "tomorrow"
+    with pytest.raises(EnrollmentError, match="expires_at"):
+        parse_enrollment(yaml.safe_dump(document), "x.enroll")
 
 
 def test_no_profile_says_how_to_enroll(tmp_path: Path) -> None:
