@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from console import __version__
 from console.channel import CONNECT_TIMEOUT, connect_failure
-from console.profiles import Profile, save_profile
+from console.profiles import Profile, check_profile_name, save_profile
 from shared import pki
 from shared.enroll_protocol import (
     ENROLL_ALPN,
@@ -199,6 +199,7 @@ def _skew(server_time: str, now: datetime.datetime) -> float | None:
 
 async def enroll(reactor: Any, enrollment: Enrollment, profile_name: str | None) -> Enrolled:
     """Redeem C{enrollment}'s token and store the profile; raises L{JumpError}s."""
+    check_profile_name(profile_name or enrollment.jumpoint_name)  # before the token is spent
     key_pem, csr_pem = pki.new_key_and_request(enrollment.user)
     request = encode_request(enrollment.token, csr_pem, f"jump {__version__}")
     options = enroll_client_options(enrollment.server_name, enrollment.ca_certificate.encode())

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from shared.enrollment import Enrollment
+from shared.text import printable
 from shared.errors import ProfileError
 from shared.files import write_private
 
@@ -78,6 +79,15 @@ class Profile:
             ) from None
 
 
+def check_profile_name(name: str) -> None:
+    """Raise L{ProfileError} for a name a profile directory cannot have."""
+    if not _PROFILE_NAME.match(name):
+        raise ProfileError(
+            f"invalid profile name {printable(name)!r}",
+            hint="use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+
+
 def save_profile(
     enrollment: Enrollment,
     certificate_pem: bytes,
@@ -91,8 +101,7 @@ def save_profile(
     """
     home = home or jump_home()
     profile_name = name or enrollment.jumpoint_name
-    if not _PROFILE_NAME.match(profile_name):
-        raise ProfileError(f"invalid profile name {profile_name!r}")
+    check_profile_name(profile_name)
     _private_dir(home)
     _private_dir(home / "profiles")
     directory = _private_dir(home / "profiles" / profile_name)

@@ -399,13 +399,16 @@ def user_list(as_json: bool, config_path: str | None) -> None:
     try:
         users = database.list_users()
         waiting = enrollment_tokens.pending(database.connection, time.time())
+        unenrolled = enrollment_tokens.never_enrolled(database.connection)
     finally:
         database.close()
 
     def status(u: Any) -> str:
         if not u.active:
             return "revoked"
-        return "pending" if u.name in waiting else "active"
+        if u.name in waiting:
+            return "pending"  # a token that may still be redeemed
+        return "unenrolled" if u.name in unenrolled else "active"
 
     def enroll_by(u: Any) -> str | None:
         seconds = waiting.get(u.name) if u.active else None
@@ -437,11 +440,11 @@ def user_list(as_json: bool, config_path: str | None) -> None:
     rows = [(printable(u.name), ",".join(u.all_groups), status(u), u) for u in users]
     name_width = max(24, *(len(row[0]) + 1 for row in rows))
     groups_width = max(16, *(len(row[1]) + 1 for row in rows))
-    click.echo(f"{'NAME':<{name_width}} {'GROUPS':<{groups_width}} {'STATUS':<8} CREATED")
+    click.echo(f"{'NAME':<{name_width}} {'GROUPS':<{groups_width}} {'STATUS':<10} CREATED")
     for shown_name, shown_groups, shown_status, u in rows:
         until = enroll_by(u)
         click.echo(
-            f"{shown_name:<{name_width}} {shown_groups:<{groups_width}} {shown_status:<8}"
+            f"{shown_name:<{name_width}} {shown_groups:<{groups_width}} {shown_status:<10}"
             f" {u.created_at}" + (f" (enroll by {until})" if until else "")
         )
 

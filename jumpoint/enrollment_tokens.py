@@ -185,6 +185,15 @@ def redeem(db: sqlite3.Connection, hashed: str, now: float, peer: str, sign: Sig
     return issued
 
 
+def never_enrolled(db: sqlite3.Connection) -> set[str]:
+    """Users who have no certificate at all (their token unused, expired or revoked)."""
+    rows = db.execute(
+        "SELECT name FROM users WHERE NOT EXISTS"
+        " (SELECT 1 FROM certificates c WHERE c.user_name = users.name)"
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
 def pending(db: sqlite3.Connection, now: float) -> dict[str, float]:
     """Users with an unused, unexpired token: the time it expires (for C{jumpoint user list})."""
     rows = db.execute(

@@ -72,6 +72,9 @@ def test_enroll_deletes_the_file_when_asked(deployment: Deployment) -> None:
     deployment.create().serve()
     path = deployment.root / "carol.enroll"
     deployment.jumpoint("user", "add", "carol", "--group", "default", "--out", str(path))
+    bad_name = _enroll(deployment, path, deployment.root / "home-carol", "--profile", "bad name")
+    assert bad_name.returncode == ExitCode.CONFIG and "invalid profile name" in bad_name.stderr
+    # checked before connecting: the token is not spent
     result = _enroll(deployment, path, deployment.root / "home-carol", "--delete")
     assert result.returncode == 0, result.stderr
     assert "private key was made here" in result.stdout and f"deleted {path}" in result.stdout

@@ -911,3 +911,19 @@ def test_user_add_refuses_a_bad_valid_for(config_path: Path, given: str) -> None
     )  # fmt: skip
     assert isinstance(error, UsageError) and error.message.startswith("--valid-for:")
     assert not out.exists() and "alice" not in users_json(config_path)
+
+
+def test_user_list_shows_a_user_whose_token_expired_unused_as_unenrolled(
+    config_path: Path,
+) -> None:
+    enroll(config_path, "alice", "default")
+    database = StateDatabase(load_config(config_path).state_database)
+    try:
+        with database.transaction() as db:
+            db.execute("UPDATE enrollment_tokens SET expires_at = 0")
+    finally:
+        database.close()
+    listing = users_json(config_path)["alice"]
+    assert listing["status"] == "unenrolled" and listing["enroll_by"] is None
+    text = ok(config_path, "user", "list").stdout
+    assert re.search(r"^alice +default +unenrolled ", text, re.MULTILINE)

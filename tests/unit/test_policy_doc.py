@@ -17,6 +17,8 @@ def rules_in_code() -> set[str]:
             found.add(re.sub(r"\{[^}]+\}", "NAME", match.group(1)))
         for match in re.finditer(r"\"((?:tunnels_restricted|approvals)\.[a-z_.]+)\"", text):
             found.add(match.group(1))
+        for match in re.finditer(r'^RULE_\w+ = "([^"]+)"', text, flags=re.MULTILINE):
+            found.add(match.group(1))  # rules named by a module constant (rule=RULE_USED)
     server = (ROOT / "jumpoint" / "server.py").read_text(encoding="utf-8")
     for rule in STREAM_RULES:
         assert f'"{rule}"' in server, rule
