@@ -23,9 +23,9 @@ from pathlib import Path
 import yaml
 
 from shared.enrollment import Enrollment
-from shared.text import printable
 from shared.errors import ProfileError
 from shared.files import write_private
+from shared.text import printable
 
 HOME_ENV = "JUMP_HOME"
 PROFILE_ENV = "JUMP_PROFILE"
