@@ -15,8 +15,8 @@ import click
 
 from console.output import print_requests, print_sessions, say, span, when
 from console.remote import call, profile_option
-from shared import control
 from shared.errors import UsageError
+from shared.protocol import control
 from shared.schema import parse_duration
 
 

@@ -21,8 +21,6 @@ from twisted.python.failure import Failure
 
 from console import __version__
 from console.profiles import Profile
-from shared import control
-from shared.channel import ChannelProtocol
 from shared.errors import (
     CertificateRejected,
     JumpError,
@@ -32,9 +30,11 @@ from shared.errors import (
     UsageError,
     error_from_json,
 )
-from shared.frames import PROTOCOL_VERSION, ErrorCode, describe_code
-from shared.mux import MuxSettings, Stream
-from shared.tls import CONSOLE_EXPIRED, client_options, describe_tls_failure, wrap_client
+from shared.protocol import control
+from shared.protocol.channel import ChannelProtocol
+from shared.protocol.frames import PROTOCOL_VERSION, ErrorCode, describe_code
+from shared.protocol.mux import MuxSettings, Stream
+from shared.protocol.tls import CONSOLE_EXPIRED, client_options, describe_tls_failure, wrap_client
 
 CONNECT_TIMEOUT = 15.0
 TRANSCRIPT_ENV = "JUMP_TRANSCRIPT"

@@ -21,10 +21,10 @@ from console.logrouter import LOG_ROUTER
 from console.output import print_items
 from console.profiles import list_profiles, load_profile
 from console.remote import PROGRAM, call, chosen_profile, profile_option, run_reactor
-from shared import control
 from shared.enrollment import read_enrollment
 from shared.entrypoint import run_cli
 from shared.errors import ProtocolViolation, UsageError
+from shared.protocol import control
 from shared.schema import parse_duration
 from shared.text import printable
 

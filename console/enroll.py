@@ -28,14 +28,6 @@ from console import __version__
 from console.channel import CONNECT_TIMEOUT, connect_failure
 from console.profiles import Profile, check_profile_name, save_profile
 from shared import pki
-from shared.enroll_protocol import (
-    ENROLL_ALPN,
-    Certificate,
-    LineBuffer,
-    LineTooLong,
-    encode_request,
-    parse_answer,
-)
 from shared.enrollment import Enrollment, rfc3339
 from shared.errors import (
     CertificateRejected,
@@ -45,7 +37,15 @@ from shared.errors import (
     ProtocolViolation,
     error_from_json,
 )
-from shared.tls import describe_tls_failure, enroll_client_options, wrap_client
+from shared.protocol.enroll import (
+    ENROLL_ALPN,
+    Certificate,
+    LineBuffer,
+    LineTooLong,
+    encode_request,
+    parse_answer,
+)
+from shared.protocol.tls import describe_tls_failure, enroll_client_options, wrap_client
 
 EXCHANGE_TIMEOUT = 30.0
 """Seconds from the TCP connection to the Jumpoint's answer."""

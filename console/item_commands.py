@@ -15,9 +15,9 @@ import click
 
 from console.output import print_item, print_items, say
 from console.remote import call, profile_option
-from shared import control
 from shared.errors import UsageError
 from shared.items import parse_tunnel_text
+from shared.protocol import control
 
 
 @click.group()

@@ -3,7 +3,7 @@
 Each accepted connection of a C{k8s} tunnel is TLS (the per-session listener
 certificate of L{KubeSession}, TLS 1.2 or later, ALPN C{http/1.1} only, since
 SPDY and WebSocket upgrades need HTTP/1.1) around a L{KubeClientConnection},
-which runs the shared h11 relay (L{shared.k8s.relay}) between kubectl and a
+which runs the shared h11 relay (L{shared.codecs.http.relay}) between kubectl and a
 stream to the Jumpoint:
 
   - no stream is opened, so the Jumpoint dials nothing, until the first
@@ -38,13 +38,13 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from console.kube_session import KubeSession
+from console.kubeconfig import KubeSession
 from shared.bridge import TcpBridge
-from shared.frames import ErrorCode, describe_code
-from shared.k8s.http import Answer, Forward, RequestHead, error_answer, rewrite_headers
+from shared.codecs.http.heads import Answer, Forward, RequestHead, error_answer, rewrite_headers
+from shared.codecs.http.relay import Exchange, HttpRelay
 from shared.k8s.policy import unauthorized_answer
-from shared.k8s.relay import Exchange, HttpRelay
-from shared.mux import Stream
+from shared.protocol.frames import ErrorCode, describe_code
+from shared.protocol.mux import Stream
 
 log = Logger()
 

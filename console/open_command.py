@@ -25,13 +25,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from console.channel import connect
-from console.kube_session import KubeSession, cache_root, sweep
+from console.kubeconfig import KubeSession, cache_root, sweep
 from console.logrouter import LOG_ROUTER
 from console.profiles import load_profile
 from console.tunnels import TunnelSession
 from console.view import JsonView, PlainView, SessionView, TerminalView
-from shared import control
 from shared.errors import ConsentRequired, ExitCode, JumpError, SessionLost, UsageError
+from shared.protocol import control
 from shared.text import printable
 
 log = Logger()

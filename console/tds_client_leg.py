@@ -56,8 +56,8 @@ from typing import Literal
 
 from OpenSSL import SSL
 
-from shared.tds.login7 import OPT2_INT_SECURITY, decode_login7, encode_login7
-from shared.tds.packets import (
+from shared.codecs.tds.login7 import OPT2_INT_SECURITY, decode_login7, encode_login7
+from shared.codecs.tds.packets import (
     DEFAULT_PACKET_SIZE,
     HEADER_SIZE,
     MAX_PACKET_SIZE,
@@ -68,7 +68,7 @@ from shared.tds.packets import (
     TdsError,
     encode_message,
 )
-from shared.tds.prelogin import (
+from shared.codecs.tds.prelogin import (
     Encryption,
     Outcome,
     decode_prelogin,
@@ -76,8 +76,8 @@ from shared.tds.prelogin import (
     outcome,
     server_prelogin_reply,
 )
-from shared.tds.tls import TlsEngine, server_context, wrap_handshake
-from shared.tds.tokens import login_failed
+from shared.codecs.tds.tls import TlsEngine, server_context, wrap_handshake
+from shared.codecs.tds.tokens import login_failed
 
 Mode = Literal["none", "login-only", "full", "strict"]
 

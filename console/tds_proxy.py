@@ -33,9 +33,9 @@ from zope.interface import implementer
 
 from console.tds_client_leg import ClientLeg, LegOutput
 from shared.bridge import TcpBridge
-from shared.frames import ErrorCode
 from shared.items import LOGIN_TIMEOUT_DEFAULT
-from shared.mux import Stream
+from shared.protocol.frames import ErrorCode
+from shared.protocol.mux import Stream
 
 log = Logger()
 

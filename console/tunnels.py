@@ -22,18 +22,18 @@ from twisted.logger import Logger
 
 from console.channel import ConsoleChannel
 from console.kube_proxy import KubeClientConnection, KubeListenerFactory, listener_hosts
-from console.kube_session import KubeSession
+from console.kubeconfig import KubeSession
 from console.listeners import Listen, bind
 from console.local_ca import listener_certificate
 from console.tds_client_leg import ClientLeg
 from console.tds_proxy import TdsLocalConnection
 from shared.addresses import PortSet
 from shared.bridge import TcpBridge
-from shared.control import StreamTarget
 from shared.errors import JumpError, LocalBindError, ProtocolViolation
-from shared.frames import ErrorCode
-from shared.mux import Stream
 from shared.pki import KeyPair
+from shared.protocol.control import StreamTarget
+from shared.protocol.frames import ErrorCode
+from shared.protocol.mux import Stream
 
 log = Logger()
 

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jumpoint.approvals import ApprovalStore
+from jumpoint.config import JumpointConfig
+from jumpoint.policy import Grant, JumpPolicy, SessionPolicy
 from shared.addresses import AllowList, EgressGuard, PortSet
-from shared.config import JumpointConfig
 from shared.errors import AccessDenied, ConsentRequired, NotSupported, UsageError
 from shared.items import LOGIN_KINDS, LOGIN_TIMEOUT_DEFAULT, Item
-from shared.policy import Grant, JumpPolicy, SessionPolicy
 from shared.schema import format_duration
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")

@@ -23,13 +23,13 @@ from twisted.internet.task import Clock
 
 from jumpoint import __version__, enrollment_tokens, pki
 from jumpoint.audit import AuditEntry, AuditLog, query
+from jumpoint.config import CONFIG_ENV, JUMPOINT_NAME, JumpointConfig, load_config
 from jumpoint.config_template import render_config
+from jumpoint.logs import LOG_FORMATS
 from jumpoint.state import StateDatabase
-from shared.config import CONFIG_ENV, JUMPOINT_NAME, JumpointConfig, load_config
 from shared.enrollment import Enrollment, rfc3339
 from shared.entrypoint import run_cli
 from shared.errors import ConfigError, UnknownUser, UsageError
-from shared.logs import LOG_FORMATS
 from shared.schema import is_host, parse_duration, parse_host_port
 from shared.text import printable, user_name_problem
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from shared.config import CredentialRef, JumpointConfig
+from jumpoint.config import CredentialRef, JumpointConfig
 from shared.errors import JumpError
 from shared.items import Item
 

@@ -26,15 +26,15 @@ from jumpoint import enrollment_tokens as tokens
 from jumpoint.audit import AuditLog
 from jumpoint.state import StateDatabase
 from shared import pki
-from shared.enroll_protocol import (
+from shared.enrollment import rfc3339
+from shared.errors import EnrollmentRefused, InternalError, InvalidRequest, JumpError
+from shared.protocol.enroll import (
     EnrollRequest,
     LineBuffer,
     LineTooLong,
     encode_answer,
     parse_request,
 )
-from shared.enrollment import rfc3339
-from shared.errors import EnrollmentRefused, InternalError, InvalidRequest, JumpError
 
 log = Logger()
 

@@ -1,7 +1,7 @@
 """The Jumpoint's side of a Kubernetes cluster item: an HTTP/1.1 proxy per stream.
 
 L{KubeUpstreamBridge} replaces the plain L{TcpBridge} for the streams of k8s
-items and drives the shared h11 relay (L{shared.k8s.relay.HttpRelay}): the
+items and drives the shared h11 relay (L{shared.codecs.http.relay.HttpRelay}): the
 console's side is the client, the cluster (over TLS: the item's PEM CAs,
 host name or IP checked, ALPN C{http/1.1}) the upstream.  For every request:
 
@@ -51,18 +51,18 @@ from twisted.python.failure import Failure
 
 from jumpoint.credentials import Credential, CredentialUnavailable
 from shared.bridge import TcpBridge
-from shared.frames import ErrorCode, describe_code
-from shared.k8s.http import Answer, Forward, RequestHead, error_answer, rewrite_headers
+from shared.codecs.http.heads import Answer, Forward, RequestHead, error_answer, rewrite_headers
+from shared.codecs.http.relay import Exchange, HttpRelay
 from shared.k8s.policy import Denial, KubePolicy, check, forbidden_answer
-from shared.k8s.relay import Exchange, HttpRelay
-from shared.k8s.requests import (
+from shared.k8s.request_info import (
     K8sRequestError,
     RequestInfo,
     RequestTarget,
     canonical_target,
     request_info,
 )
-from shared.mux import Stream
+from shared.protocol.frames import ErrorCode, describe_code
+from shared.protocol.mux import Stream
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -50,7 +50,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from jumpoint import __version__
-from shared.secret_ref import SecretRef, SecretUnavailable
+from jumpoint.secret_ref import SecretRef, SecretUnavailable
 
 PostFunction = Callable[[str, bytes, dict[str, str]], "Deferred[int]"]
 """POST C{body} with C{headers} to a URL; fires with the HTTP status code."""

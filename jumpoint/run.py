@@ -25,10 +25,10 @@ from typing import Any
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from jumpoint.config import JumpointConfig
+from jumpoint.logs import start_logging
 from jumpoint.service import makeService
-from shared.config import JumpointConfig
 from shared.errors import ConfigError
-from shared.logs import start_logging
 
 log = Logger()
 

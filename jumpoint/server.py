@@ -4,7 +4,7 @@ L{JumpointCore} is the daemon's shared state (configuration, state
 database, items, approvals, audit log, live channels); L{JumpointChannel} is
 one console's connection.  After the TLS handshake the channel maps the
 client certificate to an active user and answers the console's control
-requests (the handlers live in L{jumpoint.requests}).  For every stream the
+requests (the handlers live in L{jumpoint.handlers}).  For every stream the
 console opens it checks the target against the session's item (only the
 item's host and remote ports are reachable), the connection cap and the
 Jumpoint-local allow-list, then connects it, records it when the session is
@@ -31,27 +31,27 @@ from twisted.python.failure import Failure
 
 from jumpoint.approvals import ApprovalStore
 from jumpoint.audit import AuditLog
+from jumpoint.config import JumpointConfig
 from jumpoint.credentials import CredentialStore
 from jumpoint.enroll_exchange import EnrollExchange, EnrollmentDesk
 from jumpoint.handshakes import PendingHandshakes
 from jumpoint.item_store import Catalog, ItemStore
 from jumpoint.kube_upstream import KubeUpstreamBridge
+from jumpoint.policy import Grant
 from jumpoint.session import Session
 from jumpoint.state import StateDatabase, User, data_version, user_for_certificate
 from jumpoint.tds_upstream import TdsUpstreamBridge, refuse_stream
-from shared import control
 from shared.bridge import TcpBridge
-from shared.channel import ChannelProtocol
-from shared.config import JumpointConfig
-from shared.control import StreamTarget
-from shared.enroll_protocol import ENROLL_ALPN
 from shared.enrollment import rfc3339
 from shared.errors import AccessDenied, InternalError, JumpError, ProtocolViolation
-from shared.frames import PROTOCOL_VERSION, ErrorCode, describe_code
-from shared.mux import MuxSettings, Stream
 from shared.pki import KeyPair
-from shared.policy import Grant
-from shared.tls import peer_certificate_serial
+from shared.protocol import control
+from shared.protocol.channel import ChannelProtocol
+from shared.protocol.control import StreamTarget
+from shared.protocol.enroll import ENROLL_ALPN
+from shared.protocol.frames import PROTOCOL_VERSION, ErrorCode, describe_code
+from shared.protocol.mux import MuxSettings, Stream
+from shared.protocol.tls import peer_certificate_serial
 
 
 def peer_certificate_expiry(transport: object) -> float | None:
@@ -401,7 +401,7 @@ class JumpointChannel(ChannelProtocol):
         self.close_session(code, reason, ErrorCode.SESSION_CLOSED)
 
     def end_session(self, reason: str, code: str = "closed") -> None:
-        from jumpoint.requests import session_ended
+        from jumpoint.handlers import session_ended
 
         session, self.session = self.session, None
         if session is None or session.closed:
@@ -431,7 +431,7 @@ class JumpointChannel(ChannelProtocol):
             log.warn("console {peer}: {reason}", peer=self.peer, reason=violation.message)
             self.mux.go_away(ErrorCode.PROTOCOL_ERROR, violation.message)
             return
-        from jumpoint.requests import handle
+        from jumpoint.handlers import handle
 
         request_id = message["id"]
         try:
@@ -623,7 +623,7 @@ class StreamConnection:
 
     async def _check_then_dial(self) -> None:
         from jumpoint.access import check_target
-        from jumpoint.requests import resolve_checked
+        from jumpoint.handlers import resolve_checked
 
         target, session = self.target, self.session
         try:

@@ -19,17 +19,17 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
 from jumpoint.audit import AuditLog
+from jumpoint.config import JumpointConfig
 from jumpoint.db_thread import DatabaseThread, DatabaseWriter
 from jumpoint.instance_lock import InstanceLock
 from jumpoint.notify import Delivery, Notifier
 from jumpoint.server import JumpointCore, JumpointFactory, thread_resolver
 from jumpoint.state import READ_BUSY_TIMEOUT, StateDatabase
 from jumpoint.targets import make_connector
-from shared.config import JumpointConfig
 from shared.errors import ConfigError
-from shared.frames import ErrorCode
 from shared.pki import KeyPair, load_pair
-from shared.tls import server_options, wrap_server
+from shared.protocol.frames import ErrorCode
+from shared.protocol.tls import server_options, wrap_server
 
 log = Logger()
 

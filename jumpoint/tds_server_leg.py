@@ -51,10 +51,10 @@ from OpenSSL import SSL
 from spnego.exceptions import SpnegoError
 
 from jumpoint.credentials import Credential, CredentialUnavailable
-from shared.items import Item
-from shared.tds import tokens
-from shared.tds.login7 import MAX_LOGIN7_LENGTH, Login7, decode_login7, encode_login7
-from shared.tds.packets import (
+from jumpoint.sql_audit import describe_sql_batch, parse_rpc
+from shared.codecs.tds import tokens
+from shared.codecs.tds.login7 import MAX_LOGIN7_LENGTH, Login7, decode_login7, encode_login7
+from shared.codecs.tds.packets import (
     DEFAULT_PACKET_SIZE,
     HEADER,
     HEADER_SIZE,
@@ -68,9 +68,9 @@ from shared.tds.packets import (
     TdsError,
     encode_message,
 )
-from shared.tds.prelogin import Encryption, client_prelogin, decode_prelogin
-from shared.tds.requests import describe_sql_batch, parse_rpc
-from shared.tds.tls import TlsEngine, check_server_identity, client_context, wrap_handshake
+from shared.codecs.tds.prelogin import Encryption, client_prelogin, decode_prelogin
+from shared.codecs.tds.tls import TlsEngine, check_server_identity, client_context, wrap_handshake
+from shared.items import Item
 
 LOGIN_PACKET_SIZE = DEFAULT_PACKET_SIZE
 """Packets the Jumpoint sends before the login completes (LOGIN7 and SSPI) are at most this big."""
@@ -114,7 +114,7 @@ _TYPE_NAMES = {
 
 
 class TlsContextFactory(Protocol):
-    """Builds the leg's client TLS context; L{shared.tds.tls.client_context} has this shape."""
+    """Builds the leg's client TLS context (as L{shared.codecs.tds.tls.client_context})."""
 
     def __call__(self, ca_pem: bytes | None, *, tds8: bool, verify: bool) -> SSL.Context: ...
 
@@ -266,7 +266,7 @@ class ServerLeg:
         certificate must be valid for it, it is the SNI name (for a DNS
         name), the LOGIN7 ServerName and the NTLM target host.
     @param tls_context_factory: builds the TLS context (default
-        L{shared.tds.tls.client_context}).
+        L{shared.codecs.tds.tls.client_context}).
     @param now: the clock for the login duration in the audit.
     @param max_message: bound of a reassembled client message (audit) and of
         the login response.

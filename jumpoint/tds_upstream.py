@@ -54,12 +54,12 @@ from jumpoint.tds_server_leg import (
     refusal_message,
 )
 from shared.bridge import TcpBridge
+from shared.codecs.tds.packets import MAX_PACKET_SIZE, PacketParser, TdsError
+from shared.codecs.tds.tls import client_context
 from shared.errors import AccessDenied
-from shared.frames import ErrorCode
-from shared.mux import Stream
+from shared.protocol.frames import ErrorCode
+from shared.protocol.mux import Stream
 from shared.schema import format_duration
-from shared.tds.packets import MAX_PACKET_SIZE, PacketParser, TdsError
-from shared.tds.tls import client_context
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -518,7 +518,7 @@ class TdsUpstreamBridge(TcpBridge):
         """allowed_targets and its built-in default (loopback, link-local, the Jumpoint's
         own listener only when listed), also without an allow-list."""
         from jumpoint.access import check_target
-        from jumpoint.requests import resolve_checked
+        from jumpoint.handlers import resolve_checked
 
         try:
             addresses, resolved = await resolve_checked(self.core, host)

@@ -31,9 +31,9 @@ def run_service_body(config_path: str, stop_requested: Any) -> None:
 
     reactor: Any = default_reactor
 
+    from jumpoint.config import load_config
+    from jumpoint.logs import start_logging
     from jumpoint.service import makeService
-    from shared.config import load_config
-    from shared.logs import start_logging
 
     config = load_config(config_path)
     log_file = (Path(config_path).parent / "jumpoint.log").open("a", encoding="utf-8")

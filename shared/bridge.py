@@ -26,8 +26,8 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from shared.frames import ErrorCode, describe_code
-from shared.mux import Stream
+from shared.protocol.frames import ErrorCode, describe_code
+from shared.protocol.mux import Stream
 
 
 class BridgeTap(Interface):

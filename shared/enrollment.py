@@ -6,7 +6,7 @@ Jumpoint's certificate against, the CA certificate (PEM), the user's name,
 and a single-use token that expires at C{expires_at}.  It holds no private
 key: C{jump enroll} makes the key on the engineer's machine and gets its
 certificate from the Jumpoint over TLS (the exchange C{jumpoint-enroll/1},
-L{shared.enroll_protocol}), so the key never leaves that machine.
+L{shared.protocol.enroll}), so the key never leaves that machine.
 
 Version 1 files (a certificate and a private key made on the Jumpoint) are
 refused with a sentence saying so.

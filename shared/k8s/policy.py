@@ -33,8 +33,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from shared.k8s.http import Answer
-from shared.k8s.requests import RequestInfo
+from shared.codecs.http.heads import Answer
+from shared.k8s.request_info import RequestInfo
 
 READ_VERBS = frozenset({"get", "list", "watch"})
 EXEC_SUBRESOURCES = frozenset({"exec", "attach"})

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from shared.tds.login7 import obfuscate_password
+from shared.codecs.tds.login7 import obfuscate_password
 from tests.e2e.harness import Deployment, Process, audit_until, tunnel_address, wait_until
 from tests.tds import clients
 from tests.tds.fake_server import FakeTdsServer

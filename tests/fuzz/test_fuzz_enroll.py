@@ -1,4 +1,4 @@
-"""Fuzz target of the enrollment exchange's request side (shared/enroll_protocol.py).
+"""Fuzz target of the enrollment exchange's request side (shared/protocol/enroll.py).
 
 Valid requests, mutated ones and random bytes are fed in random chunkings to
 a L{LineBuffer} and L{parse_request}: only a request, L{InvalidRequest} or
@@ -14,14 +14,14 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.enroll_protocol import (
+from shared.errors import InvalidRequest
+from shared.protocol.enroll import (
     MAX_LINE,
     EnrollRequest,
     LineBuffer,
     LineTooLong,
     parse_request,
 )
-from shared.errors import InvalidRequest
 
 TOKEN = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-",
                 min_size=43, max_size=43)  # fmt: skip

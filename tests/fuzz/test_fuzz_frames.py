@@ -1,4 +1,4 @@
-"""Fuzz target of the channel's frame codec (shared/frames.py).
+"""Fuzz target of the channel's frame codec (shared/protocol/frames.py).
 
 Valid frame streams, mutated ones and plain random bytes are fed to a
 L{FrameParser} in random chunkings.  The parser must either return frames or
@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import frames
-from shared.frames import (
+from shared.protocol import frames
+from shared.protocol.frames import (
     HEADER_SIZE,
     MAX_PAYLOAD,
     MAX_PAYLOAD_BEFORE_HELLO,

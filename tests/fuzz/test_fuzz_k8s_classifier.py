@@ -1,4 +1,4 @@
-"""Fuzz target of the Kubernetes request classifier (shared/k8s/requests.py).
+"""Fuzz target of the Kubernetes request classifier (shared/k8s/request_info.py).
 
 Arbitrary request targets and methods, and targets built from API-shaped
 segments, go through L{canonical_target} and L{request_info}: they either
@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.k8s.requests import K8sRequestError, canonical_target, request_info
+from shared.k8s.request_info import K8sRequestError, canonical_target, request_info
 
 SEGMENTS = st.sampled_from(
     [

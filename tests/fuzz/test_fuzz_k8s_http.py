@@ -1,4 +1,4 @@
-"""Fuzz target of the Kubernetes HTTP/1.1 layer (shared/k8s/http.py and shared/k8s/relay.py).
+"""Fuzz target of the Kubernetes HTTP/1.1 layer (shared/codecs/http/heads.py and shared/codecs/http/relay.py).
 
 Valid requests and responses (heads, chunked and sized bodies, upgrades),
 mutated ones and random bytes are fed to an L{HttpRelay} in random chunkings
@@ -12,8 +12,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.k8s.http import Answer, Forward
-from shared.k8s.relay import Exchange, HttpRelay
+from shared.codecs.http.heads import Answer, Forward
+from shared.codecs.http.relay import Exchange, HttpRelay
 
 REQUESTS = [
     b"GET /api/v1/namespaces/d/pods HTTP/1.1\r\nHost: a\r\n\r\n",

@@ -1,4 +1,4 @@
-"""Fuzz targets of the TDS codecs (shared/tds) and the console's SQL Server leg.
+"""Fuzz targets of the TDS codecs (shared/codecs/tds) and the console's SQL Server leg.
 
 Each target feeds valid encodings, mutated ones and plain random bytes to one
 decoder and requires that it either decodes or raises L{TdsError}, the
@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from console.tds_client_leg import ClientLeg
-from shared.pki import KeyPair, create_ca, issue_server
-from shared.tds import tokens
-from shared.tds.login7 import (
+from jumpoint.sql_audit import describe_rpc, describe_sql_batch, parse_rpc
+from shared.codecs.tds import tokens
+from shared.codecs.tds.login7 import (
     FEATURE_UTF8_SUPPORT,
     TDS74,
     Login7,
@@ -29,7 +29,7 @@ from shared.tds.login7 import (
     encode_feature_ext,
     encode_login7,
 )
-from shared.tds.packets import (
+from shared.codecs.tds.packets import (
     HEADER_SIZE,
     MessageAssembler,
     Packet,
@@ -38,13 +38,13 @@ from shared.tds.packets import (
     TdsError,
     encode_message,
 )
-from shared.tds.prelogin import (
+from shared.codecs.tds.prelogin import (
     Encryption,
     client_prelogin,
     decode_prelogin,
     server_prelogin_reply,
 )
-from shared.tds.requests import describe_rpc, describe_sql_batch, parse_rpc
+from shared.pki import KeyPair, create_ca, issue_server
 
 T = TypeVar("T")
 

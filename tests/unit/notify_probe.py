@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
 from jumpoint.notify import Delivery, Notifier
-from shared.secret_ref import SecretRef
+from jumpoint.secret_ref import SecretRef
 
 
 async def probe(reactor: Any, args: argparse.Namespace) -> None:

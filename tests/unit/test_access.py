@@ -27,9 +27,10 @@ from jumpoint.access import (
     decide,
 )
 from jumpoint.approvals import ApprovalStore
+from jumpoint.config import JumpointConfig, parse_config
+from jumpoint.policy import UNRESTRICTED, Grant, Group, Restrictions, union
 from jumpoint.state import StateDatabase
 from shared.addresses import AllowList, PortSet
-from shared.config import JumpointConfig, parse_config
 from shared.errors import (
     AccessDenied,
     ConfigError,
@@ -39,7 +40,6 @@ from shared.errors import (
     UsageError,
 )
 from shared.items import Item, TunnelSpec
-from shared.policy import UNRESTRICTED, Grant, Group, Restrictions, union
 
 CONFIG_PATH = Path("/etc/jumpoint/jumpoint.yaml")
 BASE = 'jumpoint: {name: unit, listen: "127.0.0.1:7443", addresses: ["127.0.0.1"]}\n'

@@ -27,11 +27,11 @@ from twisted.internet.task import Clock
 from jumpoint import enrollment_tokens
 from jumpoint.audit import AuditLog, query
 from jumpoint.cli import cli, main, parse_since
+from jumpoint.config import JumpointConfig, load_config, parse_config
 from jumpoint.config_template import EXAMPLE_END, EXAMPLE_START, render_config
 from jumpoint.state import StateDatabase
 from shared import pki
 from shared.addresses import PortSet
-from shared.config import JumpointConfig, load_config, parse_config
 from shared.enrollment import parse_enrollment
 from shared.errors import ExitCode, JumpError, UnknownUser, UsageError
 

@@ -15,8 +15,8 @@ from jumpoint.state import MIGRATIONS, StateDatabase
 from shared.bridge import TcpBridge
 from shared.errors import UnknownUser, UsageError
 from shared.files import write_private
-from shared.frames import FrameParser, FrameType
-from shared.mux import Multiplexer, MuxSettings
+from shared.protocol.frames import FrameParser, FrameType
+from shared.protocol.mux import Multiplexer, MuxSettings
 
 
 class WireTransport(StringTransport):
@@ -231,6 +231,7 @@ def test_a_watch_or_upgraded_connection_is_never_idle() -> None:
 
     clock = Clock()
     closed: list[str] = []
+
     class Watch:  # what the session reads of a bridge
         def __init__(self) -> None:
             self.stream = SimpleNamespace(

@@ -21,14 +21,14 @@ from twisted.test.iosim import IOPump, connectedServerAndClient
 from console.channel import ConsoleChannel
 from console.profiles import Profile
 from jumpoint import pki
+from jumpoint.config import parse_config
 from jumpoint.server import JumpointCore, JumpointFactory
 from jumpoint.state import StateDatabase
-from shared import control
-from shared.config import parse_config
-from shared.control import StreamTarget
 from shared.errors import CertificateRejected, SessionLost, UnknownItem
-from shared.frames import ErrorCode
-from shared.tls import client_options, server_options, wrap_client, wrap_server
+from shared.protocol import control
+from shared.protocol.control import StreamTarget
+from shared.protocol.frames import ErrorCode
+from shared.protocol.tls import client_options, server_options, wrap_client, wrap_server
 
 CONFIG = """
 jumpoint: {name: unit, listen: "127.0.0.1:7443", addresses: ["127.0.0.1"]}

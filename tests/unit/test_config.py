@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from jumpoint.config import load_config, parse_config
 from jumpoint.config_template import render_config
-from shared.config import load_config, parse_config
 from shared.errors import ConfigError
 from shared.schema import parse_duration, parse_host_port
 

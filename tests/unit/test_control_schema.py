@@ -23,9 +23,9 @@ from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 from zope.interface import provider
 
 from jumpoint import pki
-from shared import control
 from shared.errors import InvalidRequest, JumpError, ProtocolViolation
-from shared.frames import ErrorCode
+from shared.protocol import control
+from shared.protocol.frames import ErrorCode
 from tests.unit.test_session_rules import USERS, Keys, World, make_world, outcome
 
 HUGE = [
@@ -280,7 +280,7 @@ def test_a_broken_envelope_closes_the_connection(shared_world: World) -> None:
 
 def test_the_ranges_table_of_the_protocol_documents_every_range() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
-    section = text.split("Ranges (`shared.control.RANGES`", 1)[1].split("\n\n", 2)[1]
+    section = text.split("Ranges (`shared.protocol.control.RANGES`", 1)[1].split("\n\n", 2)[1]
     documented = set()
     for line in section.splitlines()[2:]:
         documented |= set(re.findall(r"`(\w+)`", line.split("|")[1].split("(")[0]))

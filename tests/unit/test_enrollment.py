@@ -27,12 +27,11 @@ from console.channel import ConsoleChannel
 from console.enroll import EnrollClient
 from console.profiles import Profile
 from jumpoint import enrollment_tokens as tokens
-from shared import pki
 from jumpoint.audit import query
+from jumpoint.config import parse_config
 from jumpoint.server import JumpointCore, JumpointFactory
 from jumpoint.state import StateDatabase
-from shared.config import parse_config
-from shared.enroll_protocol import ENROLL_ALPN, MAX_LINE, Certificate, encode_request
+from shared import pki
 from shared.errors import (
     CertificateRejected,
     EnrollmentRefused,
@@ -40,8 +39,14 @@ from shared.errors import (
     ProtocolViolation,
     SessionLost,
 )
-from shared.tls import client_options, enroll_client_options, server_options, wrap_client
-from shared.tls import wrap_server
+from shared.protocol.enroll import ENROLL_ALPN, MAX_LINE, Certificate, encode_request
+from shared.protocol.tls import (
+    client_options,
+    enroll_client_options,
+    server_options,
+    wrap_client,
+    wrap_server,
+)
 
 CONFIG = """\
 jumpoint: {name: unit, listen: "127.0.0.1:7443", addresses: [127.0.0.1]}
@@ -330,7 +335,7 @@ def test_the_channel_protocol_still_requires_a_certificate(
     )
     from twisted.internet import ssl
 
-    from shared.frames import ALPN_PROTOCOL
+    from shared.protocol.frames import ALPN_PROTOCOL
 
     no_certificate = ssl.optionsForClientTLS(
         "127.0.0.1",

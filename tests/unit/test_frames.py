@@ -1,4 +1,4 @@
-"""Property tests of the frame codec (shared/frames.py) and the control schema."""
+"""Property tests of the frame codec (shared/protocol/frames.py) and the control schema."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from shared import control, frames
 from shared.errors import ProtocolViolation
-from shared.frames import (
+from shared.protocol import control, frames
+from shared.protocol.frames import (
     HEADER_SIZE,
     MAX_CONTROL_PAYLOAD,
     MAX_PAYLOAD,

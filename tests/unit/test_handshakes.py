@@ -18,12 +18,12 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 
 from jumpoint import pki
+from jumpoint.config import parse_config
 from jumpoint.handshakes import PendingHandshakes
 from jumpoint.server import JumpointCore, JumpointFactory
 from jumpoint.state import StateDatabase
-from shared.config import parse_config
 from shared.errors import ConfigError
-from shared.tls import server_options, wrap_server
+from shared.protocol.tls import server_options, wrap_server
 from tests.unit.test_channel_tls import Pki, make_pair, result_of
 
 PARTIAL_CLIENT_HELLO = bytes.fromhex("160301020001") + b"\x00\x01\xfc\x03\x03" + b"\x00" * 40

@@ -28,14 +28,14 @@ from twisted.test.iosim import IOPump, connectedServerAndClient
 from console.channel import ConsoleChannel
 from console.profiles import Profile
 from jumpoint import pki
+from jumpoint.config import parse_config
 from jumpoint.server import JumpointChannel, JumpointCore, JumpointFactory
 from jumpoint.state import StateDatabase
-from shared import control, frames
-from shared.config import parse_config
-from shared.control import StreamTarget
-from shared.frames import ErrorCode, Flag, Frame, FrameParser, FrameType, encode_frame
-from shared.mux import MuxSettings
-from shared.tls import client_options, server_options, wrap_client, wrap_server
+from shared.protocol import control, frames
+from shared.protocol.control import StreamTarget
+from shared.protocol.frames import ErrorCode, Flag, Frame, FrameParser, FrameType, encode_frame
+from shared.protocol.mux import MuxSettings
+from shared.protocol.tls import client_options, server_options, wrap_client, wrap_server
 from tests.unit.test_channel_tls import CONFIG, Pki, RecordingApp, Targets, result_of
 
 

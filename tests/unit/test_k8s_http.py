@@ -1,5 +1,5 @@
-"""The HTTP/1.1 layer of the Kubernetes legs: heads and checks (shared/k8s/http.py) and the
-h11 relay engine (shared/k8s/relay.py), driven with a recording handler."""
+"""The HTTP/1.1 layer of the Kubernetes legs: heads and checks (shared/codecs/http/heads.py) and the
+h11 relay engine (shared/codecs/http/relay.py), driven with a recording handler."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.k8s.http import (
+from shared.codecs.http.heads import (
     MAX_HEAD,
     Answer,
     Forward,
@@ -19,7 +19,7 @@ from shared.k8s.http import (
     error_answer,
     rewrite_headers,
 )
-from shared.k8s.relay import MAX_PENDING, Exchange, HttpRelay
+from shared.codecs.http.relay import MAX_PENDING, Exchange, HttpRelay
 
 EXEC_WS = (
     b"GET /api/v1/namespaces/default/pods/p/exec?command=ls&command=-l&stdout=true HTTP/1.1\r\n"

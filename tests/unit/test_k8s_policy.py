@@ -9,7 +9,7 @@ import h11
 import pytest
 
 from shared.k8s.policy import Denial, KubePolicy, check, status_401, status_403
-from shared.k8s.requests import RequestInfo, request_info
+from shared.k8s.request_info import RequestInfo, request_info
 
 
 def info(method: str, target: str) -> RequestInfo:

@@ -1,4 +1,4 @@
-"""Request classification (shared/k8s/requests.py), with kubectl's request shapes."""
+"""Request classification (shared/k8s/request_info.py), with kubectl's request shapes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.k8s.requests import (
+from shared.k8s.request_info import (
     MAX_PATH,
     K8sRequestError,
     RequestInfo,

@@ -28,13 +28,13 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from console.kube_proxy import KubeClientConnection, listener_hosts
-from console.kube_session import KubeSession
+from console.kubeconfig import KubeSession
+from jumpoint.config import CredentialRef
 from jumpoint.credentials import Credential
 from jumpoint.kube_upstream import KubeUpstreamBridge
 from jumpoint.session import Session
-from shared.config import CredentialRef
 from shared.items import Item, TunnelSpec
-from shared.mux import Multiplexer, MuxSettings, Stream
+from shared.protocol.mux import Multiplexer, MuxSettings, Stream
 
 ADDRESS, PORT = "127.0.0.5", 4443
 EXECS = 300

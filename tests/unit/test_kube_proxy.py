@@ -23,10 +23,10 @@ from console.kube_proxy import (
     KubeListenerFactory,
     listener_hosts,
 )
-from console.kube_session import KubeSession
+from console.kubeconfig import KubeSession
 from shared.bridge import TcpBridge
-from shared.frames import Frame, FrameParser, FrameType
-from shared.mux import Multiplexer, MuxSettings, Stream
+from shared.protocol.frames import Frame, FrameParser, FrameType
+from shared.protocol.mux import Multiplexer, MuxSettings, Stream
 
 ADDRESS = "127.0.0.5"
 PORT = 4443

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from cryptography import x509
 
-from console import kube_session
-from console.kube_session import KubeSession, cache_root, sweep
+from console import kubeconfig as kube_session
+from console.kubeconfig import KubeSession, cache_root, sweep
 
 KUBECTL = Path("/usr/lib/google-cloud-sdk/bin/kubectl.1.33")
 VIEW = ["config", "view", "--minify", "--raw", "-o", "json"]

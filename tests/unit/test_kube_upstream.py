@@ -17,13 +17,13 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from jumpoint.config import CredentialRef
 from jumpoint.credentials import Credential, CredentialUnavailable
 from jumpoint.kube_upstream import KubeUpstreamBridge
 from jumpoint.session import Session
-from shared.config import CredentialRef
-from shared.frames import FrameParser, FrameType
 from shared.items import Item, TunnelSpec
-from shared.mux import Multiplexer, MuxSettings, Stream
+from shared.protocol.frames import FrameParser, FrameType
+from shared.protocol.mux import Multiplexer, MuxSettings, Stream
 
 TOKEN = "sa-token-0123456789"
 
@@ -428,7 +428,7 @@ def test_without_a_credential_every_request_gets_a_503_status(tmp_path: Path) ->
 
 
 def test_an_unreachable_cluster_answers_502(tmp_path: Path) -> None:
-    from shared.frames import ErrorCode
+    from shared.protocol.frames import ErrorCode
 
     h = Harness(tmp_path, k8s_item())
     h.send(request("GET", "/api/v1/namespaces/web/pods"))
@@ -573,7 +573,7 @@ def test_an_upgraded_request_cut_by_the_session_end_has_its_row(
     from twisted.internet.error import ConnectionLost
     from twisted.python.failure import Failure
 
-    from shared.frames import ErrorCode
+    from shared.protocol.frames import ErrorCode
 
     h = Harness(tmp_path, k8s_item())
     h.connect()
@@ -600,7 +600,7 @@ def test_an_upgraded_request_cut_by_the_session_end_has_its_row(
 
 @pytest.mark.parametrize("stage", ["sent", "head", "body"])
 def test_a_watch_cut_by_the_session_end_has_its_row(tmp_path: Path, stage: str) -> None:
-    from shared.frames import ErrorCode
+    from shared.protocol.frames import ErrorCode
 
     h = Harness(tmp_path, k8s_item())
     h.connect()
@@ -620,7 +620,7 @@ def test_a_watch_cut_by_the_session_end_has_its_row(tmp_path: Path, stage: str) 
 def test_a_request_still_waiting_for_the_connection_is_reported_when_the_session_ends(
     tmp_path: Path,
 ) -> None:
-    from shared.frames import ErrorCode
+    from shared.protocol.frames import ErrorCode
 
     h = Harness(tmp_path, k8s_item())
     h.send(_upgrade("/api/v1/namespaces/web/pods/p1/exec?command=sh", spdy=True))

@@ -18,12 +18,12 @@ import pytest
 from console.tunnels import TunnelSession
 from jumpoint.access import SessionRequest, decide, resolve_login_timeout
 from jumpoint.approvals import ApprovalStore
+from jumpoint.config import JumpointConfig, parse_config
 from jumpoint.config_template import _EXAMPLE_CA_PEM
+from jumpoint.policy import Grant
 from jumpoint.state import StateDatabase
-from shared.config import JumpointConfig, parse_config
 from shared.errors import ConfigError, ProtocolViolation
 from shared.items import LOGIN_TIMEOUT_DEFAULT, item_from_data
-from shared.policy import Grant
 
 CONFIG_PATH = Path("/etc/jumpoint/jumpoint.yaml")
 BASE = 'jumpoint: {name: unit, listen: "127.0.0.1:7443", addresses: ["127.0.0.1"]}\n'

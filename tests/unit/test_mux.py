@@ -1,4 +1,4 @@
-"""Synchronous tests of the multiplexer (shared/mux.py).
+"""Synchronous tests of the multiplexer (shared/protocol/mux.py).
 
 Two L{Multiplexer}s, a console side (C{is_client=True}) and a Jumpoint side,
 are wired back to back through in-memory transports; nothing moves until the
@@ -20,10 +20,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from shared import frames
-from shared.control import StreamTarget
-from shared.frames import ErrorCode, Flag, Frame, FrameParser, FrameType, encode_frame
-from shared.mux import Multiplexer, MuxSettings, Stream
+from shared.protocol import frames
+from shared.protocol.control import StreamTarget
+from shared.protocol.frames import ErrorCode, Flag, Frame, FrameParser, FrameType, encode_frame
+from shared.protocol.mux import Multiplexer, MuxSettings, Stream
 
 TARGET = StreamTarget("db1.internal", 5432).encode()
 

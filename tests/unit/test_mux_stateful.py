@@ -21,9 +21,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from shared import frames
-from shared.frames import ErrorCode
-from shared.mux import MuxSettings, Stream
+from shared.protocol import frames
+from shared.protocol.frames import ErrorCode
+from shared.protocol.mux import MuxSettings, Stream
 from tests.unit.test_mux import TARGET, Pair, Side, pattern
 
 SETTINGS = MuxSettings(

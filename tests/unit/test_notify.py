@@ -38,7 +38,7 @@ from jumpoint.notify import (
     signature_header,
     split_userinfo,
 )
-from shared.secret_ref import SecretRef
+from jumpoint.secret_ref import SecretRef
 
 URL = "https://hooks.example/x"
 SECRET_URL = "https://user:pw@hooks.example/x?token=abc"

@@ -1,8 +1,8 @@
 """docs/protocol.md must agree with the code it specifies.
 
 The tables of the protocol document are parsed and compared with the enums
-and constants of shared/frames.py, the defaults of shared.mux.MuxSettings and
-the schema of shared/control.py.  Each check is a function returning a list of
+and constants of shared/protocol/frames.py, the defaults of shared.protocol.mux.MuxSettings and
+the schema of shared/protocol/control.py.  Each check is a function returning a list of
 problems, so the tests at the end can show that a drift on either side (the
 document or the code) is caught.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import control, frames
-from shared.mux import MuxSettings
+from shared.protocol import control, frames
+from shared.protocol.mux import MuxSettings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 

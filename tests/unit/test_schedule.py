@@ -1,4 +1,4 @@
-"""Tests for shared.schedule: parsing, open periods, daylight saving, next opening."""
+"""Tests for jumpoint.schedule: parsing, open periods, daylight saving, next opening."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.errors import ConfigError
-from shared.schedule import (
+from jumpoint.schedule import (
     OpenWindow,
     Schedule,
     Window,
@@ -21,6 +20,7 @@ from shared.schedule import (
     parse_time,
     schedule_checker,
 )
+from shared.errors import ConfigError
 from shared.schema import Where
 
 MINUTE = timedelta(minutes=1)

@@ -29,13 +29,11 @@ from console.channel import ConsoleChannel
 from console.profiles import Profile
 from jumpoint import pki
 from jumpoint.audit import AuditEntry, query
+from jumpoint.config import parse_config
 from jumpoint.recording import SessionRecorder, SynchronousWriter
 from jumpoint.server import JumpointCore, JumpointFactory, Resolve
 from jumpoint.state import StateDatabase
-from shared import control
 from shared.bridge import TcpBridge
-from shared.config import parse_config
-from shared.control import StreamTarget
 from shared.errors import (
     AccessDenied,
     ConfigError,
@@ -44,9 +42,11 @@ from shared.errors import (
     NotSupported,
     UsageError,
 )
-from shared.frames import ErrorCode
-from shared.mux import Stream
-from shared.tls import client_options, server_options, wrap_client, wrap_server
+from shared.protocol import control
+from shared.protocol.control import StreamTarget
+from shared.protocol.frames import ErrorCode
+from shared.protocol.mux import Stream
+from shared.protocol.tls import client_options, server_options, wrap_client, wrap_server
 from tests.unit.test_channel_tls import RecordingApp, TargetTransport
 
 CONFIG = """
@@ -1051,7 +1051,7 @@ def test_every_denied_request_is_audited_with_its_rule(world: World) -> None:
 
 
 def test_every_request_type_has_its_denial_event() -> None:
-    from jumpoint.requests import _HANDLERS, DENIAL_EVENTS
+    from jumpoint.handlers import _HANDLERS, DENIAL_EVENTS
 
     assert set(DENIAL_EVENTS) == set(_HANDLERS)
 

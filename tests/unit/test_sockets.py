@@ -13,12 +13,18 @@ from twisted.internet.testing import StringTransport
 from twisted.test.iosim import connectedServerAndClient
 
 from jumpoint import pki
-from shared import frames
 from shared.bridge import TcpBridge
-from shared.frames import Flag, FrameType
-from shared.mux import Multiplexer, MuxSettings
-from shared.sockets import WriteBatch, write_now
-from shared.tls import ChannelTLSProtocol, client_options, server_options, wrap_client, wrap_server
+from shared.protocol import frames
+from shared.protocol.frames import Flag, FrameType
+from shared.protocol.mux import Multiplexer, MuxSettings
+from shared.protocol.sockets import WriteBatch, write_now
+from shared.protocol.tls import (
+    ChannelTLSProtocol,
+    client_options,
+    server_options,
+    wrap_client,
+    wrap_server,
+)
 
 
 class IdleTcp:
@@ -206,7 +212,7 @@ def test_the_channel_tls_sends_a_whole_frame_in_one_transport_write() -> None:
 
 def test_channel_sockets_get_tcp_user_timeout_and_keepalive() -> None:
     # Issue 9, point 11: the kernel drops a dead channel too (not only the mux's keepalive).
-    from shared.sockets import set_dead_link_timeouts
+    from shared.protocol.sockets import set_dead_link_timeouts
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -220,7 +226,7 @@ def test_channel_sockets_get_tcp_user_timeout_and_keepalive() -> None:
 def test_a_real_channel_socket_is_tuned() -> None:
     from twisted.internet.tcp import Server
 
-    from shared.sockets import tune_transport
+    from shared.protocol.sockets import tune_transport
 
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname())

@@ -23,10 +23,7 @@ from console.tds_client_leg import (
     LegOutput,
 )
 from console.tds_proxy import TdsClientBridge, TdsLocalConnection
-from shared.frames import FrameParser, FrameType
-from shared.mux import Multiplexer, MuxSettings, Stream
-from shared.pki import KeyPair, create_ca, issue_server
-from shared.tds.login7 import (
+from shared.codecs.tds.login7 import (
     FEATURE_FEDAUTH,
     FEATURE_UTF8_SUPPORT,
     OPT2_INT_SECURITY,
@@ -39,7 +36,7 @@ from shared.tds.login7 import (
     encode_login7,
     obfuscate_password,
 )
-from shared.tds.packets import (
+from shared.codecs.tds.packets import (
     Message,
     MessageAssembler,
     Packet,
@@ -47,14 +44,17 @@ from shared.tds.packets import (
     PacketType,
     encode_message,
 )
-from shared.tds.prelogin import Encryption, client_prelogin, decode_prelogin
-from shared.tds.tls import ALPN_TDS8, TlsEngine, client_context, wrap_handshake
-from shared.tds.tokens import (
+from shared.codecs.tds.prelogin import Encryption, client_prelogin, decode_prelogin
+from shared.codecs.tds.tls import ALPN_TDS8, TlsEngine, client_context, wrap_handshake
+from shared.codecs.tds.tokens import (
     done_token,
     envchange_packet_size,
     loginack_token,
     scan_login_response,
 )
+from shared.pki import KeyPair, create_ca, issue_server
+from shared.protocol.frames import FrameParser, FrameType
+from shared.protocol.mux import Multiplexer, MuxSettings, Stream
 
 PASSWORD = "Pl@ceholder-Pa55word"
 SECRET_FORMS = (

@@ -1,4 +1,4 @@
-"""LOGIN7 (shared/tds/login7.py): the spec sample, obfuscation, rewriting, malformed input."""
+"""LOGIN7 (shared/codecs/tds/login7.py): the spec sample, obfuscation, rewriting, malformed input."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.tds import login7 as l7
-from shared.tds.login7 import (
+from shared.codecs.tds import login7 as l7
+from shared.codecs.tds.login7 import (
     FIXED_SIZE,
     Login7,
     decode_login7,
@@ -19,7 +19,7 @@ from shared.tds.login7 import (
     encode_login7,
     obfuscate_password,
 )
-from shared.tds.packets import (
+from shared.codecs.tds.packets import (
     DEFAULT_PACKET_SIZE,
     MessageAssembler,
     PacketParser,

@@ -1,4 +1,4 @@
-"""The TDS packet layer (shared/tds/packets.py): header, parser, reassembly, splitting."""
+"""The TDS packet layer (shared/codecs/tds/packets.py): header, parser, reassembly, splitting."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.tds.packets import (
+from shared.codecs.tds.packets import (
     DEFAULT_PACKET_SIZE,
     HEADER_SIZE,
     MAX_PACKET_SIZE,

@@ -1,4 +1,4 @@
-"""PRELOGIN (shared/tds/prelogin.py): the spec sample, replies, checks, negotiation."""
+"""PRELOGIN (shared/codecs/tds/prelogin.py): the spec sample, replies, checks, negotiation."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.tds import prelogin
-from shared.tds.packets import PacketParser, PacketType, TdsError, encode_message
-from shared.tds.prelogin import (
+from shared.codecs.tds import prelogin
+from shared.codecs.tds.packets import PacketParser, PacketType, TdsError, encode_message
+from shared.codecs.tds.prelogin import (
     Encryption,
     Outcome,
     client_prelogin,

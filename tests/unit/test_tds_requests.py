@@ -1,4 +1,4 @@
-"""Audit views of client requests (shared/tds/requests.py): SQL batches and RPCs."""
+"""Audit views of client requests (jumpoint/sql_audit.py): SQL batches and RPCs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.tds.packets import MessageAssembler, PacketParser, PacketType, TdsError, encode_message
-from shared.tds.requests import RpcCall, describe_rpc, describe_sql_batch, parse_rpc
+from jumpoint.sql_audit import RpcCall, describe_rpc, describe_sql_batch, parse_rpc
+from shared.codecs.tds.packets import (
+    MessageAssembler,
+    PacketParser,
+    PacketType,
+    TdsError,
+    encode_message,
+)
 
 # ALL_HEADERS as every client sends it: a transaction descriptor header.
 ALL_HEADERS = (

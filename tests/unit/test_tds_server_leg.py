@@ -1,7 +1,7 @@
 """The Jumpoint's leg of the SQL Server proxy (jumpoint/tds_server_leg.py), without sockets.
 
 Each test drives a L{ServerLeg} against L{FakeServer}, an in-memory SQL Server
-built from the C{shared.tds} codecs and a server-side L{TlsEngine} with a
+built from the C{shared.codecs.tds} codecs and a server-side L{TlsEngine} with a
 certificate from L{shared.pki}: PRELOGIN, the TLS handshake inside PRELOGIN
 packets (or TLS first for TDS 8.0), LOGIN7 checked against a SQL login or
 pyspnego's NTLM acceptor, and knobs for errors, routing and extra tokens.
@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.python.failure import Failure
 
+from jumpoint.config import CredentialRef
 from jumpoint.credentials import Credential
 from jumpoint.tds_server_leg import (
     AuditEvent,
@@ -33,12 +34,8 @@ from jumpoint.tds_server_leg import (
     login_refusal,
 )
 from jumpoint.tds_upstream import MAX_REROUTES, TdsUpstreamBridge
-from shared.config import CredentialRef
-from shared.frames import ErrorCode
-from shared.items import Item, TunnelSpec
-from shared.pki import KeyPair, create_ca, issue_server
-from shared.tds import tokens
-from shared.tds.login7 import (
+from shared.codecs.tds import tokens
+from shared.codecs.tds.login7 import (
     OPT2_INT_SECURITY,
     OPT3_CHANGE_PASSWORD,
     OPT3_USER_INSTANCE,
@@ -48,7 +45,7 @@ from shared.tds.login7 import (
     encode_login7,
     obfuscate_password,
 )
-from shared.tds.packets import (
+from shared.codecs.tds.packets import (
     MessageAssembler,
     Packet,
     PacketParser,
@@ -56,13 +53,16 @@ from shared.tds.packets import (
     Status,
     encode_message,
 )
-from shared.tds.prelogin import (
+from shared.codecs.tds.prelogin import (
     Encryption,
     PreLogin,
     decode_prelogin,
     server_prelogin_reply,
 )
-from shared.tds.tls import ALPN_TDS8, TlsEngine, server_context, wrap_handshake
+from shared.codecs.tds.tls import ALPN_TDS8, TlsEngine, server_context, wrap_handshake
+from shared.items import Item, TunnelSpec
+from shared.pki import KeyPair, create_ca, issue_server
+from shared.protocol.frames import ErrorCode
 from tests.unit.test_channel_tls import RecordingApp, TargetTransport
 from tests.unit.test_session_rules import USERS, Keys, World, make_world
 

@@ -1,4 +1,4 @@
-"""TLS inside TDS (shared/tds/tls.py): handshakes in memory for TDS 7.x and TDS 8.0."""
+"""TLS inside TDS (shared/codecs/tds/tls.py): handshakes in memory for TDS 7.x and TDS 8.0."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
 from jumpoint.pki import KeyPair, create_ca, issue_server
-from shared.tds.login7 import Login7, decode_login7, encode_login7
-from shared.tds.packets import (
+from shared.codecs.tds.login7 import Login7, decode_login7, encode_login7
+from shared.codecs.tds.packets import (
     MessageAssembler,
     PacketParser,
     PacketType,
     TdsError,
     encode_message,
 )
-from shared.tds.tls import (
+from shared.codecs.tds.tls import (
     ALPN_TDS8,
     TlsEngine,
     check_server_identity,

@@ -1,4 +1,4 @@
-"""Server tokens (shared/tds/tokens.py): builders and the login-response scanner."""
+"""Server tokens (shared/codecs/tds/tokens.py): builders and the login-response scanner."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.tds import tokens as t
-from shared.tds.packets import TdsError
-from shared.tds.tokens import (
+from shared.codecs.tds import tokens as t
+from shared.codecs.tds.packets import TdsError
+from shared.codecs.tds.tokens import (
     ErrorInfo,
     Token,
     b_varbyte,

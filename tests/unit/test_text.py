@@ -25,11 +25,12 @@ from twisted.logger import LogLevel, globalLogPublisher
 from console.output import print_item, print_items, print_requests, print_sessions, say
 from console.view import JsonView, PlainView, TerminalView
 from jumpoint.cli import cli as jumpoint_cli
-from shared import control, text
-from shared.config import parse_config
+from jumpoint.config import parse_config
+from jumpoint.logs import TextLogObserver, format_event, make_observer
+from shared import text
 from shared.errors import ConfigError, SessionLost, UsageError, render_error
 from shared.items import item_from_data
-from shared.logs import TextLogObserver, format_event, make_observer
+from shared.protocol import control
 
 CLEAR = "\x1b[2J"
 OSC8 = "\x1b]8;;https://evil.example/\x1b\\click me\x1b]8;;\x1b\\"
@@ -259,7 +260,7 @@ def _event(**fields: Any) -> dict[str, Any]:
     return {
         "log_format": "session {session} closed: {reason}",
         "log_level": LogLevel.info,
-        "log_namespace": "jumpoint.requests",
+        "log_namespace": "jumpoint.handlers",
         "log_time": 1_700_000_000.0,
         **fields,
     }

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from shared import control
 from shared.errors import ConfigError, UsageError
+from shared.protocol import control
 from tests.unit.test_session_rules import World, keys, names, new_world, world
 
 __all__ = ["keys", "new_world", "world"]  # fixtures used by the tests below

@@ -29,7 +29,7 @@ from console.channel import ConsoleChannel
 from console.profiles import Profile
 from shared import pki
 from shared.errors import CertificateRejected, ExitCode
-from shared.tls import client_options, rfc3339, server_options, wrap_client, wrap_server
+from shared.protocol.tls import client_options, rfc3339, server_options, wrap_client, wrap_server
 
 DAY = datetime.timedelta(days=1)
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"

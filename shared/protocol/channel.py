@@ -17,9 +17,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from shared.frames import ALPN_PROTOCOL
-from shared.mux import Multiplexer, MuxSettings, Stream
-from shared.sockets import tune_transport
+from shared.protocol.frames import ALPN_PROTOCOL
+from shared.protocol.mux import Multiplexer, MuxSettings, Stream
+from shared.protocol.sockets import tune_transport
 
 
 @implementer(IHandshakeListener)

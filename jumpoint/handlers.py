@@ -24,8 +24,8 @@ from twisted.logger import Logger
 from jumpoint.access import SessionRequest, SessionTerms, check_target, decide
 from jumpoint.approvals import Approval
 from jumpoint.audit import AuditLog
+from jumpoint.policy import Grant
 from jumpoint.session import Session, new_session_id
-from shared import control
 from shared.errors import (
     AccessDenied,
     ConsentRequired,
@@ -36,9 +36,9 @@ from shared.errors import (
     UnknownSession,
     UsageError,
 )
-from shared.frames import ErrorCode
 from shared.items import Item, item_from_data, parse_tunnel_text
-from shared.policy import Grant
+from shared.protocol import control
+from shared.protocol.frames import ErrorCode
 
 if TYPE_CHECKING:
     from jumpoint.server import JumpointChannel, JumpointCore

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shared.tds.packets import TdsError
+from shared.codecs.tds.packets import TdsError
 
 VERSION = 0x00
 ENCRYPTION = 0x01

@@ -19,10 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
+from jumpoint.schedule import Schedule
+from jumpoint.secret_ref import SecretRef
 from shared.addresses import PortSet
 from shared.items import Item
-from shared.schedule import Schedule
-from shared.secret_ref import SecretRef
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PROTOCOLS = ("tcp", "udp", "tcp-udp")

@@ -12,7 +12,7 @@ outside C{8..max_packet} before buffering the body, so a peer cannot make it
 hold more than one packet.  L{MessageAssembler} joins packets into messages
 with its own cap, and L{encode_message} splits a message into packets.
 
-L{TdsError} is the one exception of the whole C{shared.tds} package: the
+L{TdsError} is the one exception of the whole C{shared.codecs.tds} package: the
 bytes are not valid TDS (or exceed a limit), C{reason} says why.
 """
 

@@ -29,9 +29,9 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtoc
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
-from shared.enroll_protocol import ENROLL_ALPN
-from shared.frames import ALPN_PROTOCOL
-from shared.sockets import write_now
+from shared.protocol.enroll import ENROLL_ALPN
+from shared.protocol.frames import ALPN_PROTOCOL
+from shared.protocol.sockets import write_now
 
 _RECORD_OVERHEAD = 64
 """Upper bound of the bytes TLS 1.3 adds to one record (header, tag, content type)."""

@@ -1,10 +1,10 @@
-"""A bounds-checked little-endian reader over a bytes object (private to C{shared.tds})."""
+"""A bounds-checked little-endian reader over a bytes object (private to C{shared.codecs.tds})."""
 
 from __future__ import annotations
 
 import struct
 
-from shared.tds.packets import TdsError
+from shared.codecs.tds.packets import TdsError
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import h11
 
-from shared.k8s.http import (
+from shared.codecs.http.heads import (
     MAX_HEAD,
     Answer,
     Forward,

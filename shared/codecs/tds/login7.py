@@ -25,7 +25,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from shared.tds.packets import TdsError
+from shared.codecs.tds.packets import TdsError
 
 # TDS versions as LOGIN7 stores them (read little-endian).
 TDS70 = 0x70000000

@@ -18,15 +18,15 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from jumpoint.policy import Group, JumpPolicy, Policies, Restrictions, SessionPolicy
+from jumpoint.schedule import schedule_checker
+from jumpoint.secret_ref import SecretRef, loose_permissions
 from shared import items as item_schema
 from shared import schema
 from shared.addresses import AllowList, PortSet
 from shared.errors import ConfigError
 from shared.items import Item
-from shared.policy import Group, JumpPolicy, Policies, Restrictions, SessionPolicy
-from shared.schedule import schedule_checker
 from shared.schema import Field, Where
-from shared.secret_ref import SecretRef, loose_permissions
 
 CONFIG_ENV = "JUMPOINT_CONFIG"
 MAX_CONNECTIONS_PER_SESSION = 256

@@ -1,7 +1,7 @@
 """HTTP/1.1 heads of the Kubernetes legs: parsed by h11, checked, rewritten.
 
 h11 (sans-IO, strict) parses and writes every message of both legs (see
-L{shared.k8s.relay}); this module holds what sits around it:
+L{shared.codecs.http.relay}); this module holds what sits around it:
 
   - L{RequestHead} and L{ResponseHead}: a head as the relay's handlers see it,
     header order and repeats kept as separate lines (kubernetes#95733: merged

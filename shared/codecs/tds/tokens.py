@@ -19,8 +19,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from shared.tds._reader import Reader
-from shared.tds.packets import TdsError
+from shared.codecs.tds._reader import Reader
+from shared.codecs.tds.packets import TdsError
 
 # Token kinds
 ERROR = 0xAA

@@ -23,8 +23,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from shared.tds._reader import Reader
-from shared.tds.packets import TdsError
+from shared.codecs.tds._reader import Reader
+from shared.codecs.tds.packets import TdsError
 
 MAX_TEXT = 65536
 """Default number of UTF-16 code units of SQL text kept for the audit."""

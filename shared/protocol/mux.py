@@ -2,7 +2,7 @@
 
 Layers, bottom up (compare magic-wormhole's dilation and Twisted's HTTP/2):
 
-* L{shared.frames.FrameParser} turns bytes into frames (size-limited, sans-IO);
+* L{shared.protocol.frames.FrameParser} turns bytes into frames (size-limited, sans-IO);
 * L{Multiplexer} owns the stream table, the keepalive and the round-robin
   writer; it is the L{IPushProducer} registered on the transport.  Streams
   with data to send take turns (one frame each) while the transport accepts
@@ -50,9 +50,9 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from shared import frames
-from shared.frames import ErrorCode, Flag, Frame, FrameError, FrameType
-from shared.sockets import WriteBatch
+from shared.protocol import frames
+from shared.protocol.frames import ErrorCode, Flag, Frame, FrameError, FrameType
+from shared.protocol.sockets import WriteBatch
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from OpenSSL import SSL, crypto
 from service_identity.pyopenssl import verify_hostname, verify_ip_address
 
-from shared.tds.packets import DEFAULT_PACKET_SIZE, PacketType, TdsError, encode_message
+from shared.codecs.tds.packets import DEFAULT_PACKET_SIZE, PacketType, TdsError, encode_message
 
 ALPN_TDS8 = b"tds/8.0"
 _READ_SIZE = 64 * 1024
