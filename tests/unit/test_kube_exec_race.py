@@ -11,7 +11,9 @@ with the 101 head, the command's output and the exit status in random
 pieces (often all in one read, with the close right after), and whose
 client sends its first frames together with, or right after, its request.
 Every output byte must reach kubectl, in order, and every exec must have
-exactly one C{k8s_request} row.
+exactly one C{k8s_request} row (C{ended: complete}), also when kubectl drops
+its connection first and the console's CANCEL reaches the Jumpoint while the
+cluster's connection is still open, or crosses the cluster's close.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -234,6 +236,23 @@ def _one_exec(chain: Chain, n: int, spdy: bool) -> None:
     if rng.random() < 0.5:
         chain.settle()
         assert cluster.value() == early  # kubectl's early frames reached the cluster after the 101
+    if rng.random() < 0.25:
+        # kubectl has its exit status and drops its connection before the cluster
+        # closes: the console cancels the stream (TLS cannot half-close), and the
+        # CANCEL reaches the Jumpoint while the cluster's connection is still open
+        chain.settle()
+        got = bytes(local.value())
+        assert got == answer, (n, spdy, got, answer)
+        connection.connectionLost(Failure(ConnectionDone()))
+        if rng.random() < 0.5:
+            chain.pump(partial=True)  # the CANCEL on its way while the cluster closes
+        else:
+            chain.settle()
+        if not bridge._finished:
+            bridge.readConnectionLost()
+        bridge.connectionLost(Failure(ConnectionLost()))  # cut by the Jumpoint or closed
+        chain.settle()
+        return
     # the exec is over: the cluster closes (often before kubectl's frames could reach it)
     bridge.readConnectionLost()
     bridge.connectionLost(Failure(ConnectionDone()))
