@@ -42,7 +42,7 @@ from console.kubeconfig import KubeSession
 from shared.bridge import TcpBridge
 from shared.codecs.http.heads import Answer, Forward, RequestHead, error_answer, rewrite_headers
 from shared.codecs.http.relay import Exchange, HttpRelay
-from shared.k8s.policy import unauthorized_answer
+from shared.k8s.api_policy import unauthorized_answer
 from shared.protocol.frames import ErrorCode, describe_code
 from shared.protocol.mux import Stream
 

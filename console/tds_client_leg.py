@@ -76,7 +76,7 @@ from shared.codecs.tds.prelogin import (
     outcome,
     server_prelogin_reply,
 )
-from shared.codecs.tds.tls import TlsEngine, server_context, wrap_handshake
+from shared.codecs.tds.tls_in_tds import TlsEngine, server_context, wrap_handshake
 from shared.codecs.tds.tokens import login_failed
 
 Mode = Literal["none", "login-only", "full", "strict"]

@@ -21,12 +21,13 @@ from typing import Any, NoReturn
 import click
 from twisted.internet.task import Clock
 
-from jumpoint import __version__, enrollment_tokens, pki
+from jumpoint import __version__, enrollment_tokens
 from jumpoint.audit import AuditEntry, AuditLog, query
 from jumpoint.config import CONFIG_ENV, JUMPOINT_NAME, JumpointConfig, load_config
 from jumpoint.config_template import render_config
 from jumpoint.logs import LOG_FORMATS
 from jumpoint.state import StateDatabase
+from shared import pki
 from shared.enrollment import Enrollment, rfc3339
 from shared.entrypoint import run_cli
 from shared.errors import ConfigError, UnknownUser, UsageError

@@ -53,7 +53,7 @@ from jumpoint.credentials import Credential, CredentialUnavailable
 from shared.bridge import TcpBridge
 from shared.codecs.http.heads import Answer, Forward, RequestHead, error_answer, rewrite_headers
 from shared.codecs.http.relay import Exchange, HttpRelay
-from shared.k8s.policy import Denial, KubePolicy, check, forbidden_answer
+from shared.k8s.api_policy import Denial, KubePolicy, check, forbidden_answer
 from shared.k8s.request_info import (
     K8sRequestError,
     RequestInfo,

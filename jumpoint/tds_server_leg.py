@@ -69,7 +69,12 @@ from shared.codecs.tds.packets import (
     encode_message,
 )
 from shared.codecs.tds.prelogin import Encryption, client_prelogin, decode_prelogin
-from shared.codecs.tds.tls import TlsEngine, check_server_identity, client_context, wrap_handshake
+from shared.codecs.tds.tls_in_tds import (
+    TlsEngine,
+    check_server_identity,
+    client_context,
+    wrap_handshake,
+)
 from shared.items import Item
 
 LOGIN_PACKET_SIZE = DEFAULT_PACKET_SIZE
@@ -114,7 +119,7 @@ _TYPE_NAMES = {
 
 
 class TlsContextFactory(Protocol):
-    """Builds the leg's client TLS context (as L{shared.codecs.tds.tls.client_context})."""
+    """Builds the leg's client TLS context (as L{shared.codecs.tds.tls_in_tds.client_context})."""
 
     def __call__(self, ca_pem: bytes | None, *, tds8: bool, verify: bool) -> SSL.Context: ...
 
@@ -266,7 +271,7 @@ class ServerLeg:
         certificate must be valid for it, it is the SNI name (for a DNS
         name), the LOGIN7 ServerName and the NTLM target host.
     @param tls_context_factory: builds the TLS context (default
-        L{shared.codecs.tds.tls.client_context}).
+        L{shared.codecs.tds.tls_in_tds.client_context}).
     @param now: the clock for the login duration in the audit.
     @param max_message: bound of a reassembled client message (audit) and of
         the login response.

@@ -55,7 +55,7 @@ from jumpoint.tds_server_leg import (
 )
 from shared.bridge import TcpBridge
 from shared.codecs.tds.packets import MAX_PACKET_SIZE, PacketParser, TdsError
-from shared.codecs.tds.tls import client_context
+from shared.codecs.tds.tls_in_tds import client_context
 from shared.errors import AccessDenied
 from shared.protocol.frames import ErrorCode
 from shared.protocol.mux import Stream

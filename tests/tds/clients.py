@@ -73,7 +73,7 @@ def write_tls_files(
     directory: str | Path, addresses: tuple[str, ...] = ("127.0.0.1", "localhost")
 ) -> TlsFiles:
     """A test CA and a server certificate for C{addresses}, as PEM files in C{directory}."""
-    from jumpoint import pki
+    from shared import pki
 
     directory = Path(directory)
     ca = pki.create_ca("tds-test")

@@ -10,8 +10,8 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from jumpoint import pki
 from jumpoint.state import MIGRATIONS, StateDatabase
+from shared import pki
 from shared.bridge import TcpBridge
 from shared.errors import UnknownUser, UsageError
 from shared.files import write_private

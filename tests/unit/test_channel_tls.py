@@ -20,10 +20,10 @@ from twisted.test.iosim import IOPump, connectedServerAndClient
 
 from console.channel import ConsoleChannel
 from console.profiles import Profile
-from jumpoint import pki
 from jumpoint.config import parse_config
 from jumpoint.server import JumpointCore, JumpointFactory
 from jumpoint.state import StateDatabase
+from shared import pki
 from shared.errors import CertificateRejected, SessionLost, UnknownItem
 from shared.protocol import control
 from shared.protocol.control import StreamTarget

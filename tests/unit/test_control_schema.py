@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 from zope.interface import provider
 
-from jumpoint import pki
+from shared import pki
 from shared.errors import InvalidRequest, JumpError, ProtocolViolation
 from shared.protocol import control
 from shared.protocol.frames import ErrorCode

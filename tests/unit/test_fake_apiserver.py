@@ -40,7 +40,7 @@ def kubectl_path(version: str) -> Path:
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from jumpoint import pki
+    from shared import pki
 
     directory = tmp_path_factory.mktemp("k8s-tls")
     ca = pki.create_ca("k8s")

@@ -17,11 +17,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 
-from jumpoint import pki
 from jumpoint.config import parse_config
 from jumpoint.handshakes import PendingHandshakes
 from jumpoint.server import JumpointCore, JumpointFactory
 from jumpoint.state import StateDatabase
+from shared import pki
 from shared.errors import ConfigError
 from shared.protocol.tls import server_options, wrap_server
 from tests.unit.test_channel_tls import Pki, make_pair, result_of

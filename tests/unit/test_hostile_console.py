@@ -27,10 +27,10 @@ from twisted.test.iosim import IOPump, connectedServerAndClient
 
 from console.channel import ConsoleChannel
 from console.profiles import Profile
-from jumpoint import pki
 from jumpoint.config import parse_config
 from jumpoint.server import JumpointChannel, JumpointCore, JumpointFactory
 from jumpoint.state import StateDatabase
+from shared import pki
 from shared.protocol import control, frames
 from shared.protocol.control import StreamTarget
 from shared.protocol.frames import ErrorCode, Flag, Frame, FrameParser, FrameType, encode_frame

@@ -1,4 +1,4 @@
-"""The Kubernetes policy and its Status responses (shared/k8s/policy.py)."""
+"""The Kubernetes policy and its Status responses (shared/k8s/api_policy.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import pytest
 
-from shared.k8s.policy import Denial, KubePolicy, check, status_401, status_403
+from shared.k8s.api_policy import Denial, KubePolicy, check, status_401, status_403
 from shared.k8s.request_info import RequestInfo, request_info
 
 

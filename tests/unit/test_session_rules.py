@@ -27,12 +27,12 @@ from twisted.test.iosim import IOPump, connectedServerAndClient
 
 from console.channel import ConsoleChannel
 from console.profiles import Profile
-from jumpoint import pki
 from jumpoint.audit import AuditEntry, query
 from jumpoint.config import parse_config
 from jumpoint.recording import SessionRecorder, SynchronousWriter
 from jumpoint.server import JumpointCore, JumpointFactory, Resolve
 from jumpoint.state import StateDatabase
+from shared import pki
 from shared.bridge import TcpBridge
 from shared.errors import (
     AccessDenied,

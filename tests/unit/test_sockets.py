@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.test.iosim import connectedServerAndClient
 
-from jumpoint import pki
+from shared import pki
 from shared.bridge import TcpBridge
 from shared.protocol import frames
 from shared.protocol.frames import Flag, FrameType

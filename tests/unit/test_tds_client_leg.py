@@ -45,7 +45,7 @@ from shared.codecs.tds.packets import (
     encode_message,
 )
 from shared.codecs.tds.prelogin import Encryption, client_prelogin, decode_prelogin
-from shared.codecs.tds.tls import ALPN_TDS8, TlsEngine, client_context, wrap_handshake
+from shared.codecs.tds.tls_in_tds import ALPN_TDS8, TlsEngine, client_context, wrap_handshake
 from shared.codecs.tds.tokens import (
     done_token,
     envchange_packet_size,

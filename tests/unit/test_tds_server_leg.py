@@ -59,7 +59,7 @@ from shared.codecs.tds.prelogin import (
     decode_prelogin,
     server_prelogin_reply,
 )
-from shared.codecs.tds.tls import ALPN_TDS8, TlsEngine, server_context, wrap_handshake
+from shared.codecs.tds.tls_in_tds import ALPN_TDS8, TlsEngine, server_context, wrap_handshake
 from shared.items import Item, TunnelSpec
 from shared.pki import KeyPair, create_ca, issue_server
 from shared.protocol.frames import ErrorCode
@@ -901,7 +901,7 @@ def test_strict_with_a_certificate_for_another_host(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def keys() -> Keys:
-    from jumpoint import pki
+    from shared import pki
 
     authority = pki.create_ca("unit")
     return Keys(

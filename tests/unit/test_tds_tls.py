@@ -1,4 +1,4 @@
-"""TLS inside TDS (shared/codecs/tds/tls.py): handshakes in memory for TDS 7.x and TDS 8.0."""
+"""TLS inside TDS (shared/codecs/tds/tls_in_tds.py): handshakes in memory for TDS 7.x and TDS 8.0."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
-from jumpoint.pki import KeyPair, create_ca, issue_server
 from shared.codecs.tds.login7 import Login7, decode_login7, encode_login7
 from shared.codecs.tds.packets import (
     MessageAssembler,
@@ -15,7 +14,7 @@ from shared.codecs.tds.packets import (
     TdsError,
     encode_message,
 )
-from shared.codecs.tds.tls import (
+from shared.codecs.tds.tls_in_tds import (
     ALPN_TDS8,
     TlsEngine,
     check_server_identity,
@@ -23,6 +22,7 @@ from shared.codecs.tds.tls import (
     server_context,
     wrap_handshake,
 )
+from shared.pki import KeyPair, create_ca, issue_server
 
 
 @pytest.fixture(scope="module")
