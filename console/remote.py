@@ -15,6 +15,7 @@ import click
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from console.channel import connect
 from console.profiles import Profile, load_profile, set_current
 from shared.errors import ExitCode
 
@@ -68,8 +69,6 @@ def chosen_profile(name: str | None) -> Profile:
 
 def call(profile_name: str | None, kind: str, **fields: Any) -> dict[str, Any]:
     """Send one request to the profile's Jumpoint; returns its result."""
-    from console.channel import connect
-
     profile = chosen_profile(profile_name)
     results: list[dict[str, Any]] = []
 

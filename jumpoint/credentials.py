@@ -84,3 +84,14 @@ class CredentialStore:
     def _credential(ref: CredentialRef, item: Item) -> Credential:
         username = ref.username or item.username or ""
         return Credential(ref.kind, username, ref.domain, ref)
+
+
+def credential_for(store: CredentialStore | None, item: Item) -> Credential:
+    """The credential the Jumpoint injects into the connections of C{item}.
+
+    Raises L{CredentialUnavailable} when there is none (also when the daemon has
+    no credential store): the bridge then refuses the login without dialling.
+    """
+    if store is None:
+        raise CredentialUnavailable(f"the Jumpoint has no credential for item {item.name!r}")
+    return store.for_item(item)

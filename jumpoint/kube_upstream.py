@@ -49,7 +49,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from jumpoint.credentials import Credential, CredentialUnavailable
+from jumpoint.credentials import Credential, CredentialUnavailable, credential_for
 from shared.bridge import TcpBridge
 from shared.codecs.http.heads import Answer, Forward, RequestHead, error_answer, rewrite_headers
 from shared.codecs.http.relay import Exchange, HttpRelay
@@ -69,8 +69,8 @@ if TYPE_CHECKING:
 
     from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
-    from jumpoint.server import JumpointCore
     from jumpoint.session import Session
+    from jumpoint.upstream_context import UpstreamContext
 
 log = Logger()
 
@@ -180,7 +180,7 @@ class KubeUpstreamBridge(TcpBridge):
     def __init__(
         self,
         stream: Stream,
-        core: JumpointCore,
+        core: UpstreamContext,
         session: Session,
         on_closed: Callable[[TcpBridge], None] | None = None,
         *,
@@ -200,12 +200,7 @@ class KubeUpstreamBridge(TcpBridge):
         self.tls_options: IOpenSSLClientConnectionCreator | None = None
         self._unavailable: str | None = None
         try:
-            store = core.credentials
-            if store is None:
-                raise CredentialUnavailable(
-                    f"the Jumpoint has no credential for item {self.item.name!r}"
-                )
-            self.credential = store.for_item(self.item)
+            self.credential = credential_for(core.credentials, self.item)
             if self.credential.kind not in ("token", "client_certificate"):
                 raise CredentialUnavailable(
                     f"the credential of item {self.item.name!r} is not a token or a client"

@@ -1,31 +1,25 @@
-"""The Jumpoint's side of the channel: authentication, control requests and stream targets.
+"""The Jumpoint's side of the channel: the daemon's shared state and one console's connection.
 
 L{JumpointCore} is the daemon's shared state (configuration, state
 database, items, approvals, audit log, live channels); L{JumpointChannel} is
 one console's connection.  After the TLS handshake the channel maps the
-client certificate to an active user and answers the console's control
-requests (the handlers live in L{jumpoint.handlers}).  For every stream the
-console opens it checks the target against the session's item (only the
-item's host and remote ports are reachable), the connection cap and the
-Jumpoint-local allow-list, then connects it, records it when the session is
-recorded, and audits its opening and closing.
+client certificate to an active user, closes the channel when the user is
+revoked or the certificate expires, and ends the session with it.  The
+console's control requests are answered by L{jumpoint.handlers} (the
+channel only checks the envelope and sends the reply), the streams it opens
+are admitted, dialled and audited by L{jumpoint.streams}.
 """
 
 from __future__ import annotations
 
 import datetime
-import errno
-import ipaddress
-import socket
 import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from twisted.internet import error as net_error
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -33,21 +27,22 @@ from jumpoint.approvals import ApprovalStore
 from jumpoint.audit import AuditLog
 from jumpoint.config import JumpointConfig
 from jumpoint.credentials import CredentialStore
+from jumpoint.dialing import ConnectTarget, Resolve, no_resolver
 from jumpoint.enroll_exchange import EnrollExchange, EnrollmentDesk
+from jumpoint.handlers.dispatch import handle
 from jumpoint.handshakes import PendingHandshakes
 from jumpoint.item_store import Catalog, ItemStore
-from jumpoint.kube_upstream import KubeUpstreamBridge
+from jumpoint.notify import Notifier
 from jumpoint.policy import Grant
 from jumpoint.session import Session
+from jumpoint.session_lifecycle import RecorderFactory, session_ended
 from jumpoint.state import StateDatabase, User, data_version, user_for_certificate
-from jumpoint.tds_upstream import TdsUpstreamBridge, refuse_stream
-from shared.bridge import TcpBridge
+from jumpoint.streams import admit_stream
 from shared.enrollment import rfc3339
-from shared.errors import AccessDenied, InternalError, JumpError, ProtocolViolation
+from shared.errors import InternalError, JumpError, ProtocolViolation
 from shared.pki import KeyPair
 from shared.protocol import control
 from shared.protocol.channel import ChannelProtocol
-from shared.protocol.control import StreamTarget
 from shared.protocol.enroll import ENROLL_ALPN
 from shared.protocol.frames import PROTOCOL_VERSION, ErrorCode, describe_code
 from shared.protocol.mux import MuxSettings, Stream
@@ -63,71 +58,11 @@ def peer_certificate_expiry(transport: object) -> float | None:
     return float(certificate.to_cryptography().not_valid_after_utc.timestamp())
 
 
-if TYPE_CHECKING:
-    from jumpoint.notify import Notifier
-    from jumpoint.recording import SessionRecorder
-
-ConnectTarget = Callable[[str, int, Protocol], "Deferred[Any]"]
-Resolve = Callable[[str], "Deferred[list[str]]"]
-RecorderFactory = Callable[[str], "SessionRecorder"]
-
 log = Logger()
 
 STREAMS_OVER_CAP = 64
 """Streams the mux accepts beyond the session cap, so that the session refuses and audits
 them (C{max_connections}); only a console that ignores its refusals meets the mux's limit."""
-
-AUDIT_SPOOL_RULE = "audit_spool"
-"""The rule that refuses a decision while the audit spool is full (see L{jumpoint.audit})."""
-
-
-def classify_connect_failure(failure: Failure, host: str, port: int) -> tuple[ErrorCode, str]:
-    """Map a failed connection to the target to a reset code and a reason."""
-    value = failure.value
-    target = f"{host}:{port}"
-    if isinstance(value, net_error.ConnectionRefusedError):
-        return ErrorCode.REFUSED, f"{target} refused the connection"
-    if isinstance(value, net_error.TimeoutError | net_error.ConnectingCancelledError):
-        return ErrorCode.TIMED_OUT, f"connecting to {target} timed out"
-    if isinstance(value, net_error.DNSLookupError):
-        return ErrorCode.UNREACHABLE, f"cannot resolve {host}"
-    if isinstance(value, net_error.ConnectError) and getattr(value, "osError", None) in (
-        errno.ECONNREFUSED,
-    ):
-        return ErrorCode.REFUSED, f"{target} refused the connection"
-    return ErrorCode.UNREACHABLE, f"{target} is unreachable: {failure.getErrorMessage()}"
-
-
-def literal_address(host: str) -> str | None:
-    try:
-        return str(ipaddress.ip_address(host.strip("[]")))
-    except ValueError:
-        return None
-
-
-def thread_resolver(reactor: Any) -> Resolve:
-    """Resolve host names with getaddrinfo in the reactor's thread pool."""
-    from twisted.internet.threads import deferToThreadPool
-
-    def lookup(host: str) -> list[str]:
-        try:
-            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        except OSError:
-            return []
-        return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-    def resolve(host: str) -> Deferred[list[str]]:
-        literal = literal_address(host)
-        if literal is not None:
-            return succeed([literal])
-        return deferToThreadPool(reactor, reactor.getThreadPool(), lookup, host)
-
-    return resolve
-
-
-def _no_resolver(host: str) -> Deferred[list[str]]:
-    literal = literal_address(host)
-    return succeed([literal] if literal is not None else [])
 
 
 @dataclass
@@ -138,7 +73,7 @@ class JumpointCore:
     database: StateDatabase
     clock: IReactorTime
     connect_target: ConnectTarget
-    resolve: Resolve = _no_resolver
+    resolve: Resolve = no_resolver
     audit: AuditLog | None = None
     notifier: Notifier | None = None
     new_recorder: RecorderFactory | None = None
@@ -178,7 +113,7 @@ class JumpointCore:
         """Whether host names are resolved here (the daemon's resolver), so every address
         dialled is one that was checked; a core built without one (tests) dials names as
         given when there is no allow-list."""
-        return self.resolve is not _no_resolver
+        return self.resolve is not no_resolver
 
     @property
     def log_audit(self) -> AuditLog:
@@ -401,8 +336,6 @@ class JumpointChannel(ChannelProtocol):
         self.close_session(code, reason, ErrorCode.SESSION_CLOSED)
 
     def end_session(self, reason: str, code: str = "closed") -> None:
-        from jumpoint.handlers import session_ended
-
         session, self.session = self.session, None
         if session is None or session.closed:
             return
@@ -431,8 +364,6 @@ class JumpointChannel(ChannelProtocol):
             log.warn("console {peer}: {reason}", peer=self.peer, reason=violation.message)
             self.mux.go_away(ErrorCode.PROTOCOL_ERROR, violation.message)
             return
-        from jumpoint.handlers import handle
-
         request_id = message["id"]
         try:
             control.check_fields(kind, message)  # a bad field refuses this request only
@@ -505,227 +436,8 @@ class JumpointChannel(ChannelProtocol):
         if session is None:
             stream.reset(ErrorCode.DENIED, "no session is open on this connection")
             return
-        try:
-            target = StreamTarget.decode(payload)
-        except ProtocolViolation as violation:
-            stream.reset(ErrorCode.PROTOCOL_ERROR, violation.message)
-            return
-        refusal: tuple[ErrorCode, str, str] | None = None
-        if not session.item.allows_target(target.host, target.port):
-            refusal = (
-                ErrorCode.DENIED,
-                f"{target.host}:{target.port} is not a tunnel of item {session.item.name!r}"
-                " (rule: item host and remote ports)",
-                "item host and remote ports",
-            )
-        elif not session.has_room():
-            refusal = (
-                ErrorCode.LIMIT,
-                f"the session already carries {session.max_connections} connections"
-                " (rule: max_connections)",
-                "max_connections",
-            )
-        elif not self.core.log_audit.accepting:
-            # a connection is a decision: without room in the audit spool, none is taken
-            reason = (
-                f"the Jumpoint cannot write its audit log ({self.core.log_audit.spooled} events"
-                " are waiting for the database)"
-            )
-            log.warn(
-                "session {session}: refused stream {stream_id}: {reason} (rule: {rule})",
-                session=session.session_id,
-                stream_id=stream.stream_id,
-                reason=reason,
-                rule=AUDIT_SPOOL_RULE,
-            )
-            stream.reset(ErrorCode.INTERNAL_ERROR, f"{reason} (rule: {AUDIT_SPOOL_RULE})")
-            return
-        if refusal is not None:
-            code, reason, rule = refusal
-            self._refuse_stream(session, stream, target, code, reason, rule)
-            return
-        StreamConnection(self, session, stream, target).start()
-
-    def _refuse_stream(
-        self,
-        session: Session,
-        stream: Stream,
-        target: StreamTarget,
-        code: ErrorCode,
-        reason: str,
-        rule: str,
-    ) -> None:
-        log.warn(
-            "session {session}: refused stream {stream_id}: {reason}",
-            session=session.session_id,
-            stream_id=stream.stream_id,
-            reason=reason,
-        )
-        self.core.log_audit.record(
-            "connection_denied",
-            **session.audit_fields(),
-            rule=rule,
-            stream=stream.stream_id,
-            target=f"{target.host}:{target.port}",
-            reason=reason,
-        )
-        if session.item.type == "mssql":
-            refuse_stream(stream, reason)  # the SQL client gets a clean login failure
-        else:
-            stream.reset(code, reason)
-
-
-class StreamConnection:
-    """One stream of a session on its way to the target: check, dial, bridge, audit.
-
-    Without an allow-list the target is dialled at once; with one, its host
-    is resolved first and every address checked, and the connection goes to
-    the first checked address (never to a fresh lookup).
-    """
-
-    def __init__(
-        self, channel: JumpointChannel, session: Session, stream: Stream, target: StreamTarget
-    ) -> None:
-        self.channel = channel
-        self.core = channel.core
-        self.session = session
-        self.stream = stream
-        self.target = target
-        self.address = target.host
-        self.attempt: Deferred[Any] | None = None
-        self.bridge: TcpBridge
-        if session.item.type == "mssql":
-            self.bridge = TdsUpstreamBridge(stream, self.core, session, on_closed=self.closed)
-        elif session.item.type == "k8s":
-            groups = channel.user.all_groups if channel.user is not None else ()
-            self.bridge = KubeUpstreamBridge(
-                stream, self.core, session, on_closed=self.closed, groups=groups
-            )
-        else:
-            self.bridge = TcpBridge(stream, on_closed=self.closed)
-        self.bridge.wait_for_connection()
-        session.connection_started(self.bridge)
-
-    def start(self) -> None:
-        if isinstance(self.bridge, TdsUpstreamBridge):
-            if self.bridge.refused_before_dial():
-                return  # mssql without a credential: the client got its login failure
-            # The SQL Server is dialled only once the console's whole LOGIN7 is in.
-            self.bridge.when_login_arrived(self._route)
-            return
-        if isinstance(self.bridge, KubeUpstreamBridge) and self.bridge.refused_before_dial():
-            return  # k8s without a credential: every request is answered 503
-        self._route()
-
-    def _route(self) -> None:
-        """Dial the target once it passed C{allowed_targets} and the built-in default."""
-        Deferred.fromCoroutine(self._check_then_dial())
-
-    async def _check_then_dial(self) -> None:
-        from jumpoint.access import check_target
-        from jumpoint.handlers import resolve_checked
-
-        target, session = self.target, self.session
-        try:
-            addresses, resolved_hosts = await resolve_checked(self.core, target.host)
-            if not addresses:  # no allow-list, and the name resolves to nothing
-                if self.core.resolves_names:
-                    raise LookupError(target.host)  # never dialled unchecked
-                self.dial(target.host)  # a core without a resolver: the connector resolves
-                return
-            check_target(self.core.config, target.port, addresses, resolved_hosts, target.host)
-        except AccessDenied as denial:
-            session.connection_finished(self.bridge)
-            self.channel._refuse_stream(
-                session, self.stream, target, ErrorCode.DENIED, denial.message, "allowed_targets"
-            )
-            self.bridge.connection_failed(ErrorCode.DENIED, denial.message)
-            return
-        except Exception as error:  # the resolver failed: that connection fails, not the session
-            log.warn(
-                "session {session}: cannot resolve {host}: {error}",
-                session=session.session_id,
-                host=target.host,
-                error=error,
-            )
-            self.bridge.connection_failed(ErrorCode.UNREACHABLE, f"cannot resolve {target.host}")
-            return
-        if self.stream.closed or session.closed:
-            self.bridge.abort(ErrorCode.CANCEL, "the stream ended while its target was resolved")
-            return
-        self.dial(addresses[0])
-
-    def dial(self, host: str) -> None:
-        self.address = host
-        session = self.session
-        if session.recorder is not None:
-            from jumpoint.recording_tap import RecordingTap
-
-            self.bridge.tap = RecordingTap(
-                session.recorder,
-                self.bridge,
-                self.stream.stream_id,
-                self.channel.peer_host,
-                self.target.port,
-            )
-        protocol = (
-            self.bridge.upstream_protocol()
-            if isinstance(self.bridge, KubeUpstreamBridge)
-            else self.bridge
-        )
-        self.attempt = self.core.connect_target(host, self.target.port, protocol)
-        self.attempt.addCallbacks(self.connected, self.failed)
-
-    def _audit(self, event: str, **fields: Any) -> None:
-        session = self.session
-        self.core.log_audit.record(
-            event,
-            **session.audit_fields(),
-            stream=self.stream.stream_id,
-            target=f"{self.target.host}:{self.target.port}",
-            **fields,
-        )
-
-    def connected(self, result: Any) -> Any:
-        self._audit("connection_opened", address=self.address)
-        return result
-
-    def failed(self, failure: Failure) -> None:
-        code, reason = classify_connect_failure(failure, self.target.host, self.target.port)
-        log.warn(
-            "session {session}: stream {stream_id}: {reason}",
-            session=self.session.session_id,
-            stream_id=self.stream.stream_id,
-            reason=reason,
-        )
-        self.bridge.connection_failed(code, reason)
-
-    def closed(self, bridge: TcpBridge) -> None:
-        counted = self.session.connection_finished(bridge)
-        if self.attempt is not None and not self.attempt.called:
-            self.attempt.cancel()
-        if counted is None:
-            return
-        sent, received = counted
-        reason = bridge.close_reason or "closed"
-        log.info(
-            "session {session} user {user}: connection {stream_id} to {host}:{port} closed"
-            " ({reason}); {sent} bytes to target, {received} bytes from target",
-            session=self.session.session_id,
-            user=self.session.user,
-            stream_id=self.stream.stream_id,
-            host=self.target.host,
-            port=self.target.port,
-            reason=reason,
-            sent=sent,
-            received=received,
-        )
-        self._audit(
-            "connection_closed" if bridge.connected else "connection_failed",
-            reason=reason,
-            bytes_to_target=sent,
-            bytes_from_target=received,
-        )
+        groups = self.user.all_groups if self.user is not None else ()
+        admit_stream(self.core, session, stream, payload, peer_host=self.peer_host, groups=groups)
 
 
 class JumpointFactory(Factory):

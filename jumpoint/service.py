@@ -9,7 +9,6 @@ reactor thread and starts the database thread that does every write.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -21,9 +20,13 @@ from twisted.logger import Logger
 from jumpoint.audit import AuditLog
 from jumpoint.config import JumpointConfig
 from jumpoint.db_thread import DatabaseThread, DatabaseWriter
+from jumpoint.dialing import thread_resolver
 from jumpoint.instance_lock import InstanceLock
 from jumpoint.notify import Delivery, Notifier
-from jumpoint.server import JumpointCore, JumpointFactory, thread_resolver
+from jumpoint.recording import SessionRecorder
+from jumpoint.server import JumpointCore, JumpointFactory
+from jumpoint.session_lifecycle import RecorderFactory
+from jumpoint.session_store import SessionStore, closing_stale
 from jumpoint.state import READ_BUSY_TIMEOUT, StateDatabase
 from jumpoint.targets import make_connector
 from shared.errors import ConfigError
@@ -101,35 +104,23 @@ def close_stale_sessions(database: StateDatabase, audit: AuditLog, now: float) -
     Only under the instance lock: the open sessions are then certainly dead.
     Each row is closed in the same transaction as its audit event.
     """
-    rows = database.connection.execute(
-        "SELECT id, user_name, item FROM sessions WHERE closed_at IS NULL"
-    ).fetchall()
+    stale = SessionStore(database).open_rows()
     reason = "the Jumpoint stopped while the session was open"
-    for session_id, user, item in rows:
-
-        def close(db: sqlite3.Connection, session_id: str = session_id) -> None:
-            db.execute(
-                "UPDATE sessions SET closed_at = ?, close_reason = ?"
-                " WHERE id = ? AND closed_at IS NULL",
-                (now, reason, session_id),
-            )
-
+    for row in stale:
         audit.record(
             "session_closed",
-            user=user,
-            session=session_id,
-            item=item,
-            apply=close,
+            user=row.user,
+            session=row.session_id,
+            item=row.item,
+            apply=closing_stale(row.session_id, now, reason),
             code="jumpoint_stopped",
             reason=reason,
         )
     audit.flush()
-    return len(rows)
+    return len(stale)
 
 
-def _recorder_factory(config: JumpointConfig, reactor: Any) -> Any:
-    from jumpoint.recording import SessionRecorder
-
+def _recorder_factory(config: JumpointConfig, reactor: Any) -> RecorderFactory | None:
     directory = config.recordings_directory
     if directory is None:
         return None

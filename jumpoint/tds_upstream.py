@@ -44,7 +44,8 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from jumpoint.credentials import Credential, CredentialUnavailable
+from jumpoint.credentials import Credential, CredentialUnavailable, credential_for
+from jumpoint.dialing import checked_address, classify_connect_failure
 from jumpoint.tds_server_leg import (
     AuditEvent,
     LegOutput,
@@ -64,8 +65,8 @@ from shared.schema import format_duration
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from jumpoint.server import JumpointCore
     from jumpoint.session import Session
+    from jumpoint.upstream_context import UpstreamContext
 
 MAX_REROUTES = 3
 """How many routing redirects one login may follow."""
@@ -161,7 +162,7 @@ class TdsUpstreamBridge(TcpBridge):
     def __init__(
         self,
         stream: Stream,
-        core: JumpointCore,
+        core: UpstreamContext,
         session: Session,
         on_closed: Callable[[TcpBridge], None] | None = None,
         *,
@@ -176,12 +177,7 @@ class TdsUpstreamBridge(TcpBridge):
         self.credential: Credential | None = None
         self._credential_error: str | None = None
         try:
-            store = core.credentials
-            if store is None:
-                raise CredentialUnavailable(
-                    f"the Jumpoint has no credential for item {self.item.name!r}"
-                )
-            self.credential = store.for_item(self.item)
+            self.credential = credential_for(core.credentials, self.item)
         except CredentialUnavailable as error:
             self._credential_error = error.message
         self.server_host = self.item.host
@@ -517,24 +513,16 @@ class TdsUpstreamBridge(TcpBridge):
     async def _check_then_connect(self, host: str, port: int) -> None:
         """allowed_targets and its built-in default (loopback, link-local, the Jumpoint's
         own listener only when listed), also without an allow-list."""
-        from jumpoint.access import check_target
-        from jumpoint.handlers import resolve_checked
-
         try:
-            addresses, resolved = await resolve_checked(self.core, host)
-            if not addresses:
-                if self.core.resolves_names:
-                    raise LookupError(host)
-                self._follow(host, port, host)  # a core without a resolver (tests)
-                return
-            check_target(self.core.config, port, addresses, resolved, host)
+            # unchecked only with a core without a resolver (tests)
+            address, _ = await checked_address(self.core, host, port)
         except AccessDenied as denial:
             self._refuse_route(host, port, denial)
             return
         except Exception:
             self.refuse(f"the server redirected the login to {host}, which cannot be resolved")
             return
-        self._follow(host, port, addresses[0])
+        self._follow(host, port, address)
 
     def _follow(self, host: str, port: int, address: str) -> None:
         """The route passed every check: audit it and dial C{address}."""
@@ -572,8 +560,6 @@ class TdsUpstreamBridge(TcpBridge):
         self._route_attempt = attempt
 
         def failed(failure: Failure) -> None:
-            from jumpoint.server import classify_connect_failure
-
             if self._finished or self._closing or self.leg is None:
                 return
             _, reason = classify_connect_failure(failure, address, port)

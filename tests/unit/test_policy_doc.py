@@ -11,7 +11,7 @@ STREAM_RULES = ("item host and remote ports", "max_connections")
 
 def rules_in_code() -> set[str]:
     found: set[str] = set()
-    for path in [*(ROOT / "jumpoint").glob("*.py"), *(ROOT / "shared").glob("*.py")]:
+    for path in [*(ROOT / "jumpoint").rglob("*.py"), *(ROOT / "shared").glob("*.py")]:
         text = path.read_text(encoding="utf-8")
         for match in re.finditer(r'rule=f?"([^"]+)"', text):
             found.add(re.sub(r"\{[^}]+\}", "NAME", match.group(1)))
@@ -19,9 +19,9 @@ def rules_in_code() -> set[str]:
             found.add(match.group(1))
         for match in re.finditer(r'^RULE_\w+ = "([^"]+)"', text, flags=re.MULTILINE):
             found.add(match.group(1))  # rules named by a module constant (rule=RULE_USED)
-    server = (ROOT / "jumpoint" / "server.py").read_text(encoding="utf-8")
+    streams = (ROOT / "jumpoint" / "streams.py").read_text(encoding="utf-8")
     for rule in STREAM_RULES:
-        assert f'"{rule}"' in server, rule
+        assert f'"{rule}"' in streams, rule
         found.add(rule)
     return found
 

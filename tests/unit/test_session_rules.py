@@ -30,7 +30,8 @@ from console.profiles import Profile
 from jumpoint.audit import AuditEntry, query
 from jumpoint.config import parse_config
 from jumpoint.recording import SessionRecorder, SynchronousWriter
-from jumpoint.server import JumpointCore, JumpointFactory, Resolve
+from jumpoint.dialing import Resolve
+from jumpoint.server import JumpointCore, JumpointFactory
 from jumpoint.state import StateDatabase
 from shared import pki
 from shared.bridge import TcpBridge
@@ -1051,9 +1052,9 @@ def test_every_denied_request_is_audited_with_its_rule(world: World) -> None:
 
 
 def test_every_request_type_has_its_denial_event() -> None:
-    from jumpoint.handlers import _HANDLERS, DENIAL_EVENTS
+    from jumpoint.handlers.dispatch import DENIAL_EVENTS, HANDLERS
 
-    assert set(DENIAL_EVENTS) == set(_HANDLERS)
+    assert set(DENIAL_EVENTS) == set(HANDLERS)
 
 
 def test_the_console_leaves_the_connection_cap_to_the_jumpoint(world: World) -> None:

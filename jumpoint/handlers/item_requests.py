@@ -1,0 +1,212 @@
+"""The requests on items: list, show, create, change, delete.
+
+An item is visible to a user whose groups may see its jump group; a change
+needs the C{manage} right on the jump group (rule
+C{groups.jump_groups.manage}), and the items of jumpoint.yaml are read-only.
+A new item's targets, and a tunnel added to one, pass C{allowed_targets} at
+once, not only when they are opened.  Every change is committed together
+with its audit row (C{item_created}, C{item_changed}, C{item_deleted}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jumpoint.dialing import check_item_targets
+from jumpoint.handlers.request_context import (
+    Reply,
+    RequestChannel,
+    RequestCore,
+    denied,
+    visible,
+)
+from jumpoint.policy import Grant
+from shared.errors import AccessDenied, UsageError
+from shared.items import Item, item_from_data, parse_tunnel_text
+from shared.protocol import control
+
+
+def _item_json(item: Item, grant: Grant) -> dict[str, Any]:
+    out = item.to_json()
+    out["may_open"] = grant.may_open(item)
+    out["may_manage"] = not item.read_only and grant.may_manage(item.jump_group)
+    return out
+
+
+def list_items(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
+    search = (message.get("search") or "").lower()
+    tag = message.get("tag")
+    jump_group = message.get("jump_group")
+    found = []
+    for item in channel.core.catalog.all():
+        if not grant.may_see(item):
+            continue
+        if jump_group is not None and item.jump_group != jump_group:
+            continue
+        if tag is not None and (item.tag or "") != tag:
+            continue
+        if search:
+            haystack = " ".join(
+                str(v).lower()
+                for v in (item.name, item.host, item.tag, item.comments, item.url)
+                if v
+            )
+            if search not in haystack:
+                continue
+        found.append(_item_json(item, grant))
+    return {"items": found}
+
+
+def show_item(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
+    return {"item": _item_json(visible(channel.core, grant, message["item"]), grant)}
+
+
+def _check_manage(grant: Grant, jump_group: str, action: str) -> None:
+    if not grant.may_manage(jump_group):
+        raise denied(
+            f"your {grant.rule_groups()} may not {action} items in jump group {jump_group!r}",
+            rule="groups.jump_groups.manage",
+            jump_group=jump_group,
+        )
+
+
+def _check_policies(core: RequestCore, item: Item) -> None:
+    policies = core.config.policies
+    for key, known in (("jump_policy", policies.jump), ("session_policy", policies.session)):
+        name = getattr(item, key)
+        if name is not None and name not in known:
+            defined = ", ".join(sorted(known)) or "none"
+            raise UsageError(
+                f"item: {key}: no {key.replace('_', ' ')} named {name!r} (defined: {defined})"
+            )
+
+
+async def create_item(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
+    core = channel.core
+    assert channel.user is not None
+    item = item_from_data(message["item"], "console")
+    _check_manage(grant, item.jump_group, "create")
+    if item.name in core.catalog.configured:
+        raise UsageError(
+            f"an item named {item.name!r} already exists (in jumpoint.yaml, read-only)",
+            hint="choose another name",
+        )
+    _check_policies(core, item)
+    try:  # its targets pass allowed_targets at creation, not only at open
+        await check_item_targets(core, item)
+    except AccessDenied as denial:
+        denial.context.update(jump_group=item.jump_group, host=item.host)
+        raise
+    # the item and its audit row are committed together, or neither
+    created: Item = await core.log_audit.record(
+        "item_created",
+        user=channel.user.name,
+        item=item.name,
+        durable=True,
+        apply=core.catalog.store.creating(item, channel.user.name, core.clock.seconds()),
+        spec=_audit_spec(item.with_changes(source="console", created_by=channel.user.name)),
+    )
+    return {"item": _item_json(created, grant)}
+
+
+def _audit_spec(item: Item) -> dict[str, Any]:
+    spec = item.to_spec()
+    if "ca_pem" in spec:
+        spec["ca_pem"] = f"{spec['ca_pem'].count('BEGIN CERTIFICATE')} certificates"
+    return spec
+
+
+def _managed(core: RequestCore, grant: Grant, name: str, action: str) -> Item:
+    item = visible(core, grant, name)
+    if item.read_only:
+        raise UsageError(
+            f"item {name!r} is defined in jumpoint.yaml and is read-only",
+            hint="ask your administrator to change jumpoint.yaml",
+        )
+    _check_manage(grant, item.jump_group, action)
+    return item
+
+
+async def change_item(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
+    core = channel.core
+    assert channel.user is not None
+    change, value = message["change"], message["value"]
+    if change not in control.ITEM_CHANGES:
+        raise UsageError(f"unknown item change {change!r}")
+    item = _managed(core, grant, message["item"], "change")
+    spec = item.to_spec()
+    if change in ("tunnel_add", "tunnel_remove"):
+        if item.type != "tcp":
+            raise UsageError(
+                f"item {item.name!r} is a {item.type} item; only tcp items have tunnels"
+            )
+        try:
+            tunnel = parse_tunnel_text(value)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        tunnels = list(spec["tunnels"])
+        if change == "tunnel_add":
+            if any(
+                t["remote_port"] == tunnel["remote_port"]
+                and t["local_port"] == tunnel["local_port"]
+                for t in tunnels
+            ):
+                raise UsageError(f"item {item.name!r} already has tunnel {value}")
+            tunnels.append(tunnel)
+        else:
+            kept = [
+                t
+                for t in tunnels
+                if not (
+                    t["remote_port"] == tunnel["remote_port"]
+                    and t["local_port"] == tunnel["local_port"]
+                )
+            ]
+            if len(kept) == len(tunnels):
+                shown = ", ".join(f"{t['local_port']}:{t['remote_port']}" for t in tunnels)
+                raise UsageError(f"item {item.name!r} has no tunnel {value} (its tunnels: {shown})")
+            if not kept:
+                raise UsageError(
+                    f"tunnel {value} is the last tunnel of item {item.name!r}",
+                    hint="add another tunnel first, or delete the item",
+                )
+            tunnels = kept
+        spec["tunnels"] = tunnels
+    elif change == "move":
+        _check_manage(grant, value, "move")
+        spec["jump_group"] = value
+    elif change == "tag":
+        spec["tag"] = value.strip() or None
+    else:
+        spec["comments"] = value or None
+    changed = item_from_data(spec, "console").with_changes(created_by=item.created_by)
+    if change == "tunnel_add":  # a new target: checked now, not only when opened
+        try:
+            await check_item_targets(core, changed, frozenset({tunnel["remote_port"]}))
+        except AccessDenied as denial:
+            denial.context.update(jump_group=changed.jump_group, host=changed.host)
+            raise
+    await core.log_audit.record(
+        "item_changed",
+        user=channel.user.name,
+        item=item.name,
+        durable=True,
+        apply=core.catalog.store.updating(changed, core.clock.seconds()),
+        change=change,
+        value=value,
+    )
+    return {"item": _item_json(changed, grant)}
+
+
+async def delete_item(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
+    core = channel.core
+    assert channel.user is not None
+    item = _managed(core, grant, message["item"], "delete")
+    await core.log_audit.record(
+        "item_deleted",
+        user=channel.user.name,
+        item=item.name,
+        durable=True,
+        apply=core.catalog.store.deleting(item.name),
+    )
+    return {"item": item.name}

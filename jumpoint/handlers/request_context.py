@@ -1,0 +1,96 @@
+"""What a request handler sees of the channel and of the daemon, and what it returns.
+
+A handler is a L{Handler}: it gets the requesting channel, the user's
+L{Grant} and the checked message, and returns the reply's fields, or a
+coroutine of them when it must wait (DNS for the allow-list, the commit of a
+decision by the database thread).  L{RequestChannel} and L{RequestCore} are
+the parts of L{jumpoint.server.JumpointChannel} and
+L{jumpoint.server.JumpointCore} the handlers use: the handlers depend on
+these protocols, the channel's module on the handlers, never the reverse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+from jumpoint.approvals import ApprovalStore
+from jumpoint.dialing import DialContext
+from jumpoint.item_store import Catalog
+from jumpoint.policy import Grant
+from jumpoint.session import Session
+from jumpoint.session_lifecycle import RecorderFactory, SessionContext
+from jumpoint.state import User
+from shared.errors import AccessDenied, UnknownItem
+from shared.items import Item
+from shared.protocol.frames import ErrorCode
+from shared.protocol.mux import Multiplexer
+
+Reply = dict[str, Any]
+"""The fields of a request's result (the channel adds C{type} and C{id})."""
+
+Outcome = Reply | Coroutine[Any, Any, Reply]
+"""A reply now, or a coroutine that ends with one (or raises the refusal)."""
+
+
+class RequestCore(DialContext, SessionContext, Protocol):
+    """The daemon's state the handlers use."""
+
+    @property
+    def catalog(self) -> Catalog: ...
+
+    @property
+    def approvals(self) -> ApprovalStore: ...
+
+    @property
+    def new_recorder(self) -> RecorderFactory | None: ...
+
+    def grant_for(self, user: User) -> Grant: ...
+
+    def sessions(self) -> list[Session]: ...
+
+    def find_session(self, session_id: str) -> RequestChannel | None: ...
+
+
+class RequestChannel(Protocol):
+    """The requesting console's channel, as the handlers use it."""
+
+    user: User | None
+    session: Session | None
+    opening: bool
+    """A session is being opened (the decision is not committed yet)."""
+    peer: str
+
+    @property
+    def core(self) -> RequestCore: ...
+
+    @property
+    def mux(self) -> Multiplexer | None: ...
+
+    def end_session(self, reason: str, code: str = "closed") -> None: ...
+
+    def close_session(self, code: str, reason: str, error: ErrorCode) -> None: ...
+
+    def session_expired(self, session: Session, code: str, reason: str) -> None: ...
+
+
+Handler = Callable[[RequestChannel, Grant, dict[str, Any]], Outcome]
+"""Answers one request type (see the module docstring)."""
+
+
+def denied(message: str, *, rule: str, hint: str | None = None, **context: object) -> AccessDenied:
+    """A denial naming its rule, with the fields its audit row adds."""
+    denial = AccessDenied(message, hint, rule)
+    denial.context.update(context)
+    return denial
+
+
+def visible(core: RequestCore, grant: Grant, name: str) -> Item:
+    """The item named C{name}, if the user may see it (else: no such item)."""
+    item = core.catalog.get(name)
+    if item is None or not grant.may_see(item):
+        raise UnknownItem(
+            f"no item named {name!r} that you may see on Jumpoint {core.config.name}",
+            hint="list the items you may open with `jump items`",
+        )
+    return item

@@ -1,0 +1,221 @@
+"""The requests on sessions: open one, report its bound tunnels, close one, list them.
+
+Opening decides (L{jumpoint.access.decide}: the groups, the jump and session
+policies, approvals, the item's targets against C{allowed_targets}) and
+commits the session's row with its audit event before the session is set
+up; the console then reports where it listens (C{tunnels_bound}), which the
+session's local rules check.  Closing another user's session, or listing
+everyone's, needs C{terminate_foreign_tunnels}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.logger import Logger
+
+from jumpoint.access import SessionRequest, decide
+from jumpoint.dialing import check_item_targets
+from jumpoint.handlers.request_context import (
+    Outcome,
+    Reply,
+    RequestChannel,
+    denied,
+    visible,
+)
+from jumpoint.policy import Grant
+from jumpoint.session import Session, new_session_id
+from jumpoint.session_lifecycle import notify, record_opened, session_ended
+from shared.errors import (
+    AccessDenied,
+    ConsentRequired,
+    ProtocolViolation,
+    UnknownSession,
+    UsageError,
+)
+from shared.items import Item
+from shared.protocol.frames import ErrorCode
+
+log = Logger()
+
+
+def open_session(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Outcome:
+    if channel.session is not None or channel.opening:
+        raise UsageError("a session is already open on this connection")
+    request = SessionRequest.from_message(message)
+    return _open(channel, grant, request)
+
+
+async def _open(channel: RequestChannel, grant: Grant, request: SessionRequest) -> Reply:
+    core = channel.core
+    assert channel.user is not None
+    user = channel.user.name
+    audit = core.log_audit
+    item = visible(core, grant, request.item)
+    audit.record(
+        "session_requested", user=user, item=item.name, ticket=request.ticket, peer=channel.peer
+    )
+    channel.opening = True
+    try:
+        return await _decide_and_open(channel, grant, request, item)
+    finally:
+        channel.opening = False
+
+
+async def _decide_and_open(
+    channel: RequestChannel, grant: Grant, request: SessionRequest, item: Item
+) -> Reply:
+    core = channel.core
+    assert channel.user is not None
+    user = channel.user.name
+    audit = core.log_audit
+    try:
+        now = core.clock.seconds()
+        terms = decide(core.config, grant, item, request, now, core.approvals)
+        await check_item_targets(core, item)
+    except ConsentRequired:
+        await audit.record("consent_requested", user=user, item=item.name, durable=True)
+        raise
+    if _connection_gone(channel):
+        raise UsageError("the connection closed while the session was being opened")
+    session = Session(
+        session_id=new_session_id(),
+        user=user,
+        item=item,
+        max_connections=terms.max_connections,
+        opened_at=core.clock.seconds(),
+        terms=terms,
+        on_expired=channel.session_expired,
+    )
+    details = terms.to_json()
+    if terms.recording and core.new_recorder is not None:
+        session.recorder = core.new_recorder(session.session_id)
+    recording_path = str(session.recorder.path) if session.recorder else None
+    # the audit row and the session's row are committed together before the session is set
+    # up: if they cannot be written, there is no session
+    try:
+        await record_opened(audit, session, terms, details, recording_path)
+    except BaseException:
+        if session.recorder is not None:
+            session.recorder.close()
+        raise
+    if _connection_gone(channel):
+        why = "the connection closed while the session was being opened"
+        session.closed = True
+        session_ended(core, session, why, "connection_closed")
+        raise UsageError(why)
+    channel.session = session
+    session.start_timers(core.clock)
+    log.info(
+        "session {session} opened: user {user}, item {item} ({host})",
+        session=session.session_id,
+        user=user,
+        item=item.name,
+        host=item.host,
+    )
+    notify(core, session, "session_start", None)
+    return {"session": session.session_id, "item": item.to_json(), **details}
+
+
+def _connection_gone(channel: RequestChannel) -> bool:
+    return channel.mux is None or channel.mux.closing
+
+
+async def tunnels_bound(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
+    session = channel.session
+    if session is None or session.terms is None:
+        raise UsageError("no session is open on this connection")
+    terms = session.terms
+    bound = []
+    for entry in message["tunnels"]:
+        if not isinstance(entry, dict):
+            raise ProtocolViolation("tunnels_bound: malformed tunnel")
+        address, port = entry.get("local_address"), entry.get("local_port")
+        if not isinstance(address, str) or not isinstance(port, int) or isinstance(port, bool):
+            raise ProtocolViolation("tunnels_bound: malformed tunnel")
+        bound.append((address, port))
+    problem = None
+    for address, port in bound:
+        if terms.local_ports is not None and port not in terms.local_ports:
+            problem = (
+                f"local port {port} is not allowed for your"
+                f" {grant.rule_groups()} (allowed: {terms.local_ports.describe()})",
+                "tunnels_restricted.local",
+            )
+        elif address != terms.local_address:
+            try:
+                loopback = ipaddress.ip_address(address).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                problem = (
+                    f"the console listens on {address}, not on the granted {terms.local_address}",
+                    "tunnels_restricted.acl",
+                )
+    if problem is not None:
+        reason, rule = problem  # audited by handle(), with the session
+        channel.core.clock.callLater(
+            0, channel.close_session, "denied", f"{reason} (rule: {rule})", ErrorCode.DENIED
+        )
+        raise AccessDenied(reason, rule=rule)
+    channel.core.log_audit.record(
+        "session_ready",
+        **session.audit_fields(),
+        tunnels=[{"local_address": a, "local_port": p} for a, p in bound],
+    )
+    return {"session": session.session_id}
+
+
+async def close_session(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
+    core = channel.core
+    assert channel.user is not None
+    reason = message["reason"][:200]
+    target_id = message.get("session")
+    if target_id is None or (channel.session and channel.session.session_id == target_id):
+        if channel.session is None:
+            raise UsageError("no session is open on this connection")
+        session_id = channel.session.session_id
+        channel.end_session(f"closed by the user: {reason}", "closed_by_user")
+        return {"session": session_id}
+    owner = core.find_session(target_id)
+    if owner is None or owner.session is None:
+        raise UnknownSession(f"no open session {target_id!r}", hint="see `jump sessions`")
+    session = owner.session
+    if session.user != channel.user.name and not grant.restrictions.terminate_foreign_tunnels:
+        raise denied(
+            f"session {target_id} belongs to {session.user!r}; your {grant.rule_groups()} may"
+            " not close other users' sessions",
+            rule="tunnels_restricted.terminate_foreign_tunnels",
+            session=session.session_id,
+            item=session.item.name,
+            owner=session.user,
+        )
+    why = f"closed by {channel.user.name}: {reason}"
+    await core.log_audit.record(
+        "session_terminated",
+        user=channel.user.name,
+        session=session.session_id,
+        item=session.item.name,
+        durable=True,
+        owner=session.user,
+        reason=reason,
+    )
+    if owner.session is session:  # it may have ended while the decision was committed
+        owner.close_session("closed_by_other", why, ErrorCode.SESSION_CLOSED)
+    return {"session": target_id}
+
+
+def list_sessions(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
+    core = channel.core
+    assert channel.user is not None
+    everyone = bool(message.get("all"))
+    if everyone and not grant.restrictions.terminate_foreign_tunnels:
+        raise AccessDenied(
+            f"your {grant.rule_groups()} may see only their own sessions",
+            rule="tunnels_restricted.terminate_foreign_tunnels",
+        )
+    now = core.clock.seconds()
+    sessions = [s.to_json(now) for s in core.sessions() if everyone or s.user == channel.user.name]
+    sessions.sort(key=lambda s: s["opened_at"])
+    return {"sessions": sessions}
