@@ -29,8 +29,8 @@ from console.channel import ConsoleChannel
 from console.profiles import Profile
 from jumpoint.audit import AuditEntry, query
 from jumpoint.config import parse_config
-from jumpoint.recording import SessionRecorder, SynchronousWriter
 from jumpoint.dialing import Resolve
+from jumpoint.recording import SessionRecorder, SynchronousWriter
 from jumpoint.server import JumpointCore, JumpointFactory
 from jumpoint.state import StateDatabase
 from shared import pki
