@@ -8,12 +8,12 @@ notices commits by other processes through C{PRAGMA data_version}, which is
 how C{jumpoint user revoke} reaches it without a restart.
 
 Items, sessions, approvals and the audit log have their own modules
-(L{jumpoint.item_store}, L{jumpoint.approvals}, L{jumpoint.audit}).  In the
-daemon this connection only reads (WAL readers never wait for a writer, so a
-read never waits for another process's lock, and its busy timeout is cut to
-L{READ_BUSY_TIMEOUT}); every write runs on the database thread
-(L{jumpoint.db_thread}), mostly together with its audit event.  The admin
-commands write here directly (L{StateDatabase.transaction}).
+(L{jumpoint.item_store}, L{jumpoint.session_store}, L{jumpoint.approvals},
+L{jumpoint.audit}).  In the daemon this connection only reads (WAL readers
+never wait for a writer, so a read never waits for another process's lock,
+and its busy timeout is cut to L{READ_BUSY_TIMEOUT}); every write runs on
+the database thread (L{jumpoint.db_thread}), mostly together with its audit
+event.  The admin commands write here directly (L{StateDatabase.transaction}).
 """
 
 from __future__ import annotations
