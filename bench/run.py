@@ -807,9 +807,6 @@ def open_jump_path(
         "--config",
         str(config),
     )
-    env = dict(os.environ, JUMP_HOME=str(home / "home"))
-    cli(tools["jump"], "enroll", str(enrollment), env=env)
-
     server = procs.start("jumpoint", [tools["jumpoint"], "serve", "--config", str(config)])
     wait_until(
         lambda: is_listening(listen),
@@ -817,6 +814,8 @@ def open_jump_path(
         procs=[("jumpoint", server)],
         registry=procs,
     )
+    env = dict(os.environ, JUMP_HOME=str(home / "home"))
+    cli(tools["jump"], "enroll", "--delete", str(enrollment), env=env)  # online: after serve
     console = procs.start(
         "jump", [tools["jump"], "open", "bench", "--json"], env=env, stdout_pipe=True
     )
