@@ -783,6 +783,8 @@ def open_jump_path(
     if lines[-1].strip() != "items: []":
         raise BenchError(f"unexpected {config}: last line is {lines[-1]!r}, not 'items: []'")
     lines[-1:] = [
+        # the servers listen on loopback: a target only when listed explicitly
+        f"allowed_targets: [{LOOPBACK}]",
         "items:",
         "  - name: bench",
         "    type: tcp",
