@@ -783,6 +783,8 @@ def open_jump_path(
     if lines[-1].strip() != "items: []":
         raise BenchError(f"unexpected {config}: last line is {lines[-1]!r}, not 'items: []'")
     lines[-1:] = [
+        # the servers listen on loopback: a target only when listed explicitly
+        f"allowed_targets: [{LOOPBACK}]",
         "items:",
         "  - name: bench",
         "    type: tcp",
@@ -807,9 +809,6 @@ def open_jump_path(
         "--config",
         str(config),
     )
-    env = dict(os.environ, JUMP_HOME=str(home / "home"))
-    cli(tools["jump"], "enroll", str(enrollment), env=env)
-
     server = procs.start("jumpoint", [tools["jumpoint"], "serve", "--config", str(config)])
     wait_until(
         lambda: is_listening(listen),
@@ -817,6 +816,8 @@ def open_jump_path(
         procs=[("jumpoint", server)],
         registry=procs,
     )
+    env = dict(os.environ, JUMP_HOME=str(home / "home"))
+    cli(tools["jump"], "enroll", "--delete", str(enrollment), env=env)  # online: after serve
     console = procs.start(
         "jump", [tools["jump"], "open", "bench", "--json"], env=env, stdout_pipe=True
     )
