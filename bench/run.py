@@ -783,8 +783,10 @@ def open_jump_path(
     if lines[-1].strip() != "items: []":
         raise BenchError(f"unexpected {config}: last line is {lines[-1]!r}, not 'items: []'")
     lines[-1:] = [
-        # the servers listen on loopback: a target only when listed explicitly
-        f"allowed_targets: [{LOOPBACK}]",
+        # loopback is a target only when allowed_targets lists it explicitly
+        "allowed_targets:",
+        f"  - {LOOPBACK}:{iperf_port}",
+        f"  - {LOOPBACK}:{echo_port}",
         "items:",
         "  - name: bench",
         "    type: tcp",
@@ -816,8 +818,10 @@ def open_jump_path(
         procs=[("jumpoint", server)],
         registry=procs,
     )
+    # enrollment is online (a one-time token redeemed over jumpoint-enroll/1): the
+    # Jumpoint must be serving before `jump enroll`
     env = dict(os.environ, JUMP_HOME=str(home / "home"))
-    cli(tools["jump"], "enroll", "--delete", str(enrollment), env=env)  # online: after serve
+    cli(tools["jump"], "enroll", "--delete", str(enrollment), env=env)
     console = procs.start(
         "jump", [tools["jump"], "open", "bench", "--json"], env=env, stdout_pipe=True
     )

@@ -239,6 +239,9 @@ class JumpointChannel(ChannelProtocol):
         assert self.mux is not None
         identity = peer_certificate_serial(self.transport)
         if identity is None:
+            # Defensive fallback: server_options requires a client certificate, so a
+            # console without one fails the TLS handshake (alert "certificate required")
+            # and never gets here (docs/protocol.md, "Connection without a client certificate").
             self.mux.go_away(ErrorCode.DENIED, "no client certificate")
             return
         serial, common_name = identity

@@ -40,43 +40,71 @@ _RECORD_SIZE = 16 * 1024
 
 
 class ChannelTLSProtocol(TLSMemoryBIOProtocol):
-    """Twisted's TLS protocol, encrypting each frame in one call and sending it at once.
+    """Twisted's TLS protocol, encrypting each frame whole and sending it at once.
 
-    Twisted hands OpenSSL 16 KiB at a time and queues every record in the TCP
-    transport's buffer until the reactor's next turn.  The multiplexer writes
-    whole frames, so here a frame is encrypted in one C{SSL_write} (the memory
-    BIO takes every record), read out of the BIO in one piece and written
-    straight to the socket while its buffer is empty (L{write_now}); whatever
-    the kernel does not take goes through Twisted's buffer and its producer
-    backpressure as before.  Handshake, shutdown and errors stay Twisted's.
+    Twisted hands OpenSSL 16 KiB slices, writes each record to the TCP
+    transport on its own and so queues them in its buffer until the reactor's
+    next turn.  The multiplexer writes whole frames, so here a frame is handed
+    to OpenSSL whole: one C{SSL_write} for a frame of up to 16 KiB, one per
+    record beyond (pyOpenSSL enables partial writes), each offered the rest of
+    the frame without a copy; the memory BIO takes every record, which are
+    read out of it in one piece and written straight to the socket while its
+    buffer is empty (L{write_now}); whatever the kernel does not take goes
+    through Twisted's buffer and its producer backpressure as before.
+    Handshake, shutdown and errors stay Twisted's.
+
+    Only public interfaces are used: this class overrides C{write} (ITransport)
+    and reaches the OpenSSL connection through C{getHandle()} (ISystemHandle);
+    no private member of L{TLSMemoryBIOProtocol} is overridden or read (checked
+    by tests/unit/test_twisted_contract.py).  Every write it does not do itself
+    goes to Twisted's own C{write}: while Twisted may hold a write back (before
+    the handshake, when OpenSSL wants to read first), while the connection is
+    closing, and on any OpenSSL error, which Twisted then reports.  From the
+    first such write on, every later one goes to Twisted as well, so nothing
+    overtakes what Twisted has buffered.
     """
 
-    def _write(self, data: bytes) -> None:
-        if self._lostTLSConnection:
+    _direct_writes = True
+    """Whether L{write} may still encrypt and send by itself (set off for good on
+    the first write handed to Twisted)."""
+
+    _handshake_seen = False
+    """Whether L{write} has seen the handshake finished (the peer's Finished message)."""
+
+    def write(self, data: bytes) -> None:
+        connection = self.getHandle()  # type: ignore[no-untyped-call]
+        if (
+            not self._direct_writes
+            or self.disconnecting
+            or not isinstance(connection, SSL.Connection)
+            or not (self._handshake_seen or self._handshake_finished(connection))
+        ):
+            self._direct_writes = False
+            super().write(data)  # type: ignore[no-untyped-call]
             return
         sent = 0
-        while sent < len(data):
-            try:
-                sent += self._tlsConnection.send(data[sent:] if sent else data)
-            except SSL.WantReadError:
-                self._bufferedWrite(data[sent:])  # type: ignore[no-untyped-call]
-                break
-            except SSL.Error:
-                self._tlsShutdownFinished(Failure())  # type: ignore[no-untyped-call]
-                break
+        view = memoryview(data)
+        try:
+            while sent < len(data):
+                sent += connection.send(view[sent:] if sent else data)
+        except SSL.Error:  # WantReadError included: Twisted buffers, or reports the error
+            self._direct_writes = False
         if sent:
             records = -(-sent // _RECORD_SIZE)
-            self._send_bio(sent + records * _RECORD_OVERHEAD)
+            self._send_bio(connection, sent + records * _RECORD_OVERHEAD)
+        if sent < len(data):
+            super().write(data[sent:])  # type: ignore[no-untyped-call]
 
-    def _flushSendBIO(self) -> None:
-        self._send_bio(2**15)
+    def _handshake_finished(self, connection: SSL.Connection) -> bool:
+        self._handshake_seen = connection.get_peer_finished() is not None
+        return self._handshake_seen
 
-    def _send_bio(self, size: int) -> None:
+    def _send_bio(self, connection: SSL.Connection, size: int) -> None:
         """Move everything OpenSSL has encrypted to the TCP transport."""
         chunks = []
         while True:
             try:
-                chunks.append(self._tlsConnection.bio_read(size))
+                chunks.append(connection.bio_read(size))
             except SSL.WantReadError:
                 break
         if chunks:
