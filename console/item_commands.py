@@ -8,15 +8,14 @@ group, and answers with the stored item or an error naming the field.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
+from console import kinds
+from console.kinds.base import Submit
 from console.output import print_item, print_items, say
 from console.remote import call, profile_option
-from shared.errors import UsageError
-from shared.items import parse_tunnel_text
 from shared.protocol import control
 
 
@@ -61,12 +60,14 @@ def _create(spec: dict[str, Any], as_json: bool, profile: str | None) -> None:
         print_item(result["item"], False)
 
 
-def _local_port(text: str | None) -> Any:
-    if text is None or text == "auto":
-        return text
-    if not text.isdigit():
-        raise UsageError(f"--local-port: {text!r} is not a port number or 'auto'")
-    return int(text)
+def _submit(kind: str) -> Submit:
+    """What a kind's create command calls with the item's name, options and fields."""
+
+    def submit(name: str, options: dict[str, Any], /, **fields: Any) -> None:
+        as_json, profile = options.pop("as_json"), options.pop("profile")
+        _create(_spec(kind, name, options, **fields), as_json, profile)
+
+    return submit
 
 
 @item.group()
@@ -74,113 +75,10 @@ def create() -> None:
     """Create an item: tcp, mssql, k8s or network."""
 
 
-@create.command("tcp")
-@click.argument("name")
-@click.option("--host", required=True, help="The target host (name or IP), seen from the Jumpoint.")
-@click.option(
-    "--tunnel",
-    "tunnels",
-    multiple=True,
-    required=True,
-    help="LOCAL:REMOTE port pair; LOCAL may be auto (repeatable).",
-)
-@_common
-def create_tcp(name: str, host: str, tunnels: tuple[str, ...], **options: Any) -> None:
-    """A TCP tunnel item: several local→remote port pairs to one host."""
-    pairs = []
-    for text in tunnels:
-        try:
-            pairs.append(parse_tunnel_text(text))
-        except ValueError as error:
-            raise UsageError(f"--tunnel: {error}") from None
-    as_json, profile = options.pop("as_json"), options.pop("profile")
-    _create(_spec("tcp", name, options, host=host, tunnels=pairs), as_json, profile)
-
-
-@create.command("mssql")
-@click.argument("name")
-@click.option("--host", required=True, help="The SQL Server host.")
-@click.option("--port", type=int, help="Its port (default 1433).")
-@click.option("--username", required=True, help="The login the Jumpoint injects.")
-@click.option("--database", help="The database to log in to.")
-@click.option("--local-port", help="Local port (a number or auto; default auto).")
-@_common
-def create_mssql(
-    name: str,
-    host: str,
-    port: int | None,
-    username: str,
-    database: str | None,
-    local_port: str | None,
-    **options: Any,
-) -> None:
-    """A SQL Server item (the Jumpoint injects the credentials)."""
-    as_json, profile = options.pop("as_json"), options.pop("profile")
-    spec = _spec(
-        "mssql",
-        name,
-        options,
-        host=host,
-        port=port,
-        username=username,
-        database=database,
-        local_port=_local_port(local_port),
-    )
-    _create(spec, as_json, profile)
-
-
-@create.command("k8s")
-@click.argument("name")
-@click.option("--url", required=True, help="The API server's https:// URL.")
-@click.option(
-    "--ca-file",
-    required=True,
-    type=click.Path(dir_okay=False, exists=True),
-    help="PEM file of the cluster's CA certificates (a chain is allowed).",
-)
-@click.option("--namespace", help="Default namespace.")
-@click.option("--local-port", help="Local port (a number or auto; default auto).")
-@_common
-def create_k8s(
-    name: str,
-    url: str,
-    ca_file: str,
-    namespace: str | None,
-    local_port: str | None,
-    **options: Any,
-) -> None:
-    """A Kubernetes cluster item."""
-    try:
-        pem = Path(ca_file).read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"--ca-file: cannot read {ca_file}: {error}") from None
-    as_json, profile = options.pop("as_json"), options.pop("profile")
-    spec = _spec(
-        "k8s",
-        name,
-        options,
-        url=url,
-        ca_pem=pem,
-        namespace=namespace,
-        local_port=_local_port(local_port),
-    )
-    _create(spec, as_json, profile)
-
-
-@create.command("network")
-@click.argument("name")
-@click.option(
-    "--filter",
-    "filters",
-    multiple=True,
-    required=True,
-    help="IP[,IP|RANGE|CIDR][/PROTOCOL[/PORTS]] (repeatable, 1-50).",
-)
-@_common
-def create_network(name: str, filters: tuple[str, ...], **options: Any) -> None:
-    """A network tunnel item (filter rules)."""
-    as_json, profile = options.pop("as_json"), options.pop("profile")
-    _create(_spec("network", name, options, filters=list(filters)), as_json, profile)
+for _kind in kinds.registered():
+    _command = _kind.create_command(_common, _submit(_kind.name))
+    if _command is not None:
+        create.add_command(_command)
 
 
 @item.command("list")

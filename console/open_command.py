@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import signal
 import sys
@@ -25,7 +24,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from console.channel import connect
-from console.kubeconfig import KubeSession, cache_root, sweep
 from console.logrouter import LOG_ROUTER
 from console.profiles import load_profile
 from console.tunnels import TunnelSession
@@ -106,7 +104,7 @@ def choose_view(options: OpenOptions, out: TextIO, seconds: Any) -> SessionView:
     return TerminalView(out, seconds)
 
 
-def command_environment(session: TunnelSession, kube: KubeSession | None = None) -> dict[str, str]:
+def command_environment(session: TunnelSession) -> dict[str, str]:
     tunnels = [t.describe() for t in session.tunnels]
     first = session.tunnels[0]
     env = dict(os.environ)
@@ -119,8 +117,7 @@ def command_environment(session: TunnelSession, kube: KubeSession | None = None)
             "JUMP_ITEM": session.item,
         }
     )
-    if kube is not None:
-        env.update(kube.environment())
+    env.update(session.part.environment())
     return env
 
 
@@ -130,44 +127,13 @@ def _stderr_lines(lines: list[str]) -> None:
     sys.stderr.flush()
 
 
-def _create_kube(options: OpenOptions, session: TunnelSession) -> KubeSession:
-    """k8s: sweep what dead consoles left, write this session's kubeconfig, arm the listener."""
-    root = cache_root()
-    _stderr_lines(sweep(root))
-    first = session.tunnels[0]
-    kube = KubeSession.create(
-        root,
-        session.session_id,
-        options.item,
-        first.local_address,
-        first.local_port,
-        session.namespace,
-    )
-    session.set_kube(kube)
-    return kube
-
-
-class _KubeCleanup:
-    """Removes the session's kubeconfig once, whatever ends the session."""
-
-    def __init__(self) -> None:
-        self.kube: KubeSession | None = None
-        self.done = False
-
-    def remove(self) -> list[str]:
-        if self.kube is None or self.done:
-            return []
-        self.done = True
-        return self.kube.remove()
-
-
 async def run_open(reactor: Any, options: OpenOptions, out: TextIO) -> int:
     """Run one session to its end; returns the process exit status."""
     if options.command and shutil.which(options.command[0]) is None:
         raise UsageError(f"command not found: {options.command[0]}")
     profile = load_profile(options.profile)
     channel = await connect(reactor, profile)
-    cleanup = _KubeCleanup()
+    session: TunnelSession | None = None
     try:
         try:
             result = await _request_session(channel, options)
@@ -177,44 +143,47 @@ async def run_open(reactor: Any, options: OpenOptions, out: TextIO) -> int:
                     port, factory, backlog=511, interface=address
                 ),
             )
-            if session.item_type == "k8s":
-                try:
-                    cleanup.kube = _create_kube(options, session)
-                except (OSError, ValueError) as error:
-                    session.stop_listening()
-                    raise JumpError(f"could not write the session's kubeconfig: {error}") from None
+            try:
+                session.part.opened(
+                    options.item, session.session_id, session.tunnels, _stderr_lines
+                )
+            except JumpError:
+                session.stop_listening()
+                raise
             await channel.request(control.TUNNELS_BOUND, tunnels=session.bindings())
         except BaseException as error:
             reason = error.message if isinstance(error, JumpError) else "console error"
             await channel.close_and_wait(reactor, reason)
             raise
-        return await _run_session(reactor, options, out, session, cleanup)
+        return await _run_session(reactor, options, out, session)
     finally:
-        # An error after the kubeconfig was written: remove it all the same.
-        _stderr_lines(cleanup.remove())
+        # An error after the kind set up its part (a kubeconfig): remove it all the same.
+        if session is not None:
+            _stderr_lines(session.part.remove() or [])
 
 
 async def _run_session(
-    reactor: Any, options: OpenOptions, out: TextIO, session: TunnelSession, cleanup: _KubeCleanup
+    reactor: Any, options: OpenOptions, out: TextIO, session: TunnelSession
 ) -> int:
     channel = session.channel
-    kube = cleanup.kube
+    part = session.part
     view = choose_view(options, out, reactor.seconds)
     if isinstance(view, TerminalView):
         LOG_ROUTER.note = view.note
     details = session.details()
-    if kube is not None and isinstance(view, JsonView):
-        details["kubeconfig"] = str(kube.kubeconfig_path)
+    if isinstance(view, JsonView):
+        details.update(part.details())
     view.ready(
         options.item,
         session.session_id,
         [t.describe() for t in session.tunnels],
         details,
     )
-    if kube is not None and not isinstance(view, JsonView):
+    shell_lines = part.shell_lines()
+    if shell_lines and not isinstance(view, JsonView):
         # stdout, unless a command runs: its stdout is its own.
         shown = sys.stderr if options.command else out
-        shown.write(f"export KUBECONFIG={shlex.quote(str(kube.kubeconfig_path))}\n")
+        shown.write("".join(f"{line}\n" for line in shell_lines))
         shown.flush()
     for line in session.terms_lines():
         view.note(line)
@@ -256,7 +225,7 @@ async def _run_session(
             child,
             executable,
             list(options.command),
-            env=command_environment(session, kube),
+            env=command_environment(session),
             childFDs={0: 0, 1: 1, 2: 2},
         )
         child.ended.addCallback(
@@ -285,12 +254,12 @@ async def _run_session(
     if child is not None and not child.ended.called:
         await _stop_child(reactor, child)
     end = await _close_session(reactor, session, end)
-    removed = cleanup.remove()
+    removed = part.remove()
     if isinstance(view, JsonView):
-        view.closed(end.code, end.reason, session.counters(), removed=removed if kube else None)
+        view.closed(end.code, end.reason, session.counters(), removed=removed)
     else:
         view.closed(end.code, end.reason, session.counters())
-        _stderr_lines(removed)
+        _stderr_lines(removed or [])
     LOG_ROUTER.note = None
     if end.error is not None:
         raise end.error

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from console import kinds
 from shared.text import printable
 
 
@@ -51,18 +52,9 @@ def span(seconds: Any) -> str:
 
 
 def item_targets(entry: dict[str, Any]) -> str:
-    kind = entry.get("type")
-    if kind == "tcp":
-        return ", ".join(
-            f"{t.get('local_port')}:{t.get('remote_port')}" for t in entry.get("tunnels", [])
-        )
-    if kind == "mssql":
-        return f"{entry.get('local_port', 'auto')}:{entry.get('port')}"
-    if kind == "k8s":
-        return str(entry.get("url", ""))
-    if kind == "network":
-        return ", ".join(entry.get("filters", []))
-    return ""
+    """The TUNNELS column: the item's kind says (L{console.kinds}); blank for an unknown kind."""
+    kind = kinds.get(entry.get("type"))
+    return "" if kind is None else kind.targets(entry)
 
 
 def print_items(entries: list[dict[str, Any]], as_json: bool) -> None:
@@ -113,11 +105,9 @@ def print_item(entry: dict[str, Any], as_json: bool) -> None:
     for key in order:
         if entry.get(key) not in (None, ""):
             say(f"{key + ':':<16} {cell(entry[key])}")
-    if entry.get("type") == "tcp":
-        say(f"{'tunnels:':<16} {item_targets(entry)}")
-    if entry.get("type") == "network":
-        for rule in entry.get("filters", []):
-            say(f"{'filter:':<16} {rule}")
+    kind = kinds.get(entry.get("type"))
+    for label, text in kind.detail_lines(entry) if kind is not None else []:
+        say(f"{label + ':':<16} {text}")
     if entry.get("ca_certificates"):
         say(f"{'ca:':<16} {entry['ca_certificates']} certificate(s)")
     flags = []

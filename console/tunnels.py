@@ -1,7 +1,10 @@
 """A session's tunnels on the console: local listeners, connections and statistics.
 
 Each tunnel pair gets one listener.  Every accepted connection becomes one
-stream on the channel (L{TcpBridge}); the Jumpoint decides (and audits)
+stream on the channel; what serves it on the console (a plain L{TcpBridge},
+or a SQL Server or Kubernetes leg that logs in first) and what the listener
+is (TLS or not) are the item's kind's (L{console.kinds}, the session's
+L{SessionPart}).  The Jumpoint decides (and audits)
 whether the session may carry it (C{max_connections}), and a connection it
 refuses is closed, counted as refused and logged with the rule.  The console
 only bounds the refusals in flight: beyond C{max_connections} plus
@@ -13,26 +16,19 @@ C{stats} events show.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 
+from console import kinds
 from console.channel import ConsoleChannel
-from console.kube_proxy import KubeClientConnection, KubeListenerFactory, listener_hosts
-from console.kubeconfig import KubeSession
+from console.kinds.base import Accept, SessionPart, refuse
 from console.listeners import Listen, bind
-from console.local_ca import listener_certificate
-from console.tds_client_leg import ClientLeg
-from console.tds_proxy import TdsLocalConnection
+from console.tunnel_counters import Tunnel
 from shared.addresses import PortSet
-from shared.bridge import TcpBridge
 from shared.errors import JumpError, LocalBindError, ProtocolViolation
-from shared.pki import KeyPair
 from shared.protocol.control import StreamTarget
-from shared.protocol.frames import ErrorCode
 from shared.protocol.mux import Stream
 
 log = Logger()
@@ -41,154 +37,24 @@ REFUSALS_IN_FLIGHT = 32
 """Connections over the cap sent to the Jumpoint for its decision at the same time."""
 CAP_RULE = "max_connections"
 
-LocalLogin = TdsLocalConnection | KubeClientConnection
-"""A local connection that has no stream yet (its login or first request is not complete)."""
-
-FAILURE_CODES = {
-    ErrorCode.REFUSED,
-    ErrorCode.UNREACHABLE,
-    ErrorCode.TIMED_OUT,
-    ErrorCode.DENIED,
-    ErrorCode.LIMIT,
-}
-
-
-class _Refused(Protocol):
-    """Closes a local connection at once (over the connection limit)."""
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.abortConnection()  # type: ignore[attr-defined]
-
-
-@dataclass
-class Tunnel:
-    """One local→remote pair of an open session, with its counters."""
-
-    local_address: str
-    requested_port: int | None
-    remote_host: str
-    remote_port: int
-    local_port: int = 0
-    allowed_ports: PortSet | None = None
-    listening: IListeningPort | None = None
-    status: str = "pending"
-    bridges: set[TcpBridge] = field(default_factory=set)
-    logins: set[LocalLogin] = field(default_factory=set)
-    """Local connections still logging in: no stream yet, but a slot of the connection cap."""
-    total_connections: int = 0
-    refused_connections: int = 0
-    login_timeouts: int = 0
-    """Local connections closed because they did not complete their login in time."""
-    failed_connections: int = 0
-    closed_bytes_to_remote: int = 0
-    closed_bytes_from_remote: int = 0
-    last_error: str | None = None
-    service: str | None = None
-    """What the tunnel leads to beyond host and port (mssql: the login and database)."""
-    remote_url: str | None = None
-    """k8s: the cluster's URL; the listener is then HTTPS."""
-
-    @property
-    def local_url(self) -> str | None:
-        if self.remote_url is None:
-            return None
-        host = f"[{self.local_address}]" if ":" in self.local_address else self.local_address
-        return f"https://{host}:{self.local_port}"
-
-    @property
-    def binding(self) -> str:
-        local = self.local_url or f"{self.local_address}:{self.local_port}"
-        remote = self.remote_url or f"{self.remote_host}:{self.remote_port}"
-        text = f"{local} -> {remote}"
-        return f"{text} ({self.service})" if self.service else text
-
-    def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "local_address": self.local_address,
-            "local_port": self.local_port,
-            "remote_host": self.remote_host,
-            "remote_port": self.remote_port,
-        }
-        if self.remote_url is not None:
-            out["local_url"] = self.local_url
-            out["remote_url"] = self.remote_url
-        if self.service:
-            out["service"] = self.service
-        return out
-
-    def counters(self) -> dict[str, Any]:
-        to_remote = self.closed_bytes_to_remote + sum(b.stream.bytes_sent for b in self.bridges)
-        from_remote = self.closed_bytes_from_remote + sum(
-            b.stream.bytes_received for b in self.bridges
-        )
-        return {
-            **self.describe(),
-            "status": self.status,
-            "connections": len(self.bridges) + len(self.logins),
-            "total_connections": self.total_connections,
-            "refused_connections": self.refused_connections,
-            "login_timeouts": self.login_timeouts,
-            "failed_connections": self.failed_connections,
-            "bytes_to_remote": to_remote,
-            "bytes_from_remote": from_remote,
-            "last_error": self.last_error,
-        }
-
-    def login_completed(self, connection: LocalLogin, bridge: TcpBridge) -> None:
-        self.logins.discard(connection)
-        self.bridges.add(bridge)
-
-    def login_ended(self, connection: LocalLogin, *, timed_out: bool) -> None:
-        self.logins.discard(connection)
-        if timed_out:
-            self.login_timeouts += 1
-
-    def connection_closed(self, bridge: TcpBridge) -> None:
-        self.bridges.discard(bridge)
-        self.closed_bytes_to_remote += bridge.stream.bytes_sent
-        self.closed_bytes_from_remote += bridge.stream.bytes_received
-        if bridge.reset_code == ErrorCode.LIMIT:  # the Jumpoint's decision, audited there
-            self.total_connections -= 1
-            self.refused_connections += 1
-            log.warn(
-                "refused a local connection to {local}: {reason}",
-                local=f"{self.local_address}:{self.local_port}",
-                reason=bridge.close_reason,
-            )
-        elif bridge.reset_code in FAILURE_CODES:
-            self.failed_connections += 1
-            self.last_error = bridge.close_reason
-            log.warn(
-                "connection to {remote_host}:{remote_port} via {local} failed: {reason}",
-                remote_host=self.remote_host,
-                remote_port=self.remote_port,
-                local=f"{self.local_address}:{self.local_port}",
-                reason=bridge.close_reason,
-            )
-
 
 class TunnelFactory(ServerFactory):
-    """Accepts local connections for one tunnel and opens a stream for each."""
+    """Accepts local connections for one tunnel and opens a stream for each.
+
+    The session's rules (acl, the bound on refusals in flight) apply to every
+    kind; what then serves the connection is the kind's (L{SessionPart.acceptor}).
+    """
 
     def __init__(self, session: TunnelSession, tunnel: Tunnel) -> None:
         self.session = session
         self.tunnel = tunnel
-        self._certificate: KeyPair | None = None
-
-    def _client_leg(self) -> ClientLeg:
-        """A SQL Server leg with the listener's certificate (issued at the first connection)."""
-        if self._certificate is None:
-            self._certificate = listener_certificate(
-                self.session.channel.profile, self.tunnel.local_address
-            )
-        return ClientLeg(self._certificate.certificate_pem, self._certificate.key_pem)
+        self.acceptor = session.part.acceptor(tunnel)
 
     def buildProtocol(self, addr: Any) -> Protocol:
         session, tunnel = self.session, self.tunnel
         mux = session.channel.mux
         if mux is None or mux.closing or session.closing:
-            return _Refused()
+            return refuse()
         peer = str(getattr(addr, "host", ""))
         if not session.peer_allowed(peer):
             tunnel.refused_connections += 1
@@ -198,7 +64,7 @@ class TunnelFactory(ServerFactory):
                 local=f"{tunnel.local_address}:{tunnel.local_port}",
                 acl=", ".join(str(n) for n in session.acl),
             )
-            return _Refused()
+            return refuse()
         if session.current_connections() >= session.max_connections + REFUSALS_IN_FLIGHT:
             # the Jumpoint refuses these anyway; the console bounds what waits for it
             tunnel.refused_connections += 1
@@ -209,30 +75,8 @@ class TunnelFactory(ServerFactory):
                 limit=session.max_connections,
                 rule=CAP_RULE,
             )
-            return _Refused()
-        kube: KubeSession | None = None
-        if session.item_type == "k8s":
-            kube = session.kube
-            if kube is None:
-                tunnel.refused_connections += 1
-                log.warn(
-                    "refused a connection to {local}: the Kubernetes session is not ready",
-                    local=f"{tunnel.local_address}:{tunnel.local_port}",
-                )
-                return _Refused()
-        leg = None
-        if session.item_type == "mssql":
-            try:
-                leg = self._client_leg()
-            except (OSError, ValueError) as error:
-                log.error(
-                    "refused a connection to {local}: no TLS certificate for the listener: {error}",
-                    local=f"{tunnel.local_address}:{tunnel.local_port}",
-                    error=error,
-                )
-                return _Refused()
+            return refuse()
         target = StreamTarget(tunnel.remote_host, tunnel.remote_port).encode()
-        local = f"{tunnel.local_address}:{tunnel.local_port}"
 
         def open_stream() -> Stream | None:
             """The stream (and so the Jumpoint's dial), once the client has logged in."""
@@ -240,39 +84,18 @@ class TunnelFactory(ServerFactory):
                 return None
             return mux.open_stream(target)
 
-        if leg is not None:
-            # The stream waits for the client's whole LOGIN7.
-            connection = TdsLocalConnection(
-                leg,
-                open_stream,
-                tunnel,
+        return self.acceptor(
+            Accept(
+                tunnel=tunnel,
+                mux=mux,
+                target=target,
+                open_stream=open_stream,
                 clock=session.channel.clock,
                 login_timeout=session.login_timeout,
-                local=local,
+                local=f"{tunnel.local_address}:{tunnel.local_port}",
+                profile=session.channel.profile,
             )
-            tunnel.logins.add(connection)
-            tunnel.total_connections += 1
-            return connection
-        if kube is not None:
-            # The stream waits for a complete, authenticated head.
-            kube_connection = KubeClientConnection(
-                open_stream,
-                kube,
-                listener_hosts(tunnel.local_address, tunnel.local_port),
-                on_opened=tunnel.login_completed,
-                on_ended=lambda c, timed_out: tunnel.login_ended(c, timed_out=timed_out),
-                on_closed=tunnel.connection_closed,
-                clock=session.channel.clock,
-                login_timeout=session.login_timeout,
-                local=local,
-            )
-            tunnel.logins.add(kube_connection)
-            tunnel.total_connections += 1
-            return kube_connection
-        bridge = TcpBridge(mux.open_stream(target), on_closed=tunnel.connection_closed)
-        tunnel.bridges.add(bridge)
-        tunnel.total_connections += 1
-        return bridge
+        )
 
 
 def _parse_tunnels(result: dict[str, Any]) -> list[Tunnel]:
@@ -323,25 +146,10 @@ class TunnelSession:
         self.closing = False
         self.result = result
         spec = result.get("item")
-        self.item_type = str(spec.get("type", "")) if isinstance(spec, dict) else ""
-        if self.item_type == "mssql" and isinstance(spec, dict):
-            service = f"SQL Server as '{spec.get('username') or ''}'"
-            if spec.get("database"):
-                service += f", database '{spec['database']}'"
-            for tunnel in self.tunnels:
-                tunnel.service = service
-        self.kube: KubeSession | None = None
-        """k8s: the session's kubeconfig and listener certificate, set after binding."""
-        self.namespace: str | None = None
-        if self.item_type == "k8s" and isinstance(spec, dict):
-            self.namespace = str(spec["namespace"]) if spec.get("namespace") else None
-            service = "Kubernetes" + (f", namespace {self.namespace}" if self.namespace else "")
-            for tunnel in self.tunnels:
-                url = spec.get("url")
-                tunnel.remote_url = (
-                    str(url) if url else f"https://{tunnel.remote_host}:{tunnel.remote_port}"
-                )
-                tunnel.service = service
+        spec = spec if isinstance(spec, dict) else {}
+        self.kind = kinds.for_session(spec.get("type"))
+        self.part: SessionPart = self.kind.open_session(spec, self.tunnels)
+        """The kind's part of the session (its listener, what `jump open` sets up)."""
         try:
             self.acl = tuple(
                 ipaddress.ip_network(str(n), strict=False) for n in result.get("acl") or ()
@@ -422,14 +230,8 @@ class TunnelSession:
             self.stop_listening()
             raise
 
-    def set_kube(self, kube: KubeSession) -> None:
-        """k8s: the session's certificate and token; connections are refused until then."""
-        self.kube = kube
-
     def _bind(self, listen: Listen, tunnel: Tunnel) -> Any:
-        factory: ServerFactory = TunnelFactory(self, tunnel)
-        if self.item_type == "k8s":
-            factory = KubeListenerFactory(factory, lambda: self.kube)
+        factory = self.part.listener(TunnelFactory(self, tunnel))
         off_loopback = bool(self.acl)
         if tunnel.requested_port is not None or tunnel.allowed_ports is None:
             return bind(

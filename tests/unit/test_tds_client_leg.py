@@ -803,6 +803,7 @@ def test_mssql_connections_get_a_tds_bridge_with_one_certificate_per_tunnel(
     pki: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from console import tunnels
+    from console.kinds import mssql as console_mssql
     from shared.bridge import TcpBridge
 
     issued: list[str] = []
@@ -811,7 +812,7 @@ def test_mssql_connections_get_a_tds_bridge_with_one_certificate_per_tunnel(
         issued.append(address)
         return pki.listener
 
-    monkeypatch.setattr(tunnels, "listener_certificate", certificate)
+    monkeypatch.setattr(console_mssql, "listener_certificate", certificate)
     session = _session(MSSQL_ITEM)
     factory = tunnels.TunnelFactory(session, session.tunnels[0])
     peer = type("Peer", (), {"host": "127.0.0.1"})()
@@ -832,8 +833,11 @@ def _local_connection(
 ) -> tuple[Any, Any, Any]:
     """A tunnel session of an mssql item, and a function accepting one local connection."""
     from console import tunnels
+    from console.kinds import mssql as console_mssql
 
-    monkeypatch.setattr(tunnels, "listener_certificate", lambda profile, address: pki.listener)
+    monkeypatch.setattr(
+        console_mssql, "listener_certificate", lambda profile, address: pki.listener
+    )
     session = _session(MSSQL_ITEM, **terms)
     factory = tunnels.TunnelFactory(session, session.tunnels[0])
     peer = type("Peer", (), {"host": "127.0.0.1"})()
