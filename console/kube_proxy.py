@@ -39,7 +39,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from console.kubeconfig import KubeSession
-from shared.bridge import TcpBridge
+from shared.bridge import BridgeEvent, BridgeState, TcpBridge
 from shared.codecs.http.heads import Answer, Forward, RequestHead, error_answer, rewrite_headers
 from shared.codecs.http.relay import Exchange, HttpRelay
 from shared.k8s.api_policy import unauthorized_answer
@@ -141,7 +141,8 @@ class _StreamLeg(TcpBridge):
         self.connection.relay.feed_upstream(data)
 
     def stream_ended(self) -> None:
-        self._write_closed = True
+        if self.state in (BridgeState.OPEN, BridgeState.READ_CLOSED):
+            self._move(BridgeEvent.PEER_FIN)  # the relay closes the client's side
         self.connection.relay.upstream_eof()
 
     def stream_reset(self, code: int, reason: str) -> None:

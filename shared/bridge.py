@@ -14,10 +14,13 @@ both ways through Twisted's producer interfaces:
 Half-close: end of input on the socket becomes FIN on the stream, and FIN
 from the stream becomes a shutdown of writing on the socket.  The socket is
 closed when both directions have ended, or aborted when the stream is reset.
+That lifecycle is explicit: L{BridgeState}, moved by L{BridgeEvent}s along
+L{BRIDGE_TRANSITIONS}; anything else raises L{IllegalTransition}.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import Protocol as Interface
 
@@ -26,6 +29,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from shared.lifecycle import Transitions
 from shared.protocol.frames import ErrorCode, describe_code
 from shared.protocol.mux import Stream
 
@@ -41,6 +45,80 @@ class BridgeTap(Interface):
 
     def closed(self, reset: bool) -> None:
         """The bridge ended (C{reset}: aborted rather than closed in order)."""
+
+
+class BridgeState(enum.Enum):
+    """Where a bridge is in its life (the half-close of the module docstring)."""
+
+    CONNECTING = enum.auto()
+    """The stream exists, the TCP connection not yet (stream data is buffered)."""
+    CONNECTING_ENDED = enum.auto()
+    """Still connecting, and the peer's FIN already came: replayed once connected."""
+    OPEN = enum.auto()
+    """Relaying both ways."""
+    READ_CLOSED = enum.auto()
+    """The socket's input ended (FIN sent on the stream); stream bytes still go to it."""
+    WRITE_CLOSED = enum.auto()
+    """The socket's writing side is shut (the peer's FIN); its input still flows."""
+    CLOSING = enum.auto()
+    """Both directions ended: the socket is being closed in order."""
+    FINISHED = enum.auto()
+    """Over: closed in order, reset, aborted, or never connected."""
+
+
+class BridgeEvent(enum.Enum):
+    """What moves a bridge from one L{BridgeState} to the next."""
+
+    CONNECTED = enum.auto()
+    """The TCP connection is made."""
+    PEER_FIN = enum.auto()
+    """FIN arrived on the stream (the socket's writing side is shut)."""
+    WRITE_LOST = enum.auto()
+    """Twisted reports the socket's writing side closed (also after our own shutdown)."""
+    SOCKET_EOF = enum.auto()
+    """The socket's input ended (FIN goes on the stream)."""
+    RECONNECT = enum.auto()
+    """A subclass replaces the TCP connection (the SQL Server reroute): connecting again."""
+    FINISH = enum.auto()
+    """The bridge ends: both directions closed in order, a reset, an abort, a failed dial."""
+
+
+_B, _V = BridgeState, BridgeEvent
+_LIVE = {_V.RECONNECT: _B.CONNECTING, _V.FINISH: _B.FINISHED}
+BRIDGE_TRANSITIONS: Transitions[BridgeState, BridgeEvent] = Transitions(
+    "bridge",
+    BridgeState,
+    BridgeEvent,
+    {
+        _B.CONNECTING: {
+            _V.CONNECTED: _B.OPEN,
+            _V.PEER_FIN: _B.CONNECTING_ENDED,
+            _V.FINISH: _B.FINISHED,
+        },
+        _B.CONNECTING_ENDED: {_V.CONNECTED: _B.OPEN, _V.FINISH: _B.FINISHED},
+        _B.OPEN: {
+            _V.SOCKET_EOF: _B.READ_CLOSED,
+            _V.PEER_FIN: _B.WRITE_CLOSED,
+            _V.WRITE_LOST: _B.WRITE_CLOSED,
+            **_LIVE,
+        },
+        _B.READ_CLOSED: {_V.PEER_FIN: _B.CLOSING, _V.WRITE_LOST: _B.CLOSING, **_LIVE},
+        _B.WRITE_CLOSED: {
+            _V.SOCKET_EOF: _B.CLOSING,
+            _V.WRITE_LOST: _B.WRITE_CLOSED,  # the shutdown we asked for completed
+            **_LIVE,
+        },
+        _B.CLOSING: {_V.WRITE_LOST: _B.CLOSING, **_LIVE},
+        _B.FINISHED: {},
+    },
+)
+"""Every move a bridge may make; anything else raises L{IllegalTransition}."""
+
+_READ_ENDED = frozenset({BridgeState.READ_CLOSED, BridgeState.CLOSING})
+_WRITE_ENDED = frozenset({BridgeState.WRITE_CLOSED, BridgeState.CLOSING})
+_NOT_CONNECTED = frozenset(
+    {BridgeState.CONNECTING, BridgeState.CONNECTING_ENDED, BridgeState.FINISHED}
+)
 
 
 @implementer(IPushProducer)
@@ -69,6 +147,7 @@ class TcpBridge(Protocol):
     stream waits in a buffer bounded by the stream's credit window.
 
     @ivar close_reason: why the bridge ended, for statistics and logs.
+    @ivar lifecycle: the half-close lifecycle (L{BridgeState}).
     """
 
     def __init__(
@@ -79,14 +158,55 @@ class TcpBridge(Protocol):
         self.close_reason: str | None = None
         self.reset_code: int | None = None
         self._before_connect: list[bytes] | None = []
-        self._ended_before_connect = False
         self._sending_paused = False
-        self._read_closed = False
-        self._write_closed = False
-        self._finished = False
+        self.lifecycle = BRIDGE_TRANSITIONS.start(BridgeState.CONNECTING)
         self.connected = False
         self.tap: BridgeTap | None = None
         stream.attach(self)
+
+    # -- the lifecycle ---------------------------------------------------
+
+    @property
+    def state(self) -> BridgeState:
+        return self.lifecycle.state
+
+    def _move(self, event: BridgeEvent) -> BridgeState:
+        return self.lifecycle.fire(event)
+
+    @property
+    def _finished(self) -> bool:
+        return self.lifecycle.state is BridgeState.FINISHED
+
+    @property
+    def _read_closed(self) -> bool:
+        """Whether the socket's input has ended (FIN sent on the stream)."""
+        return self.lifecycle.state in _READ_ENDED
+
+    @_read_closed.setter
+    def _read_closed(self, value: bool) -> None:
+        # Kept for the subclasses: True is the socket's end of input, False a
+        # new TCP connection coming (a reroute); the lifecycle checks both.
+        if value and not self._read_closed and not self._finished:
+            self._move(BridgeEvent.SOCKET_EOF)
+        elif not value:
+            self._reconnect()
+
+    @property
+    def _write_closed(self) -> bool:
+        """Whether the socket's writing side is shut (the stream's FIN came)."""
+        return self.lifecycle.state in _WRITE_ENDED
+
+    @_write_closed.setter
+    def _write_closed(self, value: bool) -> None:
+        if value and not self._write_closed and not self._finished:
+            self._move(BridgeEvent.PEER_FIN)
+        elif not value:
+            self._reconnect()
+
+    def _reconnect(self) -> None:
+        """A new TCP connection will replace the current one (the stream stays)."""
+        if self.lifecycle.state not in _NOT_CONNECTED:
+            self._move(BridgeEvent.RECONNECT)
 
     # -- TCP side --------------------------------------------------------
 
@@ -96,6 +216,8 @@ class TcpBridge(Protocol):
         if self._finished:
             transport.abortConnection()  # type: ignore[attr-defined]
             return
+        ended_before_connect = self.lifecycle.state is BridgeState.CONNECTING_ENDED
+        self._move(BridgeEvent.CONNECTED)
         self.connected = True
         tcp = ITCPTransport(transport, None)
         if tcp is not None:
@@ -110,8 +232,8 @@ class TcpBridge(Protocol):
             transport.writeSequence(buffered)
         if self._sending_paused:
             transport.pauseProducing()  # type: ignore[attr-defined]
-        if self._ended_before_connect:
-            self.stream_ended()
+        if ended_before_connect:
+            self.stream_ended()  # the FIN that came while connecting
 
     def dataReceived(self, data: bytes) -> None:
         if self.tap is not None:
@@ -119,16 +241,20 @@ class TcpBridge(Protocol):
         self.stream.write(data)
 
     def readConnectionLost(self) -> None:
-        self._read_closed = True
+        if self._finished:
+            return
+        self._move(BridgeEvent.SOCKET_EOF)
         self.stream.end_write()
         self._maybe_close()
 
     def writeConnectionLost(self) -> None:
-        self._write_closed = True
+        if self._finished:
+            return
+        self._move(BridgeEvent.WRITE_LOST)
         self._maybe_close()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        orderly = self._read_closed and self._write_closed
+        orderly = self.lifecycle.state is BridgeState.CLOSING
         if not self.stream.closed and not orderly:
             text = reason.getErrorMessage()
             self.stream.reset(ErrorCode.CANCEL, f"connection closed: {text}")
@@ -148,13 +274,14 @@ class TcpBridge(Protocol):
 
     def stream_ended(self) -> None:
         if self._before_connect is not None:
-            self._ended_before_connect = True
+            if self.lifecycle.state is BridgeState.CONNECTING:
+                self._move(BridgeEvent.PEER_FIN)
             return
         transport = self.transport
         assert transport is not None
         self.stream.mux.writes.flush(transport)
-        if not self._write_closed:
-            self._write_closed = True
+        if not self._write_closed and not self._finished:
+            self._move(BridgeEvent.PEER_FIN)
             # Twisted forgets a pending half-close when the buffer drains while a
             # registered producer is paused; no more data comes after FIN anyway.
             transport.unregisterProducer()  # type: ignore[attr-defined]
@@ -203,14 +330,14 @@ class TcpBridge(Protocol):
         self._finish()
 
     def _maybe_close(self) -> None:
-        if self._read_closed and self._write_closed and self.transport is not None:
+        if self.lifecycle.state is BridgeState.CLOSING and self.transport is not None:
             self.close_reason = self.close_reason or "closed"
             self.transport.loseConnection()
 
     def _finish(self) -> None:
         if self._finished:
             return
-        self._finished = True
+        self._move(BridgeEvent.FINISH)
         self._before_connect = None
         if self.tap is not None:
             aborted = (self.close_reason or "").startswith("aborted")

@@ -38,6 +38,7 @@ L{MuxSettings.close_timeout} is aborted too.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import struct
@@ -50,6 +51,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from shared.lifecycle import Lifecycle, Transitions
 from shared.protocol import frames
 from shared.protocol.frames import ErrorCode, Flag, Frame, FrameError, FrameType
 from shared.protocol.sockets import WriteBatch
@@ -104,13 +106,81 @@ class MuxHandler(Protocol):
         """The connection is going away; the transport will be closed."""
 
 
-class StreamState:
-    """Names for a stream's lifecycle, for logs and statistics."""
+class StreamState(enum.StrEnum):
+    """A stream's lifecycle (docs/protocol.md, "Streams" and "Half-close").
+
+    The values are the names used in logs and statistics.
+    """
 
     OPEN = "open"
+    FIN_QUEUED = "half-closed (local), FIN queued"
+    """The application ended its direction; the FIN waits behind queued data."""
     HALF_CLOSED_LOCAL = "half-closed (local)"
+    """Our FIN is sent; the peer may still send."""
     HALF_CLOSED_REMOTE = "half-closed (remote)"
+    """The peer's FIN arrived; we may still send."""
+    CLOSING = "closing"
+    """Both directions ended, our FIN still waits behind queued data."""
     CLOSED = "closed"
+    """Forgotten: both FINs went through, or the stream was reset."""
+
+
+class StreamEvent(enum.Enum):
+    """What moves a stream from one L{StreamState} to the next."""
+
+    END_WRITE = enum.auto()
+    """The application ends its direction (L{Stream.end_write})."""
+    FIN_SENT = enum.auto()
+    """Our FIN is written, after every queued byte."""
+    FIN_RECEIVED = enum.auto()
+    """The peer's FIN arrived."""
+    DATA_RECEIVED = enum.auto()
+    """DATA with payload arrived (allowed only while the peer's direction is open)."""
+    RESET = enum.auto()
+    """A RESET was sent or received, or the connection went away."""
+
+
+_S, _E = StreamState, StreamEvent
+STREAM_TRANSITIONS: Transitions[StreamState, StreamEvent] = Transitions(
+    "stream",
+    StreamState,
+    StreamEvent,
+    {
+        _S.OPEN: {
+            _E.END_WRITE: _S.FIN_QUEUED,
+            _E.FIN_RECEIVED: _S.HALF_CLOSED_REMOTE,
+            _E.DATA_RECEIVED: _S.OPEN,
+            _E.RESET: _S.CLOSED,
+        },
+        _S.FIN_QUEUED: {
+            _E.FIN_SENT: _S.HALF_CLOSED_LOCAL,
+            _E.FIN_RECEIVED: _S.CLOSING,
+            _E.DATA_RECEIVED: _S.FIN_QUEUED,
+            _E.RESET: _S.CLOSED,
+        },
+        _S.HALF_CLOSED_LOCAL: {
+            _E.FIN_RECEIVED: _S.CLOSED,
+            _E.DATA_RECEIVED: _S.HALF_CLOSED_LOCAL,
+            _E.RESET: _S.CLOSED,
+        },
+        _S.HALF_CLOSED_REMOTE: {
+            _E.END_WRITE: _S.CLOSING,
+            _E.RESET: _S.CLOSED,
+        },
+        _S.CLOSING: {
+            _E.FIN_SENT: _S.CLOSED,
+            _E.RESET: _S.CLOSED,
+        },
+        _S.CLOSED: {},
+    },
+)
+"""Every move a stream may make; anything else raises L{IllegalTransition}.
+
+DATA after the peer's FIN is not in the table: the receiver resets the stream
+with C{PROTOCOL_ERROR}.  What the API tolerates as a no-op (a write or an
+C{end_write} after the direction ended, a second FIN, a reset of a closed
+stream) is checked before an event is fired, never fired.
+"""
 
 
 @dataclass
@@ -131,12 +201,12 @@ class Stream:
     recv_credit: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
-    local_fin: bool = False
-    remote_fin: bool = False
-    closed: bool = False
+    _lifecycle: Lifecycle[StreamState, StreamEvent] = field(
+        default_factory=lambda: STREAM_TRANSITIONS.start(StreamState.OPEN)
+    )
+    _reset_before_attach: tuple[int, str] | None = None
     _queue: deque[bytes | memoryview] = field(default_factory=deque)
     _queued: int = 0
-    _queued_fin: bool = False
     _scheduled: bool = False
     _app_told_paused: bool = False
     _receive_paused: bool = False
@@ -145,14 +215,30 @@ class Stream:
     _epoch: float = 0.0
 
     @property
-    def state(self) -> str:
-        if self.closed:
-            return StreamState.CLOSED
-        if self.local_fin:
-            return StreamState.HALF_CLOSED_LOCAL
-        if self.remote_fin:
-            return StreamState.HALF_CLOSED_REMOTE
-        return StreamState.OPEN
+    def state(self) -> StreamState:
+        return self._lifecycle.state
+
+    @property
+    def closed(self) -> bool:
+        """Whether the stream is over (and forgotten by its multiplexer)."""
+        return self._lifecycle.state is StreamState.CLOSED
+
+    @property
+    def local_fin(self) -> bool:
+        """Whether our direction has ended (FIN queued or sent, or the stream closed)."""
+        return self._lifecycle.state in _LOCAL_ENDED
+
+    @property
+    def remote_fin(self) -> bool:
+        """Whether the peer's direction has ended (its FIN arrived, or the stream closed)."""
+        return self._lifecycle.state in _REMOTE_ENDED
+
+    def _move(self, event: StreamEvent) -> None:
+        """Fire C{event}; a stream that gets to CLOSED is cleaned up and forgotten."""
+        if self._lifecycle.fire(event) is StreamState.CLOSED:
+            self._queue.clear()
+            self._queued = 0
+            self.mux._stream_finished(self)
 
     @property
     def queued_bytes(self) -> int:
@@ -167,8 +253,16 @@ class Stream:
     # -- the application's side ------------------------------------------
 
     def attach(self, app: StreamApplication) -> None:
-        """Connect the application; it must be attached before the stream sees traffic."""
+        """Connect the application; it must be attached before the stream sees traffic.
+
+        A stream that was reset before it had an application (one the
+        multiplexer could not open) tells the application at once.
+        """
         self.app = app
+        pending, self._reset_before_attach = self._reset_before_attach, None
+        if pending is not None:
+            app.stream_reset(*pending)
+            return
         self._update_app_pause()
 
     def write(self, data: bytes) -> None:
@@ -201,14 +295,11 @@ class Stream:
 
     def end_write(self) -> None:
         """Half-close: send FIN once queued data is out."""
-        if self.closed or self.local_fin:
+        if self.local_fin:
             return
-        self.local_fin = True
-        if self._queued:
-            self._queued_fin = True
-        else:
-            self.mux._send_fin(self.stream_id)
-            self._check_done()
+        self._move(StreamEvent.END_WRITE)
+        if not self._queued:
+            self._send_fin()
 
     def reset(self, code: int, reason: str) -> None:
         """Abort the stream and tell the peer why."""
@@ -251,10 +342,8 @@ class Stream:
             self._queued -= size
             self.mux._write(frames.HEADER.pack(FrameType.DATA, 0, self.stream_id, size) + chunk)
         if not self._queued:
-            if self._queued_fin:
-                self._queued_fin = False
-                self.mux._send_fin(self.stream_id)
-                self._check_done()
+            if self._lifecycle.state in _FIN_WAITING:
+                self._send_fin()
         elif self.send_window > 0:
             self.mux._schedule(self)
         self._update_app_pause()
@@ -281,7 +370,15 @@ class Stream:
         self.recv_credit += increment + grow
         self.mux._send_window_update(self.stream_id, increment + grow)
 
+    def _send_fin(self) -> None:
+        self.mux._send_fin(self.stream_id)
+        self._move(StreamEvent.FIN_SENT)
+
     def _data_received(self, data: bytes) -> None:
+        if not self._lifecycle.allows(StreamEvent.DATA_RECEIVED):
+            self.reset(ErrorCode.PROTOCOL_ERROR, "DATA after FIN")
+            self._notify_reset(ErrorCode.PROTOCOL_ERROR, "the peer sent DATA after FIN")
+            return
         if len(data) > self.recv_credit:
             self.reset(ErrorCode.FLOW_CONTROL_ERROR, "peer sent more than its credit window")
             self._notify_reset(ErrorCode.FLOW_CONTROL_ERROR, "peer exceeded its credit window")
@@ -292,11 +389,10 @@ class Stream:
 
     def _fin_received(self) -> None:
         if self.remote_fin:
-            return
-        self.remote_fin = True
+            return  # a second FIN is ignored
+        self._move(StreamEvent.FIN_RECEIVED)
         if self.app is not None:
             self.app.stream_ended()
-        self._check_done()
 
     def _window_update(self, increment: int) -> None:
         if increment == 0 or self.send_window + increment > 2**31 - 1:
@@ -322,18 +418,19 @@ class Stream:
         self._finish()
         if app is not None:
             app.stream_reset(code, reason)
-
-    def _check_done(self) -> None:
-        if self.local_fin and self.remote_fin and not self._queued and not self.closed:
-            self._finish()
+        else:
+            self._reset_before_attach = (code, reason)
 
     def _finish(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._queue.clear()
-        self._queued = 0
-        self.mux._stream_finished(self)
+        if not self.closed:
+            self._move(StreamEvent.RESET)
+
+
+_LOCAL_ENDED = frozenset(
+    {StreamState.FIN_QUEUED, StreamState.HALF_CLOSED_LOCAL, StreamState.CLOSING, StreamState.CLOSED}
+)
+_REMOTE_ENDED = frozenset({StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSING, StreamState.CLOSED})
+_FIN_WAITING = frozenset({StreamState.FIN_QUEUED, StreamState.CLOSING})
 
 
 _PING = struct.Struct("!d")
@@ -444,10 +541,6 @@ class Multiplexer:
                 self._check_known(frame)
                 return
             if frame.payload:
-                if stream.remote_fin:
-                    stream.reset(ErrorCode.PROTOCOL_ERROR, "DATA after FIN")
-                    stream._notify_reset(ErrorCode.PROTOCOL_ERROR, "the peer sent DATA after FIN")
-                    return
                 stream._data_received(frame.payload)
             if frame.flags & Flag.FIN and not stream.closed:
                 stream._fin_received()
@@ -536,8 +629,29 @@ class Multiplexer:
     # -- outbound --------------------------------------------------------
 
     def open_stream(self, payload: bytes) -> Stream:
-        """Open a new stream towards the peer; C{payload} says what to connect it to."""
+        """Open a new stream towards the peer; C{payload} says what to connect it to.
+
+        Ids are never reused: once this side has used every id of its parity
+        up to C{MAX_STREAM_ID}, the channel can carry no new stream.  It is
+        then closed with GOAWAY C{LIMIT}, and the stream returned is already
+        reset (its application hears so when it attaches); no OPEN is sent.
+        """
         stream_id = self._next_stream_id
+        if stream_id > frames.MAX_STREAM_ID:
+            reason = "the channel has used every stream id"
+            if not self.closing:
+                self.log.warn("closing channel: {reason}", reason=reason)
+                self.go_away(ErrorCode.LIMIT, reason)
+            window = self.settings.initial_window
+            refused = Stream(
+                mux=self,
+                stream_id=stream_id,
+                send_window=window,
+                recv_window=window,
+                recv_credit=window,
+            )
+            refused._notify_reset(ErrorCode.LIMIT, reason)
+            return refused
         self._next_stream_id += 2
         stream = self._new_stream(stream_id)
         self._write_frame(FrameType.OPEN, 0, stream_id, payload)
