@@ -31,7 +31,7 @@ from shared.errors import (
     error_from_json,
 )
 from shared.protocol import control
-from shared.protocol.channel import ChannelProtocol
+from shared.protocol.channel import CONSOLE_HELLO, ChannelEvent, ChannelProtocol
 from shared.protocol.frames import PROTOCOL_VERSION, ErrorCode, describe_code
 from shared.protocol.mux import MuxSettings, Stream
 from shared.protocol.tls import CONSOLE_EXPIRED, client_options, describe_tls_failure, wrap_client
@@ -82,6 +82,7 @@ class ConsoleChannel(ChannelProtocol):
     """The console's connection to one Jumpoint."""
 
     is_client = True
+    hello_transitions = CONSOLE_HELLO
 
     def __init__(self, clock: IReactorTime, profile: Profile) -> None:
         super().__init__(clock, MuxSettings(), handshake_timeout=CONNECT_TIMEOUT)
@@ -99,6 +100,7 @@ class ConsoleChannel(ChannelProtocol):
 
     def channel_started(self) -> None:
         assert self.mux is not None
+        self.hello.fire(ChannelEvent.STARTED)
         self.mux.send_control(
             {"type": control.HELLO, "version": PROTOCOL_VERSION, "client": f"jump {__version__}"}
         )
@@ -211,13 +213,14 @@ class ConsoleChannel(ChannelProtocol):
         assert self.mux is not None
         try:
             kind = control.check_message(message, control.JUMPOINT_MESSAGES)
+            if kind == control.WELCOME:
+                self.peer_event(ChannelEvent.WELCOME, "second welcome")
+            else:
+                self.peer_event(ChannelEvent.MESSAGE, f"{kind!r} out of turn")
         except ProtocolViolation as violation:
             self.mux.go_away(ErrorCode.PROTOCOL_ERROR, violation.message)
             return
         if kind == control.WELCOME:
-            if self.welcome.called:
-                self.mux.go_away(ErrorCode.PROTOCOL_ERROR, "second welcome")
-                return
             self.mux.establish()
             self.mux.settings = keepalive_settings(self.mux.settings, message)
             self.mux.start_keepalive()

@@ -24,10 +24,16 @@ What comes back on the stream is parsed by h11 too, so the console knows
 when an upgrade was accepted (101: raw bytes both ways from then on,
 including what arrived together with the 101) and when it was refused (the
 connection stays HTTP, and the next request is checked like the first).
+
+Each connection's lifecycle is explicit: L{KubeConnectionState}, moved by
+L{KubeConnectionEvent}s along L{KUBE_CONNECTION_TRANSITIONS}.  The HTTP
+framing itself (heads, Content-Length and chunked bodies, the upgrade) is
+the sans-IO L{HttpRelay}'s; this protocol only moves bytes and timers.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -43,6 +49,7 @@ from shared.bridge import BridgeEvent, BridgeState, TcpBridge
 from shared.codecs.http.heads import Answer, Forward, RequestHead, error_answer, rewrite_headers
 from shared.codecs.http.relay import Exchange, HttpRelay
 from shared.k8s.api_policy import unauthorized_answer
+from shared.lifecycle import Transitions
 from shared.protocol.frames import ErrorCode, describe_code
 from shared.protocol.mux import Stream
 
@@ -75,6 +82,54 @@ def tls_options(session: KubeSession) -> ssl.CertificateOptions:
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         acceptableProtocols=[ALPN],
     )
+
+
+class KubeConnectionState(enum.Enum):
+    """Where one kubectl connection is."""
+
+    AWAITING_LOGIN = enum.auto()
+    """No stream yet: waiting for a complete, authenticated request head."""
+    RELAYING = enum.auto()
+    """The stream is open; HTTP exchanges go through the relay (its leg reports the end)."""
+    UPGRADED = enum.auto()
+    """The cluster accepted an upgrade (101): raw bytes both ways."""
+    TIMED_OUT = enum.auto()
+    """No authenticated request within the login timeout: reported, being aborted."""
+    CLOSED = enum.auto()
+    """The local connection is gone."""
+
+
+class KubeConnectionEvent(enum.Enum):
+    """What moves a kubectl connection from one L{KubeConnectionState} to the next."""
+
+    STREAM_OPENED = enum.auto()
+    """The first authenticated request opened the stream."""
+    SWITCHED = enum.auto()
+    """The relay saw 101 Switching Protocols."""
+    LOGIN_EXPIRED = enum.auto()
+    """The login timeout passed without a stream."""
+    LOST = enum.auto()
+    """The local connection ended."""
+
+
+_K, _KE = KubeConnectionState, KubeConnectionEvent
+KUBE_CONNECTION_TRANSITIONS: Transitions[KubeConnectionState, KubeConnectionEvent] = Transitions(
+    "kubernetes connection",
+    KubeConnectionState,
+    KubeConnectionEvent,
+    {
+        _K.AWAITING_LOGIN: {
+            _KE.STREAM_OPENED: _K.RELAYING,
+            _KE.LOGIN_EXPIRED: _K.TIMED_OUT,
+            _KE.LOST: _K.CLOSED,
+        },
+        _K.RELAYING: {_KE.SWITCHED: _K.UPGRADED, _KE.LOST: _K.CLOSED},
+        _K.UPGRADED: {_KE.LOST: _K.CLOSED},
+        _K.TIMED_OUT: {_KE.LOST: _K.CLOSED},
+        _K.CLOSED: {},
+    },
+)
+"""Every move a kubectl connection may make; anything else raises L{IllegalTransition}."""
 
 
 class _Refuse(Protocol):
@@ -158,6 +213,8 @@ class _StreamLeg(TcpBridge):
 class KubeClientConnection(Protocol):
     """One kubectl connection (already decrypted): local auth, then an HTTP relay to a stream.
 
+    @ivar lifecycle: where the connection is (L{KubeConnectionState}).
+
     No stream exists (so the Jumpoint dials nothing) until the first request
     head is complete and carries this session's token and Host.  A connection
     that has not got that far within C{login_timeout} seconds is closed and
@@ -199,8 +256,11 @@ class KubeClientConnection(Protocol):
         """Requests answered locally (401, malformed)."""
         self.timed_out = False
         self._timer: IDelayedCall | None = None
-        self._ended = False
-        self._lost = False
+        self.lifecycle = KUBE_CONNECTION_TRANSITIONS.start(KubeConnectionState.AWAITING_LOGIN)
+
+    @property
+    def state(self) -> KubeConnectionState:
+        return self.lifecycle.state
 
     @property
     def stream(self) -> Stream | None:
@@ -224,14 +284,16 @@ class KubeClientConnection(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timer()
-        self._lost = True
+        before = self.lifecycle.state
+        self.lifecycle.fire(KubeConnectionEvent.LOST)
         leg = self.leg
         if leg is not None:
             self.relay.abort(f"the local connection was lost: {reason.getErrorMessage()}")
             leg.connectionLost(reason)
         else:
             self.relay.abort("closed")
-            self._end(timed_out=False)
+            if before is KubeConnectionState.AWAITING_LOGIN:
+                self._report_ended(timed_out=False)
 
     def abort(self) -> None:
         """Close now (the session is closing)."""
@@ -240,8 +302,9 @@ class KubeClientConnection(Protocol):
 
     def _login_expired(self) -> None:
         self._timer = None
-        if self.leg is not None or self._ended:
+        if self.lifecycle.state is not KubeConnectionState.AWAITING_LOGIN:
             return
+        self.lifecycle.fire(KubeConnectionEvent.LOGIN_EXPIRED)
         self.timed_out = True
         log.warn(
             "closed a Kubernetes connection from {peer} on {local}: no complete request"
@@ -250,7 +313,7 @@ class KubeClientConnection(Protocol):
             local=self.local,
             timeout=self.login_timeout,
         )
-        self._end(timed_out=True)
+        self._report_ended(timed_out=True)
         self.abort()
 
     def _cancel_timer(self) -> None:
@@ -258,10 +321,8 @@ class KubeClientConnection(Protocol):
             self._timer.cancel()
         self._timer = None
 
-    def _end(self, timed_out: bool) -> None:
-        if self._ended:
-            return
-        self._ended = True
+    def _report_ended(self, timed_out: bool) -> None:
+        """The connection ended before it had a stream (reported once: the lifecycle says so)."""
         if self.on_ended is not None:
             self.on_ended(self, timed_out)
 
@@ -284,13 +345,13 @@ class KubeClientConnection(Protocol):
 
     def _open(self) -> bool:
         """Open the stream for the first authenticated request; False if the session is closing."""
-        if self._ended or self.transport is None:
+        if self.lifecycle.state is not KubeConnectionState.AWAITING_LOGIN or self.transport is None:
             return False
         stream = self.open_stream()
         if stream is None:
             return False
         self._cancel_timer()
-        self._ended = True  # from now on the leg reports the connection's end
+        self.lifecycle.fire(KubeConnectionEvent.STREAM_OPENED)  # the leg reports the end
         leg = _StreamLeg(stream, self, self.on_closed)
         self.leg = leg
         if self.on_opened is not None:
@@ -311,7 +372,7 @@ class KubeClientConnection(Protocol):
             TcpBridge.dataReceived(leg, data)
 
     def switched(self, exchange: Exchange) -> None:
-        pass
+        self.lifecycle.fire(KubeConnectionEvent.SWITCHED)
 
     def exchange_finished(self, exchange: Exchange) -> None:
         pass  # audited on the Jumpoint
@@ -333,7 +394,7 @@ class KubeClientConnection(Protocol):
                 leg.stream.end_write()
             else:
                 leg.stream.reset(ErrorCode.CANCEL, reason)
-        if self._lost:
+        if self.lifecycle.state is KubeConnectionState.CLOSED:
             return
         if clean:
             self._close_client()
@@ -382,7 +443,10 @@ class KubeClientConnection(Protocol):
 __all__ = [
     "ALPN",
     "DEFAULT_LOGIN_TIMEOUT",
+    "KUBE_CONNECTION_TRANSITIONS",
     "KubeClientConnection",
+    "KubeConnectionEvent",
+    "KubeConnectionState",
     "KubeListenerFactory",
     "listener_hosts",
     "tls_options",

@@ -42,7 +42,7 @@ from shared.enrollment import rfc3339
 from shared.errors import InternalError, JumpError, ProtocolViolation
 from shared.pki import KeyPair
 from shared.protocol import control
-from shared.protocol.channel import ChannelProtocol
+from shared.protocol.channel import ChannelEvent, ChannelProtocol
 from shared.protocol.enroll import ENROLL_ALPN
 from shared.protocol.frames import PROTOCOL_VERSION, ErrorCode, describe_code
 from shared.protocol.mux import MuxSettings, Stream
@@ -193,7 +193,6 @@ class JumpointChannel(ChannelProtocol):
         self.peer = "?"
         self.peer_host = "0.0.0.0"
         self.close_reason: str | None = None
-        self._hello_done = False
         self.enrollment: EnrollExchange | None = None
         """Set when the console came to enroll (ALPN C{jumpoint-enroll/1}), not for a channel."""
         self._expiry: IDelayedCall | None = None
@@ -242,6 +241,7 @@ class JumpointChannel(ChannelProtocol):
             # Defensive fallback: server_options requires a client certificate, so a
             # console without one fails the TLS handshake (alert "certificate required")
             # and never gets here (docs/protocol.md, "Connection without a client certificate").
+            self.hello.fire(ChannelEvent.REFUSED)
             self.mux.go_away(ErrorCode.DENIED, "no client certificate")
             return
         serial, common_name = identity
@@ -258,8 +258,10 @@ class JumpointChannel(ChannelProtocol):
             self.core.log_audit.record(
                 "console_refused", user=common_name, peer=self.peer, reason=why
             )
+            self.hello.fire(ChannelEvent.REFUSED)
             self.mux.go_away(ErrorCode.REVOKED, why)
             return
+        self.hello.fire(ChannelEvent.STARTED)
         self.user = user
         self.core.channels.add(self)
         log.info("console {peer} connected as user {user}", peer=self.peer, user=user.name)
@@ -357,9 +359,9 @@ class JumpointChannel(ChannelProtocol):
             return
         try:
             kind = control.check_envelope(message, control.CONSOLE_MESSAGES)
-            if not self._hello_done and kind != control.HELLO:
-                raise ProtocolViolation(f"{kind!r} before hello")
-            if kind == control.HELLO:
+            if kind != control.HELLO:
+                self.peer_event(ChannelEvent.MESSAGE, f"{kind!r} before hello")
+            else:
                 control.check_message(message, {control.HELLO})  # no id: no error reply
                 self._hello(message)
                 return
@@ -412,11 +414,11 @@ class JumpointChannel(ChannelProtocol):
 
     def _hello(self, message: dict[str, Any]) -> None:
         assert self.mux is not None and self.user is not None
-        if self._hello_done:
+        if not self.hello.allows(ChannelEvent.HELLO):
             raise ProtocolViolation("second hello")
         if message["version"] != PROTOCOL_VERSION:
             raise ProtocolViolation(f"unsupported protocol version {message['version']}")
-        self._hello_done = True
+        self.hello.fire(ChannelEvent.HELLO)
         self.mux.send_control(
             {
                 "type": control.WELCOME,

@@ -5,10 +5,18 @@ handshake (with a deadline), checks the negotiated ALPN protocol, then hands
 every byte to its L{Multiplexer}.  Subclasses implement the L{MuxHandler}
 callbacks plus L{ChannelProtocol.channel_started} and
 L{ChannelProtocol.channel_lost}.
+
+The hello exchange (docs/protocol.md, "Hello exchange") is an explicit
+lifecycle, L{ChannelProtocol.hello}: L{ChannelState} moved by
+L{ChannelEvent}s along L{CONSOLE_HELLO} or L{JUMPOINT_HELLO}.  An event the
+peer causes out of turn (a second C{welcome}, a request before C{hello}) is
+a L{ProtocolViolation} (GOAWAY C{PROTOCOL_ERROR}); any other undefined move
+raises L{IllegalTransition}.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
@@ -17,17 +25,94 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from shared.errors import ProtocolViolation
+from shared.lifecycle import Lifecycle, Transitions
 from shared.protocol.frames import ALPN_PROTOCOL
 from shared.protocol.mux import Multiplexer, MuxSettings, Stream
 from shared.protocol.sockets import tune_transport
 
 
+class ChannelState(enum.Enum):
+    """Where a channel is in its hello exchange."""
+
+    HANDSHAKING = enum.auto()
+    """TLS is not up yet."""
+    HELLO_SENT = enum.auto()
+    """Console: C{hello} sent, waiting for C{welcome}."""
+    AWAITING_HELLO = enum.auto()
+    """Jumpoint: the console's certificate names an active user; waiting for C{hello}."""
+    REFUSED = enum.auto()
+    """Jumpoint: no client certificate, or no active user: GOAWAY sent."""
+    ESTABLISHED = enum.auto()
+    """C{welcome} sent (Jumpoint) or received (console): streams and requests."""
+    CLOSED = enum.auto()
+    """The connection is gone."""
+
+
+class ChannelEvent(enum.Enum):
+    """What moves a channel from one L{ChannelState} to the next."""
+
+    STARTED = enum.auto()
+    """TLS is up with C{jumpoint/1}: the console sends C{hello}; the Jumpoint knows the user."""
+    REFUSED = enum.auto()
+    """The Jumpoint refuses the console's certificate."""
+    HELLO = enum.auto()
+    """The Jumpoint got C{hello} (and answers C{welcome})."""
+    WELCOME = enum.auto()
+    """The console got C{welcome}."""
+    MESSAGE = enum.auto()
+    """Any other control message (requests, replies, C{session_closed})."""
+    LOST = enum.auto()
+    """The connection ended."""
+
+
+_C, _H = ChannelState, ChannelEvent
+CONSOLE_HELLO: Transitions[ChannelState, ChannelEvent] = Transitions(
+    "console channel",
+    ChannelState,
+    ChannelEvent,
+    {
+        _C.HANDSHAKING: {_H.STARTED: _C.HELLO_SENT, _H.LOST: _C.CLOSED},
+        # Replies before the welcome answer no request (GOAWAY, by the request table);
+        # session_closed is kept for the error message.
+        _C.HELLO_SENT: {
+            _H.WELCOME: _C.ESTABLISHED,
+            _H.MESSAGE: _C.HELLO_SENT,
+            _H.LOST: _C.CLOSED,
+        },
+        _C.ESTABLISHED: {_H.MESSAGE: _C.ESTABLISHED, _H.LOST: _C.CLOSED},
+    },
+)
+"""The console's hello; a second C{welcome} is a protocol violation."""
+
+JUMPOINT_HELLO: Transitions[ChannelState, ChannelEvent] = Transitions(
+    "jumpoint channel",
+    ChannelState,
+    ChannelEvent,
+    {
+        _C.HANDSHAKING: {
+            _H.STARTED: _C.AWAITING_HELLO,
+            _H.REFUSED: _C.REFUSED,
+            _H.LOST: _C.CLOSED,
+        },
+        _C.AWAITING_HELLO: {_H.HELLO: _C.ESTABLISHED, _H.LOST: _C.CLOSED},
+        _C.REFUSED: {_H.LOST: _C.CLOSED},
+        _C.ESTABLISHED: {_H.MESSAGE: _C.ESTABLISHED, _H.LOST: _C.CLOSED},
+    },
+)
+"""The Jumpoint's hello; a request before C{hello}, or a second C{hello}, is a violation."""
+
+
 @implementer(IHandshakeListener)
 class ChannelProtocol(Protocol):
-    """Base class of the console's and the Jumpoint's channel protocols."""
+    """Base class of the console's and the Jumpoint's channel protocols.
+
+    @ivar hello: the hello lifecycle (L{CONSOLE_HELLO} or L{JUMPOINT_HELLO}).
+    """
 
     log = Logger()
     is_client = False
+    hello_transitions = JUMPOINT_HELLO
 
     def __init__(
         self, clock: IReactorTime, settings: MuxSettings, handshake_timeout: float = 10.0
@@ -38,6 +123,15 @@ class ChannelProtocol(Protocol):
         self.mux: Multiplexer | None = None
         self.handshake_timed_out = False
         self._handshake_timer: IDelayedCall | None = None
+        self.hello: Lifecycle[ChannelState, ChannelEvent] = self.hello_transitions.start(
+            ChannelState.HANDSHAKING
+        )
+
+    def peer_event(self, event: ChannelEvent, violation: str) -> None:
+        """Move the hello lifecycle on C{event} the peer caused; out of turn: C{violation}."""
+        if not self.hello.allows(event):
+            raise ProtocolViolation(violation)
+        self.hello.fire(event)
 
     def connectionMade(self) -> None:
         tune_transport(
@@ -87,6 +181,7 @@ class ChannelProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timer()
+        self.hello.fire(ChannelEvent.LOST)
         if self.mux is not None:
             self.mux.connection_lost(reason.getErrorMessage())
         else:
