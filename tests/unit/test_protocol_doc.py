@@ -16,9 +16,19 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
+from shared.lifecycle import Transitions
 from shared.protocol import control, frames
-from shared.protocol.mux import MuxSettings
+from shared.protocol.frames import ErrorCode, FrameType
+from shared.protocol.mux import (
+    STREAM_TRANSITIONS,
+    Multiplexer,
+    MuxSettings,
+    StreamEvent,
+    StreamState,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
@@ -436,3 +446,131 @@ def test_control_drift_in_code_is_caught() -> None:
         check_control_messages(text, control._FIELDS, moved, control.JUMPOINT_MESSAGES | {"hello"})
         != []
     )
+
+
+# -- the stream lifecycle and what the document says the code does not do -------------------
+
+STREAM_EVENT_COLUMNS = {
+    "application ends": StreamEvent.END_WRITE,
+    "own FIN sent": StreamEvent.FIN_SENT,
+    "peer FIN": StreamEvent.FIN_RECEIVED,
+    "peer DATA": StreamEvent.DATA_RECEIVED,
+    "RESET": StreamEvent.RESET,
+}
+
+
+def check_stream_states(
+    text: str, transitions: Transitions[StreamState, StreamEvent] = STREAM_TRANSITIONS
+) -> list[str]:
+    """The table under "## Streams" must be the stream's transition table, cell by cell."""
+    rows = parse_table(text, "Streams", ["State", *STREAM_EVENT_COLUMNS])
+    problems = []
+    states = {state.value: state for state in StreamState}
+    seen = [row["State"] for row in rows]
+    if sorted(seen) != sorted(states):
+        problems.append(f"stream states in the document {seen}, in the code {list(states)}")
+    for row in rows:
+        state = states.get(row["State"])
+        if state is None:
+            continue
+        for column, event in STREAM_EVENT_COLUMNS.items():
+            target = transitions.target(state, event)
+            expected = "—" if target is None else target.value
+            if row[column] != expected:
+                problems.append(
+                    f"{state.value} / {column}: document {row[column]!r}, code {expected!r}"
+                )
+    return problems
+
+
+def test_stream_states_table() -> None:
+    assert check_stream_states(doc_text()) == []
+
+
+def test_stream_states_drift_is_caught() -> None:
+    text = doc_text()
+    assert (
+        check_stream_states(text.replace("| closing | — | closed |", "| closing | — | open |"))
+        != []
+    )
+    table = {
+        state: {
+            event: target
+            for event in StreamEvent
+            if (target := STREAM_TRANSITIONS.target(state, event)) is not None
+        }
+        for state in StreamState
+    }
+    table[StreamState.HALF_CLOSED_REMOTE][StreamEvent.DATA_RECEIVED] = (
+        StreamState.HALF_CLOSED_REMOTE
+    )
+    drifted = Transitions("stream", StreamState, StreamEvent, table)
+    assert check_stream_states(text, drifted) != []
+
+
+SOURCES = Path(__file__).resolve().parents[2]
+
+STALE_CLAIMS = [
+    "not sent by the current implementation",
+    "does not check it",
+    "does not detect this",
+    "A RESET for a\nstream the receiver does not know is ignored",
+    "a RESET is ignored",
+    "detected once the whole frame has arrived",
+]
+
+
+@pytest.mark.parametrize("claim", STALE_CLAIMS)
+def test_the_document_does_not_deny_what_the_code_does(claim: str) -> None:
+    """Each of these sentences was in the document while the code did the opposite:
+    SESSION_CLOSED is sent, MAX_STREAM_ID and DATA after FIN are checked, a RESET
+    for a stream never opened is a PROTOCOL_ERROR, the frame type is checked from
+    the header alone."""
+    assert claim not in doc_text()
+
+
+def _code_uses(name: str) -> bool:
+    pattern = re.compile(rf"ErrorCode\.{name}\b")
+    for folder in ("jumpoint", "console", "shared"):
+        for path in (SOURCES / folder).rglob("*.py"):
+            if pattern.search(path.read_text(encoding="utf-8")):
+                return True
+    return False
+
+
+def test_codes_the_document_calls_unused_are_unused() -> None:
+    rows = parse_table(doc_text(), "Error codes", ["Name", "Value", "Meaning"])
+    for row in rows:
+        unused = "not sent" in row["Meaning"] or row["Meaning"].startswith("Reserved")
+        assert _code_uses(row["Name"]) is not unused, row
+
+
+def test_stream_ids_above_the_ceiling_are_a_framing_error() -> None:
+    header = frames.HEADER.pack(FrameType.DATA, 0, frames.MAX_STREAM_ID + 2, 1)  # no payload yet
+    with pytest.raises(frames.FrameError) as raised:
+        frames.FrameParser().feed(header)
+    assert raised.value.code == ErrorCode.PROTOCOL_ERROR
+
+
+def test_a_reset_before_the_hello_is_a_framing_error() -> None:
+    """Before the hello no stream exists, so a RESET names one never opened."""
+
+    class Handler:
+        closing: tuple[int, str] | None = None
+
+        def control_received(self, message: dict[str, object]) -> None:
+            pass
+
+        def stream_requested(self, stream: object, payload: bytes) -> None:
+            pass
+
+        def mux_closing(self, code: int, reason: str, by_peer: bool) -> None:
+            self.closing = (code, reason)
+
+    handler = Handler()
+    mux = Multiplexer(is_client=False, handler=handler, clock=Clock())
+    mux.make_connection(StringTransport())
+    mux.data_received(
+        frames.encode_frame(FrameType.RESET, 0, 1, frames.encode_reason(ErrorCode.CANCEL, "x"))
+    )
+    assert handler.closing is not None and handler.closing[0] == ErrorCode.PROTOCOL_ERROR
