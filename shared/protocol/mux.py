@@ -11,7 +11,10 @@ Layers, bottom up (compare magic-wormhole's dilation and Twisted's HTTP/2):
   a busy stream cannot starve the others and memory stays bounded;
 * L{Stream} is one flow-controlled stream with a credit window in each
   direction.  Its application (L{StreamApplication}) receives data, FIN and
-  RESET, and is told to pause or resume sending.
+  RESET, and is told to pause or resume sending.  Its lifecycle (open,
+  half-closed either way, closing, closed) is explicit: L{StreamState}, moved
+  by L{StreamEvent}s along L{STREAM_TRANSITIONS} (the table in
+  docs/protocol.md, "Stream states").
 
 Flow control (docs/protocol.md, "Flow control"): each side grants its peer a
 credit window per stream.  A sender may only send as many DATA bytes as it has

@@ -35,6 +35,7 @@ from console.kube_proxy import (
 from console.kubeconfig import KubeSession
 from console.profiles import Profile
 from shared.bridge import BRIDGE_TRANSITIONS, BridgeEvent, BridgeState, TcpBridge
+from shared.codecs.http.relay import RELAY_TRANSITIONS, RelayMode
 from shared.lifecycle import IllegalTransition, Lifecycle, Transitions
 from shared.protocol import control, frames
 from shared.protocol.channel import (
@@ -55,6 +56,7 @@ from shared.protocol.mux import (
 from shared.protocol.tls import client_options, wrap_client
 from tests.unit.test_channel_tls import RecordingApp
 from tests.unit.test_hostile_console import Jumpoint, control_frame, goaway, jumpoint, keys
+from tests.unit.test_k8s_http import EXEC_WS, OK, SWITCH, make
 from tests.unit.test_kube_proxy import Setup, request
 
 __all__ = ["jumpoint", "keys"]  # fixtures
@@ -65,6 +67,7 @@ TABLES: dict[str, tuple[Transitions[Any, Any], enum.Enum]] = {
     "console hello": (CONSOLE_HELLO, ChannelState.HANDSHAKING),
     "jumpoint hello": (JUMPOINT_HELLO, ChannelState.HANDSHAKING),
     "kubernetes connection": (KUBE_CONNECTION_TRANSITIONS, KubeConnectionState.AWAITING_LOGIN),
+    "http relay": (RELAY_TRANSITIONS, RelayMode.IDLE),
 }
 FINAL = {
     "stream": StreamState.CLOSED,
@@ -72,6 +75,7 @@ FINAL = {
     "console hello": ChannelState.CLOSED,
     "jumpoint hello": ChannelState.CLOSED,
     "kubernetes connection": KubeConnectionState.CLOSED,
+    "http relay": RelayMode.DONE,
 }
 
 UNUSED = {
@@ -679,3 +683,39 @@ def test_a_kubernetes_connection_closed_before_login_is_reported_once(kube: Kube
     assert setup.bridge.state is KubeConnectionState.CLOSED
     setup.clock.advance(60)  # the login timer was cancelled
     assert setup.ended == [False]
+
+
+# -- the HTTP relay's modes ------------------------------------------------------------------
+
+LIST = b"GET /api/v1/namespaces/dev/pods HTTP/1.1\r\nHost: 127.0.0.5:18443\r\n\r\n"
+
+
+def test_the_relay_goes_idle_exchange_idle_upgraded_done() -> None:
+    relay, recorder = make()
+    assert relay.mode is RelayMode.IDLE and not relay.busy
+    relay.feed_client(LIST)
+    assert relay.mode is RelayMode.EXCHANGE and relay.busy
+    relay.feed_upstream(OK)
+    assert relay.mode is RelayMode.IDLE and not relay.busy  # kept alive for the next one
+    relay.feed_client(EXEC_WS)
+    assert relay.mode is RelayMode.EXCHANGE
+    relay.feed_upstream(SWITCH)
+    assert relay.mode is RelayMode.UPGRADED and relay.busy and recorder.switches == 1
+    relay.client_eof()
+    relay.upstream_eof()
+    assert relay.mode is RelayMode.DONE and relay.done and recorder.end == ("closed", True)
+
+
+def test_an_idle_relay_whose_client_leaves_is_done() -> None:
+    relay, recorder = make()
+    relay.client_eof()
+    assert relay.mode is RelayMode.DONE and recorder.end == ("closed", True)
+
+
+def test_a_relay_cut_in_the_middle_of_an_exchange_is_done() -> None:
+    relay, recorder = make()
+    relay.feed_client(LIST)
+    relay.abort("cut")
+    assert relay.mode is RelayMode.DONE and recorder.end == ("cut", False)
+    relay.feed_client(LIST)  # nothing more happens once done
+    assert relay.mode is RelayMode.DONE and len(recorder.heads) == 1

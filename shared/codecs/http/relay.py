@@ -23,10 +23,16 @@ Rules:
   - a malformed request is answered (its status, C{Connection: close}) and
     the connection closed; a malformed or lost response before anything was
     relayed is answered 502, after that the connection is cut.
+
+The relay's mode is an explicit lifecycle, L{HttpRelay.mode}: L{RelayMode}
+moved by L{RelayEvent}s along L{RELAY_TRANSITIONS} (idle between exchanges,
+one exchange in flight, upgraded, done); message framing within an exchange
+(Content-Length, chunked, until close) is h11's.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,9 +52,54 @@ from shared.codecs.http.heads import (
     request_head,
     status_phrase,
 )
+from shared.lifecycle import Transitions
 
 MAX_PENDING = 1 << 20
 """Most bytes a peer may send ahead of the answer to its current request."""
+
+
+class RelayMode(enum.Enum):
+    """What an L{HttpRelay} is doing."""
+
+    IDLE = enum.auto()
+    """Waiting for the next request head."""
+    EXCHANGE = enum.auto()
+    """One request and its answer are in flight (L{HttpRelay.exchange})."""
+    UPGRADED = enum.auto()
+    """101 Switching Protocols: raw bytes both ways (L{HttpRelay.upgraded})."""
+    DONE = enum.auto()
+    """The conversation is over (L{RelayHandler.finished} was called)."""
+
+
+class RelayEvent(enum.Enum):
+    """What moves an L{HttpRelay} from one L{RelayMode} to the next."""
+
+    REQUEST = enum.auto()
+    """A request head arrived."""
+    CYCLE_DONE = enum.auto()
+    """Both messages of the exchange are complete; the connection is kept."""
+    SWITCHED = enum.auto()
+    """The upstream side answered 101."""
+    FINISH = enum.auto()
+    """The conversation ends, in order or not."""
+
+
+RELAY_TRANSITIONS: Transitions[RelayMode, RelayEvent] = Transitions(
+    "http relay",
+    RelayMode,
+    RelayEvent,
+    {
+        RelayMode.IDLE: {RelayEvent.REQUEST: RelayMode.EXCHANGE, RelayEvent.FINISH: RelayMode.DONE},
+        RelayMode.EXCHANGE: {
+            RelayEvent.CYCLE_DONE: RelayMode.IDLE,
+            RelayEvent.SWITCHED: RelayMode.UPGRADED,
+            RelayEvent.FINISH: RelayMode.DONE,
+        },
+        RelayMode.UPGRADED: {RelayEvent.FINISH: RelayMode.DONE},
+        RelayMode.DONE: {},
+    },
+)
+"""Every move a relay may make; anything else raises L{IllegalTransition}."""
 
 
 @dataclass(eq=False)
@@ -120,7 +171,7 @@ class HttpRelay:
         self.outbound = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head)
         self.exchange: Exchange | None = None
         self.upgraded: Exchange | None = None
-        self.done = False
+        self.lifecycle = RELAY_TRANSITIONS.start(RelayMode.IDLE)
         self.requests = 0
         """Requests read so far (local answers included)."""
         self._client_eof = False
@@ -206,9 +257,18 @@ class HttpRelay:
         self._finish(reason, clean=False)
 
     @property
+    def mode(self) -> RelayMode:
+        return self.lifecycle.state
+
+    @property
+    def done(self) -> bool:
+        """The conversation is over."""
+        return self.lifecycle.state is RelayMode.DONE
+
+    @property
     def busy(self) -> bool:
         """An exchange is in flight (or the connection is upgraded)."""
-        return not self.done and (self.upgraded is not None or self.exchange is not None)
+        return self.lifecycle.state in (RelayMode.EXCHANGE, RelayMode.UPGRADED)
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -299,6 +359,7 @@ class HttpRelay:
         head = request_head(event)
         self.requests += 1
         exchange = Exchange(head=head, started=self.handler.now())
+        self.lifecycle.fire(RelayEvent.REQUEST)
         self.exchange = exchange
         try:
             check_request_head(head)
@@ -421,6 +482,7 @@ class HttpRelay:
         )
         exchange.status = 101
         exchange.upgraded = True
+        self.lifecycle.fire(RelayEvent.SWITCHED)
         self.upgraded = exchange
         self.exchange = None
         # What each side sent beyond its head is the upgraded protocol already.
@@ -463,6 +525,7 @@ class HttpRelay:
                 return
             outbound.start_next_cycle()
         inbound.start_next_cycle()
+        self.lifecycle.fire(RelayEvent.CYCLE_DONE)
         self.exchange = None
         if self._upstream_eof and exchange.forwarded:
             self._finish("the upstream side closed the connection", clean=True)
@@ -505,7 +568,7 @@ class HttpRelay:
     def _finish(self, reason: str, clean: bool) -> None:
         if self.done:
             return
-        self.done = True
+        self.lifecycle.fire(RelayEvent.FINISH)
         for exchange in (self.upgraded, self.exchange):
             if exchange is None or exchange.ended is not None:
                 continue
@@ -516,4 +579,12 @@ class HttpRelay:
         self.handler.finished(reason, clean)
 
 
-__all__ = ["MAX_PENDING", "Exchange", "HttpRelay", "RelayHandler"]
+__all__ = [
+    "MAX_PENDING",
+    "RELAY_TRANSITIONS",
+    "Exchange",
+    "HttpRelay",
+    "RelayEvent",
+    "RelayHandler",
+    "RelayMode",
+]
