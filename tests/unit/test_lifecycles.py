@@ -719,3 +719,20 @@ def test_a_relay_cut_in_the_middle_of_an_exchange_is_done() -> None:
     assert relay.mode is RelayMode.DONE and recorder.end == ("cut", False)
     relay.feed_client(LIST)  # nothing more happens once done
     assert relay.mode is RelayMode.DONE and len(recorder.heads) == 1
+
+
+def test_a_pipelined_request_is_not_started_after_the_relay_finished() -> None:
+    """A response delimited by the close ends the conversation; the request the client
+    had pipelined behind it was still decided and forwarded after C{finished} (found by
+    the lifecycle: REQUEST is not allowed once DONE)."""
+    relay, recorder = make()
+    relay.feed_client(LIST + LIST)
+    relay.feed_upstream(b"HTTP/1.1 200 OK\r\n\r\nuntil close")
+    upstream_before = recorder.take_upstream()
+    relay.upstream_eof()
+    assert relay.mode is RelayMode.DONE and recorder.end is not None
+    assert len(recorder.heads) == 1  # the second request was never decided
+    assert recorder.take_upstream() == b""  # nor forwarded
+    assert upstream_before.count(b"GET ") == 1
+    (exchange,) = recorder.finished_exchanges
+    assert exchange.ended == "complete"

@@ -285,6 +285,8 @@ class HttpRelay:
 
     def _client_step(self) -> bool:
         """Handle the next event from the client; False if there is none now."""
+        if self.done:  # the upstream step of this round may have ended the conversation
+            return False
         exchange = self.exchange
         if exchange is not None and exchange._request_done:
             if len(self.inbound.trailing_data[0]) > MAX_PENDING:
