@@ -67,40 +67,44 @@ class Transitions(Generic[S, E]):
         """The events allowed in C{state}."""
         return frozenset(self._table[state])
 
+    def allowing(self, event: E) -> frozenset[S]:
+        """The states in which C{event} is allowed (for checks on the data path)."""
+        return frozenset(state for state, moves in self._table.items() if event in moves)
+
     def start(self, initial: S) -> Lifecycle[S, E]:
         """A lifecycle of this kind, in state C{initial}."""
         return Lifecycle(self, initial)
 
 
 class Lifecycle(Generic[S, E]):
-    """The current state of one object, moved only by the events its table allows."""
+    """The current state of one object, moved only by the events its table allows.
 
-    __slots__ = ("_state", "transitions")
+    @ivar state: the current state.  Read it freely (it is a plain attribute,
+        since the data path reads it per frame); only L{fire} changes it.
+    """
+
+    __slots__ = ("state", "transitions")
 
     def __init__(self, transitions: Transitions[S, E], initial: S) -> None:
         if not isinstance(initial, transitions.states):
             raise TypeError(f"{transitions.name}: {initial!r} is not a state")
         self.transitions = transitions
-        self._state = initial
-
-    @property
-    def state(self) -> S:
-        return self._state
+        self.state = initial
 
     def allows(self, event: E) -> bool:
         """Whether C{event} may happen now."""
-        return self.transitions.target(self._state, event) is not None
+        return self.transitions.target(self.state, event) is not None
 
     def fire(self, event: E) -> S:
         """Move on C{event} and return the new state; L{IllegalTransition} if not allowed."""
-        target = self.transitions.target(self._state, event)
+        target = self.transitions.target(self.state, event)
         if target is None:
-            raise IllegalTransition(self.transitions.name, self._state, event)
-        self._state = target
+            raise IllegalTransition(self.transitions.name, self.state, event)
+        self.state = target
         return target
 
     def __repr__(self) -> str:
-        return f"<{self.transitions.name} {self._state.name}>"
+        return f"<{self.transitions.name} {self.state.name}>"
 
 
 __all__ = ["IllegalTransition", "Lifecycle", "Transitions"]

@@ -271,7 +271,7 @@ class Stream:
     def write(self, data: bytes) -> None:
         """Queue C{data} for sending; it goes out as credit and the writer's turn allow."""
         size = len(data)
-        if self.closed or self.local_fin or not size:
+        if self._lifecycle.state not in _WRITABLE or not size:
             return
         self.bytes_sent += size
         mux = self.mux
@@ -363,7 +363,7 @@ class Stream:
 
     def _consumed(self, amount: int) -> None:
         self._unacked += amount
-        if self._unacked < self.recv_window // 4 or self.closed or self.remote_fin:
+        if self._unacked < self.recv_window // 4 or self._lifecycle.state not in _RECEIVING:
             return
         increment = self._unacked
         self._unacked = 0
@@ -378,7 +378,7 @@ class Stream:
         self._move(StreamEvent.FIN_SENT)
 
     def _data_received(self, data: bytes) -> None:
-        if not self._lifecycle.allows(StreamEvent.DATA_RECEIVED):
+        if self._lifecycle.state not in _RECEIVING:
             self.reset(ErrorCode.PROTOCOL_ERROR, "DATA after FIN")
             self._notify_reset(ErrorCode.PROTOCOL_ERROR, "the peer sent DATA after FIN")
             return
@@ -434,6 +434,9 @@ _LOCAL_ENDED = frozenset(
 )
 _REMOTE_ENDED = frozenset({StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSING, StreamState.CLOSED})
 _FIN_WAITING = frozenset({StreamState.FIN_QUEUED, StreamState.CLOSING})
+_WRITABLE = frozenset(set(StreamState) - _LOCAL_ENDED)
+_RECEIVING = STREAM_TRANSITIONS.allowing(StreamEvent.DATA_RECEIVED)
+"""The states in which the peer may still send DATA (the table's DATA_RECEIVED)."""
 
 
 _PING = struct.Struct("!d")
