@@ -1,7 +1,7 @@
 """The console's HTTPS listener for Kubernetes cluster items: local auth, then an HTTP relay.
 
 Each accepted connection of a C{k8s} tunnel is TLS (the per-session listener
-certificate of L{KubeSession}, TLS 1.2 or later, ALPN C{http/1.1} only, since
+certificate of L{SessionKubeconfig}, TLS 1.2 or later, ALPN C{http/1.1} only, since
 SPDY and WebSocket upgrades need HTTP/1.1) around a L{KubeClientConnection},
 which runs the shared h11 relay (L{shared.codecs.http.relay}) between kubectl and a
 stream to the Jumpoint:
@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from console.kubeconfig import KubeSession
+from console.kubeconfig import SessionKubeconfig
 from shared.bridge import BridgeEvent, BridgeState, TcpBridge
 from shared.codecs.http.heads import Answer, Forward, RequestHead, error_answer, rewrite_headers
 from shared.codecs.http.relay import Exchange, HttpRelay
@@ -73,7 +73,7 @@ def listener_hosts(address: str, port: int) -> frozenset[str]:
     return frozenset({f"{host}:{port}".lower(), host.lower()})
 
 
-def tls_options(session: KubeSession) -> ssl.CertificateOptions:
+def tls_options(session: SessionKubeconfig) -> ssl.CertificateOptions:
     """The listener's TLS settings: the session's certificate, TLS 1.2+, ALPN http/1.1 only."""
     certificate = ssl.PrivateCertificate.loadPEM(session.certificate_pem + b"\n" + session.key_pem)
     return ssl.CertificateOptions(
@@ -143,21 +143,21 @@ class _Refuse(Protocol):
 class KubeListenerFactory(ServerFactory):
     """The factory bound for a k8s tunnel: TLS around C{inner}, once the session exists.
 
-    The L{KubeSession} is made after binding (it needs the bound port); until
+    The L{SessionKubeconfig} is made after binding (it needs the bound port); until
     C{get_session} returns it, connections are closed at once.
     """
 
     def __init__(
         self,
         inner: IProtocolFactory,
-        get_session: Callable[[], KubeSession | None],
+        get_session: Callable[[], SessionKubeconfig | None],
         clock: IReactorTime | None = None,
     ) -> None:
         self.inner = inner
         self.clock = clock
         self.get_session = get_session
         self._tls: TLSMemoryBIOFactory | None = None
-        self._tls_for: KubeSession | None = None
+        self._tls_for: SessionKubeconfig | None = None
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
         session = self.get_session()
@@ -231,7 +231,7 @@ class KubeClientConnection(Protocol):
     def __init__(
         self,
         open_stream: Callable[[], Stream | None],
-        session: KubeSession,
+        session: SessionKubeconfig,
         hosts: Collection[str],
         *,
         on_opened: Callable[[KubeClientConnection, TcpBridge], None] | None = None,

@@ -15,7 +15,7 @@ The session CA's private key is never written: it signs the listener's
 certificate once and is then dropped, so nothing else can be made that the
 kubeconfig trusts.  The user's own C{~/.kube/config} and the console's own
 environment are never touched; the kubeconfig is handed to the command only
-through L{KubeSession.environment}.  L{KubeSession.remove} deletes all of it
+through L{SessionKubeconfig.environment}.  L{SessionKubeconfig.remove} deletes all of it
 when the session ends, and L{sweep} removes what a console that died left behind.
 """
 
@@ -249,7 +249,7 @@ def _kubeconfig(
 
 
 @dataclass
-class KubeSession:
+class SessionKubeconfig:
     """One session's kubeconfig, local listener certificate and bearer token."""
 
     directory: Path
@@ -271,7 +271,7 @@ class KubeSession:
         listen_address: str,
         listen_port: int,
         namespace: str | None,
-    ) -> KubeSession:
+    ) -> SessionKubeconfig:
         """Write a new session directory C{root/session_id} (which must not exist yet)."""
         if not _SESSION_ID.match(session_id):
             raise ValueError(f"invalid session id {session_id!r}")
@@ -383,4 +383,4 @@ def sweep(root: Path) -> list[str]:
     return lines
 
 
-__all__ = ["CACHE_ENV", "KubeSession", "cache_root", "sweep"]
+__all__ = ["CACHE_ENV", "SessionKubeconfig", "cache_root", "sweep"]

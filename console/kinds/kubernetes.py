@@ -2,7 +2,7 @@
 
 The listener is TLS (L{KubeListenerFactory}) with the session's own
 certificate; until `jump open` has written the session's kubeconfig
-(L{KubeSession}, after binding: it names the bound port), connections are
+(L{SessionKubeconfig}, after binding: it names the bound port), connections are
 refused.  A connection's stream opens once its first request is complete and
 carries the session's token (L{KubeClientConnection}).  `jump open` prints
 C{export KUBECONFIG=...} (JSON: the C{kubeconfig} field), sets it for a
@@ -31,7 +31,7 @@ from console.kinds.base import (
     refuse,
 )
 from console.kube_proxy import KubeClientConnection, KubeListenerFactory, listener_hosts
-from console.kubeconfig import KubeSession, cache_root, sweep
+from console.kubeconfig import SessionKubeconfig, cache_root, sweep
 from console.tunnel_counters import Tunnel
 from shared.errors import JumpError, UsageError
 from shared.kinds.kubernetes import NAME
@@ -44,10 +44,10 @@ class KubernetesSession(SessionPart):
 
     def __init__(self, namespace: str | None) -> None:
         self.namespace = namespace
-        self.kube: KubeSession | None = None
+        self.kube: SessionKubeconfig | None = None
         self._removed = False
 
-    def set_kube(self, kube: KubeSession) -> None:
+    def set_kube(self, kube: SessionKubeconfig) -> None:
         """The session's certificate and token; connections are refused until then."""
         self.kube = kube
 
@@ -90,7 +90,7 @@ class KubernetesSession(SessionPart):
             root = cache_root()
             notify(sweep(root))
             first = tunnels[0]
-            kube = KubeSession.create(
+            kube = SessionKubeconfig.create(
                 root, session_id, item, first.local_address, first.local_port, self.namespace
             )
         except (OSError, ValueError) as error:

@@ -25,7 +25,7 @@ start at L{MuxSettings.initial_window} and double, up to
 L{MuxSettings.max_stream_window}, whenever the quarter window that triggers a
 WINDOW_UPDATE was consumed within four round trips of the previous update, as
 long as the sum of all windows stays under
-L{MuxSettings.session_window_cap}.  A stream that exceeds its credit is reset;
+L{MuxSettings.connection_window_cap}.  A stream that exceeds its credit is reset;
 framing errors drop the whole connection.
 
 Bounds on what a peer can make us hold: every frame written while the
@@ -66,7 +66,7 @@ class MuxSettings:
 
     initial_window: int = 256 * 1024
     max_stream_window: int = 8 * 1024 * 1024
-    session_window_cap: int = 64 * 1024 * 1024
+    connection_window_cap: int = 64 * 1024 * 1024
     max_streams: int = 256
     keepalive_interval: float = 15.0
     keepalive_timeout: float = 45.0
@@ -786,7 +786,7 @@ class Multiplexer:
         if elapsed > 4 * max(rtt, 0.001) or stream.recv_window >= settings.max_stream_window:
             return 0
         growth = min(stream.recv_window, settings.max_stream_window - stream.recv_window)
-        if self._total_windows + growth > settings.session_window_cap:
+        if self._total_windows + growth > settings.connection_window_cap:
             return 0
         stream.recv_window += growth
         self._total_windows += growth

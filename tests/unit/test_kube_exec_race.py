@@ -30,7 +30,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from console.kube_proxy import KubeClientConnection, listener_hosts
-from console.kubeconfig import KubeSession
+from console.kubeconfig import SessionKubeconfig
 from jumpoint.config import CredentialRef
 from jumpoint.credentials import Credential
 from jumpoint.kube_upstream import KubeUpstreamBridge
@@ -130,7 +130,7 @@ class Chain:
         self.server.make_connection(self.jumpoint_wire)
         self.console.establish()
         self.server.establish()
-        self.kube = KubeSession.create(tmp_path, "s-1", "cluster", ADDRESS, PORT, "default")
+        self.kube = SessionKubeconfig.create(tmp_path, "s-1", "cluster", ADDRESS, PORT, "default")
 
     def pump(self, partial: bool = False) -> bool:
         """Move channel bytes both ways (a random part of them if C{partial}); True if any."""

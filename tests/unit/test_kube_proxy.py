@@ -23,7 +23,7 @@ from console.kube_proxy import (
     KubeListenerFactory,
     listener_hosts,
 )
-from console.kubeconfig import KubeSession
+from console.kubeconfig import SessionKubeconfig
 from shared.bridge import TcpBridge
 from shared.protocol.frames import Frame, FrameParser, FrameType
 from shared.protocol.mux import Multiplexer, MuxSettings, Stream
@@ -45,7 +45,7 @@ class Handler:
 
 
 class Setup:
-    def __init__(self, kube: KubeSession, login_timeout: float | None = None) -> None:
+    def __init__(self, kube: SessionKubeconfig, login_timeout: float | None = None) -> None:
         self.kube = kube
         self.mux = Multiplexer(
             is_client=True, handler=Handler(), clock=Clock(), settings=MuxSettings()
@@ -93,17 +93,17 @@ class Setup:
 
 
 @pytest.fixture
-def kube(tmp_path: Path) -> KubeSession:
-    return KubeSession.create(tmp_path, "s-1", "cluster", ADDRESS, PORT, "dev")
+def kube(tmp_path: Path) -> SessionKubeconfig:
+    return SessionKubeconfig.create(tmp_path, "s-1", "cluster", ADDRESS, PORT, "dev")
 
 
 @pytest.fixture
-def setup(kube: KubeSession) -> Setup:
+def setup(kube: SessionKubeconfig) -> Setup:
     return Setup(kube)
 
 
 def request(
-    kube: KubeSession | None,
+    kube: SessionKubeconfig | None,
     method: str = "GET",
     target: str = "/api/v1/namespaces/dev/pods",
     host: str | None = HOST,
@@ -122,7 +122,7 @@ def request(
     return head.encode("latin-1")
 
 
-def without_token(data: bytes, kube: KubeSession) -> bytes:
+def without_token(data: bytes, kube: SessionKubeconfig) -> bytes:
     """The request as the console forwards it: h11's encoding, the session token removed."""
     return data.replace(f"Authorization: Bearer {kube.token}\r\n".encode(), b"")
 
@@ -143,7 +143,7 @@ def test_no_stream_before_a_complete_authenticated_head(setup: Setup) -> None:
     assert setup.kube.token.encode() not in setup.wire.value()
 
 
-def test_idle_local_connections_open_no_stream_and_time_out(kube: KubeSession) -> None:
+def test_idle_local_connections_open_no_stream_and_time_out(kube: SessionKubeconfig) -> None:
     setups = [Setup(kube) for _ in range(20)]
     for s in setups:
         s.bridge.dataReceived(b"GET /api HTTP/1.1\r\nHost: " + HOST.encode())  # never finished
@@ -157,7 +157,7 @@ def test_idle_local_connections_open_no_stream_and_time_out(kube: KubeSession) -
         assert s.streams == []
 
 
-def test_the_session_terms_login_timeout_applies(kube: KubeSession) -> None:
+def test_the_session_terms_login_timeout_applies(kube: SessionKubeconfig) -> None:
     s = Setup(kube, login_timeout=5.0)
     s.clock.advance(5.0)
     assert s.ended == [True]
@@ -248,7 +248,7 @@ def test_a_request_without_the_token_or_host_is_answered_locally(
     assert setup.streams == []
 
 
-def test_a_request_without_authorization_is_refused(kube: KubeSession) -> None:
+def test_a_request_without_authorization_is_refused(kube: SessionKubeconfig) -> None:
     setup = Setup(kube)
     data = b"GET /api HTTP/1.1\r\nHost: " + HOST.encode() + b"\r\n\r\n"
     setup.bridge.dataReceived(data)
@@ -287,7 +287,7 @@ def test_a_refused_second_request_is_answered_after_the_first_response(setup: Se
     assert fin.type is FrameType.DATA and not fin.payload  # FIN: no more requests
 
 
-def _upgrade(kube: KubeSession) -> bytes:
+def _upgrade(kube: SessionKubeconfig) -> bytes:
     return request(
         kube,
         target="/api/v1/namespaces/dev/pods/p/exec?command=sh&stdin=true",
@@ -387,8 +387,8 @@ class _Client(Protocol):
         self.received += data
 
 
-def test_the_listener_refuses_until_the_session_is_set(kube: KubeSession) -> None:
-    holder: list[KubeSession] = []
+def test_the_listener_refuses_until_the_session_is_set(kube: SessionKubeconfig) -> None:
+    holder: list[SessionKubeconfig] = []
     factory = KubeListenerFactory(Factory.forProtocol(_Echo), lambda: holder[0] if holder else None)
     refused = factory.buildProtocol(None)
     assert refused is not None
@@ -400,7 +400,7 @@ def test_the_listener_refuses_until_the_session_is_set(kube: KubeSession) -> Non
     assert isinstance(server, TLSMemoryBIOProtocol)
 
 
-def test_the_listener_speaks_tls_with_alpn_http11_only(kube: KubeSession) -> None:
+def test_the_listener_speaks_tls_with_alpn_http11_only(kube: SessionKubeconfig) -> None:
     clock = Clock()
     factory = KubeListenerFactory(Factory.forProtocol(_Echo), lambda: kube, clock=clock)
     client = _Client()

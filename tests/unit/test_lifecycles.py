@@ -32,7 +32,7 @@ from console.kube_proxy import (
     KUBE_CONNECTION_TRANSITIONS,
     KubeConnectionState,
 )
-from console.kubeconfig import KubeSession
+from console.kubeconfig import SessionKubeconfig
 from console.profiles import Profile
 from shared.bridge import BRIDGE_TRANSITIONS, BridgeEvent, BridgeState, TcpBridge
 from shared.codecs.http.relay import RELAY_TRANSITIONS, RelayMode
@@ -630,12 +630,12 @@ def test_a_request_before_hello_is_a_protocol_violation(jumpoint: Jumpoint) -> N
 
 
 @pytest.fixture
-def kube(tmp_path: Path) -> KubeSession:
-    return KubeSession.create(tmp_path, "s-1", "cluster", "127.0.0.5", 4443, "dev")
+def kube(tmp_path: Path) -> SessionKubeconfig:
+    return SessionKubeconfig.create(tmp_path, "s-1", "cluster", "127.0.0.5", 4443, "dev")
 
 
 def test_a_kubernetes_connection_awaits_its_login_then_relays_then_closes(
-    kube: KubeSession,
+    kube: SessionKubeconfig,
 ) -> None:
     setup = Setup(kube)
     connection = setup.bridge
@@ -647,7 +647,7 @@ def test_a_kubernetes_connection_awaits_its_login_then_relays_then_closes(
     assert setup.ended == []  # the leg reports the end, not the login
 
 
-def test_a_kubernetes_connection_upgraded_by_101(kube: KubeSession) -> None:
+def test_a_kubernetes_connection_upgraded_by_101(kube: SessionKubeconfig) -> None:
     setup = Setup(kube)
     connection = setup.bridge
     connection.dataReceived(
@@ -665,7 +665,7 @@ def test_a_kubernetes_connection_upgraded_by_101(kube: KubeSession) -> None:
     assert connection.state is KubeConnectionState.UPGRADED
 
 
-def test_a_kubernetes_connection_that_never_logs_in_times_out_once(kube: KubeSession) -> None:
+def test_a_kubernetes_connection_that_never_logs_in_times_out_once(kube: SessionKubeconfig) -> None:
     setup = Setup(kube, login_timeout=5)
     connection = setup.bridge
     setup.clock.advance(5)
@@ -677,7 +677,9 @@ def test_a_kubernetes_connection_that_never_logs_in_times_out_once(kube: KubeSes
     assert setup.streams == []
 
 
-def test_a_kubernetes_connection_closed_before_login_is_reported_once(kube: KubeSession) -> None:
+def test_a_kubernetes_connection_closed_before_login_is_reported_once(
+    kube: SessionKubeconfig,
+) -> None:
     setup = Setup(kube)
     setup.bridge.connectionLost(Failure(ConnectionDone()))
     assert setup.bridge.state is KubeConnectionState.CLOSED

@@ -626,8 +626,10 @@ def test_autotune_uses_measured_rtt() -> None:
     assert slow_peer.recv_window == SMALL.initial_window
 
 
-def test_autotune_respects_session_window_cap() -> None:
-    settings = MuxSettings(initial_window=1024, max_stream_window=1 << 20, session_window_cap=4096)
+def test_autotune_respects_connection_window_cap() -> None:
+    settings = MuxSettings(
+        initial_window=1024, max_stream_window=1 << 20, connection_window_cap=4096
+    )
     pair = Pair(settings)
     fast, fast_app, fast_peer, _ = pair.open()
     _, _, idle_peer, _ = pair.open()
@@ -638,7 +640,7 @@ def test_autotune_respects_session_window_cap() -> None:
                 fast.write(b"f" * 256)
             pair.flush()
             total = sum(s.recv_window for s in pair.server.mux.streams.values())
-            assert total <= settings.session_window_cap
+            assert total <= settings.connection_window_cap
             assert pair.server.mux._total_windows == total
 
     drive(20)
@@ -1230,7 +1232,7 @@ def test_no_timers_left_after_keepalive_ping_overflows_control_cap() -> None:
 PROPERTY_SETTINGS = MuxSettings(
     initial_window=1024,
     max_stream_window=4096,
-    session_window_cap=1 << 20,
+    connection_window_cap=1 << 20,
     stream_queue_limit=1024,
     max_pending_per_stream=4096,
     keepalive_interval=1.0,

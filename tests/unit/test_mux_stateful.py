@@ -29,7 +29,7 @@ from tests.unit.test_mux import TARGET, Pair, Side, pattern
 SETTINGS = MuxSettings(
     initial_window=1024,
     max_stream_window=4096,
-    session_window_cap=64 * 1024,
+    connection_window_cap=64 * 1024,
     max_streams=8,
     stream_queue_limit=1024,
     max_pending_per_stream=4096,

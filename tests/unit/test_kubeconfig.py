@@ -21,7 +21,7 @@ import yaml
 from cryptography import x509
 
 from console import kubeconfig as kube_session
-from console.kubeconfig import KubeSession, cache_root, sweep
+from console.kubeconfig import SessionKubeconfig, cache_root, sweep
 
 KUBECTL = Path("/usr/lib/google-cloud-sdk/bin/kubectl.1.33")
 VIEW = ["config", "view", "--minify", "--raw", "-o", "json"]
@@ -57,8 +57,8 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def session(root: Path) -> Iterator[KubeSession]:
-    created = KubeSession.create(root, "s1", "prod-cluster", "127.0.0.5", 18443, "web")
+def session(root: Path) -> Iterator[SessionKubeconfig]:
+    created = SessionKubeconfig.create(root, "s1", "prod-cluster", "127.0.0.5", 18443, "web")
     yield created
     created.remove()
 
@@ -104,7 +104,7 @@ def test_cache_root_locations(home: Path, tmp_path: Path, monkeypatch: pytest.Mo
 
 
 @POSIX_ONLY
-def test_modes(session: KubeSession) -> None:
+def test_modes(session: SessionKubeconfig) -> None:
     assert _mode(session.directory) == 0o700
     assert _mode(session.cache_dir) == 0o700
     assert _mode(session.kubeconfig_path) == 0o600
@@ -124,7 +124,7 @@ def test_modes(session: KubeSession) -> None:
             assert b"PRIVATE KEY" not in path.read_bytes()
 
 
-def test_paths_and_attributes(root: Path, session: KubeSession) -> None:
+def test_paths_and_attributes(root: Path, session: SessionKubeconfig) -> None:
     assert session.directory == root / "s1"
     assert session.kubeconfig_path == root / "s1" / "kubeconfig"
     assert session.cache_dir == root / "s1" / "cache"
@@ -142,7 +142,7 @@ def test_paths_and_attributes(root: Path, session: KubeSession) -> None:
     assert abs(owner["created"] - time.time()) < 60
 
 
-def test_listener_certificate(session: KubeSession) -> None:
+def test_listener_certificate(session: SessionKubeconfig) -> None:
     certificate = x509.load_pem_x509_certificate(session.certificate_pem)
     ca = x509.load_pem_x509_certificate(session.ca_pem)
     assert certificate.issuer == ca.subject
@@ -151,7 +151,7 @@ def test_listener_certificate(session: KubeSession) -> None:
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
 
 
-def test_kubeconfig_structure(session: KubeSession) -> None:
+def test_kubeconfig_structure(session: SessionKubeconfig) -> None:
     document = yaml.safe_load(session.kubeconfig_path.read_text(encoding="utf-8"))
     ca_data = document["clusters"][0]["cluster"]["certificate-authority-data"]
     assert base64.b64decode(ca_data) == session.ca_pem
@@ -184,7 +184,7 @@ def test_kubeconfig_structure(session: KubeSession) -> None:
 
 
 def test_kubeconfig_without_namespace_and_ipv6(root: Path) -> None:
-    created = KubeSession.create(root, "s2", "c", "::1", 6443, None)
+    created = SessionKubeconfig.create(root, "s2", "c", "::1", 6443, None)
     document = yaml.safe_load(created.kubeconfig_path.read_text(encoding="utf-8"))
     assert document["clusters"][0]["cluster"]["server"] == "https://[::1]:6443"
     assert document["contexts"][0]["context"] == {"cluster": "jump-c", "user": "jump-c"}
@@ -192,26 +192,26 @@ def test_kubeconfig_without_namespace_and_ipv6(root: Path) -> None:
 
 
 def test_tokens_differ_between_sessions(root: Path) -> None:
-    a = KubeSession.create(root, "a", "c", "127.0.0.1", 1, None)
-    b = KubeSession.create(root, "b", "c", "127.0.0.1", 1, None)
+    a = SessionKubeconfig.create(root, "a", "c", "127.0.0.1", 1, None)
+    b = SessionKubeconfig.create(root, "b", "c", "127.0.0.1", 1, None)
     assert a.token != b.token
     assert a.ca_pem != b.ca_pem
 
 
-def test_bad_session_id_and_existing_directory(root: Path, session: KubeSession) -> None:
+def test_bad_session_id_and_existing_directory(root: Path, session: SessionKubeconfig) -> None:
     for bad in ("", "../x", "a/b", ".hidden", "x" * 200):
         with pytest.raises(ValueError):
-            KubeSession.create(root, bad, "c", "127.0.0.1", 1, None)
+            SessionKubeconfig.create(root, bad, "c", "127.0.0.1", 1, None)
     before = _snapshot(session.directory)
     with pytest.raises(FileExistsError):
-        KubeSession.create(root, "s1", "c", "127.0.0.1", 1, None)
+        SessionKubeconfig.create(root, "s1", "c", "127.0.0.1", 1, None)
     assert _snapshot(session.directory) == before
 
 
 # -- real kubectl ------------------------------------------------------------------------------
 
 
-def test_kubectl_config_view(home: Path, session: KubeSession) -> None:
+def test_kubectl_config_view(home: Path, session: SessionKubeconfig) -> None:
     result = subprocess.run(
         [_kubectl(), "--kubeconfig", str(session.kubeconfig_path), *VIEW],
         capture_output=True,
@@ -233,7 +233,7 @@ def test_kubectl_config_view(home: Path, session: KubeSession) -> None:
 class _FakeApi(http.server.BaseHTTPRequestHandler):
     """Just enough of an API server for `kubectl api-resources`."""
 
-    session: KubeSession
+    session: SessionKubeconfig
     seen: list[tuple[str, bool]]
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -282,7 +282,7 @@ class _FakeApi(http.server.BaseHTTPRequestHandler):
 def test_kubectl_trusts_listener_and_sends_token(home: Path, root: Path) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeApi)
     port = server.server_address[1]
-    created = KubeSession.create(root, "live", "c1", "127.0.0.1", port, "default")
+    created = SessionKubeconfig.create(root, "live", "c1", "127.0.0.1", port, "default")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(created.directory / "server.pem", created.directory / "server.key")
     server.socket = context.wrap_socket(server.socket, server_side=True)
@@ -320,7 +320,7 @@ def test_kubectl_trusts_listener_and_sends_token(home: Path, root: Path) -> None
 # -- check_token -------------------------------------------------------------------------------
 
 
-def test_check_token(session: KubeSession) -> None:
+def test_check_token(session: SessionKubeconfig) -> None:
     token = session.token
     assert session.check_token(f"Bearer {token}")
     assert session.check_token(f"bearer {token}")
@@ -344,7 +344,7 @@ def test_check_token(session: KubeSession) -> None:
 # -- remove ------------------------------------------------------------------------------------
 
 
-def test_remove(root: Path, session: KubeSession) -> None:
+def test_remove(root: Path, session: SessionKubeconfig) -> None:
     (session.cache_dir / "discovery" / "127.0.0.5_18443").mkdir(parents=True)
     (session.cache_dir / "discovery" / "127.0.0.5_18443" / "servergroups.json").write_text("{}")
     (session.cache_dir / "http").mkdir()
@@ -362,7 +362,7 @@ def test_remove(root: Path, session: KubeSession) -> None:
     assert session.remove() == []
 
 
-def test_remove_after_someone_else_deleted_parts(session: KubeSession) -> None:
+def test_remove_after_someone_else_deleted_parts(session: SessionKubeconfig) -> None:
     session.kubeconfig_path.unlink()
     assert session.remove() == [
         f"removed cache {session.cache_dir} (0 files)",
@@ -374,7 +374,7 @@ def test_remove_after_someone_else_deleted_parts(session: KubeSession) -> None:
 def test_console_environment_and_home_untouched(home: Path, root: Path) -> None:
     before = _snapshot(home)
     environment = dict(os.environ)
-    created = KubeSession.create(root, "h", "c", "127.0.0.1", 1, "ns")
+    created = SessionKubeconfig.create(root, "h", "c", "127.0.0.1", 1, "ns")
     created.environment()
     created.remove()
     assert dict(os.environ) == environment
@@ -387,8 +387,8 @@ def test_console_environment_and_home_untouched(home: Path, root: Path) -> None:
 
 
 def test_sweep_dead_owner_removed_live_kept(root: Path) -> None:
-    live = KubeSession.create(root, "live", "c", "127.0.0.1", 1, None)
-    dead = KubeSession.create(root, "dead", "c", "127.0.0.1", 2, None)
+    live = SessionKubeconfig.create(root, "live", "c", "127.0.0.1", 1, None)
+    dead = SessionKubeconfig.create(root, "dead", "c", "127.0.0.1", 2, None)
     pid = _dead_pid()
     _write_owner(dead.directory, {"pid": pid, "process_start": None, "created": time.time()})
     lines = sweep(root)
@@ -404,7 +404,7 @@ def test_sweep_dead_owner_removed_live_kept(root: Path) -> None:
 
 
 def test_sweep_reused_pid(root: Path) -> None:
-    created = KubeSession.create(root, "reused", "c", "127.0.0.1", 1, None)
+    created = SessionKubeconfig.create(root, "reused", "c", "127.0.0.1", 1, None)
     if kube_session._process_start(os.getpid()) is None:
         pytest.skip("no process start time on this platform")
     # Our own PID, but written by a process that started at another time.
@@ -429,7 +429,7 @@ def test_sweep_reused_pid(root: Path) -> None:
     ],
 )
 def test_sweep_corrupt_or_missing_owner(root: Path, owner: str | None) -> None:
-    created = KubeSession.create(root, "broken", "c", "127.0.0.1", 1, None)
+    created = SessionKubeconfig.create(root, "broken", "c", "127.0.0.1", 1, None)
     if owner is None:
         (created.directory / "owner").unlink()
     else:
