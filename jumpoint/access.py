@@ -7,7 +7,8 @@ bind), the listener ACL, the idle timeout, when the session must close and
 why, the connection cap, and whether it is recorded.  The rules, in order:
 
 1. the user's groups: may they open items of the item's jump group at all,
-   and open tunnels (C{tunnels})?
+   and open tunnels (C{tunnels})?  Can this Jumpoint open the item's kind
+   (L{jumpoint.kinds}), here?
 2. C{tunnels_restricted} (the union over the groups): protocol, remote and
    local ports, schemes, listener address and ACL, idle timeout, auto-close;
 3. the item's jump policy: schedule, ticket ID, approval;
@@ -16,7 +17,7 @@ why, the connection cap, and whether it is recorded.  The rules, in order:
 
 The Jumpoint-local allow-list (C{allowed_targets}, with its built-in default:
 loopback, link-local and the Jumpoint's own listener only when listed
-explicitly) needs DNS, so the server checks it separately (L{check_target}),
+explicitly) needs DNS, so the server checks it separately (L{jumpoint.dialing.check_target}),
 when an item is created or given new tunnels, when the session opens and for
 every connection.  Nothing here does I/O except reading approvals.
 """
@@ -27,20 +28,20 @@ import datetime
 import ipaddress
 import math
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from jumpoint import kinds
 from jumpoint.approvals import ApprovalStore
 from jumpoint.config import JumpointConfig
 from jumpoint.policy import Grant, JumpPolicy, SessionPolicy
-from shared.addresses import AllowList, EgressGuard, PortSet
-from shared.errors import AccessDenied, ConsentRequired, NotSupported, UsageError
-from shared.items import LOGIN_KINDS, LOGIN_TIMEOUT_DEFAULT, Item
+from jumpoint.session_terms import Deadline, SessionTerms
+from shared.errors import AccessDenied, ConsentRequired, UsageError
+from shared.items import LOGIN_TIMEOUT_DEFAULT, Item
 from shared.schema import format_duration
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
-SUPPORTED_KINDS = ("tcp", "mssql", "k8s")
 
 
 @dataclass(frozen=True)
@@ -79,70 +80,6 @@ def _seconds(message: Mapping[str, Any], key: str) -> float | None:
     return float(value)
 
 
-@dataclass(frozen=True)
-class Deadline:
-    """A moment the session must close at, and the reason given then."""
-
-    at: float
-    code: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class SessionTerms:
-    """Everything the session is allowed, as decided when it opened."""
-
-    item: Item
-    grant: Grant
-    local_address: str
-    local_ports: PortSet | None
-    acl: tuple[str, ...]
-    idle_timeout: float | None
-    deadlines: tuple[Deadline, ...]
-    max_connections: int
-    recording: bool
-    ticket: str | None
-    approval_id: int | None
-    jump_policy: JumpPolicy | None
-    session_policy: SessionPolicy | None
-    notes: tuple[str, ...] = field(default=())
-    login_timeout: float | None = None
-    """mssql, k8s: seconds a connection has to finish its login (L{resolve_login_timeout})."""
-
-    def first_deadline(self) -> Deadline | None:
-        return min(self.deadlines, key=lambda d: d.at) if self.deadlines else None
-
-    def tunnels_json(self) -> list[dict[str, Any]]:
-        out = []
-        for tunnel in self.item.tunnels:
-            entry: dict[str, Any] = {
-                "local_address": self.local_address,
-                "local_port": "auto" if tunnel.local_port is None else tunnel.local_port,
-                "remote_host": self.item.host,
-                "remote_port": tunnel.remote_port,
-            }
-            if self.local_ports is not None:
-                entry["allowed_local_ports"] = self.local_ports.describe()
-            out.append(entry)
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        deadline = self.first_deadline()
-        return {
-            "tunnels": self.tunnels_json(),
-            "acl": list(self.acl),
-            "idle_timeout": self.idle_timeout,
-            "closes_at": deadline.at if deadline else None,
-            "closes_because": deadline.reason if deadline else None,
-            "max_connections": self.max_connections,
-            "login_timeout": self.login_timeout,
-            "recording": self.recording,
-            "jump_policy": self.jump_policy.name if self.jump_policy else None,
-            "session_policy": self.session_policy.name if self.session_policy else None,
-            "notes": list(self.notes),
-        }
-
-
 def decide(
     config: JumpointConfig,
     grant: Grant,
@@ -165,19 +102,12 @@ def decide(
         )
     if not grant.tunnels:
         raise AccessDenied(f"your {who} may not open tunnels", rule="groups.tunnels")
-    if item.type not in SUPPORTED_KINDS:
-        raise NotSupported(
-            f"item {item.name!r} is a {item.type} item; this Jumpoint cannot open {item.type}"
-            " items yet",
-            hint="only tcp, mssql and k8s items can be opened for now",
-        )
-    if item.type == "k8s" and not (platform or sys.platform).startswith("linux"):
-        raise NotSupported("Kubernetes items need a Linux Jumpoint")
+    kind = kinds.check_openable(item, platform or sys.platform)
     restrictions = grant.restrictions
-    if not restrictions.allows_protocol("tcp"):
+    if not restrictions.allows_protocol(kind.protocol):
         allowed = ", ".join(sorted(restrictions.protocol or ()))
         raise AccessDenied(
-            f"your {who} may open {allowed} tunnels only; item {item.name!r} is tcp",
+            f"your {who} may open {allowed} tunnels only; item {item.name!r} is {kind.protocol}",
             rule="tunnels_restricted.protocol",
         )
     for tunnel in item.tunnels:
@@ -283,10 +213,11 @@ def decide(
 def resolve_login_timeout(item: Item, session_policy: SessionPolicy | None) -> float | None:
     """How long a connection of C{item} may take to log in: the item's or the policy's, lowest.
 
-    Only the kinds whose connections log in (mssql, k8s) have one; without
-    either key it is L{LOGIN_TIMEOUT_DEFAULT}.
+    Only the kinds whose connections log in (L{kinds.kind.JumpointKind.logs_in}:
+    mssql, k8s) have one; without either key it is L{LOGIN_TIMEOUT_DEFAULT}.
     """
-    if item.type not in LOGIN_KINDS:
+    kind = kinds.lookup(item.type)
+    if kind is None or not kind.logs_in:
         return None
     policy_value = session_policy.login_timeout if session_policy is not None else None
     values = [v for v in (item.login_timeout, policy_value) if v is not None]
@@ -451,46 +382,4 @@ def _check_schedule(policy: JumpPolicy, now: float) -> Deadline | None:
         "schedule",
         f"the schedule window of jump policy {policy.name!r} ended at"
         f" {window.end.isoformat(timespec='minutes')} (strict schedule)",
-    )
-
-
-def own_endpoints(config: JumpointConfig) -> list[tuple[str, int]]:
-    """The Jumpoint's own listening endpoints: never targets unless listed explicitly."""
-    hosts = [config.listen_host, *config.addresses]
-    return [(host, config.listen_port) for host in dict.fromkeys(hosts)]
-
-
-def check_allowed_targets(
-    allow_list: AllowList | None,
-    port: int,
-    addresses: Sequence[str],
-    resolved_hosts: Mapping[str, Sequence[str]],
-    host: str,
-    own: Sequence[tuple[str, int]] = (),
-) -> None:
-    """The Jumpoint-local allow-list and the built-in default: every address must pass.
-
-    Loopback, link-local and the Jumpoint's own listener (C{own}) are refused
-    unless the allow-list names them explicitly, also when there is no allow-list
-    (L{EgressGuard}).
-    """
-    decision = EgressGuard.of(allow_list, own).check(port, addresses, resolved_hosts)
-    if not decision.allowed:
-        shown = host if decision.address in (None, host) else f"{host} ({decision.address})"
-        raise AccessDenied(
-            f"{shown}:{port} is not in this Jumpoint's allowed_targets: {decision.reason}",
-            rule="allowed_targets",
-        )
-
-
-def check_target(
-    config: JumpointConfig,
-    port: int,
-    addresses: Sequence[str],
-    resolved_hosts: Mapping[str, Sequence[str]],
-    host: str,
-) -> None:
-    """L{check_allowed_targets} with this Jumpoint's allow-list and own listener."""
-    check_allowed_targets(
-        config.allowed_targets, port, addresses, resolved_hosts, host, own_endpoints(config)
     )

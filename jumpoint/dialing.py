@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from twisted.internet import error as net_error
@@ -27,8 +27,8 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
-from jumpoint.access import check_target
 from jumpoint.config import JumpointConfig
+from shared.addresses import AllowList, EgressGuard
 from shared.errors import AccessDenied
 from shared.items import Item
 from shared.protocol.frames import ErrorCode
@@ -161,3 +161,45 @@ async def check_item_targets(
         return
     for port in sorted(item.remote_ports if ports is None else ports):
         check_target(context.config, port, addresses, resolved, item.host)
+
+
+def own_endpoints(config: JumpointConfig) -> list[tuple[str, int]]:
+    """The Jumpoint's own listening endpoints: never targets unless listed explicitly."""
+    hosts = [config.listen_host, *config.addresses]
+    return [(host, config.listen_port) for host in dict.fromkeys(hosts)]
+
+
+def check_allowed_targets(
+    allow_list: AllowList | None,
+    port: int,
+    addresses: Sequence[str],
+    resolved_hosts: Mapping[str, Sequence[str]],
+    host: str,
+    own: Sequence[tuple[str, int]] = (),
+) -> None:
+    """The Jumpoint-local allow-list and the built-in default: every address must pass.
+
+    Loopback, link-local and the Jumpoint's own listener (C{own}) are refused
+    unless the allow-list names them explicitly, also when there is no allow-list
+    (L{EgressGuard}).
+    """
+    decision = EgressGuard.of(allow_list, own).check(port, addresses, resolved_hosts)
+    if not decision.allowed:
+        shown = host if decision.address in (None, host) else f"{host} ({decision.address})"
+        raise AccessDenied(
+            f"{shown}:{port} is not in this Jumpoint's allowed_targets: {decision.reason}",
+            rule="allowed_targets",
+        )
+
+
+def check_target(
+    config: JumpointConfig,
+    port: int,
+    addresses: Sequence[str],
+    resolved_hosts: Mapping[str, Sequence[str]],
+    host: str,
+) -> None:
+    """L{check_allowed_targets} with this Jumpoint's allow-list and own listener."""
+    check_allowed_targets(
+        config.allowed_targets, port, addresses, resolved_hosts, host, own_endpoints(config)
+    )

@@ -23,8 +23,8 @@ from shared.items import Item
 from shared.schema import format_duration
 
 if TYPE_CHECKING:
-    from jumpoint.access import SessionTerms
     from jumpoint.recording import SessionRecorder
+    from jumpoint.session_terms import SessionTerms
 
 IDLE_CHECKS_PER_TIMEOUT = 6
 MAX_IDLE_CHECK_INTERVAL = 30.0

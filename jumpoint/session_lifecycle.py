@@ -18,12 +18,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from jumpoint import session_store, webhooks
-from jumpoint.access import SessionTerms
 from jumpoint.audit import AuditLog
 from jumpoint.config import JumpointConfig
 from jumpoint.notify import Notifier
 from jumpoint.recording import SessionRecorder
 from jumpoint.session import Session
+from jumpoint.session_terms import SessionTerms
 
 log = Logger()
 

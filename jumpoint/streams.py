@@ -4,11 +4,12 @@ L{admit_stream} decides on a stream the console opened: the target must be
 one of the session's item (its host and remote ports), the session must
 have room under its connection cap, and the audit spool must have room (a
 connection is a decision).  An admitted stream becomes a
-L{StreamConnection}, which builds the item's bridge, checks the target
-against C{allowed_targets} (L{jumpoint.dialing}), dials it, records it when
-the session is recorded, and audits its opening and closing.  A refused
-stream is audited (C{connection_denied}) and reset, or, for a SQL client,
-answered with a clean login failure.
+L{StreamConnection}, which has the item's kind (L{jumpoint.kinds}) build
+its bridge, checks the target against C{allowed_targets}
+(L{jumpoint.dialing}), dials it when the kind says so, records it when the
+session is recorded, and audits its opening and closing.  A refused stream
+is audited (C{connection_denied}) and answered as its kind answers refusals
+(a reset, or, for a SQL client, a clean login failure).
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from jumpoint import kinds
 from jumpoint.dialing import checked_address, classify_connect_failure
-from jumpoint.kube_upstream import KubeUpstreamBridge
 from jumpoint.recording_tap import RecordingTap
 from jumpoint.session import Session
-from jumpoint.tds_upstream import TdsUpstreamBridge, refuse_stream
 from jumpoint.upstream_context import UpstreamContext
 from shared.bridge import TcpBridge
 from shared.errors import AccessDenied, ProtocolViolation
@@ -114,10 +114,7 @@ def refuse(
         target=f"{target.host}:{target.port}",
         reason=reason,
     )
-    if session.item.type == "mssql":
-        refuse_stream(stream, reason)  # the SQL client gets a clean login failure
-    else:
-        stream.reset(code, reason)
+    kinds.kind_of(session.item).refuse(stream, code, reason)  # SQL: a clean login failure
 
 
 class StreamConnection:
@@ -146,28 +143,16 @@ class StreamConnection:
         """The console's address (the client side of a recorded connection)."""
         self.address = target.host
         self.attempt: Deferred[Any] | None = None
-        self.bridge: TcpBridge
-        if session.item.type == "mssql":
-            self.bridge = TdsUpstreamBridge(stream, core, session, on_closed=self.closed)
-        elif session.item.type == "k8s":
-            self.bridge = KubeUpstreamBridge(
-                stream, core, session, on_closed=self.closed, groups=groups
-            )
-        else:
-            self.bridge = TcpBridge(stream, on_closed=self.closed)
+        self.upstream = kinds.kind_of(session.item).open_upstream(
+            stream, core, session, on_closed=self.closed, groups=groups
+        )
+        self.bridge: TcpBridge = self.upstream.bridge
         self.bridge.wait_for_connection()
         session.connection_started(self.bridge)
 
     def start(self) -> None:
-        if isinstance(self.bridge, TdsUpstreamBridge):
-            if self.bridge.refused_before_dial():
-                return  # mssql without a credential: the client got its login failure
-            # The SQL Server is dialled only once the console's whole LOGIN7 is in.
-            self.bridge.when_login_arrived(self._route)
-            return
-        if isinstance(self.bridge, KubeUpstreamBridge) and self.bridge.refused_before_dial():
-            return  # k8s without a credential: every request is answered 503
-        self._route()
+        """Dial when the item's kind says so (mssql: once the LOGIN7 is in; or never)."""
+        self.upstream.start(self._route)
 
     def _route(self) -> None:
         """Dial the target once it passed C{allowed_targets} and the built-in default."""
@@ -218,12 +203,7 @@ class StreamConnection:
                 self.peer_host,
                 self.target.port,
             )
-        protocol = (
-            self.bridge.upstream_protocol()
-            if isinstance(self.bridge, KubeUpstreamBridge)
-            else self.bridge
-        )
-        self.attempt = self.core.connect_target(host, self.target.port, protocol)
+        self.attempt = self.core.connect_target(host, self.target.port, self.upstream.protocol())
         self.attempt.addCallbacks(self.connected, self.failed)
 
     def _audit(self, event: str, **fields: Any) -> None:

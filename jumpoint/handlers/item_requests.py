@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jumpoint import kinds
 from jumpoint.dialing import check_item_targets
 from jumpoint.handlers.request_context import (
     Reply,
@@ -136,9 +137,11 @@ async def change_item(channel: RequestChannel, grant: Grant, message: dict[str, 
     item = _managed(core, grant, message["item"], "change")
     spec = item.to_spec()
     if change in ("tunnel_add", "tunnel_remove"):
-        if item.type != "tcp":
+        kind = kinds.lookup(item.type)
+        if kind is None or not kind.has_tunnels:
             raise UsageError(
-                f"item {item.name!r} is a {item.type} item; only tcp items have tunnels"
+                f"item {item.name!r} is a {item.type} item; only {kinds.tunnel_kinds()} items"
+                " have tunnels"
             )
         try:
             tunnel = parse_tunnel_text(value)

@@ -19,16 +19,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jumpoint.access import (
-    Deadline,
-    SessionRequest,
-    SessionTerms,
-    check_allowed_targets,
-    decide,
-)
+from jumpoint.access import SessionRequest, decide
 from jumpoint.approvals import ApprovalStore
 from jumpoint.config import JumpointConfig, parse_config
+from jumpoint.dialing import check_allowed_targets
 from jumpoint.policy import UNRESTRICTED, Grant, Group, Restrictions, union
+from jumpoint.session_terms import Deadline, SessionTerms
 from jumpoint.state import StateDatabase
 from shared.addresses import AllowList, PortSet
 from shared.errors import (
@@ -1551,8 +1547,8 @@ def test_the_own_listener_needs_an_entry_naming_its_port() -> None:
 
 
 def test_the_config_jumpoint_init_writes_refuses_loopback_link_local_and_itself() -> None:
-    from jumpoint.access import check_target
     from jumpoint.config_template import render_config
+    from jumpoint.dialing import check_target
 
     text = render_config("corp", "0.0.0.0", 7443, ["jump.corp.example", "10.0.0.5"])
     config = parse_config(text, Path("/etc/jumpoint/jumpoint.yaml"))

@@ -1,0 +1,80 @@
+"""The terms a session was opened with: what it may do, and when it must close.
+
+L{jumpoint.access.decide} returns them; the session (L{jumpoint.session})
+enforces them while it runs and its bridges read their C{login_timeout}.
+They are plain data, kept apart from the access rules so that the data path
+(the sessions and the kinds' bridges) does not import the rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from jumpoint.policy import Grant, JumpPolicy, SessionPolicy
+from shared.addresses import PortSet
+from shared.items import Item
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A moment the session must close at, and the reason given then."""
+
+    at: float
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SessionTerms:
+    """Everything the session is allowed, as decided when it opened."""
+
+    item: Item
+    grant: Grant
+    local_address: str
+    local_ports: PortSet | None
+    acl: tuple[str, ...]
+    idle_timeout: float | None
+    deadlines: tuple[Deadline, ...]
+    max_connections: int
+    recording: bool
+    ticket: str | None
+    approval_id: int | None
+    jump_policy: JumpPolicy | None
+    session_policy: SessionPolicy | None
+    notes: tuple[str, ...] = field(default=())
+    login_timeout: float | None = None
+    """mssql, k8s: seconds a connection has to finish its login (L{resolve_login_timeout})."""
+
+    def first_deadline(self) -> Deadline | None:
+        return min(self.deadlines, key=lambda d: d.at) if self.deadlines else None
+
+    def tunnels_json(self) -> list[dict[str, Any]]:
+        out = []
+        for tunnel in self.item.tunnels:
+            entry: dict[str, Any] = {
+                "local_address": self.local_address,
+                "local_port": "auto" if tunnel.local_port is None else tunnel.local_port,
+                "remote_host": self.item.host,
+                "remote_port": tunnel.remote_port,
+            }
+            if self.local_ports is not None:
+                entry["allowed_local_ports"] = self.local_ports.describe()
+            out.append(entry)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        deadline = self.first_deadline()
+        return {
+            "tunnels": self.tunnels_json(),
+            "acl": list(self.acl),
+            "idle_timeout": self.idle_timeout,
+            "closes_at": deadline.at if deadline else None,
+            "closes_because": deadline.reason if deadline else None,
+            "max_connections": self.max_connections,
+            "login_timeout": self.login_timeout,
+            "recording": self.recording,
+            "jump_policy": self.jump_policy.name if self.jump_policy else None,
+            "session_policy": self.session_policy.name if self.session_policy else None,
+            "notes": list(self.notes),
+        }
