@@ -213,10 +213,10 @@ def decide(
 def resolve_login_timeout(item: Item, session_policy: SessionPolicy | None) -> float | None:
     """How long a connection of C{item} may take to log in: the item's or the policy's, lowest.
 
-    Only the kinds whose connections log in (L{kinds.kind.JumpointKind.logs_in}:
+    Only the kinds whose connections log in (L{jumpoint.kinds.base.JumpointKind.logs_in}:
     mssql, k8s) have one; without either key it is L{LOGIN_TIMEOUT_DEFAULT}.
     """
-    kind = kinds.lookup(item.type)
+    kind = kinds.get(item.type)
     if kind is None or not kind.logs_in:
         return None
     policy_value = session_policy.login_timeout if session_policy is not None else None

@@ -137,7 +137,7 @@ async def change_item(channel: RequestChannel, grant: Grant, message: dict[str, 
     item = _managed(core, grant, message["item"], "change")
     spec = item.to_spec()
     if change in ("tunnel_add", "tunnel_remove"):
-        kind = kinds.lookup(item.type)
+        kind = kinds.get(item.type)
         if kind is None or not kind.has_tunnels:
             raise UsageError(
                 f"item {item.name!r} is a {item.type} item; only {kinds.tunnel_kinds()} items"

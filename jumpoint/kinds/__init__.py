@@ -1,7 +1,7 @@
 """The registry of the kinds of item this Jumpoint knows, keyed by the item C{type}.
 
 Each kind is a module of this package providing a L{JumpointKind}
-(L{jumpoint.kinds.kind}); registering it is one line below.  The rest of the
+(L{jumpoint.kinds.base}); registering it is one line below.  The rest of the
 Jumpoint asks the registry (L{kind_of}, L{check_openable}, L{tunnel_kinds})
 and never branches on an item's type, so adding a kind means adding its
 modules and one registration line.
@@ -10,9 +10,17 @@ modules and one registration line.
 from __future__ import annotations
 
 from jumpoint.kinds import kubernetes, mssql, network, tcp
-from jumpoint.kinds.kind import JumpointKind
+from jumpoint.kinds.base import JumpointKind
 from shared.errors import NotSupported
 from shared.items import Item
+
+BUILT_IN: tuple[JumpointKind, ...] = (
+    tcp.KIND,
+    mssql.KIND,
+    kubernetes.KIND,
+    network.KIND,
+)
+"""The Jumpoint's kinds, one line each (the same names as L{shared.kinds.BUILT_IN})."""
 
 _KINDS: dict[str, JumpointKind] = {}
 
@@ -34,7 +42,7 @@ def registered() -> tuple[JumpointKind, ...]:
     return tuple(_KINDS.values())
 
 
-def lookup(name: str) -> JumpointKind | None:
+def get(name: str) -> JumpointKind | None:
     """The kind of that C{type}, or C{None} when this Jumpoint has none."""
     return _KINDS.get(name)
 
@@ -76,7 +84,5 @@ def tunnel_kinds() -> str:
     return _listed([k.name for k in _KINDS.values() if k.has_tunnels])
 
 
-register(tcp.KIND)
-register(mssql.KIND)
-register(kubernetes.KIND)
-register(network.KIND)
+for _kind in BUILT_IN:
+    register(_kind)

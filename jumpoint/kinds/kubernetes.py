@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 from twisted.internet.protocol import Protocol
 
-from jumpoint.kinds.kind import Dial, JumpointKind
+from jumpoint.kinds.base import Dial, JumpointKind
 from jumpoint.kube_upstream import KubeUpstreamBridge
 from jumpoint.session import Session
 from jumpoint.upstream_context import UpstreamContext
 from shared.bridge import TcpBridge
+from shared.kinds.kubernetes import KIND as SHARED
 from shared.protocol.mux import Stream
 
 
@@ -47,10 +48,9 @@ def open_upstream(
 
 
 KIND = JumpointKind(
-    name="k8s",
+    shared=SHARED,
     open_upstream=open_upstream,
     platforms=("linux",),
     platform_refusal="Kubernetes items need a Linux Jumpoint",
-    logs_in=True,
     audit_events=("k8s_denied", "k8s_discovery", "k8s_request"),
 )

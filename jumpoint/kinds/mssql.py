@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from twisted.internet.protocol import Protocol
 
-from jumpoint.kinds.kind import Dial, JumpointKind
+from jumpoint.kinds.base import Dial, JumpointKind
 from jumpoint.session import Session
 from jumpoint.tds_upstream import TdsUpstreamBridge, refuse_stream
 from jumpoint.upstream_context import UpstreamContext
 from shared.bridge import TcpBridge
+from shared.kinds.mssql import KIND as SHARED
 from shared.protocol.frames import ErrorCode
 from shared.protocol.mux import Stream
 
@@ -54,10 +55,9 @@ def refuse(stream: Stream, code: ErrorCode, reason: str) -> None:
 
 
 KIND = JumpointKind(
-    name="mssql",
+    shared=SHARED,
     open_upstream=open_upstream,
     refuse=refuse,
-    logs_in=True,
     audit_events=(
         "sql_batch",
         "sql_login",

@@ -8,7 +8,8 @@ so that the kind stays complete.
 
 from __future__ import annotations
 
-from jumpoint.kinds.kind import JumpointKind
+from jumpoint.kinds.base import JumpointKind
 from jumpoint.kinds.tcp import open_upstream as tcp_upstream
+from shared.kinds.network import KIND as SHARED
 
-KIND = JumpointKind(name="network", open_upstream=tcp_upstream, openable=False)
+KIND = JumpointKind(shared=SHARED, open_upstream=tcp_upstream, openable=False)

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 from twisted.internet.protocol import Protocol
 
-from jumpoint.kinds.kind import Dial, JumpointKind
+from jumpoint.kinds.base import Dial, JumpointKind
 from jumpoint.session import Session
 from jumpoint.upstream_context import UpstreamContext
 from shared.bridge import TcpBridge
+from shared.kinds.tcp import KIND as SHARED
 from shared.protocol.mux import Stream
 
 
@@ -38,4 +39,4 @@ def open_upstream(
     return TcpUpstream(TcpBridge(stream, on_closed=on_closed))
 
 
-KIND = JumpointKind(name="tcp", open_upstream=open_upstream, has_tunnels=True)
+KIND = JumpointKind(shared=SHARED, open_upstream=open_upstream, has_tunnels=True)

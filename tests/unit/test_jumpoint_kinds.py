@@ -28,15 +28,17 @@ from jumpoint import kinds
 from jumpoint.access import SessionRequest, decide, resolve_login_timeout
 from jumpoint.approvals import ApprovalStore
 from jumpoint.config import JumpointConfig, parse_config
-from jumpoint.kinds.kind import Dial, JumpointKind
+from jumpoint.kinds.base import Dial, JumpointKind
 from jumpoint.policy import Grant
 from jumpoint.session import Session
 from jumpoint.state import StateDatabase
 from jumpoint.streams import admit_stream
 from jumpoint.upstream_context import UpstreamContext
+from shared import kinds as shared_kinds
 from shared.bridge import TcpBridge
 from shared.errors import NotSupported
 from shared.items import KINDS, LOGIN_TIMEOUT_DEFAULT, Item, TunnelSpec
+from shared.kinds.base import Kind
 from shared.protocol.control import StreamTarget
 from shared.protocol.frames import ErrorCode
 from shared.protocol.mux import Multiplexer, MuxSettings, Stream
@@ -55,13 +57,15 @@ PROBE = "probe"
 
 def test_every_item_type_has_a_jumpoint_kind_and_nothing_else_is_registered() -> None:
     assert [kind.name for kind in kinds.registered()] == list(KINDS)
+    assert [kind.shared for kind in kinds.registered()] == list(shared_kinds.registered())
+    assert kinds.registered() == kinds.BUILT_IN
     for name in KINDS:
-        kind = kinds.lookup(name)
+        kind = kinds.get(name)
         assert kind is not None and kind.name == name
 
 
 def test_the_registered_kinds_say_what_the_jumpoint_did_per_type() -> None:
-    tcp, mssql, k8s, network = (kinds.lookup(name) for name in ("tcp", "mssql", "k8s", "network"))
+    tcp, mssql, k8s, network = (kinds.get(name) for name in ("tcp", "mssql", "k8s", "network"))
     assert tcp is not None and mssql is not None and k8s is not None and network is not None
     assert [k.name for k in kinds.registered() if k.openable] == ["tcp", "mssql", "k8s"]
     assert [k.name for k in kinds.registered() if k.logs_in] == ["mssql", "k8s"]
@@ -72,7 +76,7 @@ def test_the_registered_kinds_say_what_the_jumpoint_did_per_type() -> None:
 
 
 def test_a_kind_registered_twice_is_refused() -> None:
-    tcp = kinds.lookup("tcp")
+    tcp = kinds.get("tcp")
     assert tcp is not None
     with pytest.raises(ValueError, match="registered twice"):
         kinds.register(tcp)
@@ -168,10 +172,9 @@ class ProbeKind:
 
     def kind(self) -> JumpointKind:
         return JumpointKind(
-            name=PROBE,
+            shared=Kind(PROBE, {}, lambda values, where, node: values, lambda item: {}, True),
             open_upstream=self.open_upstream,
             refuse=self.refuse,
-            logs_in=True,
             has_tunnels=True,
         )
 
@@ -184,7 +187,7 @@ def probe() -> Iterator[ProbeKind]:
         yield recorder
     finally:
         kinds.unregister(PROBE)
-    assert kinds.lookup(PROBE) is None
+    assert kinds.get(PROBE) is None
 
 
 def probe_item() -> Item:
@@ -236,7 +239,7 @@ def test_a_registered_kind_is_decided_on_by_its_own_policy(
         )
     finally:
         database.close()
-    assert terms.login_timeout == LOGIN_TIMEOUT_DEFAULT  # the kind logs in
+    assert terms.login_timeout == LOGIN_TIMEOUT_DEFAULT  # the kind logs in (its shared part)
     assert resolve_login_timeout(probe_item().with_changes(login_timeout=5.0), None) == 5.0
     assert kinds.tunnel_kinds() == "tcp and probe"
     assert kinds.check_openable(probe_item(), "win32").name == PROBE
@@ -297,7 +300,7 @@ def _reachable(module: str) -> set[str]:
 def _own_modules(kind: JumpointKind) -> set[str]:
     """The Jumpoint modules only this kind brings in (its bridges and codecs' daemon side)."""
     module = kind.open_upstream.__module__
-    common = _reachable("jumpoint.kinds.kind") | {"jumpoint.kinds.kind"}
+    common = _reachable("jumpoint.kinds.base") | {"jumpoint.kinds.base"}
     return {
         m
         for m in _reachable(module) - common

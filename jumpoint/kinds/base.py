@@ -1,14 +1,16 @@
 """What a kind of item is on the Jumpoint: the one seam every kind plugs into.
 
-A L{JumpointKind} says, for the items of one C{type} (C{tcp}, C{mssql},
-C{k8s}, C{network}, the names of L{shared.items.KINDS}):
+A L{JumpointKind} is the Jumpoint's part of one kind of item (C{tcp},
+C{mssql}, C{k8s}, C{network}); it holds the kind's shared part
+(L{shared.kinds}: the name, the schema, whether its connections log in) and
+says:
 
   - how a connection of its sessions reaches the target (C{open_upstream}:
     an L{Upstream}, the bridge and when and how it dials) and how a refused
     stream is answered (C{refuse});
   - whether this Jumpoint can open it (C{openable}, C{platforms});
   - its policy: the tunnel protocol C{tunnels_restricted.protocol} is checked
-    against, whether its connections log in first (C{login_timeout}), whether
+    against, whether C{login_timeout} applies (the shared C{logs_in}), whether
     C{jump item tunnel} may change its tunnels;
   - the audit events only its connections record.
 
@@ -27,6 +29,7 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from jumpoint.session import Session
 from jumpoint.upstream_context import UpstreamContext
 from shared.bridge import TcpBridge
+from shared.kinds.base import Kind
 from shared.protocol.frames import ErrorCode
 from shared.protocol.mux import Stream
 
@@ -78,8 +81,8 @@ def reset_stream(stream: Stream, code: ErrorCode, reason: str) -> None:
 class JumpointKind:
     """One kind of item on the Jumpoint (module docstring)."""
 
-    name: str
-    """The item C{type} (L{shared.items.KINDS})."""
+    shared: Kind
+    """The kind's shared part (L{shared.kinds}): its name, schema, and whether it logs in."""
     open_upstream: UpstreamFactory
     refuse: Refuse = reset_stream
     openable: bool = True
@@ -90,12 +93,20 @@ class JumpointKind:
     """Why it cannot be opened elsewhere (the L{shared.errors.NotSupported} message)."""
     protocol: str = "tcp"
     """The tunnel protocol its connections use (checked against C{tunnels_restricted.protocol})."""
-    logs_in: bool = False
-    """Whether its connections log in first, so that C{login_timeout} applies."""
     has_tunnels: bool = False
     """Whether C{jump item tunnel} may add and remove its tunnels."""
     audit_events: tuple[str, ...] = ()
     """The audit events only its connections record (beyond C{connection_*})."""
+
+    @property
+    def name(self) -> str:
+        """The item C{type} (L{shared.items.KINDS}), the shared kind's."""
+        return self.shared.name
+
+    @property
+    def logs_in(self) -> bool:
+        """Whether its connections log in first, so that C{login_timeout} applies (shared)."""
+        return self.shared.logs_in
 
     def runs_on(self, platform: str) -> bool:
         """Whether the kind can be opened on C{platform} (a C{sys.platform} value)."""
