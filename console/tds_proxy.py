@@ -98,7 +98,7 @@ class TdsClientBridge(TcpBridge):
         if transport is None:
             return
         # Through the stream's write batch, so that the order with relayed bytes holds.
-        self.stream.mux.writes.write(transport, data)
+        self.stream.write_to_socket(transport, data)
 
     def _log_mode(self) -> None:
         leg = self.leg
@@ -145,7 +145,7 @@ class TdsClientBridge(TcpBridge):
         if transport is None:
             self._finish()
             return
-        self.stream.mux.writes.flush(transport)
+        self.stream.flush_socket(transport)
         # As in stream_ended: a paused producer would make Twisted forget the close.
         transport.unregisterProducer()  # type: ignore[attr-defined]
         transport.loseConnection()

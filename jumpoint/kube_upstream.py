@@ -462,7 +462,7 @@ class KubeUpstreamBridge(TcpBridge):
             self.close_reason = self.close_reason or "closed"
             self._finish()
             return
-        self.stream.mux.writes.flush(transport)
+        self.stream.flush_socket(transport)
         transport.unregisterProducer()  # type: ignore[attr-defined]
         transport.loseConnection()
 
@@ -483,7 +483,7 @@ class KubeUpstreamBridge(TcpBridge):
             self.stream.reset(self.reset_code, reason)
         transport = self.transport
         if transport is not None and not self._local_only:
-            self.stream.mux.writes.flush(transport)
+            self.stream.flush_socket(transport)
             transport.abortConnection()  # type: ignore[attr-defined]
         else:
             self._finish()

@@ -14,12 +14,13 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from shared.bridge import TcpBridge
 from shared.items import Item
+from shared.protocol.frames import ErrorCode
+from shared.protocol.mux import Stream
 from shared.schema import format_duration
 
 if TYPE_CHECKING:
@@ -28,6 +29,25 @@ if TYPE_CHECKING:
 
 IDLE_CHECKS_PER_TIMEOUT = 6
 MAX_IDLE_CHECK_INTERVAL = 30.0
+
+
+class SessionConnection(Protocol):
+    """What a session reads of one of its connections (a bridge of any kind)."""
+
+    @property
+    def stream(self) -> Stream:
+        """The connection's stream: its byte counts, its queue, whether it holds back credit."""
+
+    @property
+    def connected(self) -> int:
+        """Whether the connection to the target was made (Twisted's C{Protocol.connected})."""
+
+    @property
+    def long_running(self) -> bool:
+        """Whether it may stay silent for good (a watch, an upgrade): no idle timeout then."""
+
+    def abort(self, code: ErrorCode, reason: str) -> None:
+        """End the connection now (the session closes)."""
 
 
 def new_session_id() -> str:
@@ -45,7 +65,7 @@ class Session:
     opened_at: float
     terms: SessionTerms | None = None
     recorder: SessionRecorder | None = None
-    active: set[TcpBridge] = field(default_factory=set)
+    active: set[SessionConnection] = field(default_factory=set)
     total_connections: int = 0
     bytes_to_target: int = 0
     bytes_from_target: int = 0
@@ -63,7 +83,7 @@ class Session:
     def has_room(self) -> bool:
         return len(self.active) < self.max_connections
 
-    def connection_started(self, bridge: TcpBridge) -> None:
+    def connection_started(self, bridge: SessionConnection) -> None:
         self.active.add(bridge)
         self.total_connections += 1
 
@@ -73,7 +93,7 @@ class Session:
         from_target = self.bytes_from_target + sum(b.stream.bytes_sent for b in self.active)
         return to_target, from_target
 
-    def connection_finished(self, bridge: TcpBridge) -> tuple[int, int] | None:
+    def connection_finished(self, bridge: SessionConnection) -> tuple[int, int] | None:
         """Count a connection's end; returns its (to target, from target) bytes."""
         if bridge not in self.active:
             return None
@@ -115,7 +135,7 @@ class Session:
             b.stream.queued_bytes or b.stream.receive_paused for b in self.active if b.connected
         )
         # no idle timeout on upgraded or watch streams (k8s exec, port-forward, get -w, logs -f)
-        long_running = any(getattr(b, "long_running", False) for b in self.active)
+        long_running = any(b.long_running for b in self.active)
         return moved or waiting or long_running
 
     def _idle_check(self, clock: IReactorTime, interval: float) -> None:
@@ -167,6 +187,6 @@ class Session:
         return out
 
 
-def _to_target(bridge: TcpBridge) -> int:
+def _to_target(bridge: SessionConnection) -> int:
     """Bytes delivered to the target (none if it never connected)."""
     return bridge.stream.bytes_received if bridge.connected else 0

@@ -286,7 +286,7 @@ class TdsUpstreamBridge(TcpBridge):
         self._apply(self.leg.start_output())
         held, self._held_for_server = self._held_for_server, []
         if held and self._server_live and self.transport is not None:
-            self.stream.mux.writes.write(self.transport, b"".join(held))
+            self.stream.write_to_socket(self.transport, b"".join(held))
 
     def dataReceived(self, data: bytes) -> None:
         if self._route is not None or self._closing or self._finished or self.leg is None:
@@ -359,7 +359,7 @@ class TdsUpstreamBridge(TcpBridge):
             return
         alert = leg.shutdown()
         if alert and self.transport is not None:
-            self.stream.mux.writes.write(self.transport, alert)
+            self.stream.write_to_socket(self.transport, alert)
         super().stream_ended()
 
     def stream_reset(self, code: int, reason: str) -> None:
@@ -393,7 +393,7 @@ class TdsUpstreamBridge(TcpBridge):
             self._to_console(out.to_console)
         if out.to_server:
             if self._server_live and self.transport is not None:
-                self.stream.mux.writes.write(self.transport, out.to_server)
+                self.stream.write_to_socket(self.transport, out.to_server)
             else:
                 self._held_for_server.append(out.to_server)
         if out.close is not None:
@@ -448,7 +448,7 @@ class TdsUpstreamBridge(TcpBridge):
             attempt.cancel()
         transport = self.transport
         if self._server_live and transport is not None:
-            self.stream.mux.writes.flush(transport)
+            self.stream.flush_socket(transport)
             transport.unregisterProducer()  # type: ignore[attr-defined]
             transport.loseConnection()
         else:
@@ -485,7 +485,7 @@ class TdsUpstreamBridge(TcpBridge):
         self._route = (host, port)
         transport = self.transport
         if self._server_live and transport is not None:
-            self.stream.mux.writes.flush(transport)
+            self.stream.flush_socket(transport)
             transport.unregisterProducer()  # type: ignore[attr-defined]
             transport.loseConnection()  # connectionLost dials the new server
         else:

@@ -164,6 +164,14 @@ class TcpBridge(Protocol):
         self.tap: BridgeTap | None = None
         stream.attach(self)
 
+    @property
+    def long_running(self) -> bool:
+        """Whether the connection may stay silent for good (a watch, an upgrade).
+
+        A plain TCP connection is judged by its traffic: C{False}.
+        """
+        return False
+
     # -- the lifecycle ---------------------------------------------------
 
     @property
@@ -270,7 +278,7 @@ class TcpBridge(Protocol):
         assert self.transport is not None
         if self.tap is not None:
             self.tap.to_socket(data)
-        self.stream.mux.writes.write(self.transport, data)
+        self.stream.write_to_socket(self.transport, data)
 
     def stream_ended(self) -> None:
         if self._before_connect is not None:
@@ -279,7 +287,7 @@ class TcpBridge(Protocol):
             return
         transport = self.transport
         assert transport is not None
-        self.stream.mux.writes.flush(transport)
+        self.stream.flush_socket(transport)
         if not self._write_closed and not self._finished:
             self._move(BridgeEvent.PEER_FIN)
             # Twisted forgets a pending half-close when the buffer drains while a
@@ -292,7 +300,7 @@ class TcpBridge(Protocol):
         self.reset_code = code
         self.close_reason = f"{describe_code(code)}: {reason}"
         if self.transport is not None:
-            self.stream.mux.writes.flush(self.transport)
+            self.stream.flush_socket(self.transport)
             self.transport.abortConnection()  # type: ignore[attr-defined]
         else:
             self._finish()

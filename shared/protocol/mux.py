@@ -326,6 +326,23 @@ class Stream:
         if held:
             self._consumed(held)
 
+    def write_to_socket(self, transport: object, data: bytes) -> None:
+        """Write C{data}, which came from this stream, to a local socket.
+
+        While the multiplexer handles a read event the bytes wait in its
+        write batch, so that all the frames of one read reach each socket in
+        one system call; outside an event they are written at once.
+        """
+        self.mux._writes.write(transport, data)
+
+    def flush_socket(self, transport: object) -> None:
+        """Write out now what L{write_to_socket} holds for C{transport}.
+
+        Call it before closing, half-closing or replacing the socket, so that
+        the bytes keep their order with the FIN or the reset.
+        """
+        self.mux._writes.flush(transport)
+
     # -- the multiplexer's side ------------------------------------------
 
     def _send_some(self, limit: int) -> None:
@@ -473,7 +490,7 @@ class Multiplexer:
         self._paused = False
         self._ready: deque[Stream] = deque()
         self._flushing = False
-        self.writes = WriteBatch()
+        self._writes = WriteBatch()
         self._bytes_while_paused = 0
         self._total_windows = 0
         self._keepalive_call: IDelayedCall | None = None
@@ -753,15 +770,15 @@ class Multiplexer:
 
     def _begin_event(self) -> bool:
         """Start collecting writes; C{False} if an outer event already collects them."""
-        if self.writes.open:
+        if self._writes.open:
             return False
-        self.writes.open = True
+        self._writes.open = True
         return True
 
     def _end_event(self) -> None:
         """Hand everything the event wrote to local sockets to the kernel: one call per socket."""
-        self.writes.open = False
-        self.writes.flush_all()
+        self._writes.open = False
+        self._writes.flush_all()
 
     # -- streams ---------------------------------------------------------
 
