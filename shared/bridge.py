@@ -4,12 +4,17 @@ The same class serves both ends: on the console it wraps an accepted local
 connection, on the Jumpoint the connection to the target.  Backpressure runs
 both ways through Twisted's producer interfaces:
 
-* stream → socket: the bridge registers a L{_CreditValve} as the producer of
-  its TCP transport.  When the transport's buffer is full Twisted pauses the
-  valve, which holds back the stream's credit, so the peer stops sending.
-* socket → stream: when the stream has no credit (or the channel's TLS
-  transport is full) the stream tells the bridge to pause, and the bridge
-  stops reading its socket.
+The stream side is a L{StreamTransport} (the stream as a Twisted transport)
+with the bridge's L{_StreamSide} protocol on it; the TCP side is the
+bridge's own transport.  Each transport is the other's producer:
+
+* stream → socket: the stream transport is the registered producer of the
+  TCP transport.  When the socket's buffer is full Twisted pauses it, which
+  holds back the stream's credit, so the peer stops sending.
+* socket → stream: the bridge's L{_SocketReader} is the registered producer
+  of the stream transport.  When the stream has no credit (or the channel's
+  TLS transport is full) it is paused, and the bridge stops reading its
+  socket.
 
 Half-close: end of input on the socket becomes FIN on the stream, and FIN
 from the stream becomes a shutdown of writing on the socket.  The socket is
@@ -32,6 +37,7 @@ from zope.interface import implementer
 from shared.lifecycle import Transitions
 from shared.protocol.frames import ErrorCode, describe_code
 from shared.protocol.mux import Stream
+from shared.protocol.stream_transport import StreamReset, StreamTransport
 
 
 class BridgeTap(Interface):
@@ -121,21 +127,44 @@ _NOT_CONNECTED = frozenset(
 )
 
 
-@implementer(IPushProducer)
-class _CreditValve:
-    """Producer registered on the TCP transport: paused means "do not re-open the window"."""
+@implementer(IHalfCloseableProtocol)
+class _StreamSide(Protocol):
+    """The bridge's protocol on its stream transport: tells the bridge what the stream did."""
 
-    def __init__(self, stream: Stream) -> None:
-        self.stream = stream
+    def __init__(self, bridge: TcpBridge) -> None:
+        self.bridge = bridge
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bridge.stream_data(data)
+
+    def readConnectionLost(self) -> None:
+        self.bridge.stream_ended()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        error = reason.value
+        if isinstance(error, StreamReset):
+            self.bridge.stream_reset(error.code, error.reason)
+        # an orderly end (both FINs through) needs nothing: the socket closes on its own terms
+
+
+@implementer(IPushProducer)
+class _SocketReader:
+    """What feeds the stream transport: the bridge reading its socket (paused when it is full)."""
+
+    def __init__(self, bridge: TcpBridge) -> None:
+        self.bridge = bridge
 
     def pauseProducing(self) -> None:
-        self.stream.pause_receiving()
+        self.bridge.pause_sending()
 
     def resumeProducing(self) -> None:
-        self.stream.resume_receiving()
+        self.bridge.resume_sending()
 
     def stopProducing(self) -> None:
-        self.stream.pause_receiving()
+        """The stream is over; the bridge's lifecycle closes the socket."""
 
 
 @implementer(IHalfCloseableProtocol)
@@ -162,7 +191,8 @@ class TcpBridge(Protocol):
         self.lifecycle = BRIDGE_TRANSITIONS.start(BridgeState.CONNECTING)
         self.connected = False
         self.tap: BridgeTap | None = None
-        stream.attach(self)
+        self.stream_transport = StreamTransport.connect(stream, _StreamSide(self))
+        self.stream_transport.registerProducer(_SocketReader(self), True)
 
     @property
     def long_running(self) -> bool:
@@ -230,7 +260,7 @@ class TcpBridge(Protocol):
         tcp = ITCPTransport(transport, None)
         if tcp is not None:
             tcp.setTcpNoDelay(True)
-        transport.registerProducer(_CreditValve(self.stream), True)  # type: ignore[attr-defined]
+        transport.registerProducer(self.stream_transport, True)  # type: ignore[attr-defined]
         buffered, self._before_connect = self._before_connect, None
         self.stream.resume_receiving()
         if buffered:
@@ -246,7 +276,7 @@ class TcpBridge(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.tap is not None:
             self.tap.from_socket(data)
-        self.stream.write(data)
+        self.stream_transport.write(data)
 
     def readConnectionLost(self) -> None:
         if self._finished:
@@ -269,7 +299,7 @@ class TcpBridge(Protocol):
             self.close_reason = self.close_reason or f"aborted: {text}"
         self._finish()
 
-    # -- stream side (StreamApplication) ---------------------------------
+    # -- stream side (what L{_StreamSide} reports) -----------------------
 
     def stream_data(self, data: bytes) -> None:
         if self._before_connect is not None:

@@ -204,6 +204,8 @@ class Stream:
     recv_credit: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    on_closed_in_order: Callable[[], None] | None = None
+    """Called once both FINs have gone through (not on a reset: the application hears that)."""
     _lifecycle: Lifecycle[StreamState, StreamEvent] = field(
         default_factory=lambda: STREAM_TRANSITIONS.start(StreamState.OPEN)
     )
@@ -393,6 +395,8 @@ class Stream:
     def _send_fin(self) -> None:
         self.mux._send_fin(self.stream_id)
         self._move(StreamEvent.FIN_SENT)
+        if self.on_closed_in_order is not None and self.closed:
+            self.on_closed_in_order()
 
     def _data_received(self, data: bytes) -> None:
         if self._lifecycle.state not in _RECEIVING:
@@ -411,8 +415,11 @@ class Stream:
         if self.remote_fin:
             return  # a second FIN is ignored
         self._move(StreamEvent.FIN_RECEIVED)
+        in_order = self.closed  # both FINs through (the application may reset it below)
         if self.app is not None:
             self.app.stream_ended()
+        if in_order and self.on_closed_in_order is not None:
+            self.on_closed_in_order()  # after the application heard the FIN
 
     def _window_update(self, increment: int) -> None:
         if increment == 0 or self.send_window + increment > 2**31 - 1:
