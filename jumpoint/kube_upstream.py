@@ -301,7 +301,7 @@ class KubeUpstreamBridge(TcpBridge):
             self.relay.feed_upstream(data)
 
     def readConnectionLost(self) -> None:
-        self._read_closed = True
+        self.half_close.socket_ended()
         self.relay.upstream_eof()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

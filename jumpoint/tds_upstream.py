@@ -308,7 +308,7 @@ class TdsUpstreamBridge(TcpBridge):
                 self._finish()
                 return
             self.transport = None
-            self._read_closed = self._write_closed = False
+            self.half_close.reconnect()
             self._dial_route()
             return
         if self._closing or self._finished or self.stream.closed:

@@ -34,7 +34,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from shared.lifecycle import Transitions
+from shared.lifecycle import Lifecycle, Transitions
 from shared.protocol.frames import ErrorCode, describe_code
 from shared.protocol.mux import Stream
 from shared.protocol.stream_transport import StreamReset, StreamTransport
@@ -127,6 +127,49 @@ _NOT_CONNECTED = frozenset(
 )
 
 
+class HalfClose:
+    """A bridge's half-close: its L{BridgeState}, moved only along L{BRIDGE_TRANSITIONS}.
+
+    The part of a bridge that owns the lifecycle; a bridge with its own idea of
+    when a direction ends (the SQL Server and Kubernetes legs) tells it here
+    instead of touching the state.
+    """
+
+    def __init__(self) -> None:
+        self.lifecycle = BRIDGE_TRANSITIONS.start(BridgeState.CONNECTING)
+
+    @property
+    def state(self) -> BridgeState:
+        return self.lifecycle.state
+
+    @property
+    def finished(self) -> bool:
+        return self.lifecycle.state is BridgeState.FINISHED
+
+    @property
+    def read_ended(self) -> bool:
+        """Whether the socket's input has ended (FIN sent on the stream)."""
+        return self.lifecycle.state in _READ_ENDED
+
+    @property
+    def write_ended(self) -> bool:
+        """Whether the socket's writing side is shut (the stream's FIN came)."""
+        return self.lifecycle.state in _WRITE_ENDED
+
+    def fire(self, event: BridgeEvent) -> BridgeState:
+        return self.lifecycle.fire(event)
+
+    def socket_ended(self) -> None:
+        """The socket's input ended (once; nothing after the bridge finished)."""
+        if not self.read_ended and not self.finished:
+            self.fire(BridgeEvent.SOCKET_EOF)
+
+    def reconnect(self) -> None:
+        """A new TCP connection will replace the current one (the stream stays)."""
+        if self.lifecycle.state not in _NOT_CONNECTED:
+            self.fire(BridgeEvent.RECONNECT)
+
+
 @implementer(IHalfCloseableProtocol)
 class _StreamSide(Protocol):
     """The bridge's protocol on its stream transport: tells the bridge what the stream did."""
@@ -176,7 +219,7 @@ class TcpBridge(Protocol):
     stream waits in a buffer bounded by the stream's credit window.
 
     @ivar close_reason: why the bridge ended, for statistics and logs.
-    @ivar lifecycle: the half-close lifecycle (L{BridgeState}).
+    @ivar half_close: the half-close lifecycle (L{BridgeState}), the part that owns it.
     """
 
     def __init__(
@@ -188,7 +231,7 @@ class TcpBridge(Protocol):
         self.reset_code: int | None = None
         self._before_connect: list[bytes] | None = []
         self._sending_paused = False
-        self.lifecycle = BRIDGE_TRANSITIONS.start(BridgeState.CONNECTING)
+        self.half_close = HalfClose()
         self.connected = False
         self.tap: BridgeTap | None = None
         self.stream_transport = StreamTransport.connect(stream, _StreamSide(self))
@@ -205,46 +248,23 @@ class TcpBridge(Protocol):
     # -- the lifecycle ---------------------------------------------------
 
     @property
+    def lifecycle(self) -> Lifecycle[BridgeState, BridgeEvent]:
+        return self.half_close.lifecycle
+
+    @property
     def state(self) -> BridgeState:
-        return self.lifecycle.state
+        return self.half_close.state
 
     def _move(self, event: BridgeEvent) -> BridgeState:
-        return self.lifecycle.fire(event)
+        return self.half_close.fire(event)
 
     @property
     def _finished(self) -> bool:
-        return self.lifecycle.state is BridgeState.FINISHED
-
-    @property
-    def _read_closed(self) -> bool:
-        """Whether the socket's input has ended (FIN sent on the stream)."""
-        return self.lifecycle.state in _READ_ENDED
-
-    @_read_closed.setter
-    def _read_closed(self, value: bool) -> None:
-        # Kept for the subclasses: True is the socket's end of input, False a
-        # new TCP connection coming (a reroute); the lifecycle checks both.
-        if value and not self._read_closed and not self._finished:
-            self._move(BridgeEvent.SOCKET_EOF)
-        elif not value:
-            self._reconnect()
+        return self.half_close.finished
 
     @property
     def _write_closed(self) -> bool:
-        """Whether the socket's writing side is shut (the stream's FIN came)."""
-        return self.lifecycle.state in _WRITE_ENDED
-
-    @_write_closed.setter
-    def _write_closed(self, value: bool) -> None:
-        if value and not self._write_closed and not self._finished:
-            self._move(BridgeEvent.PEER_FIN)
-        elif not value:
-            self._reconnect()
-
-    def _reconnect(self) -> None:
-        """A new TCP connection will replace the current one (the stream stays)."""
-        if self.lifecycle.state not in _NOT_CONNECTED:
-            self._move(BridgeEvent.RECONNECT)
+        return self.half_close.write_ended
 
     # -- TCP side --------------------------------------------------------
 

@@ -404,8 +404,7 @@ BRIDGE_SETUPS: dict[BridgeState, Callable[[BridgeCase], None]] = {
 
 
 def _reconnect(case: BridgeCase) -> None:
-    case.bridge._read_closed = False  # the SQL Server reroute's protected API
-    case.bridge._write_closed = False
+    case.bridge.half_close.reconnect()  # what the SQL Server reroute calls
 
 
 BRIDGE_EVENTS: dict[BridgeEvent, Callable[[BridgeCase], None]] = {
@@ -461,8 +460,8 @@ def test_a_real_bridge_in_every_state_takes_every_event(
         assert case.bridge.state is expected
     bridge = case.bridge
     assert bridge._finished is (bridge.state is BridgeState.FINISHED)
-    assert bridge._read_closed is (bridge.state in (BridgeState.READ_CLOSED, BridgeState.CLOSING))
-    assert bridge._write_closed is (bridge.state in (BridgeState.WRITE_CLOSED, BridgeState.CLOSING))
+    assert bridge.half_close.read_ended is (bridge.state in (BridgeState.READ_CLOSED, BridgeState.CLOSING))
+    assert bridge.half_close.write_ended is (bridge.state in (BridgeState.WRITE_CLOSED, BridgeState.CLOSING))
 
 
 def test_a_fin_before_the_connection_is_replayed_once_connected() -> None:
