@@ -197,7 +197,7 @@ class _StreamLeg(TcpBridge):
 
     def stream_ended(self) -> None:
         if self.state in (BridgeState.OPEN, BridgeState.READ_CLOSED):
-            self._move(BridgeEvent.PEER_FIN)  # the relay closes the client's side
+            self.half_close.fire(BridgeEvent.PEER_FIN)  # the relay closes the client's side
         self.connection.relay.upstream_eof()
 
     def stream_reset(self, code: int, reason: str) -> None:
@@ -207,7 +207,7 @@ class _StreamLeg(TcpBridge):
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
         else:
-            self._finish()
+            self.finish()
 
 
 class KubeClientConnection(Protocol):

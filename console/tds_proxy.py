@@ -143,7 +143,7 @@ class TdsClientBridge(TcpBridge):
         self.stream.reset(ErrorCode.CANCEL, f"the SQL Server client's connection closed: {reason}")
         transport = self.transport
         if transport is None:
-            self._finish()
+            self.finish()
             return
         self.stream.flush_socket(transport)
         # As in stream_ended: a paused producer would make Twisted forget the close.

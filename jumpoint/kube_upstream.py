@@ -251,7 +251,7 @@ class KubeUpstreamBridge(TcpBridge):
         if self._unavailable is None:
             return False
         self._local_only = True
-        self._before_connect = None
+        self.drop_pending()
         self.stream.resume_receiving()
         log.warn(
             "session {session}: stream {stream_id}: {reason}",
@@ -264,15 +264,15 @@ class KubeUpstreamBridge(TcpBridge):
     # -- the console's side ----------------------------------------------------
 
     def stream_data(self, data: bytes) -> None:
-        if not self._finished:
+        if not self.half_close.finished:
             self.relay.feed_client(data)
 
     def stream_ended(self) -> None:
-        if not self._finished:
+        if not self.half_close.finished:
             self.relay.client_eof()
 
     def stream_reset(self, code: int, reason: str) -> None:
-        if self._finished:
+        if self.half_close.finished:
             return
         self.reset_code = code
         self.close_reason = f"{describe_code(code)}: {reason}"
@@ -287,7 +287,7 @@ class KubeUpstreamBridge(TcpBridge):
 
     def abort(self, code: ErrorCode, reason: str) -> None:
         """The session ends: the request in flight gets its row (C{ended: aborted})."""
-        if self._finished:
+        if self.half_close.finished:
             return
         self.reset_code = code
         self.close_reason = f"{describe_code(code)}: {reason}"
@@ -297,7 +297,7 @@ class KubeUpstreamBridge(TcpBridge):
     # -- the cluster's side ------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if not self._finished:
+        if not self.half_close.finished:
             self.relay.feed_upstream(data)
 
     def readConnectionLost(self) -> None:
@@ -305,7 +305,7 @@ class KubeUpstreamBridge(TcpBridge):
         self.relay.upstream_eof()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._finished:
+        if self.half_close.finished:
             return
         self.transport = None
         if self.relay.upgraded is not None:
@@ -321,28 +321,28 @@ class KubeUpstreamBridge(TcpBridge):
         if not self.stream.closed and not self.stream.local_fin:
             self.stream.end_write()
         self.close_reason = self.close_reason or "closed"
-        self._finish()
+        self.finish()
 
     def connection_failed(self, code: ErrorCode, reason: str) -> None:
         """The cluster cannot be reached: the request in flight and later ones get a 502 Status."""
-        if self._finished:
+        if self.half_close.finished:
             return
         self._local_only = True
         self._unavailable = f"the Jumpoint cannot reach the cluster: {reason}"
         self.close_reason = f"connect failed: {reason}"
         self.reset_code = code
         self._local_status = 502
-        self._before_connect = None  # the rewritten requests: answered instead
+        self.drop_pending()  # the rewritten requests: answered instead
         self.stream.resume_receiving()
         self.relay.upstream_lost(self._unavailable)
 
-    def _finish(self) -> None:
-        if self._finished:
+    def finish(self) -> None:
+        if self.half_close.finished:
             return
         if not self.relay.done:  # the last word on every exchange still open
             self._ending = True
             self.relay.abort(self.close_reason or "closed")
-        super()._finish()
+        super().finish()
 
     # -- the relay's handler ---------------------------------------------------
 
@@ -402,7 +402,7 @@ class KubeUpstreamBridge(TcpBridge):
             self.stream.write(data)
 
     def to_upstream(self, data: bytes) -> None:
-        if self._local_only or self._finished:
+        if self._local_only or self.half_close.finished:
             return
         TcpBridge.stream_data(self, data)
 
@@ -430,7 +430,7 @@ class KubeUpstreamBridge(TcpBridge):
         self._close()
 
     def finished(self, reason: str, clean: bool) -> None:
-        if self._ending or self._finished:
+        if self._ending or self.half_close.finished:
             return
         if clean:
             self.close_reason = self.close_reason or reason
@@ -453,14 +453,14 @@ class KubeUpstreamBridge(TcpBridge):
 
     def _close(self) -> None:
         """End in order: FIN to the console, close the cluster connection."""
-        if self._finished:
+        if self.half_close.finished:
             return
         if not self.stream.closed:
             self.stream.end_write()
         transport = self.transport
         if transport is None or self._local_only:
             self.close_reason = self.close_reason or "closed"
-            self._finish()
+            self.finish()
             return
         self.stream.flush_socket(transport)
         transport.unregisterProducer()  # type: ignore[attr-defined]
@@ -468,7 +468,7 @@ class KubeUpstreamBridge(TcpBridge):
 
     def _cut(self, reason: str) -> None:
         """End at once: reset the stream, abort the cluster connection."""
-        if self._finished:
+        if self.half_close.finished:
             return
         log.warn(
             "session {session}: stream {stream_id}: {reason}",
@@ -486,7 +486,7 @@ class KubeUpstreamBridge(TcpBridge):
             self.stream.flush_socket(transport)
             transport.abortConnection()  # type: ignore[attr-defined]
         else:
-            self._finish()
+            self.finish()
 
     # -- audit -----------------------------------------------------------------
 

@@ -217,7 +217,7 @@ class TdsUpstreamBridge(TcpBridge):
     def when_login_arrived(self, dial: Callable[[], None]) -> None:
         """Call C{dial} once the console's whole LOGIN7 is in (at once if it is already)."""
         if self._watch.arrived:
-            if not (self._finished or self._closing):
+            if not (self.half_close.finished or self._closing):
                 dial()
             return
         self._on_login = dial
@@ -225,7 +225,7 @@ class TdsUpstreamBridge(TcpBridge):
     def _login_timed_out(self) -> None:
         self._login_timer = None
         leg = self.leg
-        if self._finished or self._closing or (leg is not None and leg.login_done):
+        if self.half_close.finished or self._closing or (leg is not None and leg.login_done):
             return
         assert self.login_timeout is not None
         reason = (
@@ -256,13 +256,13 @@ class TdsUpstreamBridge(TcpBridge):
 
     def refuse(self, reason: str) -> None:
         """A policy refusal (e.g. C{allowed_targets}): 18456 with C{reason}, audit, close."""
-        if self._finished or self._closing:
+        if self.half_close.finished or self._closing:
             return
         self._apply(login_refusal(reason, server=self.server_host))
 
     def connection_failed(self, code: ErrorCode, reason: str) -> None:
         """The server could not be reached: the console's client gets 18456, not a reset."""
-        if self._finished or self._closing:
+        if self.half_close.finished or self._closing:
             return
         out = (
             self.leg.fail(f"the Jumpoint cannot reach the server: {reason}")
@@ -276,7 +276,7 @@ class TdsUpstreamBridge(TcpBridge):
     def connectionMade(self) -> None:
         super().connectionMade()
         untapped, self._untapped = self._untapped, None
-        if self._finished:
+        if self.half_close.finished:
             return
         if untapped and self.tap is not None:
             for chunk in untapped:  # the recording starts with the console's LOGIN7
@@ -289,12 +289,12 @@ class TdsUpstreamBridge(TcpBridge):
             self.stream.write_to_socket(self.transport, b"".join(held))
 
     def dataReceived(self, data: bytes) -> None:
-        if self._route is not None or self._closing or self._finished or self.leg is None:
+        if self._route is not None or self._closing or self.half_close.finished or self.leg is None:
             return
         self._apply(self.leg.from_server(data))
 
     def readConnectionLost(self) -> None:
-        if self._route is not None or self._closing or self._finished:
+        if self._route is not None or self._closing or self.half_close.finished:
             return
         if self.leg is not None and not self.leg.login_done:
             self._apply(self.leg.fail("the server closed the connection during the login"))
@@ -303,15 +303,15 @@ class TdsUpstreamBridge(TcpBridge):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._server_live = False
-        if self._route is not None and not self._finished and not self._closing:
+        if self._route is not None and not self.half_close.finished and not self._closing:
             if self.stream.closed:
-                self._finish()
+                self.finish()
                 return
             self.transport = None
             self.half_close.reconnect()
             self._dial_route()
             return
-        if self._closing or self._finished or self.stream.closed:
+        if self._closing or self.half_close.finished or self.stream.closed:
             self.transport = None
             self._finish_when_answered()
             return
@@ -325,7 +325,7 @@ class TdsUpstreamBridge(TcpBridge):
     # -- the stream (console) side ---------------------------------------
 
     def stream_data(self, data: bytes) -> None:
-        if self._finished:
+        if self.half_close.finished:
             return
         login_in = self._watch.feed(data)
         if self._held_refusal is not None:
@@ -342,7 +342,7 @@ class TdsUpstreamBridge(TcpBridge):
         dial = self._on_login
         if login_in and dial is not None:
             self._on_login = None
-            if not (self._closing or self._finished):
+            if not (self._closing or self.half_close.finished):
                 dial()
 
     def stream_ended(self) -> None:
@@ -351,7 +351,7 @@ class TdsUpstreamBridge(TcpBridge):
             self.stream.end_write()
             self._finish_when_answered()
             return
-        if self._closing or self._finished:
+        if self._closing or self.half_close.finished:
             return
         leg = self.leg
         if leg is None or not leg.login_done or not self._server_live:
@@ -418,7 +418,7 @@ class TdsUpstreamBridge(TcpBridge):
     def _finish_when_answered(self) -> None:
         """Finish once the server side is gone and no refusal waits for the console."""
         if self._held_refusal is None and not self._server_live:
-            self._finish()
+            self.finish()
 
     def _record(self, event: AuditEvent) -> None:
         self.core.log_audit.record(
@@ -430,7 +430,7 @@ class TdsUpstreamBridge(TcpBridge):
 
     def _close(self, reason: str, *, fin: bool, code: ErrorCode = ErrorCode.PROTOCOL_ERROR) -> None:
         """End both sides: FIN after what was written (or a reset), close the server side."""
-        if self._closing or self._finished:
+        if self._closing or self.half_close.finished:
             return
         self._closing = True
         self._on_login = None
@@ -526,7 +526,7 @@ class TdsUpstreamBridge(TcpBridge):
 
     def _follow(self, host: str, port: int, address: str) -> None:
         """The route passed every check: audit it and dial C{address}."""
-        if self._finished or self._closing:
+        if self.half_close.finished or self._closing:
             return
         self._record(AuditEvent("sql_routed", {"server": self.routed_from, "to": f"{host}:{port}"}))
         self._connect(address, port)
@@ -542,7 +542,7 @@ class TdsUpstreamBridge(TcpBridge):
             port=port,
             reason=denial.message,
         )
-        if self._finished or self._closing:
+        if self.half_close.finished or self._closing:
             return
         self._apply(
             login_refusal(
@@ -554,13 +554,13 @@ class TdsUpstreamBridge(TcpBridge):
         )
 
     def _connect(self, address: str, port: int) -> None:
-        if self._finished or self._closing:
+        if self.half_close.finished or self._closing:
             return
         attempt = self.core.connect_target(address, port, self)
         self._route_attempt = attempt
 
         def failed(failure: Failure) -> None:
-            if self._finished or self._closing or self.leg is None:
+            if self.half_close.finished or self._closing or self.leg is None:
                 return
             _, reason = classify_connect_failure(failure, address, port)
             self._apply(self.leg.fail(f"the Jumpoint cannot reach the routed server: {reason}"))
@@ -572,11 +572,11 @@ class TdsUpstreamBridge(TcpBridge):
         if timer is not None and timer.active():
             timer.cancel()
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
         self._on_login = None
         self._untapped = None
         self._cancel_login_timer()
-        super()._finish()
+        super().finish()
         attempt, self._route_attempt = self._route_attempt, None
         if attempt is not None and not attempt.called:
             attempt.cancel()

@@ -255,27 +255,20 @@ class TcpBridge(Protocol):
     def state(self) -> BridgeState:
         return self.half_close.state
 
-    def _move(self, event: BridgeEvent) -> BridgeState:
-        return self.half_close.fire(event)
-
-    @property
-    def _finished(self) -> bool:
-        return self.half_close.finished
-
-    @property
-    def _write_closed(self) -> bool:
-        return self.half_close.write_ended
+    def drop_pending(self) -> None:
+        """Forget the stream's bytes held while connecting (a leg that answers them itself)."""
+        self._before_connect = None
 
     # -- TCP side --------------------------------------------------------
 
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        if self._finished:
+        if self.half_close.finished:
             transport.abortConnection()  # type: ignore[attr-defined]
             return
         ended_before_connect = self.lifecycle.state is BridgeState.CONNECTING_ENDED
-        self._move(BridgeEvent.CONNECTED)
+        self.half_close.fire(BridgeEvent.CONNECTED)
         self.connected = True
         tcp = ITCPTransport(transport, None)
         if tcp is not None:
@@ -299,16 +292,16 @@ class TcpBridge(Protocol):
         self.stream_transport.write(data)
 
     def readConnectionLost(self) -> None:
-        if self._finished:
+        if self.half_close.finished:
             return
-        self._move(BridgeEvent.SOCKET_EOF)
+        self.half_close.fire(BridgeEvent.SOCKET_EOF)
         self.stream.end_write()
         self._maybe_close()
 
     def writeConnectionLost(self) -> None:
-        if self._finished:
+        if self.half_close.finished:
             return
-        self._move(BridgeEvent.WRITE_LOST)
+        self.half_close.fire(BridgeEvent.WRITE_LOST)
         self._maybe_close()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -317,7 +310,7 @@ class TcpBridge(Protocol):
             text = reason.getErrorMessage()
             self.stream.reset(ErrorCode.CANCEL, f"connection closed: {text}")
             self.close_reason = self.close_reason or f"aborted: {text}"
-        self._finish()
+        self.finish()
 
     # -- stream side (what L{_StreamSide} reports) -----------------------
 
@@ -333,13 +326,13 @@ class TcpBridge(Protocol):
     def stream_ended(self) -> None:
         if self._before_connect is not None:
             if self.lifecycle.state is BridgeState.CONNECTING:
-                self._move(BridgeEvent.PEER_FIN)
+                self.half_close.fire(BridgeEvent.PEER_FIN)
             return
         transport = self.transport
         assert transport is not None
         self.stream.flush_socket(transport)
-        if not self._write_closed and not self._finished:
-            self._move(BridgeEvent.PEER_FIN)
+        if not self.half_close.write_ended and not self.half_close.finished:
+            self.half_close.fire(BridgeEvent.PEER_FIN)
             # Twisted forgets a pending half-close when the buffer drains while a
             # registered producer is paused; no more data comes after FIN anyway.
             transport.unregisterProducer()  # type: ignore[attr-defined]
@@ -353,7 +346,7 @@ class TcpBridge(Protocol):
             self.stream.flush_socket(self.transport)
             self.transport.abortConnection()  # type: ignore[attr-defined]
         else:
-            self._finish()
+            self.finish()
 
     def pause_sending(self) -> None:
         self._sending_paused = True
@@ -376,7 +369,7 @@ class TcpBridge(Protocol):
         self.reset_code = code
         self.close_reason = f"{describe_code(code)}: {reason}"
         self.stream.reset(code, reason)
-        self._finish()
+        self.finish()
 
     def abort(self, code: ErrorCode, reason: str) -> None:
         """End both sides now: reset the stream, abort the TCP connection."""
@@ -385,17 +378,18 @@ class TcpBridge(Protocol):
         self.stream.reset(code, reason)
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
-        self._finish()
+        self.finish()
 
     def _maybe_close(self) -> None:
         if self.lifecycle.state is BridgeState.CLOSING and self.transport is not None:
             self.close_reason = self.close_reason or "closed"
             self.transport.loseConnection()
 
-    def _finish(self) -> None:
-        if self._finished:
+    def finish(self) -> None:
+        """The bridge is over: tell the tap and C{on_closed} (once)."""
+        if self.half_close.finished:
             return
-        self._move(BridgeEvent.FINISH)
+        self.half_close.fire(BridgeEvent.FINISH)
         self._before_connect = None
         if self.tap is not None:
             aborted = (self.close_reason or "").startswith("aborted")

@@ -248,7 +248,7 @@ def _one_exec(chain: Chain, n: int, spdy: bool) -> None:
             chain.pump(partial=True)  # the CANCEL on its way while the cluster closes
         else:
             chain.settle()
-        if not bridge._finished:
+        if not bridge.half_close.finished:
             bridge.readConnectionLost()
         bridge.connectionLost(Failure(ConnectionLost()))  # cut by the Jumpoint or closed
         chain.settle()

@@ -459,7 +459,7 @@ def test_a_real_bridge_in_every_state_takes_every_event(
     else:
         assert case.bridge.state is expected
     bridge = case.bridge
-    assert bridge._finished is (bridge.state is BridgeState.FINISHED)
+    assert bridge.half_close.finished is (bridge.state is BridgeState.FINISHED)
     assert bridge.half_close.read_ended is (bridge.state in (BridgeState.READ_CLOSED, BridgeState.CLOSING))
     assert bridge.half_close.write_ended is (bridge.state in (BridgeState.WRITE_CLOSED, BridgeState.CLOSING))
 
@@ -516,7 +516,7 @@ class LiveCase(BridgeCase):
         self.lost = False
 
     def socket_eof(self) -> None:
-        if not self.eof and not self.bridge._finished:
+        if not self.eof and not self.bridge.half_close.finished:
             self.eof = True
             self.bridge.readConnectionLost()
 
