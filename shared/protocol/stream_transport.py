@@ -95,12 +95,15 @@ class StreamTransport:
         self._sending_paused = False
         self._pull_call: IDelayedCall | None = None
         self._lost = False
+        self._half_closeable: IHalfCloseableProtocol | None = None
 
     @classmethod
     def connect(cls, stream: Stream, protocol: IProtocol) -> StreamTransport:
         """Run C{protocol} on C{stream}: C{makeConnection}, then stream traffic reaches it."""
         transport = cls(stream)
         transport.protocol = protocol
+        if IHalfCloseableProtocol.providedBy(protocol):  # asked once, not per FIN
+            transport._half_closeable = IHalfCloseableProtocol(protocol)
         protocol.makeConnection(transport)
         stream.on_closed_in_order = transport._closed_in_order
         stream.attach(transport)  # a stream reset before now is reported here
@@ -210,8 +213,8 @@ class StreamTransport:
         protocol = self.protocol
         if protocol is None or self._lost:
             return
-        if IHalfCloseableProtocol.providedBy(protocol):
-            IHalfCloseableProtocol(protocol).readConnectionLost()
+        if self._half_closeable is not None:
+            self._half_closeable.readConnectionLost()
         else:
             self.stream.end_write()  # as Twisted closes a TCP connection on the peer's EOF
 
