@@ -413,9 +413,9 @@ def user_list(as_json: bool, config_path: str | None) -> None:
 
     def enroll_by(u: Any) -> str | None:
         seconds = waiting.get(u.name) if u.active else None
-        return (
-            None if seconds is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-        )
+        if seconds is None:
+            return None
+        return rfc3339(datetime.datetime.fromtimestamp(seconds, datetime.UTC))
 
     if as_json:
         click.echo(

@@ -135,8 +135,8 @@ def check(token: Token | None, now: float) -> None:
         raise EnrollmentRefused(
             "the Jumpoint knows no such enrollment token", hint=_HINT, rule=RULE_UNKNOWN
         )
-    when = rfc3339(datetime.datetime.fromtimestamp(token.used_at or 0, datetime.UTC))
     if token.used_at is not None:
+        when = rfc3339(datetime.datetime.fromtimestamp(token.used_at, datetime.UTC))
         raise EnrollmentRefused(
             f"this enrollment file was used already, at {when}: a token enrolls one console once",
             hint=_HINT,

@@ -672,14 +672,7 @@ class Multiplexer:
             if not self.closing:
                 self.log.warn("closing channel: {reason}", reason=reason)
                 self.go_away(ErrorCode.LIMIT, reason)
-            window = self.settings.initial_window
-            refused = Stream(
-                mux=self,
-                stream_id=stream_id,
-                send_window=window,
-                recv_window=window,
-                recv_credit=window,
-            )
+            refused = self._unregistered_stream(stream_id)
             refused._notify_reset(ErrorCode.LIMIT, reason)
             return refused
         self._next_stream_id += 2
@@ -789,18 +782,22 @@ class Multiplexer:
 
     # -- streams ---------------------------------------------------------
 
-    def _new_stream(self, stream_id: int) -> Stream:
+    def _unregistered_stream(self, stream_id: int) -> Stream:
+        """A stream with the initial windows, not (yet) in the table of streams."""
         window = self.settings.initial_window
-        stream = Stream(
+        return Stream(
             mux=self,
             stream_id=stream_id,
             send_window=window,
             recv_window=window,
             recv_credit=window,
         )
+
+    def _new_stream(self, stream_id: int) -> Stream:
+        stream = self._unregistered_stream(stream_id)
         stream._epoch = self.clock.seconds()
         self.streams[stream_id] = stream
-        self._total_windows += window
+        self._total_windows += stream.recv_window
         return stream
 
     def _grant_growth(self, stream: Stream, elapsed: float) -> int:
