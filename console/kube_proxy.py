@@ -45,7 +45,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from console.kubeconfig import SessionKubeconfig
-from shared.bridge import BridgeEvent, BridgeState, TcpBridge
+from shared.bridge import BridgeEvent, BridgeState, PlainRelay, TcpBridge
 from shared.codecs.http.heads import Answer, Forward, RequestHead, error_answer, rewrite_headers
 from shared.codecs.http.relay import Exchange, HttpRelay
 from shared.k8s.api_policy import unauthorized_answer
@@ -173,41 +173,35 @@ class KubeListenerFactory(ServerFactory):
         return protocol
 
 
-class _StreamLeg(TcpBridge):
+class _StreamHandler(PlainRelay):
     """The stream side of one kubectl connection, once its first request is authenticated.
 
-    A plain L{TcpBridge} on the connection's TLS transport (credit and
-    backpressure as for any tunnel), except that what comes from the stream
+    The handler of a plain L{TcpBridge} on the connection's TLS transport (credit
+    and backpressure as for any tunnel), except that what comes from the stream
     goes through the connection's HTTP relay instead of straight to kubectl.
     """
 
-    def __init__(
-        self,
-        stream: Stream,
-        connection: KubeClientConnection,
-        on_closed: Callable[[TcpBridge], None] | None,
-    ) -> None:
-        super().__init__(stream, on_closed)
+    def __init__(self, connection: KubeClientConnection) -> None:
         self.connection = connection
 
-    def stream_data(self, data: bytes) -> None:
-        if self.tap is not None:
-            self.tap.to_socket(data)
+    def stream_data(self, bridge: TcpBridge, data: bytes) -> None:
+        if bridge.tap is not None:
+            bridge.tap.to_socket(data)
         self.connection.relay.feed_upstream(data)
 
-    def stream_ended(self) -> None:
-        if self.state in (BridgeState.OPEN, BridgeState.READ_CLOSED):
-            self.half_close.fire(BridgeEvent.PEER_FIN)  # the relay closes the client's side
+    def stream_ended(self, bridge: TcpBridge) -> None:
+        if bridge.state in (BridgeState.OPEN, BridgeState.READ_CLOSED):
+            bridge.half_close.fire(BridgeEvent.PEER_FIN)  # the relay closes the client's side
         self.connection.relay.upstream_eof()
 
-    def stream_reset(self, code: int, reason: str) -> None:
-        self.reset_code = code
-        self.close_reason = f"{describe_code(code)}: {reason}"
-        self.connection.relay.abort(self.close_reason)
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+    def stream_reset(self, bridge: TcpBridge, code: int, reason: str) -> None:
+        bridge.reset_code = code
+        bridge.close_reason = f"{describe_code(code)}: {reason}"
+        self.connection.relay.abort(bridge.close_reason)
+        if bridge.transport is not None:
+            bridge.transport.abortConnection()  # type: ignore[attr-defined]
         else:
-            self.finish()
+            bridge.finish()
 
 
 class KubeClientConnection(Protocol):
@@ -251,7 +245,7 @@ class KubeClientConnection(Protocol):
         self.login_timeout = DEFAULT_LOGIN_TIMEOUT if login_timeout is None else login_timeout
         self.local = local
         self.relay = HttpRelay(self)
-        self.leg: _StreamLeg | None = None
+        self.leg: TcpBridge | None = None
         self.refusals = 0
         """Requests answered locally (401, malformed)."""
         self.timed_out = False
@@ -352,7 +346,7 @@ class KubeClientConnection(Protocol):
             return False
         self._cancel_timer()
         self.lifecycle.fire(KubeConnectionEvent.STREAM_OPENED)  # the leg reports the end
-        leg = _StreamLeg(stream, self, self.on_closed)
+        leg = TcpBridge(stream, self.on_closed, _StreamHandler(self))
         self.leg = leg
         if self.on_opened is not None:
             self.on_opened(self, leg)
@@ -369,7 +363,7 @@ class KubeClientConnection(Protocol):
     def to_upstream(self, data: bytes) -> None:
         leg = self.leg
         if leg is not None and not leg.stream.closed:
-            TcpBridge.dataReceived(leg, data)
+            leg.send_to_stream(data)
 
     def switched(self, exchange: Exchange) -> None:
         self.lifecycle.fire(KubeConnectionEvent.SWITCHED)

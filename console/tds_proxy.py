@@ -4,7 +4,7 @@ A local SQL Server client's connection starts as a L{TdsLocalConnection}: no
 stream yet, so nothing reaches the Jumpoint (and the Jumpoint dials nothing)
 while the client negotiates PRELOGIN and TLS with the console.  Only when the
 client's whole LOGIN7 is in does it open the stream and hand its connection
-to a L{TdsClientBridge}.  A client that has not completed its login within
+to a L{TdsClientHandler}.  A client that has not completed its login within
 the session's C{login_timeout} is closed and counted
 (L{LoginHost.login_ended}); until then it holds a slot of the session's
 connection cap, as any connection does.
@@ -13,7 +13,7 @@ Bytes from the local client go through L{ClientLeg.from_client}: what it
 answers itself (the PRELOGIN reply, TLS handshake flights, a login refusal)
 is written back to the client, what is meant for the Jumpoint (the LOGIN7
 without credentials, then the client's TDS) enters the stream through
-L{TcpBridge.dataReceived}, so that the stream's backpressure applies as for
+L{TcpBridge.send_to_stream}, so that the stream's backpressure applies as for
 any tunnel.  Bytes from the Jumpoint go through L{ClientLeg.from_jumpoint}
 (encrypted when the client's connection is in TLS) and then on to the socket
 as usual.
@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from console.tds_client_leg import ClientLeg, LegOutput
-from shared.bridge import TcpBridge
+from shared.bridge import PlainRelay, TcpBridge
 from shared.items import LOGIN_TIMEOUT_DEFAULT
 from shared.protocol.frames import ErrorCode
 from shared.protocol.mux import Stream
@@ -47,8 +47,12 @@ _MODE_TEXT = {
 }
 
 
-class TdsClientBridge(TcpBridge):
+class TdsClientHandler(PlainRelay):
     """A local SQL Server client's connection, bridged to a stream through a L{ClientLeg}.
+
+    The handler (L{shared.bridge.BridgeHandler}) of its L{bridge}: bytes from the
+    client go through the leg before they enter the stream, bytes from the stream
+    through the leg before they reach the client; the rest is the plain relay's.
 
     @param local: the listener's address, C{host:port} (for logs only).
     """
@@ -61,16 +65,29 @@ class TdsClientBridge(TcpBridge):
         *,
         local: str = "",
     ) -> None:
-        super().__init__(stream, on_closed)
+        self.bridge = TcpBridge(stream, on_closed, self)
         self.leg = leg
         self.local = local
         self._mode_logged = False
         self._client_closed = False
 
-    def dataReceived(self, data: bytes) -> None:
+    # -- the bridge's hooks ---------------------------------------------------
+
+    def socket_data(self, bridge: TcpBridge, data: bytes) -> None:
         if self._client_closed:
             return
         self.act(self.leg.from_client(data))
+
+    def stream_data(self, bridge: TcpBridge, data: bytes) -> None:
+        if self._client_closed:
+            return
+        out = self.leg.from_jumpoint(data)
+        if out:
+            bridge.send_to_socket(out)
+        if self.leg.failure is not None:
+            self._close_client(self.leg.failure)
+
+    # -- acting on the leg ------------------------------------------------------
 
     def act(self, output: LegOutput) -> None:
         """Do what one call of L{ClientLeg.from_client} asked for."""
@@ -80,25 +97,17 @@ class TdsClientBridge(TcpBridge):
         if output.to_client:
             self._write_client(output.to_client)
         if output.to_jumpoint:
-            super().dataReceived(output.to_jumpoint)
+            self.bridge.send_to_stream(output.to_jumpoint)
         if output.close is not None:
             self._close_client(output.close)
 
-    def stream_data(self, data: bytes) -> None:
-        if self._client_closed:
-            return
-        out = self.leg.from_jumpoint(data)
-        if out:
-            super().stream_data(out)
-        if self.leg.failure is not None:
-            self._close_client(self.leg.failure)
-
     def _write_client(self, data: bytes) -> None:
-        transport = self.transport
+        bridge = self.bridge
+        transport = bridge.transport
         if transport is None:
             return
         # Through the stream's write batch, so that the order with relayed bytes holds.
-        self.stream.write_to_socket(transport, data)
+        bridge.stream.write_to_socket(transport, data)
 
     def _log_mode(self) -> None:
         leg = self.leg
@@ -120,7 +129,7 @@ class TdsClientBridge(TcpBridge):
         )
 
     def _peer(self) -> str:
-        transport = self.transport
+        transport = self.bridge.transport
         if transport is None:
             return "?"
         peer = transport.getPeer()
@@ -138,14 +147,16 @@ class TdsClientBridge(TcpBridge):
             local=self.local,
             reason=reason,
         )
-        self.close_reason = f"sql server client: {reason}"
-        self.reset_code = ErrorCode.CANCEL
-        self.stream.reset(ErrorCode.CANCEL, f"the SQL Server client's connection closed: {reason}")
-        transport = self.transport
+        self.bridge.close_reason = f"sql server client: {reason}"
+        self.bridge.reset_code = ErrorCode.CANCEL
+        self.bridge.stream.reset(
+            ErrorCode.CANCEL, f"the SQL Server client's connection closed: {reason}"
+        )
+        transport = self.bridge.transport
         if transport is None:
-            self.finish()
+            self.bridge.finish()
             return
-        self.stream.flush_socket(transport)
+        self.bridge.stream.flush_socket(transport)
         # As in stream_ended: a paused producer would make Twisted forget the close.
         transport.unregisterProducer()  # type: ignore[attr-defined]
         transport.loseConnection()
@@ -166,7 +177,7 @@ class LoginHost(Interface):
 
 class _Phase(enum.Enum):
     LOGIN = "login"  # PRELOGIN, TLS and LOGIN7 with the console only; no stream
-    BRIDGED = "bridged"  # a TdsClientBridge carries the connection
+    BRIDGED = "bridged"  # a TdsClientHandler carries the connection
     CLOSED = "closed"  # ended before its login completed
 
 
@@ -192,7 +203,7 @@ class TdsLocalConnection(Protocol):
         local: str = "",
     ) -> None:
         self.leg = leg
-        self.bridge: TdsClientBridge | None = None
+        self.bridge: TcpBridge | None = None
         self.local = local
         self._open_stream = open_stream
         self._host = host
@@ -260,7 +271,7 @@ class TdsLocalConnection(Protocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _bridge(self, output: LegOutput) -> None:
-        """The LOGIN7 is whole: open the stream, let a L{TdsClientBridge} take over."""
+        """The LOGIN7 is whole: open the stream, let a L{TdsClientHandler} take over."""
         self._cancel_timer()
         transport = self.transport
         assert transport is not None
@@ -275,12 +286,12 @@ class TdsLocalConnection(Protocol):
             self._end(timed_out=False)
             transport.abortConnection()  # type: ignore[attr-defined]
             return
-        bridge = TdsClientBridge(stream, self.leg, self._host.connection_closed, local=self.local)
-        self.bridge = bridge
+        handler = TdsClientHandler(stream, self.leg, self._host.connection_closed, local=self.local)
+        self.bridge = handler.bridge
         self._phase = _Phase.BRIDGED
-        self._host.login_completed(self, bridge)
-        bridge.makeConnection(transport)  # type: ignore[no-untyped-call]
-        bridge.act(output)
+        self._host.login_completed(self, handler.bridge)
+        handler.bridge.makeConnection(transport)  # type: ignore[no-untyped-call]
+        handler.act(output)
 
     def _login_timed_out(self) -> None:
         self._timer = None

@@ -1,6 +1,6 @@
 """The Jumpoint's side of a Kubernetes cluster item: an HTTP/1.1 proxy per stream.
 
-L{KubeUpstreamBridge} replaces the plain L{TcpBridge} for the streams of k8s
+L{KubeUpstreamHandler} replaces the plain L{TcpBridge} for the streams of k8s
 items and drives the shared h11 relay (L{shared.codecs.http.relay.HttpRelay}): the
 console's side is the client, the cluster (over TLS: the item's PEM CAs,
 host name or IP checked, ALPN C{http/1.1}) the upstream.  For every request:
@@ -31,7 +31,7 @@ answered 503 with a C{Status} saying so.  The token never appears in logs or
 audit rows.
 
 While a watch (or C{logs -f}) is in flight or the connection is upgraded,
-L{KubeUpstreamBridge.long_running} is true and the session's idle timeout
+L{KubeUpstreamHandler.long_running} is true and the session's idle timeout
 does not close it.
 """
 
@@ -44,13 +44,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from jumpoint.credentials import Credential, CredentialUnavailable, credential_for
-from shared.bridge import TcpBridge
+from shared.bridge import PlainRelay, TcpBridge
 from shared.codecs.http.heads import Answer, Forward, RequestHead, error_answer, rewrite_headers
 from shared.codecs.http.relay import Exchange, HttpRelay
 from shared.k8s.api_policy import Denial, KubePolicy, check, forbidden_answer
@@ -166,7 +166,7 @@ class _Only(Factory):
         return self.protocol_instance
 
 
-class KubeUpstreamBridge(TcpBridge):
+class KubeUpstreamHandler(PlainRelay):
     """The bridge of one stream of a k8s item (see the module docstring).
 
     It drives an L{HttpRelay} (the console's side is the client, the cluster
@@ -187,7 +187,7 @@ class KubeUpstreamBridge(TcpBridge):
         groups: Sequence[str] = (),
         tls: bool = True,
     ) -> None:
-        super().__init__(stream, on_closed)
+        self.bridge = TcpBridge(stream, on_closed, self)
         self.core = core
         self.session = session
         self.item = session.item
@@ -240,9 +240,9 @@ class KubeUpstreamBridge(TcpBridge):
     def upstream_protocol(self) -> Protocol:
         """The protocol to connect to the cluster: the bridge inside TLS."""
         if not self._tls:
-            return self
+            return self.bridge
         assert self.tls_options is not None
-        factory = TLSMemoryBIOFactory(self.tls_options, True, _Only(self))
+        factory = TLSMemoryBIOFactory(self.tls_options, True, _Only(self.bridge))
         protocol: Protocol = factory.buildProtocol(None)
         return protocol
 
@@ -251,63 +251,63 @@ class KubeUpstreamBridge(TcpBridge):
         if self._unavailable is None:
             return False
         self._local_only = True
-        self.drop_pending()
-        self.stream.resume_receiving()
+        self.bridge.drop_pending()
+        self.bridge.stream.resume_receiving()
         log.warn(
             "session {session}: stream {stream_id}: {reason}",
             session=self.session.session_id,
-            stream_id=self.stream.stream_id,
+            stream_id=self.bridge.stream.stream_id,
             reason=self._unavailable,
         )
         return True
 
     # -- the console's side ----------------------------------------------------
 
-    def stream_data(self, data: bytes) -> None:
-        if not self.half_close.finished:
+    def stream_data(self, bridge: TcpBridge, data: bytes) -> None:
+        if not self.bridge.half_close.finished:
             self.relay.feed_client(data)
 
-    def stream_ended(self) -> None:
-        if not self.half_close.finished:
+    def stream_ended(self, bridge: TcpBridge) -> None:
+        if not self.bridge.half_close.finished:
             self.relay.client_eof()
 
-    def stream_reset(self, code: int, reason: str) -> None:
-        if self.half_close.finished:
+    def stream_reset(self, bridge: TcpBridge, code: int, reason: str) -> None:
+        if self.bridge.half_close.finished:
             return
-        self.reset_code = code
-        self.close_reason = f"{describe_code(code)}: {reason}"
+        self.bridge.reset_code = code
+        self.bridge.close_reason = f"{describe_code(code)}: {reason}"
         if code == ErrorCode.CANCEL and self.relay.upgraded is not None:
             # The console cancels the stream when the client's own connection
             # ends without a half-close (kubectl does so after an exec): that is
             # the upgraded exchange's own end, not a cut by the session.
-            self.relay.end(self.close_reason)
+            self.relay.end(self.bridge.close_reason)
         else:
-            self.relay.abort(self.close_reason)
-        self._cut(self.close_reason)
+            self.relay.abort(self.bridge.close_reason)
+        self._cut(self.bridge.close_reason)
 
-    def abort(self, code: ErrorCode, reason: str) -> None:
+    def abort(self, bridge: TcpBridge, code: ErrorCode, reason: str) -> None:
         """The session ends: the request in flight gets its row (C{ended: aborted})."""
-        if self.half_close.finished:
+        if self.bridge.half_close.finished:
             return
-        self.reset_code = code
-        self.close_reason = f"{describe_code(code)}: {reason}"
-        self.relay.abort(self.close_reason)
-        super().abort(code, reason)
+        self.bridge.reset_code = code
+        self.bridge.close_reason = f"{describe_code(code)}: {reason}"
+        self.relay.abort(self.bridge.close_reason)
+        self.bridge.abort_both(code, reason)
 
     # -- the cluster's side ------------------------------------------------------
 
-    def dataReceived(self, data: bytes) -> None:
-        if not self.half_close.finished:
+    def socket_data(self, bridge: TcpBridge, data: bytes) -> None:
+        if not self.bridge.half_close.finished:
             self.relay.feed_upstream(data)
 
-    def readConnectionLost(self) -> None:
-        self.half_close.socket_ended()
+    def socket_ended(self, bridge: TcpBridge) -> None:
+        self.bridge.half_close.socket_ended()
         self.relay.upstream_eof()
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.half_close.finished:
+    def socket_lost(self, bridge: TcpBridge, reason: Failure) -> None:
+        if self.bridge.half_close.finished:
             return
-        self.transport = None
+        self.bridge.forget_socket()
         if self.relay.upgraded is not None:
             self.relay.end("the cluster closed the upgraded connection")  # its end, however
         elif reason.check(ConnectionDone):
@@ -318,31 +318,28 @@ class KubeUpstreamBridge(TcpBridge):
             )
         if not self.relay.done:
             self.relay.abort("the connection to the cluster was lost")
-        if not self.stream.closed and not self.stream.local_fin:
-            self.stream.end_write()
-        self.close_reason = self.close_reason or "closed"
-        self.finish()
+        if not self.bridge.stream.closed and not self.bridge.stream.local_fin:
+            self.bridge.stream.end_write()
+        self.bridge.close_reason = self.bridge.close_reason or "closed"
+        self.bridge.finish()
 
-    def connection_failed(self, code: ErrorCode, reason: str) -> None:
+    def connection_failed(self, bridge: TcpBridge, code: ErrorCode, reason: str) -> None:
         """The cluster cannot be reached: the request in flight and later ones get a 502 Status."""
-        if self.half_close.finished:
+        if self.bridge.half_close.finished:
             return
         self._local_only = True
         self._unavailable = f"the Jumpoint cannot reach the cluster: {reason}"
-        self.close_reason = f"connect failed: {reason}"
-        self.reset_code = code
+        self.bridge.close_reason = f"connect failed: {reason}"
+        self.bridge.reset_code = code
         self._local_status = 502
-        self.drop_pending()  # the rewritten requests: answered instead
-        self.stream.resume_receiving()
+        self.bridge.drop_pending()  # the rewritten requests: answered instead
+        self.bridge.stream.resume_receiving()
         self.relay.upstream_lost(self._unavailable)
 
-    def finish(self) -> None:
-        if self.half_close.finished:
-            return
+    def ended(self, bridge: TcpBridge) -> None:
         if not self.relay.done:  # the last word on every exchange still open
             self._ending = True
-            self.relay.abort(self.close_reason or "closed")
-        super().finish()
+            self.relay.abort(self.bridge.close_reason or "closed")
 
     # -- the relay's handler ---------------------------------------------------
 
@@ -390,27 +387,27 @@ class KubeUpstreamBridge(TcpBridge):
         log.warn(
             "session {session}: stream {stream_id}: malformed request ({status}): {reason}",
             session=self.session.session_id,
-            stream_id=self.stream.stream_id,
+            stream_id=self.bridge.stream.stream_id,
             status=status,
             reason=reason,
         )
 
     def to_client(self, data: bytes) -> None:
-        if self.tap is not None:
-            self.tap.from_socket(data)
-        if not self.stream.closed:
-            self.stream.write(data)
+        if self.bridge.tap is not None:
+            self.bridge.tap.from_socket(data)
+        if not self.bridge.stream.closed:
+            self.bridge.stream.write(data)
 
     def to_upstream(self, data: bytes) -> None:
-        if self._local_only or self.half_close.finished:
+        if self._local_only or self.bridge.half_close.finished:
             return
-        TcpBridge.stream_data(self, data)
+        self.bridge.send_to_socket(data)
 
     def switched(self, exchange: Exchange) -> None:
         log.info(
             "session {session}: stream {stream_id}: {method} {path} upgraded",
             session=self.session.session_id,
-            stream_id=self.stream.stream_id,
+            stream_id=self.bridge.stream.stream_id,
             method=exchange.head.method,
             path=_audit_path(exchange),
         )
@@ -422,18 +419,18 @@ class KubeUpstreamBridge(TcpBridge):
         self._record(exchange, context)
 
     def upstream_ended(self) -> None:
-        if not self.stream.closed:
-            self.stream.end_write()
+        if not self.bridge.stream.closed:
+            self.bridge.stream.end_write()
 
     def client_ended(self) -> None:
         # TLS cannot half-close: the console's FIN on an upgraded connection ends it.
         self._close()
 
     def finished(self, reason: str, clean: bool) -> None:
-        if self._ending or self.half_close.finished:
+        if self._ending or self.bridge.half_close.finished:
             return
         if clean:
-            self.close_reason = self.close_reason or reason
+            self.bridge.close_reason = self.bridge.close_reason or reason
             self._close()
         else:
             self._cut(reason)
@@ -453,40 +450,40 @@ class KubeUpstreamBridge(TcpBridge):
 
     def _close(self) -> None:
         """End in order: FIN to the console, close the cluster connection."""
-        if self.half_close.finished:
+        if self.bridge.half_close.finished:
             return
-        if not self.stream.closed:
-            self.stream.end_write()
-        transport = self.transport
+        if not self.bridge.stream.closed:
+            self.bridge.stream.end_write()
+        transport = self.bridge.transport
         if transport is None or self._local_only:
-            self.close_reason = self.close_reason or "closed"
-            self.finish()
+            self.bridge.close_reason = self.bridge.close_reason or "closed"
+            self.bridge.finish()
             return
-        self.stream.flush_socket(transport)
+        self.bridge.stream.flush_socket(transport)
         transport.unregisterProducer()  # type: ignore[attr-defined]
         transport.loseConnection()
 
     def _cut(self, reason: str) -> None:
         """End at once: reset the stream, abort the cluster connection."""
-        if self.half_close.finished:
+        if self.bridge.half_close.finished:
             return
         log.warn(
             "session {session}: stream {stream_id}: {reason}",
             session=self.session.session_id,
-            stream_id=self.stream.stream_id,
+            stream_id=self.bridge.stream.stream_id,
             reason=reason,
         )
-        self.close_reason = self.close_reason or reason
-        if self.reset_code is None:
-            self.reset_code = ErrorCode.PROTOCOL_ERROR
-        if not self.stream.closed:
-            self.stream.reset(self.reset_code, reason)
-        transport = self.transport
+        self.bridge.close_reason = self.bridge.close_reason or reason
+        if self.bridge.reset_code is None:
+            self.bridge.reset_code = ErrorCode.PROTOCOL_ERROR
+        if not self.bridge.stream.closed:
+            self.bridge.stream.reset(self.bridge.reset_code, reason)
+        transport = self.bridge.transport
         if transport is not None and not self._local_only:
-            self.stream.flush_socket(transport)
+            self.bridge.stream.flush_socket(transport)
             transport.abortConnection()  # type: ignore[attr-defined]
         else:
-            self.finish()
+            self.bridge.finish()
 
     # -- audit -----------------------------------------------------------------
 
@@ -516,7 +513,7 @@ class KubeUpstreamBridge(TcpBridge):
             "k8s_denied",
             **self.session.audit_fields(),
             rule=rule,
-            stream=self.stream.stream_id,
+            stream=self.bridge.stream.stream_id,
             **fields,
         )
 
@@ -528,7 +525,7 @@ class KubeUpstreamBridge(TcpBridge):
             self.core.log_audit.record(
                 "k8s_discovery",
                 **self.session.audit_fields(),
-                stream=self.stream.stream_id,
+                stream=self.bridge.stream.stream_id,
                 method=head.method,
                 path=path,
                 status=exchange.status,
@@ -551,7 +548,10 @@ class KubeUpstreamBridge(TcpBridge):
         )
         fields.update(_kubectl_fields(head))
         self.core.log_audit.record(
-            "k8s_request", **self.session.audit_fields(), stream=self.stream.stream_id, **fields
+            "k8s_request",
+            **self.session.audit_fields(),
+            stream=self.bridge.stream.stream_id,
+            **fields,
         )
 
 

@@ -1,6 +1,6 @@
 """The Twisted side of the Jumpoint's SQL Server leg: a stream bridge that runs a L{ServerLeg}.
 
-L{TdsUpstreamBridge} replaces the plain L{TcpBridge} for the streams of mssql
+L{TdsUpstreamHandler} replaces the plain L{TcpBridge} for the streams of mssql
 items.  It feeds the console's bytes (the stream) and the server's bytes
 (the TCP connection) through the sans-IO L{ServerLeg} and acts on what it
 returns: bytes to write on either side, audit events, a reroute, a close.
@@ -18,7 +18,7 @@ Ending a connection:
     stream in order, as the plain bridge does.
 
 The server is dialled only once the console's whole LOGIN7 is in
-(L{TdsUpstreamBridge.when_login_arrived}), and a login that has not completed
+(L{TdsUpstreamHandler.when_login_arrived}), and a login that has not completed
 within the session's C{login_timeout} (counted from the stream's OPEN) ends
 the stream: with a login failure when the LOGIN7 is in (the server is slow),
 with a reset C{TIMED_OUT} when it never came; both are audited
@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -54,7 +53,7 @@ from jumpoint.tds_server_leg import (
     login_refusal,
     refusal_message,
 )
-from shared.bridge import TcpBridge
+from shared.bridge import PlainRelay, TcpBridge
 from shared.codecs.tds.packets import MAX_PACKET_SIZE, PacketParser, TdsError
 from shared.codecs.tds.tls_in_tds import client_context
 from shared.errors import AccessDenied
@@ -75,11 +74,12 @@ log = Logger()
 
 
 def refuse_stream(stream: Stream, reason: str) -> None:
-    """Refuse a stream of an mssql item: through its bridge when it has one, else directly."""
-    app = stream.app
-    if isinstance(app, TdsUpstreamBridge):
-        app.refuse(reason)
-    elif not stream.closed:
+    """Refuse a stream of an mssql item before it has a bridge (a refusal at admission).
+
+    Once it has one, a refusal goes through its handler (L{TdsUpstreamHandler.refuse},
+    or C{connection_failed} for C{allowed_targets}).
+    """
+    if not stream.closed:
         refuse_login(stream, reason)
 
 
@@ -152,7 +152,7 @@ class _Refused:
         pass
 
 
-class TdsUpstreamBridge(TcpBridge):
+class TdsUpstreamHandler(PlainRelay):
     """The bridge of one stream of an mssql item (see module docstring).
 
     The credential is looked up when the bridge is made; when there is none,
@@ -168,7 +168,7 @@ class TdsUpstreamBridge(TcpBridge):
         *,
         tls_context_factory: TlsContextFactory = client_context,
     ) -> None:
-        super().__init__(stream, on_closed)
+        self.bridge = TcpBridge(stream, on_closed, self)
         self.core = core
         self.session = session
         self.item = session.item
@@ -217,7 +217,7 @@ class TdsUpstreamBridge(TcpBridge):
     def when_login_arrived(self, dial: Callable[[], None]) -> None:
         """Call C{dial} once the console's whole LOGIN7 is in (at once if it is already)."""
         if self._watch.arrived:
-            if not (self.half_close.finished or self._closing):
+            if not (self.bridge.half_close.finished or self._closing):
                 dial()
             return
         self._on_login = dial
@@ -225,7 +225,7 @@ class TdsUpstreamBridge(TcpBridge):
     def _login_timed_out(self) -> None:
         self._login_timer = None
         leg = self.leg
-        if self.half_close.finished or self._closing or (leg is not None and leg.login_done):
+        if self.bridge.half_close.finished or self._closing or (leg is not None and leg.login_done):
             return
         assert self.login_timeout is not None
         reason = (
@@ -235,7 +235,7 @@ class TdsUpstreamBridge(TcpBridge):
         log.warn(
             "session {session}: stream {stream_id}: {reason}",
             session=self.session.session_id,
-            stream_id=self.stream.stream_id,
+            stream_id=self.bridge.stream.stream_id,
             reason=reason,
         )
         if self._watch.arrived and self._held_refusal is None:
@@ -256,13 +256,13 @@ class TdsUpstreamBridge(TcpBridge):
 
     def refuse(self, reason: str) -> None:
         """A policy refusal (e.g. C{allowed_targets}): 18456 with C{reason}, audit, close."""
-        if self.half_close.finished or self._closing:
+        if self.bridge.half_close.finished or self._closing:
             return
         self._apply(login_refusal(reason, server=self.server_host))
 
-    def connection_failed(self, code: ErrorCode, reason: str) -> None:
+    def connection_failed(self, bridge: TcpBridge, code: ErrorCode, reason: str) -> None:
         """The server could not be reached: the console's client gets 18456, not a reset."""
-        if self.half_close.finished or self._closing:
+        if self.bridge.half_close.finished or self._closing:
             return
         out = (
             self.leg.fail(f"the Jumpoint cannot reach the server: {reason}")
@@ -273,59 +273,63 @@ class TdsUpstreamBridge(TcpBridge):
 
     # -- the server connection -----------------------------------------
 
-    def connectionMade(self) -> None:
-        super().connectionMade()
+    def connected(self, bridge: TcpBridge) -> None:
         untapped, self._untapped = self._untapped, None
-        if self.half_close.finished:
+        if self.bridge.half_close.finished:
             return
-        if untapped and self.tap is not None:
+        if untapped and self.bridge.tap is not None:
             for chunk in untapped:  # the recording starts with the console's LOGIN7
-                self.tap.to_socket(chunk)
+                self.bridge.tap.to_socket(chunk)
         self._server_live = True
         assert self.leg is not None
         self._apply(self.leg.start_output())
         held, self._held_for_server = self._held_for_server, []
-        if held and self._server_live and self.transport is not None:
-            self.stream.write_to_socket(self.transport, b"".join(held))
+        if held and self._server_live and self.bridge.transport is not None:
+            self.bridge.stream.write_to_socket(self.bridge.transport, b"".join(held))
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._route is not None or self._closing or self.half_close.finished or self.leg is None:
+    def socket_data(self, bridge: TcpBridge, data: bytes) -> None:
+        if (
+            self._route is not None
+            or self._closing
+            or self.bridge.half_close.finished
+            or self.leg is None
+        ):
             return
         self._apply(self.leg.from_server(data))
 
-    def readConnectionLost(self) -> None:
-        if self._route is not None or self._closing or self.half_close.finished:
+    def socket_ended(self, bridge: TcpBridge) -> None:
+        if self._route is not None or self._closing or self.bridge.half_close.finished:
             return
         if self.leg is not None and not self.leg.login_done:
             self._apply(self.leg.fail("the server closed the connection during the login"))
             return
-        super().readConnectionLost()
+        self.bridge.end_stream()
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
+    def socket_lost(self, bridge: TcpBridge, reason: Failure) -> None:
         self._server_live = False
-        if self._route is not None and not self.half_close.finished and not self._closing:
-            if self.stream.closed:
-                self.finish()
+        if self._route is not None and not self.bridge.half_close.finished and not self._closing:
+            if self.bridge.stream.closed:
+                self.bridge.finish()
                 return
-            self.transport = None
-            self.half_close.reconnect()
+            self.bridge.forget_socket()
+            self.bridge.half_close.reconnect()
             self._dial_route()
             return
-        if self._closing or self.half_close.finished or self.stream.closed:
-            self.transport = None
+        if self._closing or self.bridge.half_close.finished or self.bridge.stream.closed:
+            self.bridge.forget_socket()
             self._finish_when_answered()
             return
         if self.leg is not None and not self.leg.login_done:
-            self.transport = None
+            self.bridge.forget_socket()
             text = reason.getErrorMessage()
             self._apply(self.leg.fail(f"the server connection was lost during the login: {text}"))
             return
-        super().connectionLost(reason)
+        self.bridge.close_after_socket(reason)
 
     # -- the stream (console) side ---------------------------------------
 
-    def stream_data(self, data: bytes) -> None:
-        if self.half_close.finished:
+    def stream_data(self, bridge: TcpBridge, data: bytes) -> None:
+        if self.bridge.half_close.finished:
             return
         login_in = self._watch.feed(data)
         if self._held_refusal is not None:
@@ -334,45 +338,45 @@ class TdsUpstreamBridge(TcpBridge):
             return
         if self._closing or self.leg is None:
             return
-        if self.tap is not None:
-            self.tap.to_socket(data)
+        if self.bridge.tap is not None:
+            self.bridge.tap.to_socket(data)
         elif self._untapped is not None:  # bounded by the stream's window until the dial
             self._untapped.append(data)
         self._apply(self.leg.from_console(data))
         dial = self._on_login
         if login_in and dial is not None:
             self._on_login = None
-            if not (self._closing or self.half_close.finished):
+            if not (self._closing or self.bridge.half_close.finished):
                 dial()
 
-    def stream_ended(self) -> None:
+    def stream_ended(self, bridge: TcpBridge) -> None:
         if self._held_refusal is not None:
             self._held_refusal = None  # the console gave up: nobody waits for the answer
-            self.stream.end_write()
+            self.bridge.stream.end_write()
             self._finish_when_answered()
             return
-        if self._closing or self.half_close.finished:
+        if self._closing or self.bridge.half_close.finished:
             return
         leg = self.leg
         if leg is None or not leg.login_done or not self._server_live:
             self._close("the console ended the stream during the login", fin=True)
             return
         alert = leg.shutdown()
-        if alert and self.transport is not None:
-            self.stream.write_to_socket(self.transport, alert)
-        super().stream_ended()
+        if alert and self.bridge.transport is not None:
+            self.bridge.stream.write_to_socket(self.bridge.transport, alert)
+        self.bridge.end_socket_write()
 
-    def stream_reset(self, code: int, reason: str) -> None:
+    def stream_reset(self, bridge: TcpBridge, code: int, reason: str) -> None:
         self._held_refusal = None
         if not self._server_live:
-            self.transport = None
-        super().stream_reset(code, reason)
+            self.bridge.forget_socket()
+        self.bridge.abort_socket(code, reason)
 
-    def abort(self, code: ErrorCode, reason: str) -> None:
+    def abort(self, bridge: TcpBridge, code: ErrorCode, reason: str) -> None:
         self._held_refusal = None
         if not self._server_live:
-            self.transport = None
-        super().abort(code, reason)
+            self.bridge.forget_socket()
+        self.bridge.abort_both(code, reason)
 
     # -- acting on the leg's output ----------------------------------------
 
@@ -392,8 +396,8 @@ class TdsUpstreamBridge(TcpBridge):
         elif out.to_console:
             self._to_console(out.to_console)
         if out.to_server:
-            if self._server_live and self.transport is not None:
-                self.stream.write_to_socket(self.transport, out.to_server)
+            if self._server_live and self.bridge.transport is not None:
+                self.bridge.stream.write_to_socket(self.bridge.transport, out.to_server)
             else:
                 self._held_for_server.append(out.to_server)
         if out.close is not None:
@@ -403,56 +407,56 @@ class TdsUpstreamBridge(TcpBridge):
             self._reroute(*out.reconnect)
 
     def _to_console(self, data: bytes) -> None:
-        if self.tap is not None:
-            self.tap.from_socket(data)
-        self.stream.write(data)
+        if self.bridge.tap is not None:
+            self.bridge.tap.from_socket(data)
+        self.bridge.stream.write(data)
 
     def _answer_login(self) -> None:
         """Write the held refusal now that the console's LOGIN7 is in, then FIN."""
         held, self._held_refusal = self._held_refusal, None
         if held is not None:
             self._to_console(held)
-        self.stream.end_write()
+        self.bridge.stream.end_write()
         self._finish_when_answered()
 
     def _finish_when_answered(self) -> None:
         """Finish once the server side is gone and no refusal waits for the console."""
         if self._held_refusal is None and not self._server_live:
-            self.finish()
+            self.bridge.finish()
 
     def _record(self, event: AuditEvent) -> None:
         self.core.log_audit.record(
             event.kind,
             **self.session.audit_fields(),
-            stream=self.stream.stream_id,
+            stream=self.bridge.stream.stream_id,
             **event.fields,
         )
 
     def _close(self, reason: str, *, fin: bool, code: ErrorCode = ErrorCode.PROTOCOL_ERROR) -> None:
         """End both sides: FIN after what was written (or a reset), close the server side."""
-        if self._closing or self.half_close.finished:
+        if self._closing or self.bridge.half_close.finished:
             return
         self._closing = True
         self._on_login = None
         self._cancel_login_timer()
-        self.close_reason = reason
+        self.bridge.close_reason = reason
         if fin:
             if self._held_refusal is None:
-                self.stream.end_write()
+                self.bridge.stream.end_write()
         else:
             self._held_refusal = None
-            self.reset_code = code
-            self.stream.reset(code, reason)
+            self.bridge.reset_code = code
+            self.bridge.stream.reset(code, reason)
         attempt, self._route_attempt = self._route_attempt, None
         if attempt is not None and not attempt.called:
             attempt.cancel()
-        transport = self.transport
+        transport = self.bridge.transport
         if self._server_live and transport is not None:
-            self.stream.flush_socket(transport)
+            self.bridge.stream.flush_socket(transport)
             transport.unregisterProducer()  # type: ignore[attr-defined]
             transport.loseConnection()
         else:
-            self.transport = None
+            self.bridge.forget_socket()
             self._finish_when_answered()
 
     # -- routing ----------------------------------------------------------
@@ -483,9 +487,9 @@ class TdsUpstreamBridge(TcpBridge):
             return
         self.reroutes += 1
         self._route = (host, port)
-        transport = self.transport
+        transport = self.bridge.transport
         if self._server_live and transport is not None:
-            self.stream.flush_socket(transport)
+            self.bridge.stream.flush_socket(transport)
             transport.unregisterProducer()  # type: ignore[attr-defined]
             transport.loseConnection()  # connectionLost dials the new server
         else:
@@ -504,7 +508,7 @@ class TdsUpstreamBridge(TcpBridge):
         log.info(
             "session {session}: stream {stream_id}: the server routed the login to {host}:{port}",
             session=self.session.session_id,
-            stream_id=self.stream.stream_id,
+            stream_id=self.bridge.stream.stream_id,
             host=host,
             port=port,
         )
@@ -526,7 +530,7 @@ class TdsUpstreamBridge(TcpBridge):
 
     def _follow(self, host: str, port: int, address: str) -> None:
         """The route passed every check: audit it and dial C{address}."""
-        if self.half_close.finished or self._closing:
+        if self.bridge.half_close.finished or self._closing:
             return
         self._record(AuditEvent("sql_routed", {"server": self.routed_from, "to": f"{host}:{port}"}))
         self._connect(address, port)
@@ -537,12 +541,12 @@ class TdsUpstreamBridge(TcpBridge):
             "session {session}: stream {stream_id}: refused the server's route to"
             " {host}:{port}: {reason}",
             session=self.session.session_id,
-            stream_id=self.stream.stream_id,
+            stream_id=self.bridge.stream.stream_id,
             host=host,
             port=port,
             reason=denial.message,
         )
-        if self.half_close.finished or self._closing:
+        if self.bridge.half_close.finished or self._closing:
             return
         self._apply(
             login_refusal(
@@ -554,13 +558,13 @@ class TdsUpstreamBridge(TcpBridge):
         )
 
     def _connect(self, address: str, port: int) -> None:
-        if self.half_close.finished or self._closing:
+        if self.bridge.half_close.finished or self._closing:
             return
-        attempt = self.core.connect_target(address, port, self)
+        attempt = self.core.connect_target(address, port, self.bridge)
         self._route_attempt = attempt
 
         def failed(failure: Failure) -> None:
-            if self.half_close.finished or self._closing or self.leg is None:
+            if self.bridge.half_close.finished or self._closing or self.leg is None:
                 return
             _, reason = classify_connect_failure(failure, address, port)
             self._apply(self.leg.fail(f"the Jumpoint cannot reach the routed server: {reason}"))
@@ -572,11 +576,10 @@ class TdsUpstreamBridge(TcpBridge):
         if timer is not None and timer.active():
             timer.cancel()
 
-    def finish(self) -> None:
+    def ended(self, bridge: TcpBridge) -> None:
         self._on_login = None
         self._untapped = None
         self._cancel_login_timer()
-        super().finish()
         attempt, self._route_attempt = self._route_attempt, None
         if attempt is not None and not attempt.called:
             attempt.cancel()

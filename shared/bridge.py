@@ -21,6 +21,13 @@ from the stream becomes a shutdown of writing on the socket.  The socket is
 closed when both directions have ended, or aborted when the stream is reset.
 That lifecycle is explicit: L{BridgeState}, moved by L{BridgeEvent}s along
 L{BRIDGE_TRANSITIONS}; anything else raises L{IllegalTransition}.
+
+What a bridge does with each event is its L{BridgeHandler}'s choice: the bridge
+is composed, never subclassed.  The default handler, L{PLAIN_RELAY}, relays bytes
+unchanged and ends each direction as TCP would; a kind with its own wire
+protocol (SQL Server, Kubernetes) gives its own handler, which answers the same
+hooks with the bridge's public actions (L{TcpBridge.send_to_stream},
+L{TcpBridge.send_to_socket}, L{TcpBridge.end_stream}, ...) in its own order.
 """
 
 from __future__ import annotations
@@ -131,7 +138,7 @@ class HalfClose:
     """A bridge's half-close: its L{BridgeState}, moved only along L{BRIDGE_TRANSITIONS}.
 
     The part of a bridge that owns the lifecycle; a bridge with its own idea of
-    when a direction ends (the SQL Server and Kubernetes legs) tells it here
+    when a direction ends (the SQL Server and Kubernetes handlers) tells it here
     instead of touching the state.
     """
 
@@ -170,18 +177,110 @@ class HalfClose:
             self.fire(BridgeEvent.RECONNECT)
 
 
+class BridgeHandler(Interface):
+    """What a bridge does with each thing that happens to it (module docstring).
+
+    Every hook gets the bridge; a handler answers with the bridge's public
+    actions.  L{PLAIN_RELAY} is the plain answer to each hook.
+    """
+
+    @property
+    def long_running(self) -> bool:
+        """Whether the connection may stay silent for good (a watch, an upgrade)."""
+        ...
+
+    def connected(self, bridge: TcpBridge) -> None:
+        """The TCP connection is made (the bridge relays what it held)."""
+
+    def socket_data(self, bridge: TcpBridge, data: bytes) -> None:
+        """Bytes read from the TCP connection."""
+
+    def socket_ended(self, bridge: TcpBridge) -> None:
+        """The TCP connection's input ended."""
+
+    def socket_lost(self, bridge: TcpBridge, reason: Failure) -> None:
+        """The TCP connection is gone."""
+
+    def stream_data(self, bridge: TcpBridge, data: bytes) -> None:
+        """Bytes from the stream."""
+
+    def stream_ended(self, bridge: TcpBridge) -> None:
+        """The stream's FIN came."""
+
+    def stream_reset(self, bridge: TcpBridge, code: int, reason: str) -> None:
+        """The peer reset the stream."""
+
+    def connection_failed(self, bridge: TcpBridge, code: ErrorCode, reason: str) -> None:
+        """The TCP connection could not be made (a refusal, a failed dial)."""
+
+    def abort(self, bridge: TcpBridge, code: ErrorCode, reason: str) -> None:
+        """Someone asked the bridge to end now (the session closes, the stream went away)."""
+
+    def ended(self, bridge: TcpBridge) -> None:
+        """The bridge is over (before its C{on_closed}): the handler's own clean-up."""
+
+
+class PlainRelay:
+    """The plain handler: bytes relayed unchanged, each direction ended as TCP does.
+
+    Stateless: one instance, L{PLAIN_RELAY}, serves every plain bridge.  A kind's
+    handler that changes only some hooks derives from it for the others.
+    """
+
+    @property
+    def long_running(self) -> bool:
+        """A plain TCP connection is judged by its traffic: never."""
+        return False
+
+    def connected(self, bridge: TcpBridge) -> None:
+        pass
+
+    def socket_data(self, bridge: TcpBridge, data: bytes) -> None:
+        bridge.send_to_stream(data)
+
+    def socket_ended(self, bridge: TcpBridge) -> None:
+        bridge.end_stream()
+
+    def socket_lost(self, bridge: TcpBridge, reason: Failure) -> None:
+        bridge.close_after_socket(reason)
+
+    def stream_data(self, bridge: TcpBridge, data: bytes) -> None:
+        bridge.send_to_socket(data)
+
+    def stream_ended(self, bridge: TcpBridge) -> None:
+        bridge.end_socket_write()
+
+    def stream_reset(self, bridge: TcpBridge, code: int, reason: str) -> None:
+        bridge.abort_socket(code, reason)
+
+    def connection_failed(self, bridge: TcpBridge, code: ErrorCode, reason: str) -> None:
+        bridge.fail(code, reason)
+
+    def abort(self, bridge: TcpBridge, code: ErrorCode, reason: str) -> None:
+        bridge.abort_both(code, reason)
+
+    def ended(self, bridge: TcpBridge) -> None:
+        pass
+
+
+PLAIN_RELAY: BridgeHandler = PlainRelay()
+"""The handler of every bridge that is given none."""
+
+
 @implementer(IHalfCloseableProtocol)
 class _StreamSide(Protocol):
-    """The bridge's protocol on its stream transport: tells the bridge what the stream did."""
+    """The bridge's protocol on its stream transport: tells the handler what the stream did."""
 
     def __init__(self, bridge: TcpBridge) -> None:
         self.bridge = bridge
 
     def dataReceived(self, data: bytes) -> None:
-        self.bridge.stream_data(data)
+        bridge = self.bridge
+        bridge.handler.stream_data(bridge, data)
 
     def readConnectionLost(self) -> None:
-        self.bridge.stream_ended()
+        bridge = self.bridge
+        bridge.handler.stream_ended(bridge)
 
     def writeConnectionLost(self) -> None:
         pass
@@ -189,7 +288,8 @@ class _StreamSide(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         error = reason.value
         if isinstance(error, StreamReset):
-            self.bridge.stream_reset(error.code, error.reason)
+            bridge = self.bridge
+            bridge.handler.stream_reset(bridge, error.code, error.reason)
         # an orderly end (both FINs through) needs nothing: the socket closes on its own terms
 
 
@@ -214,19 +314,25 @@ class _SocketReader:
 class TcpBridge(Protocol):
     """Relays bytes between a TCP connection and a stream (see module docstring).
 
-    The stream may start carrying data before the TCP connection exists (the
-    Jumpoint connects to the target after the OPEN); until then data from the
-    stream waits in a buffer bounded by the stream's credit window.
+    The bridge is the TCP connection's protocol; what it does with each event
+    is its L{handler}'s choice (L{PLAIN_RELAY} by default).  The stream may start
+    carrying data before the TCP connection exists (the Jumpoint connects to
+    the target after the OPEN); until then data from the stream waits in a
+    buffer bounded by the stream's credit window.
 
     @ivar close_reason: why the bridge ended, for statistics and logs.
     @ivar half_close: the half-close lifecycle (L{BridgeState}), the part that owns it.
     """
 
     def __init__(
-        self, stream: Stream, on_closed: Callable[[TcpBridge], None] | None = None
+        self,
+        stream: Stream,
+        on_closed: Callable[[TcpBridge], None] | None = None,
+        handler: BridgeHandler = PLAIN_RELAY,
     ) -> None:
         self.stream = stream
         self.on_closed = on_closed
+        self.handler = handler
         self.close_reason: str | None = None
         self.reset_code: int | None = None
         self._before_connect: list[bytes] | None = []
@@ -239,11 +345,8 @@ class TcpBridge(Protocol):
 
     @property
     def long_running(self) -> bool:
-        """Whether the connection may stay silent for good (a watch, an upgrade).
-
-        A plain TCP connection is judged by its traffic: C{False}.
-        """
-        return False
+        """Whether the connection may stay silent for good (a watch, an upgrade: its handler's)."""
+        return self.handler.long_running
 
     # -- the lifecycle ---------------------------------------------------
 
@@ -256,10 +359,14 @@ class TcpBridge(Protocol):
         return self.half_close.state
 
     def drop_pending(self) -> None:
-        """Forget the stream's bytes held while connecting (a leg that answers them itself)."""
+        """Forget the stream's bytes held while connecting (a handler that answers them itself)."""
         self._before_connect = None
 
-    # -- TCP side --------------------------------------------------------
+    def forget_socket(self) -> None:
+        """The TCP connection is gone for good or about to be replaced: write nothing to it."""
+        self.transport = None
+
+    # -- the TCP connection's protocol (Twisted calls these) --------------
 
     def connectionMade(self) -> None:
         transport = self.transport
@@ -284,19 +391,14 @@ class TcpBridge(Protocol):
         if self._sending_paused:
             transport.pauseProducing()  # type: ignore[attr-defined]
         if ended_before_connect:
-            self.stream_ended()  # the FIN that came while connecting
+            self.handler.stream_ended(self)  # the FIN that came while connecting
+        self.handler.connected(self)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.tap is not None:
-            self.tap.from_socket(data)
-        self.stream_transport.write(data)
+        self.handler.socket_data(self, data)
 
     def readConnectionLost(self) -> None:
-        if self.half_close.finished:
-            return
-        self.half_close.fire(BridgeEvent.SOCKET_EOF)
-        self.stream.end_write()
-        self._maybe_close()
+        self.handler.socket_ended(self)
 
     def writeConnectionLost(self) -> None:
         if self.half_close.finished:
@@ -305,16 +407,32 @@ class TcpBridge(Protocol):
         self._maybe_close()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        orderly = self.lifecycle.state is BridgeState.CLOSING
-        if not self.stream.closed and not orderly:
-            text = reason.getErrorMessage()
-            self.stream.reset(ErrorCode.CANCEL, f"connection closed: {text}")
-            self.close_reason = self.close_reason or f"aborted: {text}"
-        self.finish()
+        self.handler.socket_lost(self, reason)
 
-    # -- stream side (what L{_StreamSide} reports) -----------------------
+    # -- what the Jumpoint or the console asks of it ----------------------
 
-    def stream_data(self, data: bytes) -> None:
+    def wait_for_connection(self) -> None:
+        """The TCP side is not connected yet: hold back credit until it is."""
+        self.stream.pause_receiving()
+
+    def connection_failed(self, code: ErrorCode, reason: str) -> None:
+        """The TCP side could not be connected (the handler answers; plainly: reset the stream)."""
+        self.handler.connection_failed(self, code, reason)
+
+    def abort(self, code: ErrorCode, reason: str) -> None:
+        """End both sides now (the handler answers; plainly: reset the stream, abort the socket)."""
+        self.handler.abort(self, code, reason)
+
+    # -- the actions a handler answers with ------------------------------------
+
+    def send_to_stream(self, data: bytes) -> None:
+        """Relay bytes (read from the socket, or the handler's own) to the stream."""
+        if self.tap is not None:
+            self.tap.from_socket(data)
+        self.stream_transport.write(data)
+
+    def send_to_socket(self, data: bytes) -> None:
+        """Relay bytes from the stream to the socket (held until it is connected)."""
         if self._before_connect is not None:
             self._before_connect.append(data)
             return
@@ -323,7 +441,16 @@ class TcpBridge(Protocol):
             self.tap.to_socket(data)
         self.stream.write_to_socket(self.transport, data)
 
-    def stream_ended(self) -> None:
+    def end_stream(self) -> None:
+        """The socket's input ended: FIN on the stream (close when both directions ended)."""
+        if self.half_close.finished:
+            return
+        self.half_close.fire(BridgeEvent.SOCKET_EOF)
+        self.stream.end_write()
+        self._maybe_close()
+
+    def end_socket_write(self) -> None:
+        """The stream's FIN: shut the socket's writing side after what is queued."""
         if self._before_connect is not None:
             if self.lifecycle.state is BridgeState.CONNECTING:
                 self.half_close.fire(BridgeEvent.PEER_FIN)
@@ -339,7 +466,17 @@ class TcpBridge(Protocol):
             transport.loseWriteConnection()  # type: ignore[attr-defined]
             self._maybe_close()
 
-    def stream_reset(self, code: int, reason: str) -> None:
+    def close_after_socket(self, reason: Failure) -> None:
+        """The socket is gone: reset the stream unless both directions ended in order."""
+        orderly = self.lifecycle.state is BridgeState.CLOSING
+        if not self.stream.closed and not orderly:
+            text = reason.getErrorMessage()
+            self.stream.reset(ErrorCode.CANCEL, f"connection closed: {text}")
+            self.close_reason = self.close_reason or f"aborted: {text}"
+        self.finish()
+
+    def abort_socket(self, code: int, reason: str) -> None:
+        """The stream was reset: abort the socket after what is queued (or finish)."""
         self.reset_code = code
         self.close_reason = f"{describe_code(code)}: {reason}"
         if self.transport is not None:
@@ -347,6 +484,24 @@ class TcpBridge(Protocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
         else:
             self.finish()
+
+    def fail(self, code: ErrorCode, reason: str) -> None:
+        """The socket could not be connected: reset the stream with C{reason}, finish."""
+        self.reset_code = code
+        self.close_reason = f"{describe_code(code)}: {reason}"
+        self.stream.reset(code, reason)
+        self.finish()
+
+    def abort_both(self, code: ErrorCode, reason: str) -> None:
+        """Reset the stream and abort the socket now."""
+        self.reset_code = code
+        self.close_reason = f"{describe_code(code)}: {reason}"
+        self.stream.reset(code, reason)
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+        self.finish()
+
+    # -- backpressure (the stream transport pauses the socket's reading) ----
 
     def pause_sending(self) -> None:
         self._sending_paused = True
@@ -358,27 +513,7 @@ class TcpBridge(Protocol):
         if self.transport is not None and self._before_connect is None:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
-    # -- lifecycle -------------------------------------------------------
-
-    def wait_for_connection(self) -> None:
-        """The TCP side is not connected yet: hold back credit until it is."""
-        self.stream.pause_receiving()
-
-    def connection_failed(self, code: ErrorCode, reason: str) -> None:
-        """The TCP side could not be connected: reset the stream with C{reason}."""
-        self.reset_code = code
-        self.close_reason = f"{describe_code(code)}: {reason}"
-        self.stream.reset(code, reason)
-        self.finish()
-
-    def abort(self, code: ErrorCode, reason: str) -> None:
-        """End both sides now: reset the stream, abort the TCP connection."""
-        self.reset_code = code
-        self.close_reason = f"{describe_code(code)}: {reason}"
-        self.stream.reset(code, reason)
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
-        self.finish()
+    # -- the end -------------------------------------------------------------
 
     def _maybe_close(self) -> None:
         if self.lifecycle.state is BridgeState.CLOSING and self.transport is not None:
@@ -386,11 +521,12 @@ class TcpBridge(Protocol):
             self.transport.loseConnection()
 
     def finish(self) -> None:
-        """The bridge is over: tell the tap and C{on_closed} (once)."""
+        """The bridge is over: tell the handler, the tap and C{on_closed} (once)."""
         if self.half_close.finished:
             return
         self.half_close.fire(BridgeEvent.FINISH)
         self._before_connect = None
+        self.handler.ended(self)
         if self.tap is not None:
             aborted = (self.close_reason or "").startswith("aborted")
             self.tap.closed(self.reset_code is not None or aborted)

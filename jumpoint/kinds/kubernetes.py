@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from twisted.internet.protocol import Protocol
 
 from jumpoint.kinds.base import Dial, JumpointKind
-from jumpoint.kube_upstream import KubeUpstreamBridge
+from jumpoint.kube_upstream import KubeUpstreamHandler
 from jumpoint.session import Session
 from jumpoint.upstream_context import UpstreamContext
 from shared.bridge import TcpBridge
@@ -24,15 +24,19 @@ from shared.protocol.mux import Stream
 class KubeUpstream:
     """A k8s connection: answered locally without a credential, else dialled at once."""
 
-    bridge: KubeUpstreamBridge
+    handler: KubeUpstreamHandler
+
+    @property
+    def bridge(self) -> TcpBridge:
+        return self.handler.bridge
 
     def start(self, dial: Dial) -> None:
-        if self.bridge.refused_before_dial():
+        if self.handler.refused_before_dial():
             return  # k8s without a credential: every request is answered 503
         dial()
 
     def protocol(self) -> Protocol:
-        return self.bridge.upstream_protocol()
+        return self.handler.upstream_protocol()
 
 
 def open_upstream(
@@ -43,8 +47,9 @@ def open_upstream(
     on_closed: Callable[[TcpBridge], None],
     groups: Sequence[str],
 ) -> KubeUpstream:
-    bridge = KubeUpstreamBridge(stream, core, session, on_closed=on_closed, groups=groups)
-    return KubeUpstream(bridge)
+    return KubeUpstream(
+        KubeUpstreamHandler(stream, core, session, on_closed=on_closed, groups=groups)
+    )
 
 
 KIND = JumpointKind(

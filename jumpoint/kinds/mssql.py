@@ -14,7 +14,7 @@ from twisted.internet.protocol import Protocol
 
 from jumpoint.kinds.base import Dial, JumpointKind
 from jumpoint.session import Session
-from jumpoint.tds_upstream import TdsUpstreamBridge, refuse_stream
+from jumpoint.tds_upstream import TdsUpstreamHandler, refuse_stream
 from jumpoint.upstream_context import UpstreamContext
 from shared.bridge import TcpBridge
 from shared.kinds.mssql import KIND as SHARED
@@ -26,16 +26,20 @@ from shared.protocol.mux import Stream
 class MssqlUpstream:
     """An mssql connection: refused without a credential, dialled once the LOGIN7 is in."""
 
-    bridge: TdsUpstreamBridge
+    handler: TdsUpstreamHandler
+
+    @property
+    def bridge(self) -> TcpBridge:
+        return self.handler.bridge
 
     def start(self, dial: Dial) -> None:
-        if self.bridge.refused_before_dial():
+        if self.handler.refused_before_dial():
             return  # mssql without a credential: the client got its login failure
         # The SQL Server is dialled only once the console's whole LOGIN7 is in.
-        self.bridge.when_login_arrived(dial)
+        self.handler.when_login_arrived(dial)
 
     def protocol(self) -> Protocol:
-        return self.bridge
+        return self.handler.bridge
 
 
 def open_upstream(
@@ -46,7 +50,7 @@ def open_upstream(
     on_closed: Callable[[TcpBridge], None],
     groups: Sequence[str],
 ) -> MssqlUpstream:
-    return MssqlUpstream(TdsUpstreamBridge(stream, core, session, on_closed=on_closed))
+    return MssqlUpstream(TdsUpstreamHandler(stream, core, session, on_closed=on_closed))
 
 
 def refuse(stream: Stream, code: ErrorCode, reason: str) -> None:

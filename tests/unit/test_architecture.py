@@ -9,7 +9,9 @@ Read from the source with C{ast} (nothing is imported):
   - no two modules share a file name in different roles (a name shared by the
     two sides' versions of one thing, such as C{cli.py}, or by the sides' parts
     of one kind in their C{kinds} packages, is allowed);
-  - every module starts with a docstring saying its job.
+  - every module starts with a docstring saying its job;
+  - nothing derives from C{TcpBridge}: a kind changes what a bridge does with a
+    handler (L{shared.bridge.BridgeHandler}), composed, never by subclassing.
 """
 
 from __future__ import annotations
@@ -202,3 +204,18 @@ def test_every_module_starts_with_a_docstring() -> None:
         if not ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
     ]
     assert missing == []
+
+
+def test_nothing_subclasses_the_bridge() -> None:
+    subclasses = [
+        f"{module}.{node.name}"
+        for module, path in MODULES.items()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ClassDef)
+        and any(
+            (isinstance(base, ast.Name) and base.id == "TcpBridge")
+            or (isinstance(base, ast.Attribute) and base.attr == "TcpBridge")
+            for base in node.bases
+        )
+    ]
+    assert subclasses == []

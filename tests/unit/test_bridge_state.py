@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 
 from jumpoint.state import MIGRATIONS, StateDatabase
 from shared import pki
-from shared.bridge import TcpBridge
+from shared.bridge import PlainRelay, TcpBridge
 from shared.errors import UnknownUser, UsageError
 from shared.files import write_private
 from shared.protocol.frames import FrameParser, FrameType
@@ -115,6 +115,45 @@ def test_data_before_the_target_connects_waits_without_credit() -> None:
     bridge.makeConnection(target)
     assert target.value() == b"z" * window
     assert any(f.type is FrameType.WINDOW_UPDATE for f in frames_in(wire))
+
+
+class UpperCaseRelay(PlainRelay):
+    """A handler that changes some hooks: the socket's bytes in capitals, and a log of its end."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def socket_data(self, bridge: TcpBridge, data: bytes) -> None:
+        bridge.send_to_stream(data.upper())
+
+    def stream_ended(self, bridge: TcpBridge) -> None:
+        self.seen.append("stream_ended")
+        super().stream_ended(bridge)
+
+    def ended(self, bridge: TcpBridge) -> None:
+        self.seen.append(f"ended: {bridge.close_reason}")
+
+
+def test_a_handler_changes_what_a_bridge_does_and_keeps_the_rest_plain() -> None:
+    """A kind's handler answers some hooks itself; the bridge's lifecycle stays the bridge's."""
+    mux, wire = make_mux()
+    stream = mux.open_stream(b"{}")
+    local = WireTransport()
+    relay = UpperCaseRelay()
+    bridge = TcpBridge(stream, handler=relay)
+    bridge.makeConnection(local)
+    wire.clear()
+    bridge.dataReceived(b"select 1")
+    (data,) = frames_in(wire)
+    assert data.type is FrameType.DATA and data.payload == b"SELECT 1"
+    stream._data_received(b"answer")
+    assert local.value() == b"answer"  # the plain hook: unchanged
+    stream._fin_received()
+    assert local.write_closed and relay.seen == ["stream_ended"]
+    bridge.readConnectionLost()  # the plain hook: FIN on the stream, then closed in order
+    bridge.connectionLost()
+    assert relay.seen == ["stream_ended", "ended: closed"]
+    assert bridge.half_close.finished
 
 
 def test_state_database_users_and_revocation(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@
 kubectl's side is a StringTransport on the console's L{KubeClientConnection};
 the console's and the Jumpoint's multiplexers talk through two
 StringTransports the test pumps in random pieces; the Jumpoint's
-L{KubeUpstreamBridge} (no TLS) writes to a StringTransport the test answers
+L{KubeUpstreamHandler} (no TLS) writes to a StringTransport the test answers
 as the cluster.  Each exec is a WebSocket or SPDY upgrade whose answer comes
 with the 101 head, the command's output and the exit status in random
 pieces (often all in one read, with the close right after), and whose
@@ -33,8 +33,9 @@ from console.kube_proxy import KubeClientConnection, listener_hosts
 from console.kubeconfig import SessionKubeconfig
 from jumpoint.config import CredentialRef
 from jumpoint.credentials import Credential
-from jumpoint.kube_upstream import KubeUpstreamBridge
+from jumpoint.kube_upstream import KubeUpstreamHandler
 from jumpoint.session import Session
+from shared.bridge import TcpBridge
 from shared.items import Item, TunnelSpec
 from shared.protocol.mux import Multiplexer, MuxSettings, Stream
 
@@ -83,17 +84,17 @@ class Core:
 
 
 class Jumpoint(_Quiet):
-    """The Jumpoint's end: every stream becomes a KubeUpstreamBridge on a fresh cluster connection."""
+    """The Jumpoint's end: every stream becomes a KubeUpstreamHandler on a fresh cluster connection."""
 
     def __init__(self, core: Core, session: Session) -> None:
         self.core = core
         self.session = session
-        self.pending: list[tuple[KubeUpstreamBridge, ClusterTransport]] = []
+        self.pending: list[tuple[TcpBridge, ClusterTransport]] = []
         self.connect_at_once = True
         """Connect to the cluster when the stream opens, or only when the test says so."""
 
     def stream_requested(self, stream: Stream, payload: bytes) -> None:
-        bridge = KubeUpstreamBridge(stream, cast(Any, self.core), self.session, tls=False)
+        bridge = KubeUpstreamHandler(stream, cast(Any, self.core), self.session, tls=False).bridge
         bridge.wait_for_connection()
         self.session.connection_started(bridge)
         cluster = ClusterTransport()

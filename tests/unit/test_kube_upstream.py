@@ -19,7 +19,7 @@ from twisted.internet.testing import StringTransport
 
 from jumpoint.config import CredentialRef
 from jumpoint.credentials import Credential, CredentialUnavailable
-from jumpoint.kube_upstream import KubeUpstreamBridge
+from jumpoint.kube_upstream import KubeUpstreamHandler
 from jumpoint.session import Session
 from shared.items import Item, TunnelSpec
 from shared.protocol.frames import FrameParser, FrameType
@@ -115,9 +115,10 @@ class Harness:
         self.mux.establish()
         self.stream: Stream = self.mux.open_stream(b"{}")
         self.session = Session("s1", "alice", item, 10, 0.0)
-        self.bridge = KubeUpstreamBridge(
+        self.handler = KubeUpstreamHandler(
             self.stream, cast(Any, self.core), self.session, groups=groups, tls=False
         )
+        self.bridge = self.handler.bridge
         self.bridge.wait_for_connection()
         self.session.connection_started(self.bridge)
         self.cluster = ClusterTransport()
@@ -415,7 +416,7 @@ def test_request_bodies_are_streamed_and_discovery_is_audited_lower(tmp_path: Pa
 
 def test_without_a_credential_every_request_gets_a_503_status(tmp_path: Path) -> None:
     h = Harness(tmp_path, k8s_item(), credential=False)
-    assert h.bridge.refused_before_dial()
+    assert h.handler.refused_before_dial()
     h.send(request("GET", "/api/v1/namespaces/web/pods"))
     code, status = _status(h.at_console())
     assert code == 503 and "no credential for item 'kube'" in status["message"]

@@ -22,7 +22,8 @@ from console.tds_client_leg import (
     ClientLeg,
     LegOutput,
 )
-from console.tds_proxy import TdsClientBridge, TdsLocalConnection
+from console.tds_proxy import TdsClientHandler, TdsLocalConnection
+from shared.bridge import TcpBridge
 from shared.codecs.tds.login7 import (
     FEATURE_FEDAUTH,
     FEATURE_UTF8_SUPPORT,
@@ -653,7 +654,7 @@ def _untyped(factory: Any) -> Any:
     return factory()
 
 
-def _bridge(pki: Pki) -> tuple[TdsClientBridge, Any, Any, Stream]:
+def _bridge(pki: Pki) -> tuple[TcpBridge, Any, Any, Stream]:
     """A bridge on a real multiplexer: the client's socket, the channel's wire, the stream."""
     mux = Multiplexer(is_client=True, handler=_Handler(), clock=Clock(), settings=MuxSettings())
     wire = _untyped(StringTransport)
@@ -661,7 +662,7 @@ def _bridge(pki: Pki) -> tuple[TdsClientBridge, Any, Any, Stream]:
     mux.establish()
     stream = mux.open_stream(b"{}")
     local = _untyped(_Local)
-    bridge = TdsClientBridge(stream, make_leg(pki), local="127.0.0.6:1433")
+    bridge = TdsClientHandler(stream, make_leg(pki), local="127.0.0.6:1433").bridge
     cast(Any, bridge).makeConnection(local)
     wire.clear()
     return bridge, local, wire, stream

@@ -33,7 +33,8 @@ from jumpoint.tds_server_leg import (
     ServerLeg,
     login_refusal,
 )
-from jumpoint.tds_upstream import MAX_REROUTES, TdsUpstreamBridge
+from jumpoint.tds_upstream import MAX_REROUTES, TdsUpstreamHandler
+from shared.bridge import TcpBridge
 from shared.codecs.tds import tokens
 from shared.codecs.tds.login7 import (
     OPT2_INT_SECURITY,
@@ -896,7 +897,7 @@ def test_strict_with_a_certificate_for_another_host(tmp_path: Path) -> None:
     assert run.close is not None and run.server.login is None
 
 
-# -- the Twisted layer: TdsUpstreamBridge through a real channel -------------------------------
+# -- the Twisted layer: TdsUpstreamHandler through a real channel -------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -942,7 +943,7 @@ class Wire:
     """The bridge's server side: the fake server behind a TargetTransport."""
 
     world: World
-    bridge: TdsUpstreamBridge
+    bridge: TcpBridge
     transport: TargetTransport
     server: FakeServer
 
@@ -967,7 +968,7 @@ def open_sql_stream(world: World) -> tuple[RecordingApp, Any]:
 
 def connect_server(world: World, server: FakeServer, index: int = -1) -> Wire:
     transport, bridge = world.targets.connect(index)
-    assert isinstance(bridge, TdsUpstreamBridge)
+    assert isinstance(bridge, TcpBridge) and isinstance(bridge.handler, TdsUpstreamHandler)
     assert isinstance(transport, TargetTransport)
     wire = Wire(world, bridge, transport, server)
     wire.pump()
