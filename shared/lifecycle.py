@@ -58,10 +58,17 @@ class Transitions(Generic[S, E]):
         self.states = states
         self.events = events
         self._table: dict[S, dict[E, S]] = {state: dict(table.get(state, {})) for state in states}
+        # The same table keyed by identity, for the data path: enum members are
+        # singletons, and Enum's own __hash__ is Python code (hashing a member per
+        # lookup cost more than the rest of a move, several moves per connection).
+        self._moves: dict[int, dict[int, S]] = {
+            id(state): {id(event): target for event, target in moves.items()}
+            for state, moves in self._table.items()
+        }
 
     def target(self, state: S, event: E) -> S | None:
         """Where C{event} leads from C{state}, or C{None} if it is not allowed there."""
-        return self._table[state].get(event)
+        return self._moves[id(state)].get(id(event))
 
     def allowed(self, state: S) -> frozenset[E]:
         """The events allowed in C{state}."""

@@ -76,6 +76,10 @@ class StreamReset(ConnectionLost):
         self.reason = reason
 
 
+_DONE = Failure(ConnectionDone())
+"""The reason of every orderly end (as Twisted's own C{connectionDone}): no Failure per close."""
+
+
 @implementer(ITransport, IPushProducer, IConsumer)
 class StreamTransport:
     """A Twisted transport over one L{Stream} (see the module docstring).
@@ -239,7 +243,7 @@ class StreamTransport:
 
     def _closed_in_order(self) -> None:
         """Both FINs went through: the connection is done."""
-        self._connection_lost(Failure(ConnectionDone()))
+        self._connection_lost(_DONE)
 
     def _connection_lost(self, reason: Failure) -> None:
         if self._lost:
