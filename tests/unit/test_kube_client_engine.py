@@ -13,7 +13,10 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +45,7 @@ from console.kube_client_engine import (
     StartLoginTimer,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "t0ken-of-the-session"
 HOST = "127.0.0.5:4443"
 HOSTS = {HOST, "127.0.0.5", "Kube.Local:4443"}
@@ -137,6 +141,18 @@ def coalesced(actions: Iterable[Action]) -> list[Action]:
         else:
             out.append(action)
     return out
+
+
+def test_the_engine_loads_nothing_that_does_io() -> None:
+    """Sans-IO: importing the engine (in a fresh interpreter) loads no Twisted, no socket."""
+    probe = (
+        "import sys, console.kube_client_engine; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'socket', 'ssl')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
 
 
 # -- the login: the timer and the first request -------------------------------------------------
