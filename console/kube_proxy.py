@@ -25,17 +25,20 @@ when an upgrade was accepted (101: raw bytes both ways from then on,
 including what arrived together with the 101) and when it was refused (the
 connection stays HTTP, and the next request is checked like the first).
 
-Each connection's lifecycle is explicit: L{KubeConnectionState}, moved by
-L{KubeConnectionEvent}s along L{KUBE_CONNECTION_TRANSITIONS}.  The HTTP
-framing itself (heads, Content-Length and chunked bodies, the upgrade) is
-the sans-IO L{HttpRelay}'s; this protocol only moves bytes and timers.
+Every decision above, the login timer and the connection's lifecycle
+(L{KubeConnectionState}, moved by L{KubeConnectionEvent}s along
+L{KUBE_CONNECTION_TRANSITIONS}) are the sans-IO
+L{console.kube_client_engine.KubeClientEngine}'s, which runs the L{HttpRelay}
+(heads, Content-Length and chunked bodies, the upgrade).
+L{KubeClientConnection} only feeds it kubectl's bytes, the stream's and the
+timer, and performs the actions it emits on the TLS transport, the reactor's
+clock and the stream's leg (a L{TcpBridge} with a L{_StreamHandler}).
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, assert_never
 
 from twisted.internet import ssl
 from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTime
@@ -44,27 +47,35 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
+from console.kube_client_engine import (
+    DEFAULT_LOGIN_TIMEOUT,
+    KUBE_CONNECTION_TRANSITIONS,
+    AbortClient,
+    Action,
+    CancelLoginTimer,
+    CloseClient,
+    FinishStream,
+    HalfCloseStream,
+    KubeClientEngine,
+    KubeConnectionEvent,
+    KubeConnectionState,
+    OpenStream,
+    Refused,
+    ReportEnded,
+    SendToClient,
+    SendToStream,
+    StartLoginTimer,
+)
 from console.kubeconfig import SessionKubeconfig
 from shared.bridge import BridgeEvent, BridgeState, PlainRelay, TcpBridge
-from shared.codecs.http.heads import Answer, Forward, RequestHead, error_answer, rewrite_headers
-from shared.codecs.http.relay import Exchange, HttpRelay
-from shared.k8s.api_policy import unauthorized_answer
-from shared.lifecycle import Transitions
+from shared.codecs.http.relay import HttpRelay
+from shared.lifecycle import Lifecycle
 from shared.protocol.frames import ErrorCode, describe_code
 from shared.protocol.mux import Stream
 
 log = Logger()
 
 ALPN = b"http/1.1"
-
-DEFAULT_LOGIN_TIMEOUT = 30.0
-"""Seconds a local connection has to send its first authenticated request (no session terms)."""
-
-TOKEN_MESSAGE = (
-    "Unauthorized: the request does not carry this session's token"
-    " (use the kubeconfig printed by jump open)"
-)
-HOST_MESSAGE = "Unauthorized: the Host header does not name this session's listener"
 
 
 def listener_hosts(address: str, port: int) -> frozenset[str]:
@@ -82,54 +93,6 @@ def tls_options(session: SessionKubeconfig) -> ssl.CertificateOptions:
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         acceptableProtocols=[ALPN],
     )
-
-
-class KubeConnectionState(enum.Enum):
-    """Where one kubectl connection is."""
-
-    AWAITING_LOGIN = enum.auto()
-    """No stream yet: waiting for a complete, authenticated request head."""
-    RELAYING = enum.auto()
-    """The stream is open; HTTP exchanges go through the relay (its leg reports the end)."""
-    UPGRADED = enum.auto()
-    """The cluster accepted an upgrade (101): raw bytes both ways."""
-    TIMED_OUT = enum.auto()
-    """No authenticated request within the login timeout: reported, being aborted."""
-    CLOSED = enum.auto()
-    """The local connection is gone."""
-
-
-class KubeConnectionEvent(enum.Enum):
-    """What moves a kubectl connection from one L{KubeConnectionState} to the next."""
-
-    STREAM_OPENED = enum.auto()
-    """The first authenticated request opened the stream."""
-    SWITCHED = enum.auto()
-    """The relay saw 101 Switching Protocols."""
-    LOGIN_EXPIRED = enum.auto()
-    """The login timeout passed without a stream."""
-    LOST = enum.auto()
-    """The local connection ended."""
-
-
-_K, _KE = KubeConnectionState, KubeConnectionEvent
-KUBE_CONNECTION_TRANSITIONS: Transitions[KubeConnectionState, KubeConnectionEvent] = Transitions(
-    "kubernetes connection",
-    KubeConnectionState,
-    KubeConnectionEvent,
-    {
-        _K.AWAITING_LOGIN: {
-            _KE.STREAM_OPENED: _K.RELAYING,
-            _KE.LOGIN_EXPIRED: _K.TIMED_OUT,
-            _KE.LOST: _K.CLOSED,
-        },
-        _K.RELAYING: {_KE.SWITCHED: _K.UPGRADED, _KE.LOST: _K.CLOSED},
-        _K.UPGRADED: {_KE.LOST: _K.CLOSED},
-        _K.TIMED_OUT: {_KE.LOST: _K.CLOSED},
-        _K.CLOSED: {},
-    },
-)
-"""Every move a kubectl connection may make; anything else raises L{IllegalTransition}."""
 
 
 class _Refuse(Protocol):
@@ -187,17 +150,17 @@ class _StreamHandler(PlainRelay):
     def stream_data(self, bridge: TcpBridge, data: bytes) -> None:
         if bridge.tap is not None:
             bridge.tap.to_socket(data)
-        self.connection.relay.feed_upstream(data)
+        self.connection.engine.upstream_data(data)
 
     def stream_ended(self, bridge: TcpBridge) -> None:
         if bridge.state in (BridgeState.OPEN, BridgeState.READ_CLOSED):
             bridge.half_close.fire(BridgeEvent.PEER_FIN)  # the relay closes the client's side
-        self.connection.relay.upstream_eof()
+        self.connection.engine.upstream_eof()
 
     def stream_reset(self, bridge: TcpBridge, code: int, reason: str) -> None:
         bridge.reset_code = code
         bridge.close_reason = f"{describe_code(code)}: {reason}"
-        self.connection.relay.abort(bridge.close_reason)
+        self.connection.engine.upstream_reset(bridge.close_reason)
         if bridge.transport is not None:
             bridge.transport.abortConnection()  # type: ignore[attr-defined]
         else:
@@ -205,8 +168,9 @@ class _StreamHandler(PlainRelay):
 
 
 class KubeClientConnection(Protocol):
-    """One kubectl connection (already decrypted): local auth, then an HTTP relay to a stream.
+    """One kubectl connection (already decrypted): a thin protocol over L{KubeClientEngine}.
 
+    @ivar engine: the decisions (local auth, login timer, relay, lifecycle).
     @ivar lifecycle: where the connection is (L{KubeConnectionState}).
 
     No stream exists (so the Jumpoint dials nothing) until the first request
@@ -219,6 +183,7 @@ class KubeClientConnection(Protocol):
     @param on_opened: the stream is open; its bridge now counts as a connection.
     @param on_ended: the connection ended before it had a stream (timed out or not).
     @param on_closed: the stream's bridge ended (the tunnel's counters).
+    @param clock: the timer's and the relay's clock (the global reactor if None).
     @param local: the listener's address, for logs.
     """
 
@@ -237,24 +202,45 @@ class KubeClientConnection(Protocol):
     ) -> None:
         self.open_stream = open_stream
         self.session = session
-        self.hosts = frozenset(h.lower() for h in hosts)
         self.on_opened = on_opened
         self.on_ended = on_ended
         self.on_closed = on_closed
         self.clock = clock
-        self.login_timeout = DEFAULT_LOGIN_TIMEOUT if login_timeout is None else login_timeout
         self.local = local
-        self.relay = HttpRelay(self)
+        self.engine = KubeClientEngine(
+            session.check_token,
+            hosts,
+            emit=self._perform,
+            now=lambda: self._clock().seconds(),
+            login_timeout=login_timeout,
+        )
         self.leg: TcpBridge | None = None
-        self.refusals = 0
-        """Requests answered locally (401, malformed)."""
-        self.timed_out = False
         self._timer: IDelayedCall | None = None
-        self.lifecycle = KUBE_CONNECTION_TRANSITIONS.start(KubeConnectionState.AWAITING_LOGIN)
+
+    @property
+    def relay(self) -> HttpRelay:
+        return self.engine.relay
+
+    @property
+    def lifecycle(self) -> Lifecycle[KubeConnectionState, KubeConnectionEvent]:
+        return self.engine.lifecycle
 
     @property
     def state(self) -> KubeConnectionState:
-        return self.lifecycle.state
+        return self.engine.state
+
+    @property
+    def refusals(self) -> int:
+        """Requests answered locally (401, malformed)."""
+        return self.engine.refusals
+
+    @property
+    def timed_out(self) -> bool:
+        return self.engine.timed_out
+
+    @property
+    def login_timeout(self) -> float:
+        return self.engine.login_timeout
 
     @property
     def stream(self) -> Stream | None:
@@ -271,150 +257,77 @@ class KubeClientConnection(Protocol):
     # -- from kubectl ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._timer = self._clock().callLater(self.login_timeout, self._login_expired)
+        self.engine.connection_made()
 
     def dataReceived(self, data: bytes) -> None:
-        self.relay.feed_client(data)
+        self.engine.client_data(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._cancel_timer()
-        before = self.lifecycle.state
-        self.lifecycle.fire(KubeConnectionEvent.LOST)
-        leg = self.leg
-        if leg is not None:
-            self.relay.abort(f"the local connection was lost: {reason.getErrorMessage()}")
-            leg.connectionLost(reason)
-        else:
-            self.relay.abort("closed")
-            if before is KubeConnectionState.AWAITING_LOGIN:
-                self._report_ended(timed_out=False)
+        self.engine.client_lost(reason.getErrorMessage())
+        if self.leg is not None:
+            self.leg.connectionLost(reason)
 
     def abort(self) -> None:
         """Close now (the session is closing)."""
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def _login_expired(self) -> None:
+    def _login_timer_fired(self) -> None:
         self._timer = None
-        if self.lifecycle.state is not KubeConnectionState.AWAITING_LOGIN:
-            return
-        self.lifecycle.fire(KubeConnectionEvent.LOGIN_EXPIRED)
-        self.timed_out = True
-        log.warn(
-            "closed a Kubernetes connection from {peer} on {local}: no complete request"
-            " within the login timeout ({timeout:g}s)",
-            peer=self._peer(),
-            local=self.local,
-            timeout=self.login_timeout,
-        )
-        self._report_ended(timed_out=True)
-        self.abort()
+        self.engine.login_timer_fired()
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+    # -- the engine's actions ------------------------------------------------------------
+
+    def _perform(self, action: Action) -> None:
+        match action:
+            case SendToClient(data=data):
+                if self.transport is not None:
+                    self.transport.write(data)
+            case SendToStream(data=data):
+                self._to_stream(data)
+            case OpenStream():
+                self._open_leg()
+            case StartLoginTimer(delay=delay):
+                self._timer = self._clock().callLater(delay, self._login_timer_fired)
+            case CancelLoginTimer():
+                if self._timer is not None and self._timer.active():
+                    self._timer.cancel()
+                self._timer = None
+            case Refused():
+                self._refused_log(action)
+            case ReportEnded(timed_out=timed_out):
+                self._report_ended(timed_out)
+            case CloseClient():
+                self._close_client()
+            case AbortClient():
+                self.abort()
+            case HalfCloseStream():
+                self._half_close_stream()
+            case FinishStream(reason=reason, clean=clean):
+                self._finish_stream(reason, clean)
+            case _:
+                assert_never(action)
 
     def _report_ended(self, timed_out: bool) -> None:
-        """The connection ended before it had a stream (reported once: the lifecycle says so)."""
+        """The connection ended before it had a stream (reported once: the engine says so)."""
+        if timed_out:
+            log.warn(
+                "closed a Kubernetes connection from {peer} on {local}: no complete request"
+                " within the login timeout ({timeout:g}s)",
+                peer=self._peer(),
+                local=self.local,
+                timeout=self.login_timeout,
+            )
         if self.on_ended is not None:
             self.on_ended(self, timed_out)
 
-    # -- the relay's handler --------------------------------------------------------------
-
-    def now(self) -> float:
-        return self._clock().seconds()
-
-    def decide(self, exchange: Exchange) -> Forward | Answer:
-        head = exchange.head
-        message = self._unauthorized(head)
-        if message is not None:
-            self._refused_log(message, head)
-            return unauthorized_answer(message)
-        if self.leg is None and not self._open():
-            return error_answer(
-                503, "the session is closing", close=True, reason="ServiceUnavailable"
-            )
-        return Forward(rewrite_headers(head, remove=("Authorization",)))
-
-    def _open(self) -> bool:
-        """Open the stream for the first authenticated request; False if the session is closing."""
-        if self.lifecycle.state is not KubeConnectionState.AWAITING_LOGIN or self.transport is None:
-            return False
-        stream = self.open_stream()
-        if stream is None:
-            return False
-        self._cancel_timer()
-        self.lifecycle.fire(KubeConnectionEvent.STREAM_OPENED)  # the leg reports the end
-        leg = TcpBridge(stream, self.on_closed, _StreamHandler(self))
-        self.leg = leg
-        if self.on_opened is not None:
-            self.on_opened(self, leg)
-        leg.makeConnection(self.transport)  # type: ignore[no-untyped-call]
-        return True
-
-    def refused(self, status: int, reason: str) -> None:
-        self._refused_log(f"malformed request ({status}): {reason}", None)
-
-    def to_client(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-
-    def to_upstream(self, data: bytes) -> None:
-        leg = self.leg
-        if leg is not None and not leg.stream.closed:
-            leg.send_to_stream(data)
-
-    def switched(self, exchange: Exchange) -> None:
-        self.lifecycle.fire(KubeConnectionEvent.SWITCHED)
-
-    def exchange_finished(self, exchange: Exchange) -> None:
-        pass  # audited on the Jumpoint
-
-    def upstream_ended(self) -> None:
-        # The Jumpoint has nothing more to say: TLS cannot half-close, so close in order.
-        self._close_client()
-
-    def client_ended(self) -> None:
-        leg = self.leg
-        if leg is not None:
-            leg.stream.end_write()
-
-    def finished(self, reason: str, clean: bool) -> None:
-        leg = self.leg
-        if leg is not None:
-            leg.close_reason = leg.close_reason or reason
-            if clean:
-                leg.stream.end_write()
-            else:
-                leg.stream.reset(ErrorCode.CANCEL, reason)
-        if self.lifecycle.state is KubeConnectionState.CLOSED:
-            return
-        if clean:
-            self._close_client()
-        elif self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
-
-    # -- helpers ---------------------------------------------------------------------------
-
-    def _unauthorized(self, head: RequestHead) -> str | None:
-        """Why the request may not cross the channel, or None."""
-        values = head.get_all("authorization")
-        if len(values) != 1 or not self.session.check_token(values[0]):
-            return TOKEN_MESSAGE
-        host = head.get("host")
-        if host is None or host.strip().lower() not in self.hosts:
-            return HOST_MESSAGE
-        return None
-
-    def _refused_log(self, reason: str, head: RequestHead | None) -> None:
-        self.refusals += 1
+    def _refused_log(self, refused: Refused) -> None:
         log.warn(
             "refused a Kubernetes request from {peer} on {local}{what}: {reason}",
             peer=self._peer(),
             local=self.local,
-            what=f" ({head.method} {head.target[:200]})" if head is not None else "",
-            reason=reason,
+            what=f" ({refused.request})" if refused.request is not None else "",
+            reason=refused.reason,
         )
 
     def _close_client(self) -> None:
@@ -432,6 +345,41 @@ class KubeClientConnection(Protocol):
             return "?"
         peer = transport.getPeer()
         return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+    # -- the stream's leg: all the code that touches the bridge ----------------------------
+
+    def _open_leg(self) -> None:
+        """Open the stream and its leg for the first authenticated request (if we still can)."""
+        if self.transport is None:
+            return
+        stream = self.open_stream()
+        if stream is None:
+            return  # the session is closing: the engine answers 503
+        self.engine.stream_opened()
+        leg = TcpBridge(stream, self.on_closed, _StreamHandler(self))
+        self.leg = leg
+        if self.on_opened is not None:
+            self.on_opened(self, leg)
+        leg.makeConnection(self.transport)  # type: ignore[no-untyped-call]
+
+    def _to_stream(self, data: bytes) -> None:
+        leg = self.leg
+        if leg is not None and not leg.stream.closed:
+            leg.send_to_stream(data)
+
+    def _half_close_stream(self) -> None:
+        if self.leg is not None:
+            self.leg.stream.end_write()
+
+    def _finish_stream(self, reason: str, clean: bool) -> None:
+        leg = self.leg
+        if leg is None:
+            return
+        leg.close_reason = leg.close_reason or reason
+        if clean:
+            leg.stream.end_write()
+        else:
+            leg.stream.reset(ErrorCode.CANCEL, reason)
 
 
 __all__ = [
