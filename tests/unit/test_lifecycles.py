@@ -460,8 +460,12 @@ def test_a_real_bridge_in_every_state_takes_every_event(
         assert case.bridge.state is expected
     bridge = case.bridge
     assert bridge.half_close.finished is (bridge.state is BridgeState.FINISHED)
-    assert bridge.half_close.read_ended is (bridge.state in (BridgeState.READ_CLOSED, BridgeState.CLOSING))
-    assert bridge.half_close.write_ended is (bridge.state in (BridgeState.WRITE_CLOSED, BridgeState.CLOSING))
+    assert bridge.half_close.read_ended is (
+        bridge.state in (BridgeState.READ_CLOSED, BridgeState.CLOSING)
+    )
+    assert bridge.half_close.write_ended is (
+        bridge.state in (BridgeState.WRITE_CLOSED, BridgeState.CLOSING)
+    )
 
 
 def test_a_fin_before_the_connection_is_replayed_once_connected() -> None:
