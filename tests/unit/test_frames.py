@@ -325,7 +325,7 @@ def test_datagram_of_the_largest_size_round_trips() -> None:
 
 
 def test_datagram_type_value_and_limit_fit_the_frame_limit() -> None:
-    assert FrameType.DATAGRAM == 0x7
+    assert int(FrameType.DATAGRAM) == 0x7
     assert MAX_DATAGRAM_PAYLOAD == 65535
     assert MAX_DATAGRAM_PAYLOAD <= MAX_PAYLOAD
     assert frames.MAX_FLOW_ID == frames.MAX_STREAM_ID

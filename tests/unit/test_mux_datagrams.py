@@ -8,6 +8,8 @@ turns with the streams' DATA frames without either side starving.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from twisted.internet.task import Clock
 
@@ -201,16 +203,41 @@ def test_datagrams_queue_while_paused_then_drop_and_never_count_against_the_cap(
     assert receiver.payloads == [bytes([n]) * 40 for n in range(3)]
 
 
-def test_a_stream_writes_behind_queued_datagrams_not_around_them() -> None:
-    mux, transport = one_side()
+def test_a_stream_written_during_the_writers_run_goes_behind_queued_datagrams() -> None:
+    """A write made while the writer runs (an application told to resume) waits its turn.
+
+    Stream A's turn empties its queue, so its application is told to resume
+    and writes to stream B at once; datagrams are still queued, so B's
+    bytes go behind them instead of around them.
+    """
+    mux, transport = one_side(dataclasses.replace(BIG_QUEUES, stream_queue_limit=100))
     mux.datagrams.open_flow(1, Receiver())
-    stream = mux.open_stream(TARGET)
-    stream.attach(RecordingApp())
+    first, second = mux.open_stream(TARGET), mux.open_stream(TARGET)
+
+    class WritesToSecondOnResume(RecordingApp):
+        def resume_sending(self) -> None:
+            super().resume_sending()
+            second.write(b"from the resumed application")
+
+    app = WritesToSecondOnResume()
+    first.attach(app)
+    second.attach(RecordingApp())
     mux.pauseProducing()
-    mux.datagrams.send(1, b"first")
+    first.write(pattern(0, frames.MAX_DATA_CHUNK))
+    assert app.paused
+    per_turn = frames.MAX_DATA_CHUNK // (HEADER_SIZE + 1000)
+    for _ in range(per_turn + 3):
+        mux.datagrams.send(1, b"d" * 1000)
+    mark = len(transport.frames())
     mux.resumeProducing()
-    stream.write(b"second")
-    assert kinds(transport) == ["D", "S"]
+    sent = [f for f in transport.frames()[mark:] if f.type in (FrameType.DATA, FrameType.DATAGRAM)]
+    assert [f.stream_id for f in sent if f.type is FrameType.DATA] == [
+        first.stream_id,
+        second.stream_id,
+    ]
+    assert ["D" if f.type is FrameType.DATAGRAM else "S" for f in sent] == (
+        ["D"] * per_turn + ["S"] + ["D"] * 3 + ["S"]
+    )
 
 
 def test_datagrams_and_streams_alternate_when_both_wait() -> None:
