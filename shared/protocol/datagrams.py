@@ -205,6 +205,9 @@ class Datagrams:
         self._flows: dict[int, Flow] = {}
         self._queue: deque[tuple[Flow, bytes]] = deque()
         self._queued_bytes = 0
+        self.queued = 0
+        """How many datagrams wait for the transport.  A plain attribute, since
+        the multiplexer reads it on every stream write; only the table changes it."""
         self._next_id = 1 if odd_ids else 2
         self.closed = False
         self.sent = 0
@@ -273,6 +276,7 @@ class Datagrams:
                 else:
                     kept.append(entry)
             self._queue = kept
+            self.queued = len(kept)
 
     def send(self, flow_id: int, payload: bytes) -> bool:
         """Send one datagram on C{flow_id}; C{False} if it was dropped (and counted).
@@ -299,13 +303,14 @@ class Datagrams:
             self._drop_sent(flow, DropReason.QUEUE_FULL)
             return False
         self._queue.append((flow, frame))
+        self.queued += 1
         self._queued_bytes += len(frame)
         return True
 
     def counters(self) -> DatagramCounters:
         return DatagramCounters(
             flows=len(self._flows),
-            queued=len(self._queue),
+            queued=self.queued,
             queued_bytes=self._queued_bytes,
             sent=self.sent,
             sent_bytes=self.sent_bytes,
@@ -316,11 +321,6 @@ class Datagrams:
         )
 
     # -- the multiplexer's side ------------------------------------------
-
-    @property
-    def queued(self) -> int:
-        """How many datagrams wait for the transport."""
-        return len(self._queue)
 
     @property
     def queued_bytes(self) -> int:
@@ -341,6 +341,7 @@ class Datagrams:
             if written and written + len(frame) > budget:
                 break
             queue.popleft()
+            self.queued -= 1
             self._queued_bytes -= len(frame)
             written += len(frame)
             self._transmit(flow, frame)
@@ -369,7 +370,7 @@ class Datagrams:
             return
         self.closed = True
         self._queue.clear()
-        self._queued_bytes = 0
+        self.queued = self._queued_bytes = 0
         flows, self._flows = self._flows, {}
         for flow in flows.values():
             flow._lifecycle.fire(FlowEvent.CLOSE)

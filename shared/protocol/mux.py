@@ -15,9 +15,9 @@ Layers, bottom up (compare magic-wormhole's dilation and Twisted's HTTP/2):
   accepts data a datagram is written at once; while it is paused, datagrams
   queue (and then drop), and the writer alternates turns: the datagram
   queue's turn sends up to L{frames.MAX_DATA_CHUNK} bytes of datagrams (at
-  least one), a stream's turn one DATA frame of at most as many, so each
-  class gets at least half of the channel when both wait, and neither waits
-  behind more than one turn of the other;
+  least one), a stream's turn one DATA frame of at most as many, so when
+  both have a backlog each gets about half of the channel, and neither
+  waits behind more than one turn of the other;
 * L{Stream} is one flow-controlled stream with a credit window in each
   direction.  Its application (L{StreamApplication}) receives data, FIN and
   RESET, and is told to pause or resume sending.  Its lifecycle (open,
