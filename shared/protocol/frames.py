@@ -8,6 +8,9 @@ The tables in docs/protocol.md list the same constants; a test checks them
 against the enums below.  L{FrameParser} is fed bytes in arbitrary chunks and
 returns whole frames; it refuses any frame longer than its current limit
 before buffering it, so a peer cannot make it hold more than one frame.
+
+DATAGRAM frames use the stream id field for a *flow id*, which names a flow
+of unreliable datagrams (L{shared.protocol.datagrams}), not a stream.
 """
 
 from __future__ import annotations
@@ -36,8 +39,13 @@ MAX_DATA_CHUNK = 64 * 1024
 MAX_CONTROL_PAYLOAD = 64 * 1024
 """Largest CONTROL or OPEN payload (a JSON document)."""
 
+MAX_DATAGRAM_PAYLOAD = 65535
+"""Largest DATAGRAM payload (one IP packet or UDP datagram), sent or accepted."""
+
 MAX_STREAM_ID = 2**31 - 1
 CONTROL_STREAM = 0
+MAX_FLOW_ID = MAX_STREAM_ID
+"""Flow ids share the header field, and its ceiling, with stream ids; 0 is no flow."""
 
 
 class FrameType(enum.IntEnum):
@@ -50,6 +58,7 @@ class FrameType(enum.IntEnum):
     PING = 0x4
     GOAWAY = 0x5
     CONTROL = 0x6
+    DATAGRAM = 0x7
 
 
 class Flag(enum.IntFlag):
@@ -120,7 +129,13 @@ _RULES: dict[FrameType, tuple[int | None, bool, bool]] = {
     FrameType.PING: (8, True, False),
     FrameType.GOAWAY: (None, True, False),
     FrameType.CONTROL: (None, True, False),
+    FrameType.DATAGRAM: (None, False, True),
 }
+
+
+def _id_name(frame_type: FrameType) -> str:
+    """What the header's id field names for C{frame_type}: a flow or a stream."""
+    return "flow" if frame_type is FrameType.DATAGRAM else "stream"
 
 
 def encode_header(frame_type: FrameType, flags: int, stream_id: int, length: int) -> bytes:
@@ -131,6 +146,15 @@ def encode_header(frame_type: FrameType, flags: int, stream_id: int, length: int
 def encode_frame(frame_type: FrameType, flags: int, stream_id: int, payload: bytes) -> bytes:
     """One whole frame as bytes."""
     return HEADER.pack(frame_type, flags, stream_id, len(payload)) + payload
+
+
+def encode_datagram(flow_id: int, payload: bytes) -> bytes:
+    """One DATAGRAM frame; raises C{ValueError} for an id or a size the receiver refuses."""
+    if not 0 < flow_id <= MAX_FLOW_ID:
+        raise ValueError(f"flow id {flow_id} out of range")
+    if len(payload) > MAX_DATAGRAM_PAYLOAD:
+        raise ValueError(f"datagram of {len(payload)} bytes exceeds {MAX_DATAGRAM_PAYLOAD}")
+    return HEADER.pack(FrameType.DATAGRAM, 0, flow_id, len(payload)) + payload
 
 
 def encode_window_update(stream_id: int, increment: int) -> bytes:
@@ -173,13 +197,20 @@ def validate(frame: Frame) -> None:
             ErrorCode.PROTOCOL_ERROR, f"{frame.type.name} frame on stream {frame.stream_id}"
         )
     if data_only and frame.stream_id == CONTROL_STREAM:
-        raise FrameError(ErrorCode.PROTOCOL_ERROR, f"{frame.type.name} frame on stream 0")
+        raise FrameError(
+            ErrorCode.PROTOCOL_ERROR, f"{frame.type.name} frame on {_id_name(frame.type)} 0"
+        )
     if frame.type in (FrameType.RESET, FrameType.GOAWAY) and len(frame.payload) < 4:
         raise FrameError(ErrorCode.FRAME_SIZE_ERROR, f"{frame.type.name} frame too short")
     if frame.type in (FrameType.OPEN, FrameType.CONTROL) and (
         len(frame.payload) > MAX_CONTROL_PAYLOAD
     ):
         raise FrameError(ErrorCode.FRAME_SIZE_ERROR, f"{frame.type.name} payload too large")
+    if frame.type is FrameType.DATAGRAM and len(frame.payload) > MAX_DATAGRAM_PAYLOAD:
+        raise FrameError(
+            ErrorCode.FRAME_SIZE_ERROR,
+            f"DATAGRAM payload of {len(frame.payload)} bytes exceeds {MAX_DATAGRAM_PAYLOAD}",
+        )
 
 
 class FrameParser:
@@ -228,7 +259,10 @@ class FrameParser:
                     ErrorCode.PROTOCOL_ERROR, f"unknown frame type 0x{type_value:02x}"
                 ) from None
             if stream_id > MAX_STREAM_ID:
-                raise FrameError(ErrorCode.PROTOCOL_ERROR, f"stream id {stream_id} out of range")
+                raise FrameError(
+                    ErrorCode.PROTOCOL_ERROR,
+                    f"{_id_name(frame_type)} id {stream_id} out of range",
+                )
             if end - offset - HEADER_SIZE < length:
                 break
             start = offset + HEADER_SIZE

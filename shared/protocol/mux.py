@@ -9,6 +9,15 @@ Layers, bottom up (compare magic-wormhole's dilation and Twisted's HTTP/2):
   data; when it is full, each stream queues up to
   L{MuxSettings.stream_queue_limit} bytes and then pauses its own source, so
   a busy stream cannot starve the others and memory stays bounded;
+* L{Multiplexer.datagrams} (L{shared.protocol.datagrams.Datagrams}) is the
+  channel's table of datagram flows and its bounded, drop-on-overflow
+  queue of DATAGRAM frames, which have no credit.  While the transport
+  accepts data a datagram is written at once; while it is paused, datagrams
+  queue (and then drop), and the writer alternates turns: the datagram
+  queue's turn sends up to L{frames.MAX_DATA_CHUNK} bytes of datagrams (at
+  least one), a stream's turn one DATA frame of at most as many, so when
+  both have a backlog each gets about half of the channel, and neither
+  waits behind more than one turn of the other;
 * L{Stream} is one flow-controlled stream with a credit window in each
   direction.  Its application (L{StreamApplication}) receives data, FIN and
   RESET, and is told to pause or resume sending.  Its lifecycle (open,
@@ -56,6 +65,7 @@ from zope.interface import implementer
 
 from shared.lifecycle import Lifecycle, Transitions
 from shared.protocol import frames
+from shared.protocol.datagrams import DatagramLimits, Datagrams
 from shared.protocol.frames import ErrorCode, Flag, Frame, FrameError, FrameType
 from shared.protocol.sockets import WriteBatch
 
@@ -75,6 +85,9 @@ class MuxSettings:
     control_buffer_cap: int = 1024 * 1024
     default_rtt: float = 0.05
     close_timeout: float = 5.0
+    max_flows: int = 256
+    datagram_queue_limit: int = 128 * 1024
+    datagram_queue_length: int = 256
 
 
 class StreamApplication(Protocol):
@@ -505,6 +518,18 @@ class Multiplexer:
         self._abort_call: IDelayedCall | None = None
         self._ping_outstanding = False
         self._last_heard = 0.0
+        self._datagrams_next = True
+        """Whose turn is next in the writer when both datagrams and streams wait."""
+        self.datagrams = Datagrams(
+            DatagramLimits(
+                max_flows=self.settings.max_flows,
+                queue_bytes=self.settings.datagram_queue_limit,
+                queue_datagrams=self.settings.datagram_queue_length,
+            ),
+            write=self._write,
+            writable=self._datagrams_writable,
+            odd_ids=is_client,
+        )
 
     # -- wiring ----------------------------------------------------------
 
@@ -596,6 +621,10 @@ class Multiplexer:
             self._close(code, reason, by_peer=True)
         elif kind is FrameType.CONTROL:
             self._control_received(frame.payload)
+        elif kind is FrameType.DATAGRAM:
+            if not self.established:
+                raise FrameError(ErrorCode.PROTOCOL_ERROR, "DATAGRAM before the hello exchange")
+            self.datagrams.frame_received(frame.stream_id, frame.payload)
 
     def _check_known(self, frame: Frame) -> None:
         """Frames for streams that never existed are a protocol error."""
@@ -702,7 +731,13 @@ class Multiplexer:
 
     def _can_write_now(self) -> bool:
         """Whether a stream may write directly (nothing is waiting for its turn)."""
-        return not self._paused and not self._ready and not self.closing
+        return (
+            not self._paused and not self._ready and not self.datagrams.queued and not self.closing
+        )
+
+    def _datagrams_writable(self) -> bool:
+        """Whether a DATAGRAM frame may be written now (else it queues or drops)."""
+        return not self._paused and not self.closing
 
     def _schedule(self, stream: Stream) -> None:
         """Give C{stream} a turn in the round-robin writer, and run the writer."""
@@ -712,17 +747,25 @@ class Multiplexer:
         self._run_writer()
 
     def _run_writer(self) -> None:
-        """Send one frame per waiting stream in turn, until the transport is full."""
+        """Send in turns until the transport is full: one frame per waiting stream,
+        alternating with turns of the datagram queue (see the module docstring).
+        """
         if self._flushing:
             return
         self._flushing = True
         outer = self._begin_event()
         try:
             ready = self._ready
-            while ready and not self._paused and not self.closing:
+            datagrams = self.datagrams
+            while (ready or datagrams.queued) and not self._paused and not self.closing:
+                if datagrams.queued and (self._datagrams_next or not ready):
+                    self._datagrams_next = False
+                    datagrams.send_turn(frames.MAX_DATA_CHUNK)
+                    continue
                 stream = ready.popleft()
                 stream._scheduled = False
                 if not stream.closed:
+                    self._datagrams_next = True
                     stream._send_some(frames.MAX_DATA_CHUNK)
         finally:
             self._flushing = False
@@ -872,6 +915,7 @@ class Multiplexer:
         self._keepalive_call = self._ping_deadline = None
         for stream in list(self.streams.values()):
             stream._notify_reset(code, reason)
+        self.datagrams.close()
         self.handler.mux_closing(code, reason, by_peer)
         transport = self.transport
         if transport is None or transport_gone:

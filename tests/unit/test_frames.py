@@ -18,6 +18,7 @@ from shared.protocol import control, frames
 from shared.protocol.frames import (
     HEADER_SIZE,
     MAX_CONTROL_PAYLOAD,
+    MAX_DATAGRAM_PAYLOAD,
     MAX_PAYLOAD,
     MAX_PAYLOAD_BEFORE_HELLO,
     MAX_REASON_BYTES,
@@ -58,6 +59,7 @@ def valid_frames(max_payload: int = 64) -> st.SearchStrategy[Frame]:
         _frame(FrameType.PING, st.just(0), _payload(8, 8)),
         _frame(FrameType.GOAWAY, st.just(0), _payload(4, max_payload + 4)),
         _frame(FrameType.CONTROL, st.just(0), _payload(0, max_payload)),
+        _frame(FrameType.DATAGRAM, data_stream_ids, _payload(0, max_payload)),
     )
 
 
@@ -301,6 +303,76 @@ def test_open_and_control_payload_limit(kind: FrameType, stream_id: int) -> None
 def test_data_and_reset_may_exceed_control_payload_limit() -> None:
     frames.validate(Frame(FrameType.DATA, 0, 1, b"a" * (MAX_CONTROL_PAYLOAD + 1)))
     frames.validate(Frame(FrameType.RESET, 0, 1, b"a" * (MAX_CONTROL_PAYLOAD + 1)))
+
+
+# -- datagrams ---------------------------------------------------------------------
+
+
+@given(data_stream_ids, _payload(0, 2048))
+def test_datagram_round_trip(flow_id: int, payload: bytes) -> None:
+    blob = frames.encode_datagram(flow_id, payload)
+    assert blob == encode_frame(FrameType.DATAGRAM, 0, flow_id, payload)
+    assert FrameParser(MAX_PAYLOAD).feed(blob) == [Frame(FrameType.DATAGRAM, 0, flow_id, payload)]
+
+
+def test_datagram_of_the_largest_size_round_trips() -> None:
+    payload = bytes(range(256)) * (MAX_DATAGRAM_PAYLOAD // 256) + b"x" * (
+        MAX_DATAGRAM_PAYLOAD % 256
+    )
+    assert len(payload) == MAX_DATAGRAM_PAYLOAD
+    (frame,) = FrameParser(MAX_PAYLOAD).feed(frames.encode_datagram(7, payload))
+    assert (frame.stream_id, frame.payload) == (7, payload)
+
+
+def test_datagram_type_value_and_limit_fit_the_frame_limit() -> None:
+    assert int(FrameType.DATAGRAM) == 0x7
+    assert MAX_DATAGRAM_PAYLOAD == 65535
+    assert MAX_DATAGRAM_PAYLOAD <= MAX_PAYLOAD
+    assert frames.MAX_FLOW_ID == frames.MAX_STREAM_ID
+
+
+@given(_payload(0, 40), flag_bits)
+def test_datagram_for_flow_0_is_a_protocol_error(payload: bytes, flags: int) -> None:
+    _check(Frame(FrameType.DATAGRAM, flags, 0, payload), ErrorCode.PROTOCOL_ERROR)
+    with pytest.raises(FrameError, match="DATAGRAM frame on flow 0"):
+        frames.validate(Frame(FrameType.DATAGRAM, flags, 0, payload))
+
+
+@given(st.integers(min_value=MAX_DATAGRAM_PAYLOAD + 1, max_value=MAX_DATAGRAM_PAYLOAD + 300))
+def test_datagram_longer_than_its_limit_is_a_frame_size_error(size: int) -> None:
+    _check(Frame(FrameType.DATAGRAM, 0, 1, b"d" * size), ErrorCode.FRAME_SIZE_ERROR)
+    with pytest.raises(FrameError, match=f"DATAGRAM payload of {size} bytes exceeds 65535"):
+        frames.validate(Frame(FrameType.DATAGRAM, 0, 1, b"d" * size))
+
+
+def test_datagram_before_the_hello_is_bound_by_the_early_frame_limit() -> None:
+    blob = frames.encode_datagram(1, b"d" * (MAX_PAYLOAD_BEFORE_HELLO + 1))
+    with raises_frame_error(ErrorCode.FRAME_SIZE_ERROR):
+        FrameParser().feed(blob[:HEADER_SIZE])
+
+
+@given(st.integers(min_value=frames.MAX_STREAM_ID + 1, max_value=U32))
+def test_flow_id_out_of_range_is_named_a_flow_id(flow_id: int) -> None:
+    header = struct.pack("!BBII", FrameType.DATAGRAM, 0, flow_id, 0)
+    with pytest.raises(FrameError, match=f"flow id {flow_id} out of range") as raised:
+        FrameParser().feed(header)
+    assert raised.value.code == ErrorCode.PROTOCOL_ERROR
+
+
+@pytest.mark.parametrize(
+    ("flow_id", "size", "message"),
+    [
+        (0, 1, "flow id 0 out of range"),
+        (-1, 1, "flow id -1 out of range"),
+        (frames.MAX_FLOW_ID + 1, 1, "out of range"),
+        (1, MAX_DATAGRAM_PAYLOAD + 1, "datagram of 65536 bytes exceeds 65535"),
+    ],
+)
+def test_encode_datagram_refuses_what_a_receiver_refuses(
+    flow_id: int, size: int, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        frames.encode_datagram(flow_id, b"d" * size)
 
 
 # -- reasons and window increments -----------------------------------------------

@@ -44,6 +44,7 @@ from shared.protocol.channel import (
     ChannelEvent,
     ChannelState,
 )
+from shared.protocol.datagrams import FLOW_TRANSITIONS, FlowState
 from shared.protocol.frames import ErrorCode, Flag, FrameParser, FrameType, encode_frame
 from shared.protocol.mux import (
     STREAM_TRANSITIONS,
@@ -68,6 +69,7 @@ TABLES: dict[str, tuple[Transitions[Any, Any], enum.Enum]] = {
     "jumpoint hello": (JUMPOINT_HELLO, ChannelState.HANDSHAKING),
     "kubernetes connection": (KUBE_CONNECTION_TRANSITIONS, KubeConnectionState.AWAITING_LOGIN),
     "http relay": (RELAY_TRANSITIONS, RelayMode.IDLE),
+    "datagram flow": (FLOW_TRANSITIONS, FlowState.OPEN),
 }
 FINAL = {
     "stream": StreamState.CLOSED,
@@ -76,6 +78,7 @@ FINAL = {
     "jumpoint hello": ChannelState.CLOSED,
     "kubernetes connection": KubeConnectionState.CLOSED,
     "http relay": RelayMode.DONE,
+    "datagram flow": FlowState.CLOSED,
 }
 
 UNUSED = {

@@ -2,14 +2,15 @@
 
 Rules open streams from either side, write (as a well-behaved application:
 only while not told to pause), pump some or all bytes either way, pause and
-resume either transport and either receiving application, half-close, reset
-and send GOAWAY, in random orders.  Invariants, checked after every step:
+resume either transport and either receiving application, half-close, reset,
+send datagrams on a flow open at both ends, and send GOAWAY, in random orders.  Invariants, checked after every step:
 what each application received is a prefix of what its peer wrote, in
 order; no stream is ever reset for a credit overrun or a protocol error
 (both sides behave); every buffer stays under its cap (send queues, bytes
 written while paused, parser buffers, receive credit).  Once everything is
 resumed and pumped, every stream that was not reset has delivered all its
-bytes and its FIN.
+bytes and its FIN, and every datagram accepted (not dropped on a full
+queue) has arrived, once and in order.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ SETTINGS = MuxSettings(
     control_buffer_cap=64 * 1024,
     keepalive_interval=1.0,
     keepalive_timeout=1e9,
+    datagram_queue_limit=2048,
+    datagram_queue_length=6,
 )
 MAX_WRITE = 5000
 BAD_CODES = {ErrorCode.FLOW_CONTROL_ERROR, ErrorCode.PROTOCOL_ERROR, ErrorCode.FRAME_SIZE_ERROR}
@@ -97,10 +100,27 @@ class Link:
         return [(self.opener, accepter), (accepter, self.opener)]
 
 
+class DatagramEnd:
+    """One end of the datagram flow: what it sent (and was accepted) and what it got."""
+
+    def __init__(self) -> None:
+        self.accepted: list[bytes] = []
+        self.payloads: list[bytes] = []
+
+    def datagram_received(self, payload: bytes) -> None:
+        self.payloads.append(payload)
+
+
+FLOW = 1
+
+
 class MuxMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.pair = Pair(SETTINGS)
+        self.datagram_ends = {True: DatagramEnd(), False: DatagramEnd()}
+        for client, end in self.datagram_ends.items():
+            self._side(client).mux.datagrams.open_flow(FLOW, end)
         self.links: list[Link] = []
         self.accepted: dict[tuple[bool, int], End] = {}
         for side in (self.pair.client, self.pair.server):
@@ -153,6 +173,13 @@ class MuxMachine(RuleBasedStateMachine):
         data = pattern(len(end.written), size)
         end.written += data
         end.stream.write(data)
+
+    @rule(client=st.booleans(), size=st.integers(0, 700))
+    def send_datagram(self, client: bool, size: int) -> None:
+        end = self.datagram_ends[client]
+        payload = len(end.accepted).to_bytes(4, "big") + pattern(size, size)
+        if self._side(client).mux.datagrams.send(FLOW, payload):
+            end.accepted.append(payload)
 
     @rule(client=st.booleans(), limit=st.one_of(st.none(), st.integers(1, 5000)))
     def pump(self, client: bool, limit: int | None) -> None:
@@ -214,6 +241,12 @@ class MuxMachine(RuleBasedStateMachine):
                 assert bytes(receiver.received) == bytes(sender.written[: len(receiver.received)])
 
     @invariant()
+    def datagrams_in_order_without_duplicates(self) -> None:
+        for client, sender in self.datagram_ends.items():
+            received = self.datagram_ends[not client].payloads
+            assert received == sender.accepted[: len(received)]
+
+    @invariant()
     def nobody_misbehaved(self) -> None:
         for link in self.links:
             for end in link.ends():
@@ -229,6 +262,8 @@ class MuxMachine(RuleBasedStateMachine):
             assert mux.bytes_while_paused <= SETTINGS.control_buffer_cap
             assert mux.parser.buffered <= frames.HEADER_SIZE + frames.MAX_PAYLOAD
             assert len(mux.streams) <= SETTINGS.max_streams
+            assert mux.datagrams.queued <= SETTINGS.datagram_queue_length
+            assert mux.datagrams.queued_bytes <= SETTINGS.datagram_queue_limit
             for stream in mux.streams.values():
                 assert stream.queued_bytes <= SETTINGS.max_pending_per_stream
                 assert 0 <= stream.recv_credit <= SETTINGS.max_stream_window
@@ -244,6 +279,7 @@ class MuxMachine(RuleBasedStateMachine):
                 end.stream.resume_receiving()
         pair.flush()
         self.delivered_in_order()
+        self.datagrams_in_order_without_duplicates()
         self.nobody_misbehaved()
         if self.gone:
             assert pair.client.mux.closing and pair.server.mux.closing
@@ -252,6 +288,8 @@ class MuxMachine(RuleBasedStateMachine):
                 for end in link.ends():
                     assert end.stream.closed
             return
+        for client, sender in self.datagram_ends.items():
+            assert self.datagram_ends[not client].payloads == sender.accepted
         for link in self.links:
             accepter = link.accepter
             if accepter is None:

@@ -21,6 +21,7 @@ from twisted.internet.testing import StringTransport
 
 from shared.lifecycle import Transitions
 from shared.protocol import control, frames
+from shared.protocol.datagrams import DropReason
 from shared.protocol.frames import ErrorCode, FrameType
 from shared.protocol.mux import (
     STREAM_TRANSITIONS,
@@ -325,8 +326,25 @@ def test_required_sections() -> None:
         "GOAWAY and closing",
         "Errors",
         "Stream limit",
+        "Datagrams",
     ]:
         assert heading in headings, heading
+
+
+def section(text: str, heading: str) -> str:
+    """The body of C{## heading}, up to the next second-level heading."""
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def test_the_datagrams_section_names_every_drop_reason_and_the_frame_type() -> None:
+    body = section(doc_text(), "Datagrams")
+    for reason in DropReason:
+        assert f"`{reason.value}`" in body, reason
+    assert f"type 0x{int(FrameType.DATAGRAM):x}" in body
+    for limit in ("max_flows", "datagram_queue_limit", "datagram_queue_length"):
+        assert f"`{limit}`" in body, limit
 
 
 # -- the checks catch drift on either side -------------------------------------
