@@ -4,8 +4,8 @@ Each tunnel pair gets one listener.  Every accepted connection becomes one
 stream on the channel; what serves it on the console (a plain L{TcpBridge},
 or a SQL Server or Kubernetes leg that logs in first) and what the listener
 is (TLS or not) are the item's kind's (its session part, registered in
-L{console.kinds.sessions}: the session's L{SessionPart}).  The Jumpoint decides (and audits)
-whether the session may carry it (C{max_connections}), and a connection it
+L{console.kinds.sessions}: the session's L{SessionPart}).  The Jumpoint
+decides (and audits) whether the session may carry it (C{max_connections}), and a connection it
 refuses is closed, counted as refused and logged with the rule.  The console
 only bounds the refusals in flight: beyond C{max_connections} plus
 L{REFUSALS_IN_FLIGHT} open streams it closes a connection itself, with the
