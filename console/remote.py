@@ -8,8 +8,10 @@ the channel and returns the result.
 This module is a launcher (C{LAUNCHERS} in C{tests/unit/test_architecture.py}):
 L{call} imports the channel stack (L{console.channel}: TLS, the mux) when a
 command first talks to a Jumpoint, not when the CLI builds its commands, so
-C{jump --help} and a command's C{--help} never load it.  It is the same
-mechanism as L{console.cli}'s commands importing their modules when they run.
+C{jump --help} and a command's C{--help} never load it; likewise
+L{run_reactor} imports the reactor and Twisted's Deferreds when it runs.  It
+is the same mechanism as L{console.cli}'s commands importing their modules
+when they run.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import click
-from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from console.profiles import Profile, load_profile, set_current
@@ -34,6 +35,7 @@ profile_option = click.option(
 def run_reactor(main: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
     """Run the reactor until C{main} finishes; re-raise its error, return its status."""
     from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
 
     outcome: list[object] = []
     interrupted: list[bool] = []

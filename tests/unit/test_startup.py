@@ -35,6 +35,7 @@ HEAVY = (
     "shared.pki",
     "shared.codecs.tds",
     "shared.codecs.http",
+    "twisted.internet.defer",
 )
 """Modules a session needs and building the CLI does not."""
 
