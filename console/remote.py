@@ -4,6 +4,14 @@ L{run_reactor} runs the reactor around one coroutine and returns its exit
 status (errors are re-raised as they are, for L{shared.entrypoint.run_cli} to
 render); L{call} connects with a profile, sends one control request, closes
 the channel and returns the result.
+
+This module is a launcher (C{LAUNCHERS} in C{tests/unit/test_architecture.py}):
+L{call} imports the channel stack (L{console.channel}: TLS, the mux) when a
+command first talks to a Jumpoint, not when the CLI builds its commands, so
+C{jump --help} and a command's C{--help} never load it; likewise
+L{run_reactor} imports the reactor and Twisted's Deferreds when it runs.  It
+is the same mechanism as L{console.cli}'s commands importing their modules
+when they run.
 """
 
 from __future__ import annotations
@@ -12,10 +20,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import click
-from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from console.channel import connect
 from console.profiles import Profile, load_profile, set_current
 from shared.errors import ExitCode
 
@@ -29,6 +35,7 @@ profile_option = click.option(
 def run_reactor(main: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
     """Run the reactor until C{main} finishes; re-raise its error, return its status."""
     from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
 
     outcome: list[object] = []
     interrupted: list[bool] = []
@@ -69,6 +76,8 @@ def chosen_profile(name: str | None) -> Profile:
 
 def call(profile_name: str | None, kind: str, **fields: Any) -> dict[str, Any]:
     """Send one request to the profile's Jumpoint; returns its result."""
+    from console.channel import connect
+
     profile = chosen_profile(profile_name)
     results: list[dict[str, Any]] = []
 

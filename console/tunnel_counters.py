@@ -4,7 +4,7 @@ A L{Tunnel} is one local→remote pair: where it listens, where it leads (and,
 for people, to what service), the connections it carries (bridges with a
 stream, and local connections still logging in) and the counters the live
 view and the C{stats} events show.  Every kind's connections report to it
-(L{console.kinds}).
+(the kinds' session parts, L{console.kinds.sessions}).
 """
 
 from __future__ import annotations

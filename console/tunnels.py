@@ -3,9 +3,9 @@
 Each tunnel pair gets one listener.  Every accepted connection becomes one
 stream on the channel; what serves it on the console (a plain L{TcpBridge},
 or a SQL Server or Kubernetes leg that logs in first) and what the listener
-is (TLS or not) are the item's kind's (L{console.kinds}, the session's
-L{SessionPart}).  The Jumpoint decides (and audits)
-whether the session may carry it (C{max_connections}), and a connection it
+is (TLS or not) are the item's kind's (its session part, registered in
+L{console.kinds.sessions}: the session's L{SessionPart}).  The Jumpoint
+decides (and audits) whether the session may carry it (C{max_connections}), and a connection it
 refuses is closed, counted as refused and logged with the rule.  The console
 only bounds the refusals in flight: beyond C{max_connections} plus
 L{REFUSALS_IN_FLIGHT} open streams it closes a connection itself, with the
@@ -21,9 +21,9 @@ from typing import Any
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 
-from console import kinds
 from console.channel import ConsoleChannel
-from console.kinds.base import Accept, SessionPart, refuse
+from console.kinds import sessions
+from console.kinds.session_part import Accept, SessionPart, refuse
 from console.listeners import Listen, bind
 from console.tunnel_counters import Tunnel
 from shared.addresses import PortSet
@@ -147,7 +147,7 @@ class TunnelSession:
         self.result = result
         spec = result.get("item")
         spec = spec if isinstance(spec, dict) else {}
-        self.kind = kinds.for_session(spec.get("type"))
+        self.kind = sessions.for_session(spec.get("type"))
         self.part: SessionPart = self.kind.open_session(spec, self.tunnels)
         """The kind's part of the session (its listener, what `jump open` sets up)."""
         try:

@@ -1,14 +1,14 @@
 """The console's parts of each kind, registered by the item's C{type} (L{shared.kinds}).
 
-One module per kind (L{console.kinds.tcp}, C{mssql}, C{kubernetes},
-C{network}); each gives a L{ConsoleKind}: the listener of `jump open` and
-what it sets up, the rendering in C{jump items}, C{jump item show} and the
-live view, the C{jump item create KIND} command.  Adding a kind is its
-module and one line in L{BUILT_IN}; nothing else in the console names a kind.
-
-A session of a kind this console does not know (a newer Jumpoint) is carried
-as plain TCP (L{for_session}): the Jumpoint sent a TCP target, and a kind
-that needs more than a bridge is one this console cannot open anyway.
+Each kind has two halves on the console, in separate modules so that the
+CLI loads only the light one.  Its light part, registered here, is one module
+per kind (L{console.kinds.tcp}, C{mssql}, C{kubernetes}, C{network}), each
+giving a L{ConsoleKind}: the rendering in C{jump items}, C{jump item show}
+and the C{jump item create KIND} command.  Its session part, what `jump open`
+sets up (the listener and what serves a connection), is registered in
+L{console.kinds.sessions}, which only `jump open` imports.  Adding a kind
+is its module(s) and one line in each L{BUILT_IN}; nothing else in the
+console names a kind.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ BUILT_IN: tuple[ConsoleKind, ...] = (
 """The console's kinds, one line each (the same names as L{shared.kinds.BUILT_IN})."""
 
 _REGISTRY: dict[str, ConsoleKind] = {}
-PLAIN = ConsoleKind()
-"""The parts of a kind the console does not know: no rendering, plain TCP connections."""
 
 
 def register(kind: ConsoleKind) -> None:
@@ -43,11 +41,6 @@ def unregister(name: str) -> None:
 def get(name: object) -> ConsoleKind | None:
     """The registered kind called C{name} (an item's C{type}), or C{None}."""
     return _REGISTRY.get(name) if isinstance(name, str) else None
-
-
-def for_session(name: object) -> ConsoleKind:
-    """The kind of a session `jump open` opened: L{PLAIN} when this console does not know it."""
-    return get(name) or PLAIN
 
 
 def registered() -> tuple[ConsoleKind, ...]:

@@ -22,8 +22,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("jumpoint", "console", "shared")
-LAUNCHERS = {"jumpoint.cli", "console.cli", "jumpoint.windows_service"}
-"""Modules allowed to import project modules inside functions (a command's code, lazily)."""
+LAUNCHERS = {"jumpoint.cli", "console.cli", "console.remote", "jumpoint.windows_service"}
+"""Modules allowed to import project modules inside functions (a command's code, lazily).
+
+C{console.remote} imports the channel stack when a command first sends a
+request, so that building the CLI (C{jump --help}) does not load TLS.
+"""
 SIDE_PAIRS = {"cli.py", "channel.py", "enroll.py"}
 """File names the two sides (or a side and the wire) give to their halves of one thing."""
 KIND_PACKAGES = {"shared.kinds", "console.kinds", "jumpoint.kinds"}

@@ -3,7 +3,8 @@
 - the shared registry (L{shared.kinds}) and the console's (L{console.kinds})
   know the same kinds, in the same order, under the wire names;
 - a kind made here (C{echo}, test-only: its shared module and its console
-  module are the classes below) is registered with one call per side, and
+  modules are the classes below) is registered with one call per part (the
+  shared one, the console's light part and its session part), and
   then the one schema checks its items, they are stored and sent as JSON,
   C{jump items} and C{jump item show} render them, a session of it shows
   its service in the bindings and the live view; unregistered, it is gone;
@@ -24,7 +25,9 @@ from click.testing import CliRunner
 
 from console import kinds as console_kinds
 from console.item_commands import create
-from console.kinds.base import ConsoleKind, SessionPart
+from console.kinds import sessions as console_sessions
+from console.kinds.base import ConsoleKind
+from console.kinds.session_part import SessionKind, SessionPart
 from console.output import print_item, print_items
 from console.tunnel_counters import Tunnel
 from console.tunnels import TunnelSession
@@ -44,10 +47,13 @@ WIRE_NAMES = ("tcp", "mssql", "k8s", "network")
 def test_both_sides_register_the_same_kinds_under_the_wire_names() -> None:
     shared_names = tuple(k.name for k in shared_kinds.registered())
     console_names = tuple(k.name for k in console_kinds.registered())
-    assert shared_names == console_names == WIRE_NAMES
+    session_names = tuple(k.name for k in console_sessions.registered())
+    assert shared_names == console_names == session_names == WIRE_NAMES
     assert KINDS == WIRE_NAMES and LOGIN_KINDS == ("mssql", "k8s")
     for name in WIRE_NAMES:
         assert type(console_kinds.get(name)) is not ConsoleKind, f"{name}: no console part"
+    logging_in = [k.name for k in console_sessions.registered() if type(k) is not SessionKind]
+    assert logging_in == list(LOGIN_KINDS), "a kind that logs in has its own session part"
 
 
 def test_every_kind_with_a_create_command_is_under_jump_item_create() -> None:
@@ -112,6 +118,8 @@ class EchoKind(ConsoleKind):
     def detail_lines(self, entry: dict[str, Any]) -> list[tuple[str, str]]:
         return [("greeting", str(entry.get("greeting") or "(none)"))]
 
+
+class EchoSessionKind(SessionKind):
     def open_session(self, spec: dict[str, Any], tunnels: list[Tunnel]) -> SessionPart:
         for tunnel in tunnels:
             tunnel.service = f"echo, greeting {spec.get('greeting') or 'none'}"
@@ -122,11 +130,13 @@ class EchoKind(ConsoleKind):
 def echo() -> Iterator[None]:
     shared_kinds.register(ECHO)
     console_kinds.register(EchoKind())
+    console_sessions.register(EchoSessionKind("echo"))
     try:
         yield
     finally:
         shared_kinds.unregister("echo")
         console_kinds.unregister("echo")
+        console_sessions.unregister("echo")
 
 
 SPEC = {"name": "echo-1", "type": "echo", "host": "echo.corp", "greeting": "hi"}
@@ -219,7 +229,7 @@ def test_a_session_of_a_registered_kind_gets_its_console_part(echo: None) -> Non
 
 def test_a_session_of_a_kind_the_console_does_not_know_is_plain_tcp() -> None:
     session = TunnelSession(None, "echo-1", _result(SPEC))  # type: ignore[arg-type]
-    assert session.kind is console_kinds.PLAIN and type(session.part) is SessionPart
+    assert session.kind is console_sessions.PLAIN and type(session.part) is SessionPart
     assert session.tunnels[0].service is None
     assert session.part.remove() is None and session.part.environment() == {}
 
@@ -229,6 +239,8 @@ def test_a_kind_is_registered_once_per_side() -> None:
         shared_kinds.register(shared_kinds.kind_named("tcp"))
     with pytest.raises(ValueError, match="already registered"):
         console_kinds.register(console_kinds.BUILT_IN[0])
+    with pytest.raises(ValueError, match="already registered"):
+        console_sessions.register(console_sessions.BUILT_IN[0])
 
 
 # -- outside the kinds packages nothing names a kind -----------------------------

@@ -804,7 +804,7 @@ def test_mssql_connections_get_a_tds_bridge_with_one_certificate_per_tunnel(
     pki: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from console import tunnels
-    from console.kinds import mssql as console_mssql
+    from console.kinds import mssql_session as console_mssql
     from shared.bridge import TcpBridge
 
     issued: list[str] = []
@@ -834,7 +834,7 @@ def _local_connection(
 ) -> tuple[Any, Any, Any]:
     """A tunnel session of an mssql item, and a function accepting one local connection."""
     from console import tunnels
-    from console.kinds import mssql as console_mssql
+    from console.kinds import mssql_session as console_mssql
 
     monkeypatch.setattr(
         console_mssql, "listener_certificate", lambda profile, address: pki.listener
