@@ -205,7 +205,8 @@ def parse_address(text: str) -> int:
 
 def checksum_ok(data: bytes | bytearray | memoryview, header_length: int) -> bool:
     """Whether the one's complement sum over the header is all ones (RFC 1071)."""
-    total = sum(_WORDS[header_length >> 2].unpack_from(data))
+    words: tuple[int, ...] = _WORDS[header_length >> 2].unpack_from(data)
+    total = sum(words)
     total = (total & 0xFFFF) + (total >> 16)
     total = (total & 0xFFFF) + (total >> 16)
     return total == 0xFFFF
@@ -271,11 +272,8 @@ def parse(
     more = bool(flags_offset & 0x2000)
     offset = (flags_offset & 0x1FFF) << 3
     payload = total - header_length
-    if more or offset:
-        if offset + payload > HARD_MAX_SIZE - HEADER_SIZE or (
-            more and (payload < 8 or payload & 7)
-        ):
-            return Malformed(Reason.BAD_FRAGMENT, protocol, dst)
+    if offset + payload > HARD_MAX_SIZE - HEADER_SIZE or (more and (payload < 8 or payload & 7)):
+        return Malformed(Reason.BAD_FRAGMENT, protocol, dst)
     packet = Packet(
         protocol,
         src,
