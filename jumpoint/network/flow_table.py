@@ -273,6 +273,7 @@ class Flow:
         "closed",
         "expires",
         "fins",
+        "flow_id",
         "key",
         "last_seen",
         "opened_at",
@@ -284,7 +285,8 @@ class Flow:
         "timeout",
     )
 
-    def __init__(self, key: Key, state: FlowState, now: float) -> None:
+    def __init__(self, flow_id: int, key: Key, state: FlowState, now: float) -> None:
+        self.flow_id = flow_id
         self.key = key
         self.reply_key = reply_key(key)
         self.state = state
@@ -323,6 +325,8 @@ class FlowEvent:
     """
 
     event: str
+    flow_id: int
+    """Numbers the flows of a table from 1: an opening and its closing share it."""
     protocol: int
     src: str
     dst: str
@@ -343,6 +347,7 @@ class FlowEvent:
     def audit_details(self) -> dict[str, Any]:
         """The fields of the audit row, without the event name."""
         details = {
+            "flow_id": self.flow_id,
             "protocol": self.protocol,
             "src": self.src,
             "dst": self.dst,
@@ -366,6 +371,7 @@ def _event(name: str, flow: Flow, closed_at: float | None, reason: str | None) -
     has_ports = protocol in PORT_PROTOCOLS
     return FlowEvent(
         name,
+        flow.flow_id,
         protocol,
         format_address(src),
         format_address(dst),
@@ -458,7 +464,7 @@ class FlowTable:
             if self._count >= self.flow_limit:
                 self.refused += 1
                 return None
-        flow = Flow(key, _initial_state(key[0], tcp_flags), now)
+        flow = Flow(self.opened + 1, key, _initial_state(key[0], tcp_flags), now)
         self._index[flow.reply_key] = (flow, True)
         self._index[key] = (flow, False)  # wins when both tuples are the same
         self._count += 1
