@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from typing import TypeAlias
 
 from shared.addresses import ANY_PROTOCOL, AddressRange, FilterRule
 
@@ -64,6 +65,9 @@ def protocol_number(protocol: str | int) -> int | None:
     return number
 
 
+_Entry: TypeAlias = tuple[int, int, tuple[tuple[int, int], ...] | None]
+
+
 @dataclass(frozen=True)
 class CompiledRule:
     """One rule: inclusive IPv4 ranges, a protocol number and port ranges (C{None}: any)."""
@@ -95,11 +99,39 @@ class CompiledRule:
 
 
 class FilterMatcher:
-    """A network item's rules: a packet passes if any rule matches it."""
+    """A network item's rules: a packet passes if any rule matches it.
+
+    The rules are flattened, per protocol number, into one tuple of
+    C{(first address, last address, port ranges or None)} entries, built the
+    first time a protocol is checked (at most 256 of them), and scanned in a
+    plain loop: a new flow costs a few hundred nanoseconds, not a call per rule.
+    """
 
     def __init__(self, rules: Iterable[FilterRule]) -> None:
         self.rules = tuple(CompiledRule.of(rule) for rule in rules)
+        self._by_protocol: dict[int, tuple[_Entry, ...]] = {}
+
+    def _entries(self, protocol: int) -> tuple[_Entry, ...]:
+        entries = tuple(
+            (first, last, rule.ports)
+            for rule in self.rules
+            if rule.protocol is None or rule.protocol == protocol
+            for first, last in rule.addresses
+        )
+        self._by_protocol[protocol] = entries
+        return entries
 
     def matches(self, dst: int, protocol: int, port: int | None) -> bool:
         """Whether a packet to C{dst} (an integer address) over C{protocol} at C{port} passes."""
-        return any(rule.matches(dst, protocol, port) for rule in self.rules)
+        entries = self._by_protocol.get(protocol)
+        if entries is None:
+            entries = self._entries(protocol)
+        for first, last, ports in entries:
+            if first <= dst <= last:
+                if ports is None:
+                    return True
+                if port is not None:
+                    for low, high in ports:
+                        if low <= port <= high:
+                            return True
+        return False
