@@ -32,6 +32,7 @@ from jumpoint.enroll_exchange import EnrollExchange, EnrollmentDesk
 from jumpoint.handlers.dispatch import handle
 from jumpoint.handshakes import PendingHandshakes
 from jumpoint.item_store import Catalog, ItemStore
+from jumpoint.network.sessions import NetworkService
 from jumpoint.notify import Notifier
 from jumpoint.policy import Grant
 from jumpoint.session import Session
@@ -89,6 +90,8 @@ class JumpointCore:
     approvals: ApprovalStore = field(init=False)
     handshakes: PendingHandshakes = field(init=False)
     """Consoles connected but not yet through their TLS handshake (capped)."""
+    network: NetworkService = field(init=False)
+    """Network sessions: the shared TUN interface and the inner address pool (made when used)."""
     _data_version: int | None = None
     _checking_revocations: bool = False
 
@@ -102,6 +105,7 @@ class JumpointCore:
         self.enrollment = EnrollmentDesk(
             self.ca, self.database, self.audit, self.clock, self.ca_unavailable
         )
+        self.network = NetworkService(self.config.network, self.clock)
         self.handshakes = PendingHandshakes(
             self.clock,
             self.config.max_pending_handshakes,

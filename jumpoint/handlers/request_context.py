@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from jumpoint.approvals import ApprovalStore
 from jumpoint.dialing import DialContext
 from jumpoint.item_store import Catalog
+from jumpoint.network.sessions import NetworkService
 from jumpoint.policy import Grant
 from jumpoint.session import Session
 from jumpoint.session_lifecycle import RecorderFactory, SessionContext
@@ -44,6 +45,11 @@ class RequestCore(DialContext, SessionContext, Protocol):
 
     @property
     def new_recorder(self) -> RecorderFactory | None: ...
+
+    @property
+    def network(self) -> NetworkService:
+        """Network sessions' shared interface and address pool."""
+        ...
 
     def grant_for(self, user: User) -> Grant: ...
 

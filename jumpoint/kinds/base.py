@@ -22,15 +22,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.protocol import Protocol as TwistedProtocol
 
 from jumpoint.config import JumpointConfig
-from jumpoint.session import Session
+from jumpoint.network.sessions import NetworkService
+from jumpoint.policy import Restrictions
+from jumpoint.session import Session, SessionLink
 from jumpoint.upstream_context import UpstreamContext
 from shared.bridge import TcpBridge
 from shared.kinds.base import Kind
+from shared.protocol.datagrams import Datagrams
 from shared.protocol.frames import ErrorCode
 from shared.protocol.mux import Stream
 
@@ -79,6 +82,25 @@ def reset_stream(stream: Stream, code: ErrorCode, reason: str) -> None:
 
 
 @dataclass(frozen=True)
+class SessionStart:
+    """What a kind with a session-wide data path gets when a session of its item opens."""
+
+    session: Session
+    config: JumpointConfig
+    restrictions: Restrictions
+    """The user's groups' C{tunnels_restricted} (their union)."""
+    datagrams: Datagrams
+    """The session channel's datagram flows."""
+    network: NetworkService
+    record: Callable[..., Any]
+    """Records an audit row about the session: C{record(event, **fields)}."""
+
+
+StartSession = Callable[[SessionStart], SessionLink]
+"""Sets up a session's own data path; L{shared.errors.AccessDenied} (with its rule) if it cannot."""
+
+
+@dataclass(frozen=True)
 class JumpointKind:
     """One kind of item on the Jumpoint (module docstring)."""
 
@@ -92,14 +114,17 @@ class JumpointKind:
     """C{sys.platform} prefixes the kind can be opened on; empty: every platform."""
     platform_refusal: str = ""
     """Why it cannot be opened elsewhere (the L{shared.errors.NotSupported} message)."""
-    protocol: str = "tcp"
-    """The tunnel protocol its connections use (checked against C{tunnels_restricted.protocol})."""
+    protocol: str | None = "tcp"
+    """The tunnel protocol its connections use (checked against C{tunnels_restricted.protocol}
+    when a session opens); C{None}: the kind judges it per packet."""
     has_tunnels: bool = False
     """Whether C{jump item tunnel} may add and remove its tunnels."""
     audit_events: tuple[str, ...] = ()
     """The audit events only its connections record (beyond C{connection_*})."""
     host_problems: Callable[[JumpointConfig], list[str]] | None = None
     """What keeps this host from opening items of the kind (C{jumpoint check-config})."""
+    start_session: StartSession | None = None
+    """The kind's session-wide data path (network tunnels' packets), beside its streams."""
 
     @property
     def name(self) -> str:
