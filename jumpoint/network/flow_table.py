@@ -13,22 +13,22 @@ States and timeouts follow nf_conntrack's defaults, as documented in the
 kernel's Documentation/networking/nf_conntrack-sysctl.rst
 (docs.kernel.org/networking/nf_conntrack-sysctl.html):
 
-=========================================  ======  ==============================
-sysctl (net.netfilter.)                    default  here
-=========================================  ======  ==============================
-nf_conntrack_tcp_timeout_syn_sent             120  L{FlowState.SYN_SENT}
-nf_conntrack_tcp_timeout_syn_recv              60  L{FlowState.SYN_RECV}
-nf_conntrack_tcp_timeout_established       432000  L{FlowState.ESTABLISHED} (5 days)
-nf_conntrack_tcp_timeout_fin_wait             120  L{FlowState.FIN_WAIT}
-nf_conntrack_tcp_timeout_close_wait            60  L{FlowState.CLOSE_WAIT}
-nf_conntrack_tcp_timeout_last_ack              30  L{FlowState.LAST_ACK}
-nf_conntrack_tcp_timeout_time_wait            120  L{FlowState.TIME_WAIT}
-nf_conntrack_tcp_timeout_close                 10  L{FlowState.CLOSE}
-nf_conntrack_udp_timeout                       30  L{FlowState.UDP_UNREPLIED}, C{UDP_REPLIED}
-nf_conntrack_udp_timeout_stream               120  L{FlowState.UDP_STREAM}
-nf_conntrack_icmp_timeout                      30  L{FlowState.ICMP}
-nf_conntrack_generic_timeout                  600  L{FlowState.GENERIC}
-=========================================  ======  ==============================
+=====================================  =======  ===========================================
+sysctl (net.netfilter.)                default  state here
+=====================================  =======  ===========================================
+nf_conntrack_tcp_timeout_syn_sent          120  L{FlowState.SYN_SENT}
+nf_conntrack_tcp_timeout_syn_recv           60  L{FlowState.SYN_RECV}
+nf_conntrack_tcp_timeout_established    432000  L{FlowState.ESTABLISHED} (5 days)
+nf_conntrack_tcp_timeout_fin_wait          120  L{FlowState.FIN_WAIT}
+nf_conntrack_tcp_timeout_close_wait         60  L{FlowState.CLOSE_WAIT}
+nf_conntrack_tcp_timeout_last_ack           30  L{FlowState.LAST_ACK}
+nf_conntrack_tcp_timeout_time_wait         120  L{FlowState.TIME_WAIT}
+nf_conntrack_tcp_timeout_close              10  L{FlowState.CLOSE}
+nf_conntrack_udp_timeout                    30  L{FlowState.UDP_UNREPLIED}, C{UDP_REPLIED}
+nf_conntrack_udp_timeout_stream            120  L{FlowState.UDP_STREAM}
+nf_conntrack_icmp_timeout                   30  L{FlowState.ICMP}
+nf_conntrack_generic_timeout               600  L{FlowState.GENERIC}
+=====================================  =======  ===========================================
 
 The UDP stream timeout applies, as in the kernel since 2018 (commits
 "udp: only extend timeout to stream mode after 2s" and 294304e4, "set stream
