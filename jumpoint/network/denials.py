@@ -11,7 +11,9 @@ count: nothing is dropped silently.
 
 The clock is injected: L{DenialSummariser.record} and L{DenialSummariser.due}
 take C{now}; call L{DenialSummariser.due} from a timer (or after recording)
-and L{DenialSummariser.flush} when the session ends.
+and L{DenialSummariser.flush} when the session ends.  A window starts with
+its first denial and ends at the first L{DenialSummariser.due} call at least
+C{window} seconds later: denials recorded until then count in it.
 """
 
 from __future__ import annotations

@@ -13,22 +13,22 @@ States and timeouts follow nf_conntrack's defaults, as documented in the
 kernel's Documentation/networking/nf_conntrack-sysctl.rst
 (docs.kernel.org/networking/nf_conntrack-sysctl.html):
 
-=========================================  ======  ==============================
-sysctl (net.netfilter.)                    default  here
-=========================================  ======  ==============================
-nf_conntrack_tcp_timeout_syn_sent             120  L{FlowState.SYN_SENT}
-nf_conntrack_tcp_timeout_syn_recv              60  L{FlowState.SYN_RECV}
-nf_conntrack_tcp_timeout_established       432000  L{FlowState.ESTABLISHED} (5 days)
-nf_conntrack_tcp_timeout_fin_wait             120  L{FlowState.FIN_WAIT}
-nf_conntrack_tcp_timeout_close_wait            60  L{FlowState.CLOSE_WAIT}
-nf_conntrack_tcp_timeout_last_ack              30  L{FlowState.LAST_ACK}
-nf_conntrack_tcp_timeout_time_wait            120  L{FlowState.TIME_WAIT}
-nf_conntrack_tcp_timeout_close                 10  L{FlowState.CLOSE}
-nf_conntrack_udp_timeout                       30  L{FlowState.UDP_UNREPLIED}, C{UDP_REPLIED}
-nf_conntrack_udp_timeout_stream               120  L{FlowState.UDP_STREAM}
-nf_conntrack_icmp_timeout                      30  L{FlowState.ICMP}
-nf_conntrack_generic_timeout                  600  L{FlowState.GENERIC}
-=========================================  ======  ==============================
+=====================================  =======  ===========================================
+sysctl (net.netfilter.)                default  state here
+=====================================  =======  ===========================================
+nf_conntrack_tcp_timeout_syn_sent          120  L{FlowState.SYN_SENT}
+nf_conntrack_tcp_timeout_syn_recv           60  L{FlowState.SYN_RECV}
+nf_conntrack_tcp_timeout_established    432000  L{FlowState.ESTABLISHED} (5 days)
+nf_conntrack_tcp_timeout_fin_wait          120  L{FlowState.FIN_WAIT}
+nf_conntrack_tcp_timeout_close_wait         60  L{FlowState.CLOSE_WAIT}
+nf_conntrack_tcp_timeout_last_ack           30  L{FlowState.LAST_ACK}
+nf_conntrack_tcp_timeout_time_wait         120  L{FlowState.TIME_WAIT}
+nf_conntrack_tcp_timeout_close              10  L{FlowState.CLOSE}
+nf_conntrack_udp_timeout                    30  L{FlowState.UDP_UNREPLIED}, C{UDP_REPLIED}
+nf_conntrack_udp_timeout_stream            120  L{FlowState.UDP_STREAM}
+nf_conntrack_icmp_timeout                   30  L{FlowState.ICMP}
+nf_conntrack_generic_timeout               600  L{FlowState.GENERIC}
+=====================================  =======  ===========================================
 
 The UDP stream timeout applies, as in the kernel since 2018 (commits
 "udp: only extend timeout to stream mode after 2s" and 294304e4, "set stream
@@ -446,9 +446,9 @@ class FlowTable:
         found = self._index.get(key)
         if found is None:
             return None
-        if found[0].expires <= self._clock(now):
-            flow = found[0]
-            self._close(flow, flow.expires, "timeout")
+        expires = found[0].expires
+        if expires <= now or expires <= self._now:  # (the clock never goes back)
+            self._close(found[0], expires, "timeout")
             return None
         return found
 
@@ -495,7 +495,10 @@ class FlowTable:
         Returns the flow the packet belongs to: a new one when a SYN starts a
         new TCP connection on the tuple of one in TIME_WAIT or CLOSE.
         """
-        now = self._clock(now)
+        if now < self._now:  # inlined _clock: this runs per packet
+            now = self._now
+        else:
+            self._now = now
         state = flow.state
         if tcp_flags is not None:
             event = tcp_event(tcp_flags, reply, flow.fins)
@@ -524,7 +527,12 @@ class FlowTable:
             flow.packets_out += 1
             flow.bytes_out += length
         flow.last_seen = now
-        self._schedule(flow, now)
+        bucket = flow.bucket
+        if bucket is not None and flow.timeout == self._timeout[id(flow.state)]:
+            bucket.move_to_end(flow.key)  # the common case of _schedule, inlined
+            flow.expires = now + flow.timeout
+        else:
+            self._schedule(flow, now)
         return flow
 
     def count(self, flow: Flow, reply: bool, length: int) -> None:

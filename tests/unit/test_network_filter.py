@@ -575,3 +575,29 @@ def test_no_denial_is_dropped(
         assert (summary.rule, summary.peer, summary.protocol) not in keys
         keys.add((summary.rule, summary.peer, summary.protocol))
         assert len(keys) <= limit + 1
+
+
+# construction options
+
+
+def test_options_of_the_filter() -> None:
+    with pytest.raises(ValueError, match="max_size"):
+        make(max_size=19)
+    f, _ = make(max_size=100)
+    denied(f.outbound(udp(INNER, DNS, 5000, 53, b"x" * 80), 0.0), pf.MALFORMED)
+    table = FlowTable(4)
+    by_number = PacketFilter(
+        addr(INNER), FilterMatcher([]), lambda a, p: True, lambda n: True, table
+    )
+    assert by_number.inner == addr(INNER)
+    denied(by_number.outbound(udp(INNER, DNS, 5000, 53), 0.0), pf.FILTER)  # no rules: nothing
+
+
+@pytest.mark.parametrize(("verify", "allowed"), [(False, True), (True, False)])
+def test_inbound_checksums_are_the_kernels_unless_asked(verify: bool, allowed: bool) -> None:
+    f, _ = make(verify_inbound_checksum=verify)
+    assert f.outbound(udp(INNER, DNS, 5000, 53), 0.0) is ALLOWED
+    reply = ipv4(UDP, DNS, INNER, udp_datagram(53, 5000), bad_checksum=True)
+    assert f.inbound(reply, 0.1).allowed is allowed
+    bad = ipv4(UDP, INNER, DNS, udp_datagram(5000, 53), bad_checksum=True)
+    assert denied(f.outbound(bad, 0.2), pf.MALFORMED).reason == "bad_checksum"
