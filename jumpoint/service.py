@@ -84,6 +84,12 @@ class JumpointService(MultiService):
 
         def finish(passed: object) -> object:
             self.core.handshakes.stop()
+            for name, service in self.core.kind_services.items():
+                removed = service.stop()
+                if removed:
+                    log.info(
+                        "{kind} items: removed {removed}", kind=name, removed=", ".join(removed)
+                    )
             self.core.database.close()
             if self.lock is not None:
                 self.lock.release()

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from jumpoint.approvals import ApprovalStore
 from jumpoint.dialing import DialContext
 from jumpoint.item_store import Catalog
-from jumpoint.network.sessions import NetworkService
+from jumpoint.kinds.base import KindService
 from jumpoint.policy import Grant
 from jumpoint.session import Session
 from jumpoint.session_lifecycle import RecorderFactory, SessionContext
@@ -47,8 +47,8 @@ class RequestCore(DialContext, SessionContext, Protocol):
     def new_recorder(self) -> RecorderFactory | None: ...
 
     @property
-    def network(self) -> NetworkService:
-        """Network sessions' shared interface and address pool."""
+    def kind_services(self) -> dict[str, KindService]:
+        """Each kind's state for the Jumpoint's life, by kind name."""
         ...
 
     def grant_for(self, user: User) -> Grant: ...

@@ -142,7 +142,7 @@ def _start_link(channel: RequestChannel, grant: Grant, session: Session) -> dict
             config=core.config,
             restrictions=grant.restrictions,
             datagrams=mux.datagrams,
-            network=core.network,
+            service=core.kind_services.get(session.item.type),
             record=record,
         )
     )

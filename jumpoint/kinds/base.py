@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 
 from jumpoint.config import JumpointConfig
-from jumpoint.network.sessions import NetworkService
 from jumpoint.policy import Restrictions
 from jumpoint.session import Session, SessionLink
 from jumpoint.upstream_context import UpstreamContext
@@ -81,6 +81,18 @@ def reset_stream(stream: Stream, code: ErrorCode, reason: str) -> None:
     stream.reset(code, reason)
 
 
+class KindService(Protocol):
+    """What a kind keeps for the whole life of the Jumpoint (the network tunnels' interface)."""
+
+    def stop(self) -> list[str]:
+        """The Jumpoint stops: release what the service holds; what was removed, for the log."""
+        ...
+
+
+MakeService = Callable[[JumpointConfig, IReactorTime], KindService]
+"""Builds a kind's L{KindService} when the Jumpoint starts (it should hold nothing until used)."""
+
+
 @dataclass(frozen=True)
 class SessionStart:
     """What a kind with a session-wide data path gets when a session of its item opens."""
@@ -91,7 +103,8 @@ class SessionStart:
     """The user's groups' C{tunnels_restricted} (their union)."""
     datagrams: Datagrams
     """The session channel's datagram flows."""
-    network: NetworkService
+    service: KindService | None
+    """The kind's own service (L{JumpointKind.make_service}), if it has one."""
     record: Callable[..., Any]
     """Records an audit row about the session: C{record(event, **fields)}."""
 
@@ -125,6 +138,8 @@ class JumpointKind:
     """What keeps this host from opening items of the kind (C{jumpoint check-config})."""
     start_session: StartSession | None = None
     """The kind's session-wide data path (network tunnels' packets), beside its streams."""
+    make_service: MakeService | None = None
+    """The kind's state for the Jumpoint's whole life, made at start and stopped at stop."""
 
     @property
     def name(self) -> str:

@@ -12,12 +12,15 @@ the session opens.
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import IReactorTime
+
 from jumpoint.config import JumpointConfig
 from jumpoint.dialing import own_endpoints
 from jumpoint.kinds.base import JumpointKind, SessionStart
 from jumpoint.kinds.tcp import open_upstream as tcp_upstream
 from jumpoint.network import host_checks
 from jumpoint.network.session_link import NetworkSessionLink
+from jumpoint.network.sessions import NetworkService
 from shared.addresses import EgressGuard, FilterRule
 from shared.kinds.network import KIND as SHARED
 
@@ -27,9 +30,16 @@ def host_problems(config: JumpointConfig) -> list[str]:
     return host_checks.problems(config.network)
 
 
+def make_service(config: JumpointConfig, clock: IReactorTime) -> NetworkService:
+    """The shared TUN interface and the address pool (the interface opens at the first session)."""
+    return NetworkService(config.network, clock)
+
+
 def start_session(start: SessionStart) -> NetworkSessionLink:
     config = start.config
-    return start.network.open_link(
+    service = start.service
+    assert isinstance(service, NetworkService)
+    return service.open_link(
         start.session.session_id,
         [FilterRule.parse(text) for text in start.session.item.filters],
         datagrams=start.datagrams,
@@ -47,5 +57,6 @@ KIND = JumpointKind(
     protocol=None,
     host_problems=host_problems,
     start_session=start_session,
+    make_service=make_service,
     audit_events=("network_denied", "network_flow_closed", "network_flow_opened"),
 )

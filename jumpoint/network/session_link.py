@@ -27,13 +27,16 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from jumpoint.network.denials import DenialSummariser
-from jumpoint.network.flow_table import FlowEvent
+from jumpoint.network.flow_table import CLOSED, OPENED, FlowEvent
 from jumpoint.network.hub import NetworkHub
 from jumpoint.network.packet_filter import PacketFilter
 from shared.protocol.datagrams import Flow
 
 TICK = 1.0
 """Seconds between the expiry sweeps and summary checks."""
+
+FLOW_EVENTS = {OPENED: "network_flow_opened", CLOSED: "network_flow_closed"}
+"""The audit event of each flow table event."""
 
 Record = Callable[..., object]
 """Records one audit row: C{record(event, **fields)} (the session's fields already in)."""
@@ -74,7 +77,7 @@ class NetworkSessionLink:
 
     def flow_event(self, event: FlowEvent) -> None:
         """The flow table's events (its C{on_event}): one audit row each."""
-        self.record(event.event, **event.audit_details())
+        self.record(FLOW_EVENTS[event.event], **event.audit_details())
 
     def start(self, flow: Flow) -> None:
         """Carry packets on C{flow} from now on (the hub routes our address here)."""

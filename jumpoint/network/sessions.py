@@ -26,7 +26,7 @@ from ipaddress import IPv4Network
 from twisted.internet.interfaces import IReactorFDSet, IReactorTime
 
 from jumpoint.network.address_pool import AddressPool
-from jumpoint.network.flow_table import FlowEvent, FlowTable
+from jumpoint.network.flow_table import FlowTable
 from jumpoint.network.hub import UNAVAILABLE, NetworkHub
 from jumpoint.network.ip_packets import TCP, UDP, format_address
 from jumpoint.network.packet_filter import PacketFilter
@@ -104,11 +104,10 @@ class NetworkService:
         hub = self._started_hub()
         address = self.pool.allocate(session_id)
         try:
-
-            def flow_event(event: FlowEvent) -> None:
-                record(event.event, **event.audit_details())
-
-            flows = FlowTable(self.settings.flow_limit, on_event=flow_event)
+            events: list[NetworkSessionLink] = []
+            flows = FlowTable(
+                self.settings.flow_limit, on_event=lambda event: events[0].flow_event(event)
+            )
             packet_filter = PacketFilter(
                 int(address),
                 rules,
@@ -127,6 +126,7 @@ class NetworkService:
                 record=record,
                 on_closed=lambda: self.pool.release(session_id),
             )
+            events.append(link)
             link.start(datagrams.open_flow(datagrams.next_flow_id(), link))
         except BaseException:
             self.pool.release(session_id)
