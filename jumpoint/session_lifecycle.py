@@ -27,7 +27,8 @@ from jumpoint.session_terms import SessionTerms
 
 log = Logger()
 
-RecorderFactory = Callable[[str], SessionRecorder]
+RecorderFactory = Callable[[str, int], SessionRecorder]
+"""Makes a session's recorder: its id and the pcap link type of its kind."""
 """Makes the recorder of a recorded session (by session id)."""
 
 

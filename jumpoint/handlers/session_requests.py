@@ -91,9 +91,10 @@ async def _decide_and_open(
         on_expired=channel.session_expired,
     )
     details = terms.to_json()
-    link_fields = _start_link(channel, grant, session)
     if terms.recording and core.new_recorder is not None:
-        session.recorder = core.new_recorder(session.session_id)
+        link_type = kinds.kind_of(item).recording_link_type
+        session.recorder = core.new_recorder(session.session_id, link_type)
+    link_fields = _start_link(channel, grant, session)
     recording_path = str(session.recorder.path) if session.recorder else None
     # the audit row and the session's row are committed together before the session is set
     # up: if they cannot be written, there is no session
@@ -139,6 +140,7 @@ def _start_link(channel: RequestChannel, grant: Grant, session: Session) -> dict
     session.link = start(
         SessionStart(
             session=session,
+            recorder=session.recorder,
             config=core.config,
             restrictions=grant.restrictions,
             datagrams=mux.datagrams,

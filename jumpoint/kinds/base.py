@@ -29,6 +29,7 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 
 from jumpoint.config import JumpointConfig
 from jumpoint.policy import Restrictions
+from jumpoint.recording import LINKTYPE_ETHERNET, SessionRecorder
 from jumpoint.session import Session, SessionLink
 from jumpoint.upstream_context import UpstreamContext
 from shared.bridge import TcpBridge
@@ -98,6 +99,8 @@ class SessionStart:
     """What a kind with a session-wide data path gets when a session of its item opens."""
 
     session: Session
+    recorder: SessionRecorder | None
+    """The session's recording, when it is recorded (its pcap has the kind's link type)."""
     config: JumpointConfig
     restrictions: Restrictions
     """The user's groups' C{tunnels_restricted} (their union)."""
@@ -138,6 +141,8 @@ class JumpointKind:
     """What keeps this host from opening items of the kind (C{jumpoint check-config})."""
     start_session: StartSession | None = None
     """The kind's session-wide data path (network tunnels' packets), beside its streams."""
+    recording_link_type: int = LINKTYPE_ETHERNET
+    """The pcap link type of its sessions' recordings (synthetic TCP in Ethernet frames)."""
     make_service: MakeService | None = None
     """The kind's state for the Jumpoint's whole life, made at start and stopped at stop."""
 

@@ -21,6 +21,7 @@ from jumpoint.kinds.tcp import open_upstream as tcp_upstream
 from jumpoint.network import host_checks
 from jumpoint.network.session_link import NetworkSessionLink
 from jumpoint.network.sessions import NetworkService
+from jumpoint.recording import LINKTYPE_RAW
 from shared.addresses import EgressGuard, FilterRule
 from shared.kinds.network import KIND as SHARED
 
@@ -46,6 +47,7 @@ def start_session(start: SessionStart) -> NetworkSessionLink:
         restrictions=start.restrictions,
         guard=EgressGuard.of(config.allowed_targets, own_endpoints(config)),
         record=start.record,
+        recorder=start.recorder,
     )
 
 
@@ -58,5 +60,6 @@ KIND = JumpointKind(
     host_problems=host_problems,
     start_session=start_session,
     make_service=make_service,
+    recording_link_type=LINKTYPE_RAW,
     audit_events=("network_denied", "network_flow_closed", "network_flow_opened"),
 )

@@ -16,6 +16,10 @@ and protocol (C{network_denied}, at most one row per key and window, with
 the count: L{jumpoint.network.denials}).  A timer each second expires idle
 flows and writes the summaries that are due; at the end every open flow is
 closed and the last summaries written, before the session's own row.
+
+A recorded session's pcap (C{LINKTYPE_RAW}) holds every packet that passed,
+both ways, as it passed the Jumpoint (never blocking: the recorder's bounded
+queue drops and counts).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from jumpoint.network.denials import DenialSummariser
 from jumpoint.network.flow_table import CLOSED, OPENED, FlowEvent
 from jumpoint.network.hub import NetworkHub
 from jumpoint.network.packet_filter import PacketFilter
+from jumpoint.recording import SessionRecorder
 from shared.protocol.datagrams import Flow
 
 TICK = 1.0
@@ -57,6 +62,7 @@ class NetworkSessionLink:
         record: Record,
         denials: DenialSummariser | None = None,
         on_closed: Callable[[], object] | None = None,
+        recorder: SessionRecorder | None = None,
     ) -> None:
         self.address = address
         self.routes = routes
@@ -74,6 +80,8 @@ class NetworkSessionLink:
         """Packets that passed the filter but found the TUN's queue full."""
         self._timer: IDelayedCall | None = None
         self._on_closed = on_closed
+        self.recorder = recorder
+        """The session's recording (raw IP): every packet that passed, both ways."""
 
     def flow_event(self, event: FlowEvent) -> None:
         """The flow table's events (its C{on_event}): one audit row each."""
@@ -107,6 +115,8 @@ class NetworkSessionLink:
         now = self.clock.seconds()
         verdict = self.filter.outbound(payload, now)
         if verdict.allowed:
+            if self.recorder is not None:
+                self.recorder.packet(payload)
             if not self.hub.write(payload):
                 self.tun_drops += 1
             return
@@ -121,6 +131,8 @@ class NetworkSessionLink:
         now = self.clock.seconds()
         verdict = self.filter.inbound(packet, now)
         if verdict.allowed:
+            if self.recorder is not None:
+                self.recorder.packet(packet)
             if not flow.send(packet):
                 self.channel_drops += 1
             return

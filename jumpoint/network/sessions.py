@@ -34,6 +34,7 @@ from jumpoint.network.rule_match import CompiledRule
 from jumpoint.network.session_link import NetworkSessionLink, Record
 from jumpoint.network.settings import NetworkSettings
 from jumpoint.policy import Restrictions
+from jumpoint.recording import SessionRecorder
 from shared.addresses import EgressGuard, FilterRule
 from shared.errors import AccessDenied
 from shared.protocol.datagrams import Datagrams
@@ -98,6 +99,7 @@ class NetworkService:
         restrictions: Restrictions,
         guard: EgressGuard,
         record: Record,
+        recorder: SessionRecorder | None = None,
     ) -> NetworkSessionLink:
         """Set up one session's packets (module docstring); L{AccessDenied} if it cannot be."""
         rules = tuple(rules)
@@ -125,6 +127,7 @@ class NetworkService:
                 clock=self.clock,
                 record=record,
                 on_closed=lambda: self.pool.release(session_id),
+                recorder=recorder,
             )
             events.append(link)
             link.start(datagrams.open_flow(datagrams.next_flow_id(), link))

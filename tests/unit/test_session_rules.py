@@ -300,8 +300,10 @@ def make_world(
     if recordings is not None:
         directory = recordings
 
-        def new_recorder(session_id: str) -> SessionRecorder:
-            return SessionRecorder(directory, session_id, clock, writer=SynchronousWriter())
+        def new_recorder(session_id: str, link_type: int) -> SessionRecorder:
+            return SessionRecorder(
+                directory, session_id, clock, writer=SynchronousWriter(), link_type=link_type
+            )
 
         extra["new_recorder"] = new_recorder
     core = JumpointCore(
