@@ -81,7 +81,7 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
 def pcap_file_header(link_type: int = LINKTYPE_ETHERNET) -> bytes:
-    """The 24-byte classic pcap header: microsecond timestamps, Ethernet frames (or C{link_type})."""
+    """The 24-byte classic pcap header: microsecond timestamps, frames of C{link_type}."""
     major, minor = PCAP_VERSION
     return _PCAP_HEADER.pack(PCAP_MAGIC, major, minor, 0, 0, SNAPLEN, link_type)
 

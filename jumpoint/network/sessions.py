@@ -69,10 +69,17 @@ def protocol_check(restrictions: Restrictions) -> Callable[[int], bool]:
     return allowed
 
 
-def target_check(guard: EgressGuard) -> Callable[[str, int | None], bool]:
-    """C{allowed_targets} per new flow (module docstring)."""
+def target_check(guard: EgressGuard, pool: IPv4Network) -> Callable[[str, int | None], bool]:
+    """C{allowed_targets} per new flow (module docstring); never an address of the pool.
+
+    The pool holds the Jumpoint's own tunnel address and the other sessions'
+    inner addresses: a console never reaches them through its tunnel.
+    """
+    first, last = int(pool.network_address), int(pool.broadcast_address)
 
     def allowed(address: str, port: int | None) -> bool:
+        if first <= int(ipaddress.IPv4Address(address)) <= last:
+            return False
         return guard.check(port or 0, [address], {}).allowed
 
     return allowed
@@ -113,7 +120,7 @@ class NetworkService:
             packet_filter = PacketFilter(
                 int(address),
                 rules,
-                target_check(guard),
+                target_check(guard, self.settings.pool),
                 protocol_check(restrictions),
                 flows,
                 max_size=self.settings.mtu,

@@ -7,6 +7,7 @@ IPv4 packets on it; the Jumpoint's TUN is L{twisted.pair.testing.MemoryIOSystem}
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -18,9 +19,10 @@ from twisted.pair.tuntap import TuntapPort
 
 from jumpoint.network.egress import CommandResult, Egress
 from jumpoint.network.hub import NetworkHub
-from jumpoint.network.sessions import NetworkService, routes_of
+from jumpoint.network.sessions import NetworkService, routes_of, target_check
+from jumpoint.recording import LINKTYPE_RAW, SessionRecorder, SynchronousWriter
 from jumpoint.network.settings import NetworkSettings
-from shared.addresses import FilterRule
+from shared.addresses import EgressGuard, FilterRule
 from shared.protocol import control
 from tests.unit.ipv4_builder import echo, udp
 from tests.unit.test_session_rules import CONFIG, Keys, World, keys, make_world
@@ -170,3 +172,26 @@ def test_a_network_session_carries_allowed_packets_and_audits_their_flows(
     lab.from_remote(answer)  # nobody owns the address any more
     assert receiver.packets == [answer] and lab.service.hub is not None
     assert lab.service.hub.unowned == 1
+
+
+def test_the_pool_is_never_a_target_and_a_recorded_session_keeps_raw_ip_packets(
+    tmp_path: Path, keys: Keys
+) -> None:
+    lab = Lab(tmp_path, keys)
+    guard = EgressGuard.of(None)
+    check = target_check(guard, IPv4Network("198.19.0.0/24"))
+    assert (
+        check("198.18.2.53", 53) and not check("198.19.0.3", 53) and not check("198.19.0.1", None)
+    )
+    assert not check("127.0.0.1", 53)  # the built-in default of allowed_targets
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    recorder = SessionRecorder(
+        recordings, "s1", lab.world.clock, writer=SynchronousWriter(), link_type=LINKTYPE_RAW
+    )
+    packet = udp("198.19.0.2", "198.18.2.53", 40000, 53, b"dns?")
+    recorder.packet(packet)
+    recorder.close()
+    data = (recordings / "s1.pcap").read_bytes()
+    assert struct.unpack_from("<I", data, 20) == (LINKTYPE_RAW,)
+    assert data.endswith(packet) and len(data) == 24 + 16 + len(packet)
