@@ -104,7 +104,7 @@ def decide(
         raise AccessDenied(f"your {who} may not open tunnels", rule="groups.tunnels")
     kind = kinds.check_openable(item, platform or sys.platform)
     restrictions = grant.restrictions
-    if not restrictions.allows_protocol(kind.protocol):
+    if kind.protocol is not None and not restrictions.allows_protocol(kind.protocol):
         allowed = ", ".join(sorted(restrictions.protocol or ()))
         raise AccessDenied(
             f"your {who} may open {allowed} tunnels only; item {item.name!r} is {kind.protocol}",

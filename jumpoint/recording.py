@@ -54,6 +54,8 @@ PCAP_MAGIC = 0xA1B2C3D4
 PCAP_VERSION = (2, 4)
 SNAPLEN = 262144
 LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+"""Raw IP packets, no link header (network sessions' recordings)."""
 DROP_WARNING_INTERVAL = 10.0
 
 _PCAP_HEADER = struct.Struct("<IHHiIII")
@@ -78,10 +80,10 @@ _SERVER_MAC = bytes.fromhex("020000000002")
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
-def pcap_file_header() -> bytes:
-    """The 24-byte classic pcap header: microsecond timestamps, Ethernet frames."""
+def pcap_file_header(link_type: int = LINKTYPE_ETHERNET) -> bytes:
+    """The 24-byte classic pcap header: microsecond timestamps, frames of C{link_type}."""
     major, minor = PCAP_VERSION
-    return _PCAP_HEADER.pack(PCAP_MAGIC, major, minor, 0, 0, SNAPLEN, LINKTYPE_ETHERNET)
+    return _PCAP_HEADER.pack(PCAP_MAGIC, major, minor, 0, 0, SNAPLEN, link_type)
 
 
 # -- files and writers ---------------------------------------------------------
@@ -286,6 +288,7 @@ class SessionRecorder:
         *,
         buffer_limit: int = 8 * 1024 * 1024,
         writer: RecordingWriter | None = None,
+        link_type: int = LINKTYPE_ETHERNET,
     ) -> None:
         if not _SESSION_ID.fullmatch(session_id):
             raise ValueError(f"session id {session_id!r} cannot name a file")
@@ -297,6 +300,7 @@ class SessionRecorder:
                 raise TypeError("the default ThreadedWriter needs a clock that is the reactor")
             writer = ThreadedWriter(threads)
         self.session_id = session_id
+        self.link_type = link_type
         self.path = directory / f"{session_id}.pcap"
         self.clock = clock
         self.buffer_limit = buffer_limit
@@ -318,7 +322,7 @@ class SessionRecorder:
         self._warned = False
         writer.open(self.path, self)
         if not self.failed:
-            self._push(pcap_file_header())
+            self._push(pcap_file_header(link_type))
 
     @property
     def buffered_bytes(self) -> int:
@@ -340,6 +344,15 @@ class SessionRecorder:
         then written IPv4-mapped).
         """
         return ConnectionRecording(self, connection_id, client, server)
+
+    def packet(self, data: bytes) -> None:
+        """Record one whole raw IP packet as it passed (a C{LINKTYPE_RAW} recording)."""
+        size = _RECORD_HEADER.size + len(data)
+        if not self._admit(size, len(data)):
+            return
+        microseconds = round(self.clock.seconds() * 1_000_000)
+        seconds, fraction = divmod(microseconds, 1_000_000)
+        self._push(_RECORD_HEADER.pack(seconds, fraction, len(data), len(data)) + data)
 
     def close(self) -> Deferred[None]:
         """Write what is queued and close the file.  Idempotent; never fails.

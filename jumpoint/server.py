@@ -23,6 +23,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from jumpoint import kinds
 from jumpoint.approvals import ApprovalStore
 from jumpoint.audit import AuditLog
 from jumpoint.config import JumpointConfig
@@ -32,6 +33,7 @@ from jumpoint.enroll_exchange import EnrollExchange, EnrollmentDesk
 from jumpoint.handlers.dispatch import handle
 from jumpoint.handshakes import PendingHandshakes
 from jumpoint.item_store import Catalog, ItemStore
+from jumpoint.kinds.base import KindService
 from jumpoint.notify import Notifier
 from jumpoint.policy import Grant
 from jumpoint.session import Session
@@ -89,6 +91,8 @@ class JumpointCore:
     approvals: ApprovalStore = field(init=False)
     handshakes: PendingHandshakes = field(init=False)
     """Consoles connected but not yet through their TLS handshake (capped)."""
+    kind_services: dict[str, KindService] = field(init=False)
+    """Each kind's state for the Jumpoint's life (the network tunnels' interface), by kind."""
     _data_version: int | None = None
     _checking_revocations: bool = False
 
@@ -102,6 +106,7 @@ class JumpointCore:
         self.enrollment = EnrollmentDesk(
             self.ca, self.database, self.audit, self.clock, self.ca_unavailable
         )
+        self.kind_services = kinds.make_services(self.config, self.clock)
         self.handshakes = PendingHandshakes(
             self.clock,
             self.config.max_pending_handshakes,

@@ -84,6 +84,12 @@ class JumpointService(MultiService):
 
         def finish(passed: object) -> object:
             self.core.handshakes.stop()
+            for name, service in self.core.kind_services.items():
+                removed = service.stop()
+                if removed:
+                    log.info(
+                        "{kind} items: removed {removed}", kind=name, removed=", ".join(removed)
+                    )
             self.core.database.close()
             if self.lock is not None:
                 self.lock.release()
@@ -125,9 +131,13 @@ def _recorder_factory(config: JumpointConfig, reactor: Any) -> RecorderFactory |
     if directory is None:
         return None
 
-    def new(session_id: str) -> SessionRecorder:
+    def new(session_id: str, link_type: int) -> SessionRecorder:
         return SessionRecorder(
-            directory, session_id, reactor, buffer_limit=config.recording_buffer_limit
+            directory,
+            session_id,
+            reactor,
+            buffer_limit=config.recording_buffer_limit,
+            link_type=link_type,
         )
 
     return new

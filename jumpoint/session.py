@@ -50,6 +50,21 @@ class SessionConnection(Protocol):
         """End the connection now (the session closes)."""
 
 
+class SessionLink(Protocol):
+    """A session-wide data path of its kind beside its connections (a network tunnel's packets)."""
+
+    def reply_fields(self) -> dict[str, Any]:
+        """What the session's reply adds for the console to set up its end."""
+        ...
+
+    def totals(self) -> tuple[int, int]:
+        """Bytes to and from the targets so far."""
+        ...
+
+    def close(self, reason: str) -> None:
+        """The session ends: audit what is still open, release what it holds."""
+
+
 def new_session_id() -> str:
     return secrets.token_hex(8)
 
@@ -73,6 +88,7 @@ class Session:
     close_reason: str | None = None
     last_activity: float = 0.0
     on_expired: Callable[[Session, str, str], None] | None = None
+    link: SessionLink | None = None
     _timers: list[IDelayedCall] = field(default_factory=list)
     _last_total: int = -1
 
@@ -91,6 +107,9 @@ class Session:
         """Bytes to and from the targets so far, open connections included."""
         to_target = self.bytes_to_target + sum(_to_target(b) for b in self.active)
         from_target = self.bytes_from_target + sum(b.stream.bytes_sent for b in self.active)
+        if self.link is not None:
+            link_to, link_from = self.link.totals()
+            to_target, from_target = to_target + link_to, from_target + link_from
         return to_target, from_target
 
     def connection_finished(self, bridge: SessionConnection) -> tuple[int, int] | None:

@@ -27,7 +27,8 @@ from jumpoint.session_terms import SessionTerms
 
 log = Logger()
 
-RecorderFactory = Callable[[str], SessionRecorder]
+RecorderFactory = Callable[[str, int], SessionRecorder]
+"""Makes a session's recorder: its id and the pcap link type of its kind."""
 """Makes the recorder of a recorded session (by session id)."""
 
 
@@ -80,6 +81,8 @@ def record_opened(
 
 def session_ended(context: SessionContext, session: Session, reason: str, code: str) -> None:
     """Record the end of a session: database row, audit, log, notification."""
+    if session.link is not None:
+        session.link.close(reason)  # its last rows (open flows, denials) before the session's
     to_target, from_target = session.totals()
     now = context.clock.seconds()
     if session.recorder is not None:

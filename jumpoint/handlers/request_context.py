@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from jumpoint.approvals import ApprovalStore
 from jumpoint.dialing import DialContext
 from jumpoint.item_store import Catalog
+from jumpoint.kinds.base import KindService
 from jumpoint.policy import Grant
 from jumpoint.session import Session
 from jumpoint.session_lifecycle import RecorderFactory, SessionContext
@@ -44,6 +45,11 @@ class RequestCore(DialContext, SessionContext, Protocol):
 
     @property
     def new_recorder(self) -> RecorderFactory | None: ...
+
+    @property
+    def kind_services(self) -> dict[str, KindService]:
+        """Each kind's state for the Jumpoint's life, by kind name."""
+        ...
 
     def grant_for(self, user: User) -> Grant: ...
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from jumpoint import kinds
 from jumpoint.access import SessionRequest, decide
 from jumpoint.dialing import check_item_targets
 from jumpoint.handlers.request_context import (
@@ -24,6 +25,7 @@ from jumpoint.handlers.request_context import (
     denied,
     visible,
 )
+from jumpoint.kinds.base import SessionStart
 from jumpoint.policy import Grant
 from jumpoint.session import Session, new_session_id
 from jumpoint.session_lifecycle import notify, record_opened, session_ended
@@ -90,7 +92,9 @@ async def _decide_and_open(
     )
     details = terms.to_json()
     if terms.recording and core.new_recorder is not None:
-        session.recorder = core.new_recorder(session.session_id)
+        link_type = kinds.kind_of(item).recording_link_type
+        session.recorder = core.new_recorder(session.session_id, link_type)
+    link_fields = _start_link(channel, grant, session)
     recording_path = str(session.recorder.path) if session.recorder else None
     # the audit row and the session's row are committed together before the session is set
     # up: if they cannot be written, there is no session
@@ -99,6 +103,8 @@ async def _decide_and_open(
     except BaseException:
         if session.recorder is not None:
             session.recorder.close()
+        if session.link is not None:
+            session.link.close("the session could not be recorded")
         raise
     if _connection_gone(channel):
         why = "the connection closed while the session was being opened"
@@ -115,7 +121,34 @@ async def _decide_and_open(
         host=item.host,
     )
     notify(core, session, "session_start", None)
-    return {"session": session.session_id, "item": item.to_json(), **details}
+    return {"session": session.session_id, "item": item.to_json(), **details, **link_fields}
+
+
+def _start_link(channel: RequestChannel, grant: Grant, session: Session) -> dict[str, Any]:
+    """The kind's own data path of the session (network packets), if it has one: reply fields."""
+    start = kinds.kind_of(session.item).start_session
+    mux = channel.mux
+    if start is None or mux is None:
+        return {}
+    core = channel.core
+    audit = core.log_audit
+    fields = session.audit_fields()
+
+    def record(event: str, **details: Any) -> None:
+        audit.record(event, **fields, **details)
+
+    session.link = start(
+        SessionStart(
+            session=session,
+            recorder=session.recorder,
+            config=core.config,
+            restrictions=grant.restrictions,
+            datagrams=mux.datagrams,
+            service=core.kind_services.get(session.item.type),
+            record=record,
+        )
+    )
+    return session.link.reply_fields()
 
 
 def _connection_gone(channel: RequestChannel) -> bool:

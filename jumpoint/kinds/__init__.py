@@ -9,9 +9,11 @@ modules and one registration line.
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import IReactorTime
+
 from jumpoint.config import JumpointConfig
 from jumpoint.kinds import kubernetes, mssql, network, tcp
-from jumpoint.kinds.base import JumpointKind
+from jumpoint.kinds.base import JumpointKind, KindService
 from shared.errors import NotSupported
 from shared.items import Item
 
@@ -56,6 +58,15 @@ def host_problems(config: JumpointConfig) -> list[str]:
         if kind.name in used and kind.host_problems is not None:
             found.extend(f"{kind.name} items: {problem}" for problem in kind.host_problems(config))
     return found
+
+
+def make_services(config: JumpointConfig, clock: IReactorTime) -> dict[str, KindService]:
+    """Each kind's service for the Jumpoint's life (L{JumpointKind.make_service}), by kind name."""
+    return {
+        kind.name: kind.make_service(config, clock)
+        for kind in _KINDS.values()
+        if kind.make_service is not None
+    }
 
 
 def kind_of(item: Item) -> JumpointKind:

@@ -22,15 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 
 from jumpoint.config import JumpointConfig
-from jumpoint.session import Session
+from jumpoint.policy import Restrictions
+from jumpoint.recording import LINKTYPE_ETHERNET, SessionRecorder
+from jumpoint.session import Session, SessionLink
 from jumpoint.upstream_context import UpstreamContext
 from shared.bridge import TcpBridge
 from shared.kinds.base import Kind
+from shared.protocol.datagrams import Datagrams
 from shared.protocol.frames import ErrorCode
 from shared.protocol.mux import Stream
 
@@ -78,6 +82,40 @@ def reset_stream(stream: Stream, code: ErrorCode, reason: str) -> None:
     stream.reset(code, reason)
 
 
+class KindService(Protocol):
+    """What a kind keeps for the whole life of the Jumpoint (the network tunnels' interface)."""
+
+    def stop(self) -> list[str]:
+        """The Jumpoint stops: release what the service holds; what was removed, for the log."""
+        ...
+
+
+MakeService = Callable[[JumpointConfig, IReactorTime], KindService]
+"""Builds a kind's L{KindService} when the Jumpoint starts (it should hold nothing until used)."""
+
+
+@dataclass(frozen=True)
+class SessionStart:
+    """What a kind with a session-wide data path gets when a session of its item opens."""
+
+    session: Session
+    recorder: SessionRecorder | None
+    """The session's recording, when it is recorded (its pcap has the kind's link type)."""
+    config: JumpointConfig
+    restrictions: Restrictions
+    """The user's groups' C{tunnels_restricted} (their union)."""
+    datagrams: Datagrams
+    """The session channel's datagram flows."""
+    service: KindService | None
+    """The kind's own service (L{JumpointKind.make_service}), if it has one."""
+    record: Callable[..., Any]
+    """Records an audit row about the session: C{record(event, **fields)}."""
+
+
+StartSession = Callable[[SessionStart], SessionLink]
+"""Sets up a session's own data path; L{shared.errors.AccessDenied} (with its rule) if it cannot."""
+
+
 @dataclass(frozen=True)
 class JumpointKind:
     """One kind of item on the Jumpoint (module docstring)."""
@@ -92,14 +130,21 @@ class JumpointKind:
     """C{sys.platform} prefixes the kind can be opened on; empty: every platform."""
     platform_refusal: str = ""
     """Why it cannot be opened elsewhere (the L{shared.errors.NotSupported} message)."""
-    protocol: str = "tcp"
-    """The tunnel protocol its connections use (checked against C{tunnels_restricted.protocol})."""
+    protocol: str | None = "tcp"
+    """The tunnel protocol its connections use (checked against C{tunnels_restricted.protocol}
+    when a session opens); C{None}: the kind judges it per packet."""
     has_tunnels: bool = False
     """Whether C{jump item tunnel} may add and remove its tunnels."""
     audit_events: tuple[str, ...] = ()
     """The audit events only its connections record (beyond C{connection_*})."""
     host_problems: Callable[[JumpointConfig], list[str]] | None = None
     """What keeps this host from opening items of the kind (C{jumpoint check-config})."""
+    start_session: StartSession | None = None
+    """The kind's session-wide data path (network tunnels' packets), beside its streams."""
+    recording_link_type: int = LINKTYPE_ETHERNET
+    """The pcap link type of its sessions' recordings (synthetic TCP in Ethernet frames)."""
+    make_service: MakeService | None = None
+    """The kind's state for the Jumpoint's whole life, made at start and stopped at stop."""
 
     @property
     def name(self) -> str:

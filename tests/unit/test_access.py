@@ -1201,13 +1201,15 @@ KINDS = config_of(
 )
 
 
-@pytest.mark.parametrize("item", [KINDS.items[1]], ids=["network"])
-def test_non_tcp_items_are_not_supported(store: ApprovalStore, item: Item) -> None:
+def test_network_items_need_a_linux_jumpoint(store: ApprovalStore) -> None:
+    item = KINDS.items[1]
+    assert item.type == "network"
     grant = Grant.of("alice", ["ops"], KINDS.groups)
     with pytest.raises(NotSupported) as info:
-        decide(KINDS, grant, item, SessionRequest(item.name), NOW, store)
-    assert f"item {item.name!r} is a {item.type} item" in info.value.message
-    assert info.value.hint is not None and "tcp, mssql and k8s" in info.value.hint
+        decide(KINDS, grant, item, SessionRequest(item.name), NOW, store, platform="win32")
+    assert info.value.message == "network tunnels need a Linux Jumpoint"
+    terms = decide(KINDS, grant, item, SessionRequest(item.name), NOW, store, platform="linux")
+    assert terms is not None
 
 
 def test_k8s_items_need_a_linux_jumpoint(store: ApprovalStore) -> None:

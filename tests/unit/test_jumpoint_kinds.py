@@ -67,11 +67,13 @@ def test_every_item_type_has_a_jumpoint_kind_and_nothing_else_is_registered() ->
 def test_the_registered_kinds_say_what_the_jumpoint_did_per_type() -> None:
     tcp, mssql, k8s, network = (kinds.get(name) for name in ("tcp", "mssql", "k8s", "network"))
     assert tcp is not None and mssql is not None and k8s is not None and network is not None
-    assert [k.name for k in kinds.registered() if k.openable] == ["tcp", "mssql", "k8s"]
+    assert [k.name for k in kinds.registered() if k.openable] == ["tcp", "mssql", "k8s", "network"]
     assert [k.name for k in kinds.registered() if k.logs_in] == ["mssql", "k8s"]
     assert kinds.tunnel_kinds() == "tcp"
-    assert {k.protocol for k in kinds.registered()} == {"tcp"}
+    assert [k.protocol for k in kinds.registered()] == ["tcp", "tcp", "tcp", None]  # per packet
     assert k8s.runs_on("linux") and not k8s.runs_on("win32") and not k8s.runs_on("darwin")
+    assert network.runs_on("linux") and not network.runs_on("win32")
+    assert [k.name for k in kinds.registered() if k.start_session] == ["network"]
     assert tcp.runs_on("win32") and mssql.runs_on("darwin")
 
 
@@ -219,7 +221,7 @@ def test_without_its_registration_a_kind_cannot_be_opened(tmp_path: Path) -> Non
     assert info.value.message == (
         "item 'probe-item' is a probe item; this Jumpoint cannot open probe items yet"
     )
-    assert info.value.hint == "only tcp, mssql and k8s items can be opened for now"
+    assert info.value.hint == "only tcp, mssql, k8s and network items can be opened for now"
 
 
 def test_a_registered_kind_is_decided_on_by_its_own_policy(
@@ -298,12 +300,14 @@ def _reachable(module: str) -> set[str]:
 
 
 def _own_modules(kind: JumpointKind) -> set[str]:
-    """The Jumpoint modules only this kind brings in (its bridges and codecs' daemon side)."""
-    module = kind.open_upstream.__module__
+    """The Jumpoint modules only this kind brings in (its bridges, its session data path)."""
+    hooks = [kind.open_upstream, kind.start_session, kind.make_service]
+    roots = {hook.__module__ for hook in hooks if hook is not None}
     common = _reachable("jumpoint.kinds.base") | {"jumpoint.kinds.base"}
+    reached = set().union(*(_reachable(root) for root in roots))
     return {
         m
-        for m in _reachable(module) - common
+        for m in reached - common
         if m.startswith("jumpoint.") and not m.startswith("jumpoint.kinds")
     }
 
@@ -312,7 +316,8 @@ def test_the_audit_events_of_each_kind_are_the_ones_its_modules_record() -> None
     owned = {kind.name: _own_modules(kind) for kind in kinds.registered()}
     assert owned["mssql"] >= {"jumpoint.tds_upstream", "jumpoint.tds_server_leg"}
     assert owned["k8s"] >= {"jumpoint.kube_upstream"}
-    assert owned["tcp"] == owned["network"] == set()
+    assert owned["tcp"] == set()
+    assert owned["network"] >= {"jumpoint.network.session_link", "jumpoint.network.hub"}
     recorded = {name: _module_events(modules) for name, modules in owned.items()}
     declared = {kind.name: set(kind.audit_events) for kind in kinds.registered()}
     assert declared == recorded

@@ -19,6 +19,8 @@ def rules_in_code() -> set[str]:
             found.add(match.group(1))
         for match in re.finditer(r'^RULE_\w+ = "([^"]+)"', text, flags=re.MULTILINE):
             found.add(match.group(1))  # rules named by a module constant (rule=RULE_USED)
+        for match in re.finditer(r'^[A-Z_]+ = "(network\.[a-z_]+)"', text, flags=re.MULTILINE):
+            found.add(match.group(1))  # the network tunnels' packet rules (jumpoint/network/)
     streams = (ROOT / "jumpoint" / "streams.py").read_text(encoding="utf-8")
     for rule in STREAM_RULES:
         assert f'"{rule}"' in streams, rule

@@ -40,7 +40,6 @@ from shared.errors import (
     ConfigError,
     ConsentRequired,
     JumpError,
-    NotSupported,
     UsageError,
 )
 from shared.protocol import control
@@ -301,8 +300,10 @@ def make_world(
     if recordings is not None:
         directory = recordings
 
-        def new_recorder(session_id: str) -> SessionRecorder:
-            return SessionRecorder(directory, session_id, clock, writer=SynchronousWriter())
+        def new_recorder(session_id: str, link_type: int) -> SessionRecorder:
+            return SessionRecorder(
+                directory, session_id, clock, writer=SynchronousWriter(), link_type=link_type
+            )
 
         extra["new_recorder"] = new_recorder
     core = JumpointCore(
@@ -475,7 +476,7 @@ def test_item_management_refusals(world: World) -> None:
 
 
 def test_other_item_kinds_are_created_but_not_opened(world: World) -> None:
-    """mssql, k8s (real PEM) and network items are stored; network items cannot be opened yet."""
+    """mssql, k8s (real PEM) and network items are stored; a network session needs the TUN."""
     alice = world.connect("alice")
     pem = pki.create_ca("x").certificate_pem.decode()
     specs: list[dict[str, Any]] = [
@@ -502,9 +503,10 @@ def test_other_item_kinds_are_created_but_not_opened(world: World) -> None:
     # only tcp items have tunnels
     error = alice.refused(control.CHANGE_ITEM, item="sql", change="tunnel_add", value="1:2")
     assert isinstance(error, UsageError) and "only tcp items" in error.message
-    for name in ("net",):
-        refusal = alice.refused(control.OPEN_SESSION, item=name)
-        assert isinstance(refusal, NotSupported) and refusal.code == "not_supported"
+    # this in-memory Jumpoint has no descriptors to watch, so no TUN interface: refused, audited
+    refusal = alice.refused(control.OPEN_SESSION, item="net")
+    assert isinstance(refusal, AccessDenied) and refusal.rule == "network.unavailable"
+    assert world.audit("session_denied", item="net")[0].rule == "network.unavailable"
     assert world.core.sessions() == []
     # the channel still opens a tcp item afterwards
     assert alice.open("web")["session"]
