@@ -1,12 +1,12 @@
 """The C{network} kind on the Jumpoint: a session's IPv4 packets through the packet filter.
 
 A network item carries no streams: when a session opens, the kind sets up
-its data path (L{jumpoint.network.sessions.NetworkService.open_link}): an
+its data path (L{jumpoint.network.tunnel_service.NetworkService.open_link}): an
 inner address from the pool, the session's stateful filter built from the
 item's filter rules, and one datagram flow on the channel; the session's
 reply carries the address, the routes, the MTU and the flow
 (C{network}).  Linux Jumpoints only.  The protocol restriction of the groups
-is judged per packet (L{jumpoint.network.sessions.protocol_check}), not when
+is judged per packet (L{jumpoint.network.tunnel_service.protocol_check}), not when
 the session opens.
 """
 
@@ -20,7 +20,7 @@ from jumpoint.kinds.base import JumpointKind, SessionStart
 from jumpoint.kinds.tcp import open_upstream as tcp_upstream
 from jumpoint.network import host_checks
 from jumpoint.network.session_link import NetworkSessionLink
-from jumpoint.network.sessions import NetworkService
+from jumpoint.network.tunnel_service import NetworkService
 from jumpoint.recording import LINKTYPE_RAW
 from shared.addresses import EgressGuard, FilterRule
 from shared.kinds.network import KIND as SHARED

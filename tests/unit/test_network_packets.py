@@ -247,7 +247,9 @@ def _valid() -> st.SearchStrategy[bytes]:
             st.sampled_from([3, 4, 5, 11, 12]),
         ),
         st.builds(
-            lambda proto, body: ipv4(proto, CONSOLE, REMOTE, body), st.integers(0, 255), data
+            lambda proto, body: ipv4(proto, CONSOLE, REMOTE, body),
+            st.integers(0, 255).filter(lambda proto: proto not in ip_packets._L4_MINIMUM),
+            data,
         ),
     )
 

@@ -19,9 +19,9 @@ from twisted.pair.tuntap import TuntapPort
 
 from jumpoint.network.egress import CommandResult, Egress
 from jumpoint.network.hub import NetworkHub
-from jumpoint.network.sessions import NetworkService, routes_of, target_check
-from jumpoint.recording import LINKTYPE_RAW, SessionRecorder, SynchronousWriter
 from jumpoint.network.settings import NetworkSettings
+from jumpoint.network.tunnel_service import NetworkService, routes_of, target_check
+from jumpoint.recording import LINKTYPE_RAW, SessionRecorder, SynchronousWriter
 from shared.addresses import EgressGuard, FilterRule
 from shared.protocol import control
 from tests.unit.ipv4_builder import echo, udp
