@@ -50,6 +50,8 @@ class TunnelSpec:
     local_port: int | None
     remote_port: int
     scheme: str | None = None
+    protocol: str = "tcp"
+    """C{tcp}, C{udp} or C{tcp-udp} (a minimal stand-in until the schema of branch netitems)."""
 
     @property
     def effective_scheme(self) -> str | None:
