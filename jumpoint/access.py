@@ -34,7 +34,7 @@ from typing import Any
 
 from jumpoint import kinds
 from jumpoint.approvals import ApprovalStore
-from jumpoint.config import JumpointConfig
+from jumpoint.config import UDP_FLOWS_DEFAULT, UDP_IDLE_TIMEOUT_DEFAULT, JumpointConfig
 from jumpoint.policy import Grant, JumpPolicy, SessionPolicy
 from jumpoint.session_terms import Deadline, SessionTerms
 from shared.errors import AccessDenied, ConsentRequired, UsageError
@@ -192,6 +192,12 @@ def decide(
     max_connections = config.limits.max_connections_per_session
     if session_policy is not None and session_policy.max_connections is not None:
         max_connections = min(max_connections, session_policy.max_connections)
+    udp_idle_timeout, max_udp_flows = UDP_IDLE_TIMEOUT_DEFAULT, UDP_FLOWS_DEFAULT
+    if session_policy is not None:
+        if session_policy.udp_idle_timeout is not None:
+            udp_idle_timeout = session_policy.udp_idle_timeout
+        if session_policy.max_udp_flows is not None:
+            max_udp_flows = session_policy.max_udp_flows
     return SessionTerms(
         item=item,
         grant=grant,
@@ -207,6 +213,8 @@ def decide(
         jump_policy=jump_policy,
         session_policy=session_policy,
         login_timeout=resolve_login_timeout(item, session_policy),
+        udp_idle_timeout=udp_idle_timeout,
+        max_udp_flows=max_udp_flows,
     )
 
 

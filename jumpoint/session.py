@@ -50,6 +50,22 @@ class SessionConnection(Protocol):
         """End the connection now (the session closes)."""
 
 
+class SessionFlow(Protocol):
+    """What a session reads of one of its UDP flows (L{jumpoint.udp_flows.UdpFlow})."""
+
+    @property
+    def flow_id(self) -> int: ...
+
+    @property
+    def bytes_to_target(self) -> int: ...
+
+    @property
+    def bytes_from_target(self) -> int: ...
+
+    def close(self, reason: str, *, tell_console: bool = True) -> None:
+        """End the flow now (audited once)."""
+
+
 def new_session_id() -> str:
     return secrets.token_hex(8)
 
@@ -72,6 +88,9 @@ class Session:
     closed: bool = False
     close_reason: str | None = None
     last_activity: float = 0.0
+    flows: dict[int, SessionFlow] = field(default_factory=dict)
+    """The open UDP flows, by flow id (at most C{terms.max_udp_flows})."""
+    total_flows: int = 0
     on_expired: Callable[[Session, str, str], None] | None = None
     _timers: list[IDelayedCall] = field(default_factory=list)
     _last_total: int = -1
@@ -88,10 +107,25 @@ class Session:
         self.total_connections += 1
 
     def totals(self) -> tuple[int, int]:
-        """Bytes to and from the targets so far, open connections included."""
+        """Bytes to and from the targets so far, open connections and UDP flows included."""
         to_target = self.bytes_to_target + sum(_to_target(b) for b in self.active)
         from_target = self.bytes_from_target + sum(b.stream.bytes_sent for b in self.active)
+        for flow in self.flows.values():
+            to_target += flow.bytes_to_target
+            from_target += flow.bytes_from_target
         return to_target, from_target
+
+    def flow_started(self, flow: SessionFlow) -> None:
+        self.flows[flow.flow_id] = flow
+        self.total_flows += 1
+
+    def flow_finished(self, flow: SessionFlow) -> None:
+        """Count a UDP flow's end (its bytes join the session's totals)."""
+        if self.flows.get(flow.flow_id) is not flow:
+            return
+        del self.flows[flow.flow_id]
+        self.bytes_to_target += flow.bytes_to_target
+        self.bytes_from_target += flow.bytes_from_target
 
     def connection_finished(self, bridge: SessionConnection) -> tuple[int, int] | None:
         """Count a connection's end; returns its (to target, from target) bytes."""
@@ -175,6 +209,8 @@ class Session:
             "age": max(0.0, now - self.opened_at),
             "connections": len(self.active),
             "total_connections": self.total_connections,
+            "udp_flows": len(self.flows),
+            "total_udp_flows": self.total_flows,
             "bytes_to_target": to_target,
             "bytes_from_target": from_target,
             "recording": self.recorder is not None,

@@ -21,6 +21,7 @@ from jumpoint.policy import Grant
 from jumpoint.session import Session
 from jumpoint.session_lifecycle import RecorderFactory, SessionContext
 from jumpoint.state import User
+from jumpoint.udp_flows import OpenUdp
 from shared.errors import AccessDenied, UnknownItem
 from shared.items import Item
 from shared.protocol.frames import ErrorCode
@@ -44,6 +45,11 @@ class RequestCore(DialContext, SessionContext, Protocol):
 
     @property
     def new_recorder(self) -> RecorderFactory | None: ...
+
+    @property
+    def open_udp(self) -> OpenUdp | None:
+        """Opens the UDP sockets of the sessions' flows (none: this Jumpoint carries no UDP)."""
+        ...
 
     def grant_for(self, user: User) -> Grant: ...
 
