@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
+from console.udp_flow_table import UdpCounters
 from shared.addresses import PortSet
 from shared.bridge import TcpBridge
 from shared.protocol.frames import ErrorCode
@@ -27,6 +28,10 @@ class LocalLogin(Protocol):
 
     def abort(self) -> None: ...
 
+
+TCP, UDP, TCP_UDP = "tcp", "udp", "tcp-udp"
+"""The protocols of a tunnel pair (a transport, not the item kind C{tcp})."""
+PROTOCOLS = (TCP, UDP, TCP_UDP)
 
 FAILURE_CODES = {
     ErrorCode.REFUSED,
@@ -64,6 +69,19 @@ class Tunnel:
     """What the tunnel leads to beyond host and port (mssql: the login and database)."""
     remote_url: str | None = None
     """k8s: the cluster's URL; the listener is then HTTPS."""
+    protocol: str = TCP
+    """C{tcp}, C{udp} or C{tcp-udp}: a TCP listener, a UDP socket, or both on one port."""
+    udp_listening: IListeningPort | None = None
+    udp: UdpCounters | None = None
+    """The UDP socket's figures (C{udp} and C{tcp-udp} pairs)."""
+
+    @property
+    def carries_tcp(self) -> bool:
+        return self.protocol in (TCP, TCP_UDP)
+
+    @property
+    def carries_udp(self) -> bool:
+        return self.protocol in (UDP, TCP_UDP)
 
     @property
     def local_url(self) -> str | None:
@@ -75,6 +93,8 @@ class Tunnel:
     @property
     def binding(self) -> str:
         local = self.local_url or f"{self.local_address}:{self.local_port}"
+        if self.protocol != TCP:
+            local += f"/{self.protocol}"
         remote = self.remote_url or f"{self.remote_host}:{self.remote_port}"
         text = f"{local} -> {remote}"
         return f"{text} ({self.service})" if self.service else text
@@ -86,6 +106,8 @@ class Tunnel:
             "remote_host": self.remote_host,
             "remote_port": self.remote_port,
         }
+        if self.protocol != TCP:  # a plain TCP pair keeps the fields it always had
+            out["protocol"] = self.protocol
         if self.remote_url is not None:
             out["local_url"] = self.local_url
             out["remote_url"] = self.remote_url
@@ -98,8 +120,14 @@ class Tunnel:
         from_remote = self.closed_bytes_from_remote + sum(
             b.stream.bytes_received for b in self.bridges
         )
+        udp: dict[str, Any] = {}
+        if self.udp is not None:
+            udp = self.udp.as_dict()
+            to_remote += self.udp.bytes_to_remote
+            from_remote += self.udp.bytes_from_remote
         return {
             **self.describe(),
+            **udp,
             "status": self.status,
             "connections": len(self.bridges) + len(self.logins),
             "total_connections": self.total_connections,
