@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from shared.addresses import PortSet
 from shared.bridge import TcpBridge
+from shared.kinds.base import TCP
 from shared.protocol.frames import ErrorCode
 
 log = Logger()
@@ -47,6 +48,8 @@ class Tunnel:
     remote_port: int
     local_port: int = 0
     allowed_ports: PortSet | None = None
+    protocol: str = TCP
+    """What the pair carries: C{tcp}, C{udp} or C{tcp-udp} (C{TUNNEL_PROTOCOLS})."""
     listening: IListeningPort | None = None
     status: str = "pending"
     bridges: set[TcpBridge] = field(default_factory=set)
@@ -64,6 +67,11 @@ class Tunnel:
     """What the tunnel leads to beyond host and port (mssql: the login and database)."""
     remote_url: str | None = None
     """k8s: the cluster's URL; the listener is then HTTPS."""
+
+    @property
+    def carries(self) -> frozenset[str]:
+        """The transport protocols of the pair: C{{tcp}}, C{{udp}} or both."""
+        return frozenset(self.protocol.split("-"))
 
     @property
     def local_url(self) -> str | None:

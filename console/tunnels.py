@@ -27,12 +27,15 @@ from console.kinds.base import Accept, SessionPart, refuse
 from console.listeners import Listen, bind
 from console.tunnel_counters import Tunnel
 from shared.addresses import PortSet
-from shared.errors import JumpError, LocalBindError, ProtocolViolation
+from shared.errors import JumpError, LocalBindError, NotSupported, ProtocolViolation
+from shared.kinds.base import TCP, TUNNEL_PROTOCOLS, UDP
 from shared.protocol.control import StreamTarget
 from shared.protocol.mux import Stream
 
 log = Logger()
 
+UDP_NOT_BUILT = "UDP tunnels are not built yet"
+"""Why a tunnel pair that carries UDP (C{udp}, C{tcp-udp}) is not bound (L{NotSupported})."""
 REFUSALS_IN_FLIGHT = 32
 """Connections over the cap sent to the Jumpoint for its decision at the same time."""
 CAP_RULE = "max_connections"
@@ -116,11 +119,18 @@ def _parse_tunnels(result: dict[str, Any]) -> list[Tunnel]:
                     allowed_ports=(
                         PortSet.parse(str(allowed).replace(" ", "").split(",")) if allowed else None
                     ),
+                    protocol=_protocol(entry.get("protocol", TCP)),
                 )
             )
         except (KeyError, TypeError, ValueError):
             raise ProtocolViolation("the Jumpoint sent a malformed tunnel") from None
     return tunnels
+
+
+def _protocol(value: object) -> str:
+    if value not in TUNNEL_PROTOCOLS:
+        raise ValueError(f"unknown tunnel protocol {value!r}")
+    return str(value)
 
 
 def _login_timeout(result: dict[str, Any]) -> float | None:
@@ -216,7 +226,18 @@ class TunnelSession:
         return sum(len(t.bridges) + len(t.logins) for t in self.tunnels)
 
     def bind_all(self, listen: Listen, local_address: str | None = None) -> None:
-        """Bind every tunnel's listener; on any failure unbind the others and raise."""
+        """Bind every tunnel's listener; on any failure unbind the others and raise.
+
+        A pair that carries UDP is refused before anything is bound
+        (L{UDP_NOT_BUILT}): the console has no UDP listener yet.
+        """
+        for tunnel in self.tunnels:
+            if UDP in tunnel.carries:
+                raise NotSupported(
+                    f"tunnel {tunnel.requested_port or 'auto'}:{tunnel.remote_port}/"
+                    f"{tunnel.protocol} of item {self.item!r}: {UDP_NOT_BUILT}",
+                    hint="open an item with TCP tunnels only, for now",
+                )
         try:
             for tunnel in self.tunnels:
                 if local_address is not None:

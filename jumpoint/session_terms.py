@@ -57,6 +57,7 @@ class SessionTerms:
                 "local_port": "auto" if tunnel.local_port is None else tunnel.local_port,
                 "remote_host": self.item.host,
                 "remote_port": tunnel.remote_port,
+                "protocol": tunnel.protocol,
             }
             if self.local_ports is not None:
                 entry["allowed_local_ports"] = self.local_ports.describe()

@@ -531,8 +531,7 @@ MAX_FILTER_RULES = 50
 
 _RULE_EXPECTED = "expected ADDRESSES[/PROTOCOL[/PORTS]], for example 10.0.0.0/24/tcp/22,80"
 _PROTOCOL_EXPECTED = (
-    "expected an IANA keyword (tcp, udp, icmp, sctp, gre, esp, ...), a number from 0 to 255"
-    " or any"
+    "expected an IANA keyword (tcp, udp, icmp, sctp, gre, esp, ...), a number from 0 to 255 or any"
 )
 
 
@@ -704,7 +703,10 @@ class FilterRule:
 
     @classmethod
     def parse(cls, text: str, legacy: bool = False) -> FilterRule:
-        """Parse a rule such as C{10.0.0.5,10.0.0.8/tcp/22,8000-8100} (C{legacy}: L{parse_filter_addresses})."""
+        """Parse a rule such as C{10.0.0.5,10.0.0.8/tcp/22,8000-8100}.
+
+        C{legacy}: a stored rule, read as L{parse_filter_addresses} says.
+        """
         try:
             return cls._parse(text, legacy)
         except ValueError as error:

@@ -75,7 +75,8 @@ _FILTER_FIELDS = {
 def _value_node(node: yaml.MappingNode, key: str) -> yaml.Node:
     for key_node, value_node in node.value:
         if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
-            return value_node
+            found: yaml.Node = value_node
+            return found
     return node
 
 

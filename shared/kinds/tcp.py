@@ -39,7 +39,9 @@ def parse_tunnel_text(text: str) -> dict[str, Any]:
         "remote_port": _port_text(remote, text),
     }
     if len(suffixes) > 2:
-        raise ValueError(f"{text!r}: expected LOCAL:REMOTE[/PROTOCOL][/SCHEME] (such as 5353:53/udp)")
+        raise ValueError(
+            f"{text!r}: expected LOCAL:REMOTE[/PROTOCOL][/SCHEME] (such as 5353:53/udp)"
+        )
     if suffixes and suffixes[0].strip().lower() in TUNNEL_PROTOCOLS:
         out["protocol"] = suffixes.pop(0).strip().lower()
     if len(suffixes) == 2 or (suffixes and not suffixes[0].strip()):
@@ -92,7 +94,8 @@ def _tunnel_node(item: yaml.Node, index: int) -> yaml.Node:
     if isinstance(item, yaml.MappingNode):
         for key, value in item.value:
             if getattr(key, "value", None) == "tunnels" and isinstance(value, yaml.SequenceNode):
-                return value.value[index]
+                found: yaml.Node = value.value[index]
+                return found
     return item
 
 
@@ -104,9 +107,13 @@ def build(values: dict[str, Any], where: Where, node: yaml.Node) -> dict[str, An
             continue
         for carried in sorted(tunnel.carries):
             if (tunnel.local_port, carried) in bound:
-                raise where.child("tunnels").child(index).error(
-                    _tunnel_node(node, index),
-                    f"two tunnels use the same local port ({tunnel.local_port}/{carried})",
+                raise (
+                    where.child("tunnels")
+                    .child(index)
+                    .error(
+                        _tunnel_node(node, index),
+                        f"two tunnels use the same local port ({tunnel.local_port}/{carried})",
+                    )
                 )
             bound.add((tunnel.local_port, carried))
     return {"host": values["host"], "tunnels": tunnels}
