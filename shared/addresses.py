@@ -734,7 +734,7 @@ class FilterRule:
         try:
             addresses = parse_filter_addresses(addresses_text, legacy)
         except ValueError as error:
-            if prefix.isdigit() and int(prefix) > 32:
+            if prefix.isdigit() and int(prefix) > 32 and "is not a CIDR" in str(error):
                 hint = "a protocol number after a single address needs its /32: 10.0.0.5/32/47"
                 raise ValueError(f"{error} ({hint})") from None
             raise

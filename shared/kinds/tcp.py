@@ -44,7 +44,11 @@ def parse_tunnel_text(text: str) -> dict[str, Any]:
         )
     if suffixes and suffixes[0].strip().lower() in TUNNEL_PROTOCOLS:
         out["protocol"] = suffixes.pop(0).strip().lower()
-    if len(suffixes) == 2 or (suffixes and not suffixes[0].strip()):
+    if suffixes and (
+        len(suffixes) == 2
+        or not suffixes[0].strip()
+        or suffixes[0].strip().lower() in TUNNEL_PROTOCOLS
+    ):
         raise ValueError(
             f"{text!r}: expected LOCAL:REMOTE[/PROTOCOL][/SCHEME] with PROTOCOL one of"
             f" {', '.join(TUNNEL_PROTOCOLS)} (such as 5353:53/udp or 8080:80/tcp/http)"
