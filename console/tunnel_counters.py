@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from console.udp_flow_table import UdpCounters
 from shared.addresses import PortSet
 from shared.bridge import TcpBridge
+from shared.kinds.base import TCP, UDP
 from shared.protocol.frames import ErrorCode
 
 log = Logger()
@@ -28,10 +29,6 @@ class LocalLogin(Protocol):
 
     def abort(self) -> None: ...
 
-
-TCP, UDP, TCP_UDP = "tcp", "udp", "tcp-udp"
-"""The protocols of a tunnel pair (a transport, not the item kind C{tcp})."""
-PROTOCOLS = (TCP, UDP, TCP_UDP)
 
 FAILURE_CODES = {
     ErrorCode.REFUSED,
@@ -52,6 +49,8 @@ class Tunnel:
     remote_port: int
     local_port: int = 0
     allowed_ports: PortSet | None = None
+    protocol: str = TCP
+    """What the pair carries: C{tcp}, C{udp} or C{tcp-udp} (C{TUNNEL_PROTOCOLS})."""
     listening: IListeningPort | None = None
     status: str = "pending"
     bridges: set[TcpBridge] = field(default_factory=set)
@@ -69,19 +68,24 @@ class Tunnel:
     """What the tunnel leads to beyond host and port (mssql: the login and database)."""
     remote_url: str | None = None
     """k8s: the cluster's URL; the listener is then HTTPS."""
-    protocol: str = TCP
-    """C{tcp}, C{udp} or C{tcp-udp}: a TCP listener, a UDP socket, or both on one port."""
     udp_listening: IListeningPort | None = None
     udp: UdpCounters | None = None
     """The UDP socket's figures (C{udp} and C{tcp-udp} pairs)."""
 
     @property
     def carries_tcp(self) -> bool:
-        return self.protocol in (TCP, TCP_UDP)
+        """A TCP listener (C{tcp} and C{tcp-udp} pairs)."""
+        return TCP in self.carries
 
     @property
     def carries_udp(self) -> bool:
-        return self.protocol in (UDP, TCP_UDP)
+        """A UDP socket (C{udp} and C{tcp-udp} pairs), on the TCP listener's port for both."""
+        return UDP in self.carries
+
+    @property
+    def carries(self) -> frozenset[str]:
+        """The transport protocols of the pair: C{{tcp}}, C{{udp}} or both."""
+        return frozenset(self.protocol.split("-"))
 
     @property
     def local_url(self) -> str | None:

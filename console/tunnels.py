@@ -27,11 +27,12 @@ from console import kinds
 from console.channel import ConsoleChannel
 from console.kinds.base import Accept, SessionPart, refuse
 from console.listeners import Listen, bind
-from console.tunnel_counters import PROTOCOLS, TCP, Tunnel
+from console.tunnel_counters import Tunnel
 from console.udp_flow_table import UdpFlowTable
 from console.udp_tunnels import ChannelFlowLink, UdpListener
 from shared.addresses import PortSet
 from shared.errors import JumpError, LocalBindError, ProtocolViolation
+from shared.kinds.base import TCP, TUNNEL_PROTOCOLS
 from shared.protocol.control import StreamTarget
 from shared.protocol.mux import Stream
 
@@ -122,7 +123,7 @@ def _parse_tunnels(result: dict[str, Any]) -> list[Tunnel]:
             local_port = entry["local_port"]
             allowed = entry.get("allowed_local_ports")
             protocol = entry.get("protocol") or TCP
-            if protocol not in PROTOCOLS:
+            if protocol not in TUNNEL_PROTOCOLS:
                 raise ValueError(protocol)
             tunnels.append(
                 Tunnel(

@@ -19,9 +19,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from console.channel import ConsoleChannel
-from console.tunnel_counters import UDP
 from console.udp_flow_table import ClientFlow, UdpFlowTable, UdpTunnel
 from shared.errors import AccessDenied, JumpError
+from shared.kinds.base import UDP
 from shared.protocol import control
 from shared.protocol.datagrams import FlowRefused
 

@@ -14,7 +14,7 @@ import json
 from collections import deque
 from typing import Any, Protocol, TextIO
 
-from console.tunnel_counters import TCP
+from shared.kinds.base import TCP
 from shared.text import printable
 
 

@@ -29,13 +29,12 @@ from jumpoint.policy import Grant
 from jumpoint.session import Session
 from jumpoint.udp_flows import UdpFlow, UdpRelay, UdpSocket
 from shared.errors import AccessDenied, InvalidRequest, NotSupported, UsageError
+from shared.kinds.base import UDP
 from shared.protocol import control
 from shared.protocol.datagrams import FlowRefused
 
 log = Logger()
 
-UDP_PROTOCOLS = ("udp", "tcp-udp")
-"""Tunnel protocols whose pairs carry UDP."""
 RULE_TARGET = "item host and remote ports"
 RULE_MAX_FLOWS = "max_udp_flows"
 
@@ -56,7 +55,7 @@ async def flow_open(channel: RequestChannel, grant: Grant, message: dict[str, An
     mux = channel.mux
     flow_id, port, protocol = message["flow"], message["remote_port"], message["protocol"]
     client = message.get("client") or "?"
-    if protocol != "udp":
+    if protocol != UDP:
         raise NotSupported(f"flows of protocol {protocol!r} are not supported (only udp)")
     if flow_id % 2 == 0:
         raise InvalidRequest(
@@ -67,13 +66,13 @@ async def flow_open(channel: RequestChannel, grant: Grant, message: dict[str, An
     item = session.item
     target = f"{item.host}:{port}"
     context = {"flow": flow_id, "target": target, "client": client}
-    if not any(t.remote_port == port and t.protocol in UDP_PROTOCOLS for t in item.tunnels):
+    if not item.allows_target(item.host, port, UDP):
         raise denied(
             f"{target}/udp is not a tunnel of item {item.name!r} (rule: {RULE_TARGET})",
             rule=RULE_TARGET,
             **context,
         )
-    if not grant.restrictions.allows_protocol("udp"):
+    if not grant.restrictions.allows_protocol(UDP):
         allowed = ", ".join(sorted(grant.restrictions.protocol or ()))
         raise denied(
             f"your {grant.rule_groups()} may open {allowed} tunnels only, not udp",

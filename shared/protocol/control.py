@@ -67,7 +67,15 @@ CONSOLE_MESSAGES = {
 }
 JUMPOINT_MESSAGES = {WELCOME, RESULT, ERROR, SESSION_CLOSED, FLOW_CLOSED}
 
-ITEM_CHANGES = ("tunnel_add", "tunnel_remove", "move", "tag", "comments")
+ITEM_CHANGES = (
+    "tunnel_add",
+    "tunnel_remove",
+    "filter_add",
+    "filter_remove",
+    "move",
+    "tag",
+    "comments",
+)
 
 MAX_STRING = 4096
 MAX_LIST = 256

@@ -233,8 +233,8 @@ def test_a_kind_is_registered_once_per_side() -> None:
 
 # -- outside the kinds packages nothing names a kind -----------------------------
 
-NOT_A_KIND = {("shared.addresses", "tcp"), ("console.tunnel_counters", "tcp")}
-"""A filter rule's protocol (tcp, udp, icmp) and a tunnel pair's, not the item kind."""
+NOT_A_KIND = {("shared.addresses", "tcp")}
+"""A filter rule's protocol (tcp, udp, icmp), not the item kind."""
 
 
 def _kind_literals(path: Path) -> set[str]:
