@@ -31,6 +31,8 @@ log = Logger()
 class UdpListener(DatagramProtocol):
     """One UDP tunnel's socket: datagrams in from local clients, replies out to them."""
 
+    noisy = False
+
     def __init__(
         self, table: UdpFlowTable, tunnel: UdpTunnel, peer_allowed: Callable[[str], bool]
     ) -> None:

@@ -82,6 +82,8 @@ def reactor_udp(reactor: Any) -> OpenUdp:
 class UdpRelay(DatagramProtocol):
     """The socket's side of one flow: what the target sends goes to the flow."""
 
+    noisy = False  # one port per flow: no "starting on" line each
+
     def __init__(self) -> None:
         self.flow: UdpFlow | None = None
 
