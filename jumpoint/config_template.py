@@ -142,6 +142,9 @@ _POLICIES = """\
 #                                 # is the ceiling)
 #     login_timeout: 30s          # mssql, k8s: a local connection that has not logged in
 #                                 # by then is closed (the default; an item's own is lower)
+#     udp_idle_timeout: 60s       # udp and tcp-udp tunnel pairs: a UDP flow (one local
+#                                 # client) without a datagram this long closes (default)
+#     max_udp_flows: 64           # UDP flows a session carries at once (default; at most 256)
 #<
 
 # The audit log: every decision and event, in the state database (see
