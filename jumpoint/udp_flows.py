@@ -26,6 +26,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from jumpoint.audit import AuditLog
+from jumpoint.recording import FlowRecording
 from jumpoint.session import Session
 from shared.lifecycle import Lifecycle, Transitions
 from shared.protocol.datagrams import Datagrams
@@ -144,6 +145,8 @@ class UdpFlow:
         self.idle_timeout = idle_timeout
         self.tell_console = tell_console
         self.socket: UdpSocket | None = None
+        self.recording: FlowRecording | None = None
+        """The flow's datagrams in the session's pcap (a recorded session)."""
         self.opened_at = clock.seconds()
         self.last_activity = self.opened_at
         self.datagrams_to_target = 0
@@ -191,6 +194,8 @@ class UdpFlow:
         self.datagrams_to_target += 1
         self.bytes_to_target += len(payload)
         self.last_activity = self.clock.seconds()
+        if self.recording is not None:
+            self.recording.to_server(payload)
 
     def from_target(self, payload: bytes) -> None:
         """From the target's socket: to the console (dropped and counted if the queue is full)."""
@@ -200,6 +205,8 @@ class UdpFlow:
         if self.datagrams.send(self.flow_id, payload):
             self.datagrams_from_target += 1
             self.bytes_from_target += len(payload)
+            if self.recording is not None:
+                self.recording.from_server(payload)
 
     def target_refused(self) -> None:
         """The target answered port unreachable: counted; the flow stays (a server may start)."""

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from jumpoint.dialing import checked_address
 from jumpoint.handlers.request_context import Reply, RequestChannel, denied
 from jumpoint.policy import Grant
+from jumpoint.recording_tap import flow_client
 from jumpoint.session import Session
 from jumpoint.udp_flows import UdpFlow, UdpRelay, UdpSocket
 from shared.errors import AccessDenied, InvalidRequest, NotSupported, UsageError
@@ -133,6 +134,9 @@ async def flow_open(channel: RequestChannel, grant: Grant, message: dict[str, An
         mux.datagrams.close_flow(flow_id)
         raise UsageError(f"cannot open a UDP socket to {target}: {error}") from None
     relay.flow = flow
+    if session.recorder is not None:
+        console_side = flow_client(channel.peer_host, flow_id, address)
+        flow.recording = session.recorder.flow(console_side, (address, port))
     flow.start(socket)
     try:
         await core.log_audit.record(

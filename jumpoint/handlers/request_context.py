@@ -66,6 +66,8 @@ class RequestChannel(Protocol):
     opening: bool
     """A session is being opened (the decision is not committed yet)."""
     peer: str
+    peer_host: str
+    """The console's address (the client side of recorded connections and flows)."""
 
     @property
     def core(self) -> RequestCore: ...

@@ -11,8 +11,11 @@ datagrams to a target socket and back to the client's address.
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,6 +62,13 @@ def udp_config(allowed_targets: list[str] | None = None) -> str:
             "type": "tcp",
             "host": "10.1.2.54",
             "session_policy": "one-flow",
+            "tunnels": [{"local_port": "auto", "remote_port": 53, "protocol": "udp"}],
+        },
+        {
+            "name": "recorded-dns",
+            "type": "tcp",
+            "host": "10.1.2.55",
+            "session_policy": "recorded",
             "tunnels": [{"local_port": "auto", "remote_port": 53, "protocol": "udp"}],
         },
         {
@@ -349,6 +359,51 @@ def test_the_session_end_closes_every_flow(new_world: Callable[..., World]) -> N
     assert all("the session was closed" in r.detail["reason"] for r in rows)
     (ended,) = world.audit("session_closed")
     assert ended.session == opened["session"]
+
+
+def test_a_recorded_session_keeps_every_datagram_in_its_pcap(
+    new_world: Callable[..., World], tmp_path: Path
+) -> None:
+    """Each datagram is one UDP packet with a good checksum; tshark reads them back."""
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    world, sockets = udp_world(new_world, recordings=recordings)
+    alice = world.connect("alice")
+    opened = alice.open("recorded-dns", consent=True)
+    open_flow(alice, 1)
+    (target,) = sockets.opened
+    mux = alice.channel.mux
+    assert mux is not None
+    payloads = [b"query", b"y" * 65507]
+    for payload in payloads:
+        mux.datagrams.send(1, payload)
+    world.flush()
+    target.reply(b"answer")
+    world.flush()
+    alice.ask(control.CLOSE_SESSION, reason="done")
+    path = recordings / f"{opened['session']}.pcap"
+    program = shutil.which("tshark")
+    if program is None:
+        pytest.fail("tshark is not installed (Debian/Ubuntu package: tshark)")
+    fields = ["ip.src", "udp.srcport", "ip.dst", "udp.dstport", "udp.length"]
+    result = subprocess.run(
+        [program, "-n", "-r", str(path), "-o", "udp.check_checksum:TRUE", "-T", "fields"]
+        + [arg for name in [*fields, "udp.checksum.status"] for arg in ("-e", name)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    (jumpoint_side,) = [c for c in world.core.channels if isinstance(c, JumpointChannel)]
+    console = jumpoint_side.peer_host  # the console's address, as the Jumpoint sees it
+    assert [row[:5] for row in rows] == [
+        [console, "10001", "10.1.2.55", "53", str(8 + 5)],
+        [console, "10001", "10.1.2.55", "53", str(8 + 65507)],
+        ["10.1.2.55", "53", console, "10001", str(8 + 6)],
+    ]
+    assert {row[5] for row in rows} == {"1"}  # good checksums
 
 
 # -- the console's whole path, its UDP socket faked -----------------------------------
