@@ -1,5 +1,7 @@
 """The console's sans-IO UDP flow table: flows per client, bounds, refusals, idle timeouts.
 
+(And what the views show of a UDP tunnel's counters.)
+
 A fake L{FlowLink} records what the table asks of the channel and the
 sockets; the clock is L{twisted.internet.task.Clock}.  A hypothesis state
 machine drives random traffic, answers and time, and checks the bounds and
@@ -8,6 +10,8 @@ the accounting after every step.
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass, field
 
 import hypothesis.strategies as st
@@ -17,14 +21,17 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
+from console.tunnel_counters import Tunnel
 from console.udp_flow_table import (
     MAX_UDP_PAYLOAD,
     PENDING_DATAGRAMS,
     REFUSED_KEPT,
     ClientFlow,
     FlowState,
+    UdpCounters,
     UdpFlowTable,
 )
+from console.view import JsonView, PlainView, TerminalView
 
 
 @dataclass
@@ -310,3 +317,62 @@ class TableMachine(RuleBasedStateMachine):
 
 TestTableMachine = TableMachine.TestCase
 TestTableMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+# -- what jump open shows of a UDP tunnel ----------------------------------------------
+
+
+def _udp_counters() -> list[dict[str, object]]:
+    tunnel = Tunnel("127.0.0.1", None, "10.1.2.53", 53, local_port=5353, protocol="udp")
+    tunnel.udp = UdpCounters(
+        flows=2,
+        total_flows=5,
+        refused_flows=1,
+        datagrams_to_remote=7,
+        datagrams_from_remote=6,
+        bytes_to_remote=300,
+        bytes_from_remote=900,
+        drops=3,
+    )
+    plain = Tunnel("127.0.0.1", None, "10.1.2.53", 22, local_port=2222)
+    return [tunnel.counters(), plain.counters()]
+
+
+def test_the_views_show_udp_pairs_and_their_figures() -> None:
+    counters = _udp_counters()
+    udp, tcp = counters
+    assert udp["protocol"] == "udp" and "protocol" not in tcp
+    assert udp["bytes_to_remote"] == 300 and udp["bytes_from_remote"] == 900
+    assert (udp["udp_flows"], udp["total_udp_flows"], udp["udp_drops"]) == (2, 5, 3)
+    assert "udp_flows" not in tcp
+    out = io.StringIO()
+    view = JsonView(out, lambda: 0.0)
+    view.ready("dns", "s1", [udp, tcp])
+    view.update(counters)
+    view.closed("interrupted", "interrupted by the user", counters)
+    ready, stats, closed = (json.loads(line) for line in out.getvalue().splitlines())
+    assert ready["tunnels"][0]["protocol"] == "udp"
+    for event in (stats, closed):
+        assert event["udp_flows"] == 2 and event["total_udp_flows"] == 5
+        assert event["datagrams_to_remote"] == 7 and event["datagrams_from_remote"] == 6
+        assert event["refused_udp_flows"] == 1 and event["udp_drops"] == 3
+    assert stats["tunnels"][0]["datagrams_to_remote"] == 7
+    plain = io.StringIO()
+    PlainView(plain).ready("dns", "s1", [udp, tcp])
+    PlainView(plain).closed("interrupted", "bye", counters)
+    lines = plain.getvalue().splitlines()
+    assert lines[0] == "127.0.0.1:5353/udp -> 10.1.2.53:53"
+    assert lines[1] == "127.0.0.1:2222 -> 10.1.2.53:22"
+    assert "5 UDP flows" in lines[2]
+    terminal = io.StringIO()
+    TerminalView(terminal, lambda: 0.0).update(counters)
+    row = terminal.getvalue().splitlines()[2]
+    assert row.startswith("127.0.0.1:5353/udp -> 10.1.2.53:53")
+    assert row.split()[4:6] == ["2", "5"]  # CONN and TOTAL count the flows
+
+
+def test_a_session_without_udp_pairs_shows_no_udp_figures() -> None:
+    plain = Tunnel("127.0.0.1", None, "h", 22, local_port=2222)
+    out = io.StringIO()
+    JsonView(out, lambda: 0.0).closed("expired", "done", [plain.counters()])
+    assert "udp_flows" not in json.loads(out.getvalue())
