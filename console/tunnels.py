@@ -11,6 +11,12 @@ only bounds the refusals in flight: beyond C{max_connections} plus
 L{REFUSALS_IN_FLIGHT} open streams it closes a connection itself, with the
 same rule.  L{TunnelSession} keeps the counters the live view and the
 C{stats} events show.
+
+A pair that carries UDP (C{udp}, or C{tcp-udp} beside its TCP listener on
+the same port) gets a UDP socket instead (L{console.udp_tunnels}): each
+local client address is one flow of the session's L{UdpFlowTable}, opened
+by the Jumpoint's decision (C{flow_open}) and closed after the session's
+C{udp_idle_timeout}.
 """
 
 from __future__ import annotations

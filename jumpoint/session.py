@@ -1,9 +1,10 @@
 """A tunnel session on the Jumpoint: one user, one item, its terms, many connections.
 
-The session counts its connections (current and total, capped by its terms)
-and bytes, and enforces the rest of its terms while it runs: the idle timeout
-(traffic in either direction resets it, and a connection with data still
-waiting to move keeps the session busy), and the deadlines decided when it
+The session counts its connections (current and total, capped by its terms),
+its UDP flows (L{jumpoint.udp_flows}) and bytes, and enforces the rest of its
+terms while it runs: the idle timeout (traffic in either direction resets it,
+datagrams included, and a connection with data still waiting to move keeps
+the session busy), and the deadlines decided when it
 opened (auto-close, the end of a strict schedule window, the end of the
 approval).  When one of them fires, the session's owner (the channel) is
 asked to close it with the reason (L{Session.on_expired}).
