@@ -407,8 +407,9 @@ NET = {
 
 
 def _change(console: Any, item: str, change: str, value: str) -> dict[str, Any]:
-    result: dict[str, Any] = console.ask(control.CHANGE_ITEM, item=item, change=change, value=value)
-    return result["item"]
+    result = console.ask(control.CHANGE_ITEM, item=item, change=change, value=value)
+    changed: dict[str, Any] = result["item"]
+    return changed
 
 
 def test_filters_are_added_and_removed_in_their_canonical_form(world: World) -> None:
