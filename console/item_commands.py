@@ -167,7 +167,11 @@ def filter_group() -> None:
 @_json_option
 @profile_option
 def filter_add(name: str, spec: str, as_json: bool, profile: str | None) -> None:
-    """Add the filter SPEC, IP[,IP|CIDR][/PROTOCOL[/PORTS]] or RANGE[/...], to item NAME."""
+    """Add the filter SPEC to item NAME.
+
+    SPEC is IP[,IP|CIDR][/PROTOCOL[/PORTS]] or RANGE[/PROTOCOL[/PORTS]], IPv4
+    only; PROTOCOL is an IANA keyword or number (tcp, udp, icmp, sctp, 47...).
+    """
     _change(name, "filter_add", spec, profile, f"added filter {spec} to {name!r}", as_json)
 
 
@@ -177,7 +181,7 @@ def filter_add(name: str, spec: str, as_json: bool, profile: str | None) -> None
 @_json_option
 @profile_option
 def filter_remove(name: str, spec: str, as_json: bool, profile: str | None) -> None:
-    """Remove the filter SPEC from item NAME (an item keeps at least one)."""
+    """Remove the filter SPEC from item NAME (never its last one)."""
     _change(name, "filter_remove", spec, profile, f"removed filter {spec} from {name!r}", as_json)
 
 

@@ -188,8 +188,8 @@ def _changed_filters(item: Item, change: str, value: str) -> tuple[list[str], st
             f"item {item.name!r} is a {item.type} item; only {kinds.filter_kinds()} items"
             " have filters"
         )
-    try:
-        rule = FilterRule.parse(value)
+    try:  # a stored rule older than today's rules (IPv6...) can still be removed
+        rule = FilterRule.parse(value, legacy=change == "filter_remove")
     except ValueError as error:
         raise UsageError(str(error), hint=FILTER_HINT) from None
     rules = list(item.filters)

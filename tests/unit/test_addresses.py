@@ -604,7 +604,7 @@ def test_filter_ports_take_a_port_a_list_or_a_range() -> None:
     assert parse_filter_ports(["53", "8000-8100"]) == PortSet.parse([53, "8000-8100"])
     for bad, detail in ((True, "not a port"), ([], "expected ports"), ("", "expected ports")):
         with pytest.raises(ValueError, match=detail):
-            parse_filter_ports(bad)  # type: ignore[arg-type]
+            parse_filter_ports(bad)
 
 
 def test_filter_addresses_take_an_address_a_list_a_range_or_a_cidr() -> None:

@@ -372,8 +372,9 @@ NET = {
 
 
 def _change(console: Any, item: str, change: str, value: str) -> dict[str, Any]:
-    result: dict[str, Any] = console.ask(control.CHANGE_ITEM, item=item, change=change, value=value)
-    return result["item"]
+    result = console.ask(control.CHANGE_ITEM, item=item, change=change, value=value)
+    changed: dict[str, Any] = result["item"]
+    return changed
 
 
 def test_filters_are_added_and_removed_in_their_canonical_form(world: World) -> None:
@@ -630,6 +631,20 @@ def test_jump_item_create_tcp_with_udp_pairs_and_tunnel_json(
     status, _, err = jump("item", "create", "tcp", "x", "--host", "h", "--tunnel", "1:2/udp/a/b")
     assert status == ExitCode.USAGE
     assert "--tunnel: '1:2/udp/a/b': expected LOCAL:REMOTE[/PROTOCOL][/SCHEME]" in err
+
+
+def test_a_stored_filter_older_than_today_s_rules_can_be_removed(world: World) -> None:
+    """A row stored before IPv4-only still lists, and its IPv6 filter can be removed."""
+    spec = {"name": "old-net", "type": "network", "jump_group": "lab"}
+    row = item_from_data({**spec, "filters": ["fd00::/64", "10.0.0.0/24"]}, "console", stored=True)
+    world.core.catalog.store.create(row, "alice", 0.0)
+    alice = world.connect("alice")
+    shown = alice.ask(control.SHOW_ITEM, item="old-net")["item"]
+    assert shown["filters"] == ["fd00::/64", "10.0.0.0/24"]
+    error = alice.refused(control.CHANGE_ITEM, item="old-net", change="filter_add", value="fd00::1")
+    assert isinstance(error, UsageError) and "IPv4 only" in error.message
+    kept = _change(alice, "old-net", "filter_remove", "fd00::/64")
+    assert kept["filters"] == ["10.0.0.0/24"]
 
 
 def test_items_in_the_state_database_are_read_back(world: World) -> None:
