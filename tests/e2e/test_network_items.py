@@ -130,7 +130,5 @@ def test_a_tcp_item_with_a_udp_pair_is_listed_and_opened(deployment: Deployment)
     assert opened.returncode == 0, opened.stderr
     ready = json.loads(opened.stdout.splitlines()[0])
     assert ready["event"] == "ready"
-    assert [(t["local_port"], t.get("protocol", "tcp")) for t in ready["tunnels"]][0] == (
-        5353,
-        "udp",
-    )
+    udp, tcp = ready["tunnels"]
+    assert (udp["local_port"], udp["protocol"]) == (5353, "udp") and "protocol" not in tcp
