@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import error as net_error
@@ -91,6 +92,8 @@ class ConsoleChannel(ChannelProtocol):
         self.welcome: Deferred[dict[str, Any]] = Deferred()
         self.lost: Deferred[JumpError] = Deferred()
         self.session_closed_reason: tuple[str, str] | None = None
+        self.on_flow_closed: Callable[[int, str], None] | None = None
+        """Told of the Jumpoint's C{flow_closed} (flow id, reason): the session's UDP flows."""
         self._requests: dict[int, Deferred[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._goaway: tuple[int, str] | None = None
@@ -235,6 +238,8 @@ class ConsoleChannel(ChannelProtocol):
                 pending.errback(error_from_json(message["error"]))
         elif kind == control.SESSION_CLOSED:
             self.session_closed_reason = (message["code"], message["reason"])
+        elif kind == control.FLOW_CLOSED and self.on_flow_closed is not None:
+            self.on_flow_closed(message["flow"], message["reason"])
 
     def request(self, kind: str, **fields: Any) -> Deferred[dict[str, Any]]:
         """Send a request; the Deferred fires with the result or fails with a L{JumpError}."""

@@ -1,5 +1,9 @@
 """`jump item ...`: create, list, show, change and delete jump items on the Jumpoint.
 
+Tunnels of tcp items (C{jump item tunnel add/remove}) and filter rules of
+network items (C{jump item filter add/remove}) are added and removed, never
+edited; the Jumpoint refuses duplicates and the removal of the last one.
+
 The console only turns options into an item specification (the same keys as
 an entry of C{items:} in jumpoint.yaml) and sends it; the Jumpoint checks
 every field with the one schema, checks that the user may manage the jump
@@ -113,10 +117,18 @@ def delete(name: str, profile: str | None) -> None:
     say(f"deleted item {name!r}")
 
 
-def _change(name: str, change: str, value: str, profile: str | None, done: str) -> None:
+def _change(
+    name: str, change: str, value: str, profile: str | None, done: str, as_json: bool = False
+) -> None:
     result = call(profile, control.CHANGE_ITEM, item=name, change=change, value=value)
+    if as_json:
+        print_item(result["item"], True)
+        return
     say(done)
     print_item(result["item"], False)
+
+
+_json_option = click.option("--json", "as_json", is_flag=True, help="JSON output (the item).")
 
 
 @item.group()
@@ -127,19 +139,50 @@ def tunnel() -> None:
 @tunnel.command("add")
 @click.argument("name")
 @click.argument("pair")
+@_json_option
 @profile_option
-def tunnel_add(name: str, pair: str, profile: str | None) -> None:
-    """Add the tunnel LOCAL:REMOTE to item NAME."""
-    _change(name, "tunnel_add", pair, profile, f"added tunnel {pair} to {name!r}")
+def tunnel_add(name: str, pair: str, as_json: bool, profile: str | None) -> None:
+    """Add the tunnel LOCAL:REMOTE[/PROTOCOL] to item NAME (PROTOCOL: tcp, udp, tcp-udp)."""
+    _change(name, "tunnel_add", pair, profile, f"added tunnel {pair} to {name!r}", as_json)
 
 
 @tunnel.command("remove")
 @click.argument("name")
 @click.argument("pair")
+@_json_option
 @profile_option
-def tunnel_remove(name: str, pair: str, profile: str | None) -> None:
-    """Remove the tunnel LOCAL:REMOTE from item NAME."""
-    _change(name, "tunnel_remove", pair, profile, f"removed tunnel {pair} from {name!r}")
+def tunnel_remove(name: str, pair: str, as_json: bool, profile: str | None) -> None:
+    """Remove the tunnel LOCAL:REMOTE[/PROTOCOL] from item NAME."""
+    _change(name, "tunnel_remove", pair, profile, f"removed tunnel {pair} from {name!r}", as_json)
+
+
+@item.group("filter")
+def filter_group() -> None:
+    """Add or remove a filter rule of a network item (filters are never edited)."""
+
+
+@filter_group.command("add")
+@click.argument("name")
+@click.argument("spec")
+@_json_option
+@profile_option
+def filter_add(name: str, spec: str, as_json: bool, profile: str | None) -> None:
+    """Add the filter SPEC to item NAME.
+
+    SPEC is IP[,IP|CIDR][/PROTOCOL[/PORTS]] or RANGE[/PROTOCOL[/PORTS]], IPv4
+    only; PROTOCOL is an IANA keyword or number (tcp, udp, icmp, sctp, 47...).
+    """
+    _change(name, "filter_add", spec, profile, f"added filter {spec} to {name!r}", as_json)
+
+
+@filter_group.command("remove")
+@click.argument("name")
+@click.argument("spec")
+@_json_option
+@profile_option
+def filter_remove(name: str, spec: str, as_json: bool, profile: str | None) -> None:
+    """Remove the filter SPEC from item NAME (never its last one)."""
+    _change(name, "filter_remove", spec, profile, f"removed filter {spec} from {name!r}", as_json)
 
 
 @item.command()

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from console.channel import connect
 from console.logrouter import LOG_ROUTER
 from console.profiles import load_profile
-from console.tunnels import TunnelSession
+from console.tunnels import MAX_PACKET, TunnelSession
 from console.view import JsonView, PlainView, SessionView, TerminalView
 from shared.errors import ConsentRequired, ExitCode, JumpError, SessionLost, UsageError
 from shared.protocol import control
@@ -141,6 +141,9 @@ async def run_open(reactor: Any, options: OpenOptions, out: TextIO) -> int:
             session.bind_all(
                 lambda port, factory, address: reactor.listenTCP(
                     port, factory, backlog=511, interface=address
+                ),
+                listen_udp=lambda port, protocol, address: reactor.listenUDP(
+                    port, protocol, interface=address, maxPacketSize=MAX_PACKET
                 ),
             )
             try:

@@ -15,8 +15,10 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
+from console.udp_flow_table import UdpCounters
 from shared.addresses import PortSet
 from shared.bridge import TcpBridge
+from shared.kinds.base import TCP, UDP
 from shared.protocol.frames import ErrorCode
 
 log = Logger()
@@ -47,6 +49,8 @@ class Tunnel:
     remote_port: int
     local_port: int = 0
     allowed_ports: PortSet | None = None
+    protocol: str = TCP
+    """What the pair carries: C{tcp}, C{udp} or C{tcp-udp} (C{TUNNEL_PROTOCOLS})."""
     listening: IListeningPort | None = None
     status: str = "pending"
     bridges: set[TcpBridge] = field(default_factory=set)
@@ -64,6 +68,24 @@ class Tunnel:
     """What the tunnel leads to beyond host and port (mssql: the login and database)."""
     remote_url: str | None = None
     """k8s: the cluster's URL; the listener is then HTTPS."""
+    udp_listening: IListeningPort | None = None
+    udp: UdpCounters | None = None
+    """The UDP socket's figures (C{udp} and C{tcp-udp} pairs)."""
+
+    @property
+    def carries_tcp(self) -> bool:
+        """A TCP listener (C{tcp} and C{tcp-udp} pairs)."""
+        return TCP in self.carries
+
+    @property
+    def carries_udp(self) -> bool:
+        """A UDP socket (C{udp} and C{tcp-udp} pairs), on the TCP listener's port for both."""
+        return UDP in self.carries
+
+    @property
+    def carries(self) -> frozenset[str]:
+        """The transport protocols of the pair: C{{tcp}}, C{{udp}} or both."""
+        return frozenset(self.protocol.split("-"))
 
     @property
     def local_url(self) -> str | None:
@@ -75,6 +97,8 @@ class Tunnel:
     @property
     def binding(self) -> str:
         local = self.local_url or f"{self.local_address}:{self.local_port}"
+        if self.protocol != TCP:
+            local += f"/{self.protocol}"
         remote = self.remote_url or f"{self.remote_host}:{self.remote_port}"
         text = f"{local} -> {remote}"
         return f"{text} ({self.service})" if self.service else text
@@ -86,6 +110,8 @@ class Tunnel:
             "remote_host": self.remote_host,
             "remote_port": self.remote_port,
         }
+        if self.protocol != TCP:  # a plain TCP pair keeps the fields it always had
+            out["protocol"] = self.protocol
         if self.remote_url is not None:
             out["local_url"] = self.local_url
             out["remote_url"] = self.remote_url
@@ -98,8 +124,14 @@ class Tunnel:
         from_remote = self.closed_bytes_from_remote + sum(
             b.stream.bytes_received for b in self.bridges
         )
+        udp: dict[str, Any] = {}
+        if self.udp is not None:
+            udp = self.udp.as_dict()
+            to_remote += self.udp.bytes_to_remote
+            from_remote += self.udp.bytes_from_remote
         return {
             **self.describe(),
+            **udp,
             "status": self.status,
             "connections": len(self.bridges) + len(self.logins),
             "total_connections": self.total_connections,

@@ -11,14 +11,22 @@ only bounds the refusals in flight: beyond C{max_connections} plus
 L{REFUSALS_IN_FLIGHT} open streams it closes a connection itself, with the
 same rule.  L{TunnelSession} keeps the counters the live view and the
 C{stats} events show.
+
+A pair that carries UDP (C{udp}, or C{tcp-udp} beside its TCP listener on
+the same port) gets a UDP socket instead (L{console.udp_tunnels}): each
+local client address is one flow of the session's L{UdpFlowTable}, opened
+by the Jumpoint's decision (C{flow_open}) and closed after the session's
+C{udp_idle_timeout}.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import DatagramProtocol, Protocol, ServerFactory
 from twisted.logger import Logger
 
 from console.channel import ConsoleChannel
@@ -26,12 +34,25 @@ from console.kinds import sessions
 from console.kinds.session_part import Accept, SessionPart, refuse
 from console.listeners import Listen, bind
 from console.tunnel_counters import Tunnel
+from console.udp_flow_table import UdpFlowTable
+from console.udp_tunnels import ChannelFlowLink, UdpListener
 from shared.addresses import PortSet
 from shared.errors import JumpError, LocalBindError, ProtocolViolation
+from shared.kinds.base import TCP, TUNNEL_PROTOCOLS
 from shared.protocol.control import StreamTarget
 from shared.protocol.mux import Stream
 
 log = Logger()
+
+UDP_IDLE_TIMEOUT = 60.0
+"""Seconds without a datagram that close a UDP flow, unless the Jumpoint says otherwise."""
+MAX_UDP_FLOWS = 64
+"""UDP flows a session carries at once, unless the Jumpoint says otherwise."""
+MAX_PACKET = 65535
+"""The read size of a UDP tunnel's socket (Twisted reads 8192 bytes by default)."""
+
+ListenUdp = Callable[[int, DatagramProtocol, str], IListeningPort]
+"""Binds a UDP socket: port (0: any), protocol, address."""
 
 REFUSALS_IN_FLIGHT = 32
 """Connections over the cap sent to the Jumpoint for its decision at the same time."""
@@ -107,6 +128,9 @@ def _parse_tunnels(result: dict[str, Any]) -> list[Tunnel]:
         try:
             local_port = entry["local_port"]
             allowed = entry.get("allowed_local_ports")
+            protocol = entry.get("protocol") or TCP
+            if protocol not in TUNNEL_PROTOCOLS:
+                raise ValueError(protocol)
             tunnels.append(
                 Tunnel(
                     local_address=str(entry["local_address"]),
@@ -116,11 +140,22 @@ def _parse_tunnels(result: dict[str, Any]) -> list[Tunnel]:
                     allowed_ports=(
                         PortSet.parse(str(allowed).replace(" ", "").split(",")) if allowed else None
                     ),
+                    protocol=protocol,
                 )
             )
         except (KeyError, TypeError, ValueError):
             raise ProtocolViolation("the Jumpoint sent a malformed tunnel") from None
     return tunnels
+
+
+def _positive(result: dict[str, Any], key: str, default: float, high: float) -> float:
+    """A positive number of the session's terms (C{default} when the Jumpoint sent none)."""
+    value = result.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= high:
+        raise ProtocolViolation(f"the Jumpoint sent a malformed {key}")
+    return float(value)
 
 
 def _login_timeout(result: dict[str, Any]) -> float | None:
@@ -156,6 +191,21 @@ class TunnelSession:
             )
         except ValueError:
             raise ProtocolViolation("the Jumpoint sent a malformed acl") from None
+        self.udp_idle_timeout = _positive(result, "udp_idle_timeout", UDP_IDLE_TIMEOUT, 7 * 86400)
+        self.max_udp_flows = int(_positive(result, "max_udp_flows", MAX_UDP_FLOWS, 65536))
+        self.udp: UdpFlowTable | None = None
+        """The session's UDP flows (when a tunnel carries UDP)."""
+        self.udp_link: ChannelFlowLink | None = None
+        if any(t.carries_udp for t in self.tunnels):
+            self.udp_link = ChannelFlowLink(channel)
+            self.udp = UdpFlowTable(
+                max_flows=self.max_udp_flows,
+                idle_timeout=self.udp_idle_timeout,
+                clock=channel.clock,
+                link=self.udp_link,
+            )
+            self.udp_link.table = self.udp
+            channel.on_flow_closed = self.udp.remote_closed
 
     def peer_allowed(self, peer: str) -> bool:
         """Loopback peers always; others only inside the session's acl."""
@@ -186,6 +236,9 @@ class TunnelSession:
             "login_timeout",
         )
         out = {key: self.result.get(key) for key in keys if key in self.result}
+        if self.udp is not None:
+            out["udp_idle_timeout"] = self.udp_idle_timeout
+            out["max_udp_flows"] = self.max_udp_flows
         if self.acl:
             out["acl"] = [str(n) for n in self.acl]
         return out
@@ -215,20 +268,59 @@ class TunnelSession:
     def current_connections(self) -> int:
         return sum(len(t.bridges) + len(t.logins) for t in self.tunnels)
 
-    def bind_all(self, listen: Listen, local_address: str | None = None) -> None:
-        """Bind every tunnel's listener; on any failure unbind the others and raise."""
+    def bind_all(
+        self,
+        listen: Listen,
+        local_address: str | None = None,
+        listen_udp: ListenUdp | None = None,
+    ) -> None:
+        """Bind every tunnel's listener; on any failure unbind the others and raise.
+
+        A C{tcp-udp} pair binds its UDP socket on the TCP listener's port.
+        """
         try:
             for tunnel in self.tunnels:
                 if local_address is not None:
                     tunnel.local_address = local_address
-                result = self._bind(listen, tunnel)
-                tunnel.listening = result.port
-                tunnel.local_address = result.address
-                tunnel.local_port = result.local_port
+                if tunnel.carries_tcp:
+                    result = self._bind(listen, tunnel)
+                    tunnel.listening = result.port
+                    tunnel.local_address = result.address
+                    tunnel.local_port = result.local_port
+                if tunnel.carries_udp:
+                    if listen_udp is None:
+                        raise LocalBindError("this console cannot bind UDP sockets")
+                    self._bind_udp(listen_udp, tunnel, tunnel.carries_tcp)
                 tunnel.status = "listening"
         except JumpError:
             self.stop_listening()
             raise
+
+    def _bind_udp(self, listen_udp: ListenUdp, tunnel: Tunnel, beside_tcp: bool) -> None:
+        """The UDP socket of C{tunnel}: on the TCP listener's port, or as its own binding."""
+        assert self.udp is not None and self.udp_link is not None
+        udp_tunnel = self.udp.add_tunnel(tunnel.remote_port)
+        listener = UdpListener(self.udp, udp_tunnel, self.peer_allowed)
+
+        def listen(port: int, factory: ServerFactory, address: str) -> IListeningPort:
+            return listen_udp(port, listener, address)
+
+        if beside_tcp:
+            result = bind(
+                listen,
+                tunnel.local_address,
+                tunnel.local_port,
+                ServerFactory(),
+                allow_fallback=False,
+                allow_any_address=bool(self.acl),
+            )
+        else:
+            result = self._bind(listen, tunnel)
+            tunnel.local_address = result.address
+            tunnel.local_port = result.local_port
+        tunnel.udp_listening = result.port
+        tunnel.udp = udp_tunnel.counters
+        self.udp_link.listeners[udp_tunnel.index] = listener
 
     def _bind(self, listen: Listen, tunnel: Tunnel) -> Any:
         factory = self.part.listener(TunnelFactory(self, tunnel))
@@ -270,7 +362,12 @@ class TunnelSession:
             if tunnel.listening is not None:
                 tunnel.listening.stopListening()
                 tunnel.listening = None
+            if tunnel.udp_listening is not None:
+                tunnel.udp_listening.stopListening()
+                tunnel.udp_listening = None
             tunnel.status = "closed"
+        if self.udp is not None:
+            self.udp.close_all("the session closed")  # the Jumpoint closes its flows with it
 
     def abort_connections(self) -> None:
         for tunnel in self.tunnels:

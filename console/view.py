@@ -14,6 +14,7 @@ import json
 from collections import deque
 from typing import Any, Protocol, TextIO
 
+from shared.kinds.base import TCP
 from shared.text import printable
 
 
@@ -64,9 +65,30 @@ def human_bytes(count: float) -> str:
 def binding(tunnel: dict[str, Any], service: bool = True) -> str:
     """C{local -> remote}, and what the tunnel leads to (mssql: the login) unless not C{service}."""
     local = tunnel.get("local_url") or f"{tunnel['local_address']}:{tunnel['local_port']}"
+    if tunnel.get("protocol", TCP) != TCP:
+        local += f"/{tunnel['protocol']}"
     remote = tunnel.get("remote_url") or f"{tunnel['remote_host']}:{tunnel['remote_port']}"
     text = f"{local} -> {remote}"
     return f"{text} ({tunnel['service']})" if service and tunnel.get("service") else text
+
+
+UDP_TOTALS = (
+    "udp_flows",
+    "total_udp_flows",
+    "refused_udp_flows",
+    "datagrams_to_remote",
+    "datagrams_from_remote",
+    "udp_drops",
+)
+"""The UDP figures the session's events sum over its UDP tunnels."""
+
+
+def udp_totals(counters: list[dict[str, Any]]) -> dict[str, int]:
+    """The sums of L{UDP_TOTALS} over the tunnels, or nothing when none carries UDP."""
+    udp = [c for c in counters if "udp_flows" in c]
+    if not udp:
+        return {}
+    return {key: sum(c[key] for c in udp) for key in UDP_TOTALS}
 
 
 def _json_fields(tunnel: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +140,7 @@ class JsonView:
                 "connections": sum(c["connections"] for c in counters),
                 "bytes_to_remote": sum(c["bytes_to_remote"] for c in counters),
                 "bytes_from_remote": sum(c["bytes_from_remote"] for c in counters),
+                **udp_totals(counters),
                 "tunnels": tunnels,
             }
         )
@@ -142,6 +165,7 @@ class JsonView:
             "bytes_to_remote": sum(c["bytes_to_remote"] for c in counters),
             "bytes_from_remote": sum(c["bytes_from_remote"] for c in counters),
             "total_connections": sum(c["total_connections"] for c in counters),
+            **udp_totals(counters),
         }
         if removed is not None:
             event["removed"] = removed
@@ -176,8 +200,10 @@ class PlainView:
         up = sum(c["bytes_to_remote"] for c in counters)
         down = sum(c["bytes_from_remote"] for c in counters)
         total = sum(c["total_connections"] for c in counters)
+        udp = udp_totals(counters)
+        flows = f" {udp['total_udp_flows']} UDP flows," if udp else ""
         self.out.write(
-            f"jump: session closed: {printable(reason)} ({total} connections,"
+            f"jump: session closed: {printable(reason)} ({total} connections,{flows}"
             f" {human_bytes(up)} sent, {human_bytes(down)} received)\n"
         )
         self.out.flush()
@@ -221,8 +247,9 @@ class TerminalView:
             lines.append(
                 f"{printable(binding(counter, service=False)):<44}"
                 f" {printable(str(counter['status'])):<10}"
-                f" {counter['connections']:>5}"
-                f" {counter['total_connections']:>6} {human_bytes(counter['bytes_to_remote']):>11}"
+                f" {counter['connections'] + counter.get('udp_flows', 0):>5}"
+                f" {counter['total_connections'] + counter.get('total_udp_flows', 0):>6}"
+                f" {human_bytes(counter['bytes_to_remote']):>11}"
                 f" {human_bytes(counter['bytes_from_remote']):>11} {human_bytes(up):>11}"
                 f" {human_bytes(down):>11}"
             )

@@ -9,8 +9,10 @@ why, the connection cap, and whether it is recorded.  The rules, in order:
 1. the user's groups: may they open items of the item's jump group at all,
    and open tunnels (C{tunnels})?  Can this Jumpoint open the item's kind
    (L{jumpoint.kinds}), here?
-2. C{tunnels_restricted} (the union over the groups): protocol, remote and
-   local ports, schemes, listener address and ACL, idle timeout, auto-close;
+2. C{tunnels_restricted} (the union over the groups): protocol (of each
+   tunnel pair for the kinds with tunnels: C{udp} needs C{udp} or C{tcp-udp},
+   C{tcp-udp} needs both; else of the kind), remote and local ports, schemes,
+   listener address and ACL, idle timeout, auto-close;
 3. the item's jump policy: schedule, ticket ID, approval;
 4. the item's session policy: recording consent, idle timeout, lifetime,
    connection cap.
@@ -34,7 +36,7 @@ from typing import Any
 
 from jumpoint import kinds
 from jumpoint.approvals import ApprovalStore
-from jumpoint.config import JumpointConfig
+from jumpoint.config import UDP_FLOWS_DEFAULT, UDP_IDLE_TIMEOUT_DEFAULT, JumpointConfig
 from jumpoint.policy import Grant, JumpPolicy, SessionPolicy
 from jumpoint.session_terms import Deadline, SessionTerms
 from shared.errors import AccessDenied, ConsentRequired, UsageError
@@ -104,14 +106,21 @@ def decide(
         raise AccessDenied(f"your {who} may not open tunnels", rule="groups.tunnels")
     kind = kinds.check_openable(item, platform or sys.platform)
     restrictions = grant.restrictions
-    if kind.protocol is not None and not restrictions.allows_protocol(kind.protocol):
-        allowed = ", ".join(sorted(restrictions.protocol or ()))
+    allowed = ", ".join(sorted(restrictions.protocol or ()))
+    judged_at_open = kind.protocol is not None and not kind.has_tunnels
+    if judged_at_open and not restrictions.allows_protocol(kind.protocol or ""):
         raise AccessDenied(
             f"your {who} may open {allowed} tunnels only; item {item.name!r} is {kind.protocol}",
             rule="tunnels_restricted.protocol",
         )
     for tunnel in item.tunnels:
         shown = f"{tunnel.text()} of item {item.name!r}"
+        # a kind with tunnels: each pair by its own protocol (tcp-udp needs both)
+        if kind.has_tunnels and not all(restrictions.allows_protocol(p) for p in tunnel.carries):
+            raise AccessDenied(
+                f"tunnel {shown} is {tunnel.protocol}: your {who} may open {allowed} tunnels only",
+                rule="tunnels_restricted.protocol",
+            )
         if restrictions.remote is not None and tunnel.remote_port not in restrictions.remote:
             raise AccessDenied(
                 f"tunnel {shown}: remote port {tunnel.remote_port} is not allowed for your {who}"
@@ -192,6 +201,12 @@ def decide(
     max_connections = config.limits.max_connections_per_session
     if session_policy is not None and session_policy.max_connections is not None:
         max_connections = min(max_connections, session_policy.max_connections)
+    udp_idle_timeout, max_udp_flows = UDP_IDLE_TIMEOUT_DEFAULT, UDP_FLOWS_DEFAULT
+    if session_policy is not None:
+        if session_policy.udp_idle_timeout is not None:
+            udp_idle_timeout = session_policy.udp_idle_timeout
+        if session_policy.max_udp_flows is not None:
+            max_udp_flows = session_policy.max_udp_flows
     return SessionTerms(
         item=item,
         grant=grant,
@@ -207,6 +222,8 @@ def decide(
         jump_policy=jump_policy,
         session_policy=session_policy,
         login_timeout=resolve_login_timeout(item, session_policy),
+        udp_idle_timeout=udp_idle_timeout,
+        max_udp_flows=max_udp_flows,
     )
 
 

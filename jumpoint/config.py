@@ -31,6 +31,12 @@ from shared.schema import Field, Where
 
 CONFIG_ENV = "JUMPOINT_CONFIG"
 MAX_CONNECTIONS_PER_SESSION = 256
+MAX_UDP_FLOWS_PER_SESSION = 256
+"""The most UDP flows a session policy may allow (the channel's C{max_flows})."""
+UDP_FLOWS_DEFAULT = 64
+"""UDP flows a session carries at once unless its session policy says otherwise."""
+UDP_IDLE_TIMEOUT_DEFAULT = 60.0
+"""Seconds without a datagram that close a UDP flow unless the session policy says otherwise."""
 
 __all__ = ["CONFIG_ENV", "Group", "JumpointConfig", "Limits", "load_config", "parse_config"]
 
@@ -250,6 +256,8 @@ _SESSION_POLICY_FIELDS = {
     "auto_close": Field(schema.duration(), default=None),
     "max_connections": Field(schema.integer(1, MAX_CONNECTIONS_PER_SESSION), default=None),
     "login_timeout": Field(item_schema.login_timeout, default=None),
+    "udp_idle_timeout": Field(schema.duration(7 * 86400), default=None),
+    "max_udp_flows": Field(schema.integer(1, MAX_UDP_FLOWS_PER_SESSION), default=None),
     "comments": Field(schema.optional_string(), default=None),
 }
 
@@ -510,6 +518,8 @@ def _build_policies(top: dict[str, Any], root: yaml.Node, filename: str, base: P
             auto_close=values["auto_close"],
             max_connections=values["max_connections"],
             login_timeout=values["login_timeout"],
+            udp_idle_timeout=values["udp_idle_timeout"],
+            max_udp_flows=values["max_udp_flows"],
         )
         for name, values in (top["session_policies"] or {}).items()
     }

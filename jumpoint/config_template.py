@@ -142,6 +142,9 @@ _POLICIES = """\
 #                                 # is the ceiling)
 #     login_timeout: 30s          # mssql, k8s: a local connection that has not logged in
 #                                 # by then is closed (the default; an item's own is lower)
+#     udp_idle_timeout: 60s       # udp and tcp-udp tunnel pairs: a UDP flow (one local
+#                                 # client) without a datagram this long closes (default)
+#     max_udp_flows: 64           # UDP flows a session carries at once (default; at most 256)
 #<
 
 # The audit log: every decision and event, in the state database (see
@@ -220,12 +223,17 @@ _ITEMS = """\
 #     # The cluster's CA certificates, PEM. This one is a placeholder: use the
 #     # certificate-authority-data of the kubeconfig, base64-decoded.
 #     ca_pem: |
-{ca_pem}#   - name: lab-net               # addresses and ports, as filter rules
+{ca_pem}#   - name: lab-net               # a network tunnel: what it may reach, as filters
 #     type: network
 #     jump_group: lab-1
-#     filters:                    # ADDRESSES[/PROTOCOL[/PORTS]]
-#       - 10.20.0.0/24/tcp/22,443
-#       - 10.20.1.5,10.20.1.7-10.20.1.9/udp/161
+#     filters:                    # 1-50; IPv4 only
+#       - ip: 10.20.0.0/24        # an address, a list a,b,c, a range a-b or a CIDR
+#         protocol: tcp           # optional: an IANA keyword or number (udp, icmp, 47...)
+#         ports: "22,443"         # optional, for tcp, udp, sctp, dccp, udplite
+#       - ip: 10.20.1.7-10.20.1.9
+#         protocol: udp
+#         ports: 161
+#       - 10.20.1.5/icmp          # the same as text: IP[,IP|CIDR][/PROTOCOL[/PORTS]]
 #<
 items: []
 """

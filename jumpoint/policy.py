@@ -203,6 +203,10 @@ class SessionPolicy:
     max_connections: int | None = None
     login_timeout: float | None = None
     """Seconds a local connection of an mssql or k8s item has to finish its login."""
+    udp_idle_timeout: float | None = None
+    """Seconds without a datagram either way that close a UDP flow (C{None}: the default)."""
+    max_udp_flows: int | None = None
+    """Most UDP flows a session carries at once (C{None}: the default)."""
 
 
 @dataclass(frozen=True)

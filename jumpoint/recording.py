@@ -1,4 +1,4 @@
-"""Session recording: every tunnelled TCP connection of a session, as a pcap file.
+"""Session recording: every tunnelled TCP connection and UDP flow of a session, as a pcap file.
 
 With recording on, the Jumpoint writes one classic pcap file per session
 (C{<directory>/<session id>.pcap}, mode 0600).  Each tunnelled connection
@@ -8,6 +8,8 @@ chunk of bytes that passed through the Jumpoint in either direction, with the
 time it passed, and a FIN exchange or a RST at the end.  Sequence and
 acknowledgement numbers, IPv4 header and TCP checksums are real, so
 Wireshark and tshark ("Follow TCP Stream") show an ordinary conversation.
+Each datagram of a UDP flow (L{FlowRecording}) is one UDP packet, with its
+checksum, between the same two kinds of endpoint.
 
 The recorder never stalls the tunnel:
 
@@ -64,9 +66,11 @@ _ETHERNET = struct.Struct("!6s6sH")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
 _TCP = struct.Struct("!HHIIBBHHH")
+_UDP = struct.Struct("!HHHH")
 _ETHERTYPE_IPV4 = 0x0800
 _ETHERTYPE_IPV6 = 0x86DD
 _IPPROTO_TCP = 6
+_IPPROTO_UDP = 17
 _MAX_IP_PACKET = 65535
 _SEQ_MASK = 0xFFFFFFFF
 
@@ -353,6 +357,10 @@ class SessionRecorder:
         microseconds = round(self.clock.seconds() * 1_000_000)
         seconds, fraction = divmod(microseconds, 1_000_000)
         self._push(_RECORD_HEADER.pack(seconds, fraction, len(data), len(data)) + data)
+
+    def flow(self, client: tuple[str, int], server: tuple[str, int]) -> FlowRecording:
+        """Start recording one UDP flow (C{client}: the console side, C{server}: the target)."""
+        return FlowRecording(self, client, server)
 
     def close(self) -> Deferred[None]:
         """Write what is queued and close the file.  Idempotent; never fails.
@@ -655,27 +663,90 @@ class ConnectionRecording:
         total = _ones_complement_sum(pseudo + _TCP.pack(*fields) + options)
         fields[7] = _checksum((total + _ones_complement_sum(payload)) % 0xFFFF)
         tcp_header = _TCP.pack(*fields) + options
-        if self.ipv6:
-            ip_header = _IPV6.pack(
-                0x6000_0000, tcp_length, _IPPROTO_TCP, 64, source.address, destination.address
-            )
-            ethertype = _ETHERTYPE_IPV6
-        else:
-            ip_fields = [0x45, 0, _IPV4.size + tcp_length, ip_id, 0x4000, 64, _IPPROTO_TCP, 0]
-            unsummed = _IPV4.pack(*ip_fields, source.address, destination.address)
-            ip_fields[-1] = _checksum(_ones_complement_sum(unsummed))
-            ip_header = _IPV4.pack(*ip_fields, source.address, destination.address)
-            ethertype = _ETHERTYPE_IPV4
-        frame_length = _ETHERNET.size + len(ip_header) + tcp_length
-        microseconds = round(recorder.clock.seconds() * 1_000_000)
-        seconds, fraction = divmod(microseconds, 1_000_000)
-        record = b"".join(
-            (
-                _RECORD_HEADER.pack(seconds, fraction, frame_length, frame_length),
-                _ETHERNET.pack(destination.mac, source.mac, ethertype),
-                ip_header,
-                tcp_header,
-                payload,
-            )
+        _push_frame(
+            recorder, self.ipv6, source, destination, ip_id, _IPPROTO_TCP, tcp_header, payload
         )
-        recorder._push(record)
+
+
+def _push_frame(
+    recorder: SessionRecorder,
+    ipv6: bool,
+    source: _Side,
+    destination: _Side,
+    ip_id: int,
+    protocol: int,
+    header: bytes,
+    payload: bytes,
+) -> None:
+    """One Ethernet frame with an IP packet (C{protocol}: its L4 C{header} and C{payload})."""
+    length = len(header) + len(payload)
+    if ipv6:
+        ip_header = _IPV6.pack(
+            0x6000_0000, length, protocol, 64, source.address, destination.address
+        )
+        ethertype = _ETHERTYPE_IPV6
+    else:
+        ip_fields = [0x45, 0, _IPV4.size + length, ip_id, 0x4000, 64, protocol, 0]
+        unsummed = _IPV4.pack(*ip_fields, source.address, destination.address)
+        ip_fields[-1] = _checksum(_ones_complement_sum(unsummed))
+        ip_header = _IPV4.pack(*ip_fields, source.address, destination.address)
+        ethertype = _ETHERTYPE_IPV4
+    frame_length = _ETHERNET.size + len(ip_header) + length
+    microseconds = round(recorder.clock.seconds() * 1_000_000)
+    seconds, fraction = divmod(microseconds, 1_000_000)
+    record = b"".join(
+        (
+            _RECORD_HEADER.pack(seconds, fraction, frame_length, frame_length),
+            _ETHERNET.pack(destination.mac, source.mac, ethertype),
+            ip_header,
+            header,
+            payload,
+        )
+    )
+    recorder._push(record)
+
+
+class FlowRecording:
+    """The UDP datagrams of one tunnelled UDP flow: one UDP packet per datagram.
+
+    Like L{ConnectionRecording}, cheap, never blocking, never raising for I/O;
+    a datagram that does not fit in the recorder's buffer is dropped and counted.
+    """
+
+    def __init__(
+        self, recorder: SessionRecorder, client: tuple[str, int], server: tuple[str, int]
+    ) -> None:
+        client_ip, server_ip = _ip_pair(client[0], server[0])
+        self.recorder = recorder
+        self.ipv6 = isinstance(client_ip, IPv6Address)
+        self.client = _Side(client_ip.packed, _check_port(client[1]), _CLIENT_MAC, 0)
+        self.server = _Side(server_ip.packed, _check_port(server[1]), _SERVER_MAC, 0)
+        ip_header = _IPV6.size if self.ipv6 else _IPV4.size
+        self._frame_overhead = _RECORD_HEADER.size + _ETHERNET.size + ip_header + _UDP.size
+
+    def to_server(self, data: bytes) -> None:
+        """A datagram went from the console to the target now."""
+        self._datagram(self.client, self.server, data)
+
+    def from_server(self, data: bytes) -> None:
+        """A datagram went from the target to the console now."""
+        self._datagram(self.server, self.client, data)
+
+    def _datagram(self, source: _Side, destination: _Side, payload: bytes) -> None:
+        ip_id = source.ip_id
+        source.ip_id = (ip_id + 1) & 0xFFFF
+        recorder = self.recorder
+        if len(payload) > _MAX_IP_PACKET - _IPV4.size - _UDP.size:
+            return  # never relayed either (the relay's limit)
+        if not recorder._admit(self._frame_overhead + len(payload), len(payload)):
+            return
+        length = _UDP.size + len(payload)
+        if self.ipv6:
+            pseudo = source.address + destination.address + struct.pack("!II", length, 17)
+        else:
+            pseudo = source.address + destination.address + struct.pack("!HH", 17, length)
+        fields = [source.port, destination.port, length, 0]
+        total = _ones_complement_sum(pseudo + _UDP.pack(*fields))
+        fields[3] = _checksum((total + _ones_complement_sum(payload)) % 0xFFFF) or 0xFFFF
+        header = _UDP.pack(*fields)
+        _push_frame(recorder, self.ipv6, source, destination, ip_id, _IPPROTO_UDP, header, payload)

@@ -1,4 +1,4 @@
-"""Connects a Jumpoint-side bridge to its session's recording (see L{jumpoint.recording}).
+"""Connects a Jumpoint-side bridge (or UDP flow) to its session's recording (L{jumpoint.recording}).
 
 The tap is set on the bridge before the target is dialled and opens its
 conversation in the pcap file on the first byte, when the target's address
@@ -32,6 +32,11 @@ def _client_address(console_host: str, server_host: str) -> str:
         return f"::ffff:{console}"
     mapped = getattr(console, "ipv4_mapped", None)
     return str(mapped) if mapped is not None else _DOCUMENTATION_V4
+
+
+def flow_client(console_host: str, flow_id: int, server_host: str) -> tuple[str, int]:
+    """The console side of a recorded UDP flow: its address, a port derived from the flow id."""
+    return _client_address(console_host, server_host), 10000 + flow_id % 50000
 
 
 class RecordingTap:

@@ -40,6 +40,7 @@ from jumpoint.session import Session
 from jumpoint.session_lifecycle import RecorderFactory, session_ended
 from jumpoint.state import StateDatabase, User, data_version, user_for_certificate
 from jumpoint.streams import admit_stream
+from jumpoint.udp_flows import OpenUdp
 from shared.enrollment import rfc3339
 from shared.errors import InternalError, JumpError, ProtocolViolation
 from shared.pki import KeyPair
@@ -79,6 +80,8 @@ class JumpointCore:
     audit: AuditLog | None = None
     notifier: Notifier | None = None
     new_recorder: RecorderFactory | None = None
+    open_udp: OpenUdp | None = None
+    """Opens the UDP sockets of UDP flows (L{jumpoint.udp_flows.reactor_udp}; none: no UDP)."""
     channels: set[JumpointChannel] = field(default_factory=set)
     credentials: CredentialStore | None = None
     """The logins injected into mssql connections (built from the config when not given)."""
@@ -354,6 +357,8 @@ class JumpointChannel(ChannelProtocol):
         session.stop_timers()
         for bridge in list(session.active):
             bridge.abort(ErrorCode.SESSION_CLOSED, f"the session was closed: {reason}")
+        for flow in list(session.flows.values()):
+            flow.close(f"the session was closed: {reason}", tell_console=False)
         session_ended(self.core, session, reason, code)
 
     # -- control requests ------------------------------------------------

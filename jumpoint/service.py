@@ -29,6 +29,7 @@ from jumpoint.session_lifecycle import RecorderFactory
 from jumpoint.session_store import SessionStore, closing_stale
 from jumpoint.state import READ_BUSY_TIMEOUT, StateDatabase
 from jumpoint.targets import make_connector
+from jumpoint.udp_flows import reactor_udp
 from shared.errors import ConfigError
 from shared.pki import KeyPair, load_pair
 from shared.protocol.frames import ErrorCode
@@ -208,6 +209,7 @@ def _build(config: JumpointConfig, reactor: Any, lock: InstanceLock) -> IService
         audit=audit,
         notifier=Notifier(reactor, on_result=delivered),
         new_recorder=_recorder_factory(config, reactor),
+        open_udp=reactor_udp(reactor),
         ca=ca,
         ca_unavailable=ca_unavailable,
     )

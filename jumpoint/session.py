@@ -1,9 +1,10 @@
 """A tunnel session on the Jumpoint: one user, one item, its terms, many connections.
 
-The session counts its connections (current and total, capped by its terms)
-and bytes, and enforces the rest of its terms while it runs: the idle timeout
-(traffic in either direction resets it, and a connection with data still
-waiting to move keeps the session busy), and the deadlines decided when it
+The session counts its connections (current and total, capped by its terms),
+its UDP flows (L{jumpoint.udp_flows}) and bytes, and enforces the rest of its
+terms while it runs: the idle timeout (traffic in either direction resets it,
+datagrams included, and a connection with data still waiting to move keeps
+the session busy), and the deadlines decided when it
 opened (auto-close, the end of a strict schedule window, the end of the
 approval).  When one of them fires, the session's owner (the channel) is
 asked to close it with the reason (L{Session.on_expired}).
@@ -65,6 +66,22 @@ class SessionLink(Protocol):
         """The session ends: audit what is still open, release what it holds."""
 
 
+class SessionFlow(Protocol):
+    """What a session reads of one of its UDP flows (L{jumpoint.udp_flows.UdpFlow})."""
+
+    @property
+    def flow_id(self) -> int: ...
+
+    @property
+    def bytes_to_target(self) -> int: ...
+
+    @property
+    def bytes_from_target(self) -> int: ...
+
+    def close(self, reason: str, *, tell_console: bool = True) -> None:
+        """End the flow now (audited once)."""
+
+
 def new_session_id() -> str:
     return secrets.token_hex(8)
 
@@ -87,6 +104,9 @@ class Session:
     closed: bool = False
     close_reason: str | None = None
     last_activity: float = 0.0
+    flows: dict[int, SessionFlow] = field(default_factory=dict)
+    """The open UDP flows, by flow id (at most C{terms.max_udp_flows})."""
+    total_flows: int = 0
     on_expired: Callable[[Session, str, str], None] | None = None
     link: SessionLink | None = None
     _timers: list[IDelayedCall] = field(default_factory=list)
@@ -104,13 +124,28 @@ class Session:
         self.total_connections += 1
 
     def totals(self) -> tuple[int, int]:
-        """Bytes to and from the targets so far, open connections included."""
+        """Bytes to and from the targets so far, open connections and UDP flows included."""
         to_target = self.bytes_to_target + sum(_to_target(b) for b in self.active)
         from_target = self.bytes_from_target + sum(b.stream.bytes_sent for b in self.active)
         if self.link is not None:
             link_to, link_from = self.link.totals()
             to_target, from_target = to_target + link_to, from_target + link_from
+        for flow in self.flows.values():
+            to_target += flow.bytes_to_target
+            from_target += flow.bytes_from_target
         return to_target, from_target
+
+    def flow_started(self, flow: SessionFlow) -> None:
+        self.flows[flow.flow_id] = flow
+        self.total_flows += 1
+
+    def flow_finished(self, flow: SessionFlow) -> None:
+        """Count a UDP flow's end (its bytes join the session's totals)."""
+        if self.flows.get(flow.flow_id) is not flow:
+            return
+        del self.flows[flow.flow_id]
+        self.bytes_to_target += flow.bytes_to_target
+        self.bytes_from_target += flow.bytes_from_target
 
     def connection_finished(self, bridge: SessionConnection) -> tuple[int, int] | None:
         """Count a connection's end; returns its (to target, from target) bytes."""
@@ -194,6 +229,8 @@ class Session:
             "age": max(0.0, now - self.opened_at),
             "connections": len(self.active),
             "total_connections": self.total_connections,
+            "udp_flows": len(self.flows),
+            "total_udp_flows": self.total_flows,
             "bytes_to_target": to_target,
             "bytes_from_target": from_target,
             "recording": self.recorder is not None,

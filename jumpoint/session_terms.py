@@ -45,6 +45,10 @@ class SessionTerms:
     notes: tuple[str, ...] = field(default=())
     login_timeout: float | None = None
     """mssql, k8s: seconds a connection has to finish its login (L{resolve_login_timeout})."""
+    udp_idle_timeout: float = 60.0
+    """Seconds without a datagram either way that close a UDP flow."""
+    max_udp_flows: int = 64
+    """Most UDP flows the session carries at once (C{flow_open} beyond: C{max_udp_flows})."""
 
     def first_deadline(self) -> Deadline | None:
         return min(self.deadlines, key=lambda d: d.at) if self.deadlines else None
@@ -57,6 +61,7 @@ class SessionTerms:
                 "local_port": "auto" if tunnel.local_port is None else tunnel.local_port,
                 "remote_host": self.item.host,
                 "remote_port": tunnel.remote_port,
+                "protocol": tunnel.protocol,
             }
             if self.local_ports is not None:
                 entry["allowed_local_ports"] = self.local_ports.describe()
@@ -73,6 +78,8 @@ class SessionTerms:
             "closes_because": deadline.reason if deadline else None,
             "max_connections": self.max_connections,
             "login_timeout": self.login_timeout,
+            "udp_idle_timeout": self.udp_idle_timeout,
+            "max_udp_flows": self.max_udp_flows,
             "recording": self.recording,
             "jump_policy": self.jump_policy.name if self.jump_policy else None,
             "session_policy": self.session_policy.name if self.session_policy else None,

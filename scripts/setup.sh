@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(redis-server redis-tools curl ca-certificates tshark freetds-bin sqlite3 iperf3 nftables iproute2)
+APT_PACKAGES=(redis-server redis-tools curl ca-certificates tshark freetds-bin sqlite3 iperf3 nftables iproute2 dnsutils socat)
 if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
 if [ "${JUMPOINT_SKIP_APT:-}" != 1 ]; then
   echo "setup: installing Debian packages: ${APT_PACKAGES[*]}" >&2

@@ -9,8 +9,8 @@ This module parses and evaluates three kinds of policy text, with no I/O:
    L{AllowList}, and the built-in egress default around it (L{EgressGuard}:
    loopback, link-local and the Jumpoint's own listener are never targets
    unless an entry lists them explicitly);
- - Network Tunnel filter rules such as C{10.0.0.0/24/tcp/22,80}: L{FilterRule},
-   L{parse_filter_rules}.
+ - Network Tunnel filter rules such as C{10.0.0.0/24/tcp/22,80}: L{FilterRule}
+   (addresses, an IANA IP protocol: L{parse_protocol}, ports), L{parse_filter_rules}.
 
 Host names are never resolved here: the caller resolves them and passes the
 addresses in.  Every parse error is a C{ValueError} whose message quotes the
@@ -34,10 +34,6 @@ IPNetwork: TypeAlias = IPv4Network | IPv6Network
 MIN_PORT = 1
 MAX_PORT = 65535
 
-#: The protocols a filter rule can name, besides L{ANY_PROTOCOL}.
-PROTOCOLS = ("tcp", "udp", "icmp")
-ANY_PROTOCOL = "any"
-MAX_FILTER_RULES = 50
 
 _PORT_EXPECTED = "expected a port from 1 to 65535 or a range such as 8000-8100"
 _PORT_LIST_EXPECTED = "expected ports such as 22,80,8000-8100"
@@ -45,8 +41,6 @@ _TARGET_EXPECTED = (
     "expected ADDRESS, ADDRESS:PORT or :PORT, where ADDRESS is an IP address, CIDR or"
     " host name (for example 10.0.0.0/8:5432, [fd00::/8]:443, db.example:5432 or :22)"
 )
-_RULE_EXPECTED = "expected ADDRESSES[/PROTOCOL[/PORTS]], for example 10.0.0.0/24/tcp/22,80"
-_PROTOCOL_EXPECTED = "expected tcp, udp, icmp or any"
 
 _PORT_RE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
 _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
@@ -490,6 +484,84 @@ class EgressGuard:
 
 # Network tunnel filter rules
 
+IP_PROTOCOLS: Mapping[str, int] = {
+    "hopopt": 0,
+    "icmp": 1,
+    "igmp": 2,
+    "ggp": 3,
+    "ipv4": 4,
+    "st": 5,
+    "tcp": 6,
+    "egp": 8,
+    "igp": 9,
+    "udp": 17,
+    "rdp": 27,
+    "dccp": 33,
+    "ipv6": 41,
+    "ipv6-route": 43,
+    "ipv6-frag": 44,
+    "rsvp": 46,
+    "gre": 47,
+    "esp": 50,
+    "ah": 51,
+    "ipv6-icmp": 58,
+    "ipv6-nonxt": 59,
+    "ipv6-opts": 60,
+    "eigrp": 88,
+    "ospfigp": 89,
+    "ipip": 94,
+    "etherip": 97,
+    "encap": 98,
+    "pim": 103,
+    "ipcomp": 108,
+    "vrrp": 112,
+    "l2tp": 115,
+    "sctp": 132,
+    "udplite": 136,
+    "mpls-in-ip": 137,
+}
+"""IANA keywords (lower case) of the IP protocols a rule can name; others by number (0-255)."""
+PROTOCOL_ALIASES: Mapping[str, int] = {"ipencap": 4, "icmpv6": 58, "ospf": 89}
+"""Other names in use (/etc/protocols): accepted, stored as the IANA keyword."""
+_PROTOCOL_NAMES = {number: name for name, number in IP_PROTOCOLS.items()}
+PORT_PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")
+"""The protocols with ports: only their rules may restrict ports."""
+ANY_PROTOCOL = "any"
+MAX_FILTER_RULES = 50
+
+_RULE_EXPECTED = "expected ADDRESSES[/PROTOCOL[/PORTS]], for example 10.0.0.0/24/tcp/22,80"
+_PROTOCOL_EXPECTED = (
+    "expected an IANA keyword (tcp, udp, icmp, sctp, gre, esp, ...), a number from 0 to 255 or any"
+)
+
+
+def parse_protocol(value: str | int) -> str:
+    """The canonical name of an IP protocol: its IANA keyword, its number as text, or C{any}.
+
+    C{value} is a keyword (any case), an alias (C{ospf}), a number (C{47} or
+    C{"47"}: stored as C{gre}) or C{any}.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not an IP protocol: {_PROTOCOL_EXPECTED}")
+    text = str(value).strip().lower()
+    if text == ANY_PROTOCOL or text in IP_PROTOCOLS:
+        return text
+    if text in PROTOCOL_ALIASES:
+        return _PROTOCOL_NAMES[PROTOCOL_ALIASES[text]]
+    if text.isdigit() and text.isascii():
+        number = int(text) if len(text) <= 3 else 256
+        if number > 255:
+            raise ValueError(f"protocol number {text} is out of range: expected 0 to 255")
+        return _PROTOCOL_NAMES.get(number, str(number))
+    raise ValueError(f"{str(value)!r} is not an IP protocol: {_PROTOCOL_EXPECTED}")
+
+
+def protocol_number(protocol: str) -> int | None:
+    """The number of a canonical protocol name (L{parse_protocol}); C{None} for C{any}."""
+    if protocol == ANY_PROTOCOL:
+        return None
+    return IP_PROTOCOLS[protocol] if protocol in IP_PROTOCOLS else int(protocol)
+
 
 @dataclass(frozen=True)
 class AddressRange:
@@ -531,6 +603,46 @@ def _parse_filter_address(text: str) -> FilterAddress:
     return _parse_address(text)
 
 
+def _canonical_address(item: FilterAddress) -> FilterAddress:
+    """A one-address network or range is that address."""
+    if isinstance(item, IPv4Network | IPv6Network) and item.num_addresses == 1:
+        return item.network_address
+    if isinstance(item, AddressRange) and item.first == item.last:
+        return item.first
+    return item
+
+
+def _address_key(item: FilterAddress) -> tuple[int, int, int, int]:
+    """Sorts by version, first and last address, then address, network, range."""
+    if isinstance(item, AddressRange):
+        return item.first.version, int(item.first), int(item.last), 2
+    if isinstance(item, IPv4Network | IPv6Network):
+        return item.version, int(item.network_address), int(item.broadcast_address), 1
+    return item.version, int(item), int(item), 0
+
+
+def parse_filter_addresses(text: str, legacy: bool = False) -> tuple[FilterAddress, ...]:
+    """The C{ip} of a filter rule: an address, a list C{a,b,c}, a range C{a-b} or a CIDR.
+
+    IPv4 only, and a range stands alone (not in a list).  C{legacy}: a rule
+    stored before those two rules (IPv6, ranges in lists) is read as it was.
+    """
+    addresses = tuple(_parse_filter_address(item) for item in text.split(","))
+    if not legacy:
+        for item in addresses:
+            version = item.first.version if isinstance(item, AddressRange) else item.version
+            if version != 4:
+                shown = _describe_filter_address(item)
+                raise ValueError(f"{shown!r} is IPv6: filters are IPv4 only")
+        ranges = [item for item in addresses if isinstance(item, AddressRange)]
+        if ranges and len(addresses) > 1:
+            raise ValueError(
+                f"the range {ranges[0].describe()!r} is in a list: a range stands alone"
+                " (give it a filter of its own)"
+            )
+    return addresses
+
+
 def _filter_address_contains(item: FilterAddress, address: IPAddress) -> bool:
     if isinstance(item, IPv4Address | IPv6Address):
         return item == address
@@ -541,13 +653,30 @@ def _describe_filter_address(item: FilterAddress) -> str:
     return item.describe() if isinstance(item, AddressRange) else str(item)
 
 
+def parse_filter_ports(value: str | int | Sequence[str | int]) -> PortSet:
+    """The C{ports} of a filter rule: a port, a list C{53,123} or a range C{8000-8100}."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a port: {_PORT_EXPECTED}")
+    if isinstance(value, int):
+        return PortSet.parse([value])
+    if isinstance(value, str):
+        return _parse_port_items(value)
+    if not value:
+        raise ValueError(_PORT_LIST_EXPECTED)
+    return PortSet.parse([str(item) for item in value])
+
+
 @dataclass(frozen=True)
 class FilterRule:
-    """One Network Tunnel filter rule: C{IP[,IP|RANGE|CIDR][/PROTOCOL[/PORTS]]}.
+    """One Network Tunnel filter rule: addresses, an IP protocol, and ports.
 
-    C{protocol} is C{tcp}, C{udp}, C{icmp} or C{any}.  C{ports} C{None} means
-    every port; only C{tcp} and C{udp} rules may restrict ports.  A port set
-    holding every port is stored as C{None}.
+    Its text is C{IP[,IP|CIDR][/PROTOCOL[/PORTS]]} (or C{RANGE[/PROTOCOL[/PORTS]]}).
+    C{protocol} is canonical (L{parse_protocol}: an IANA keyword, a number
+    for a protocol with no keyword here, or C{any}); C{ports} C{None} means
+    every port, and only the protocols of L{PORT_PROTOCOLS} may restrict
+    ports.  The addresses are kept sorted and without repeats, a one-address
+    network or range as the address; a port set holding every port is
+    C{None}.  Equal rules therefore have equal text (L{describe}).
     """
 
     addresses: tuple[FilterAddress, ...]
@@ -557,74 +686,97 @@ class FilterRule:
     def __post_init__(self) -> None:
         if not self.addresses:
             raise ValueError("a filter rule needs at least one address")
-        if self.protocol not in (*PROTOCOLS, ANY_PROTOCOL):
-            hint = " (ports go after the protocol, as in 10.0.0.0/24/tcp/22)"
-            hint = hint if self.protocol.isdigit() else ""
-            raise ValueError(f"{self.protocol!r} is not a protocol: {_PROTOCOL_EXPECTED}{hint}")
-        if self.ports is not None and self.protocol not in ("tcp", "udp"):
-            raise ValueError(f"ports are only allowed with tcp or udp, not with {self.protocol}")
+        canonical = sorted({_canonical_address(item) for item in self.addresses}, key=_address_key)
+        object.__setattr__(self, "addresses", tuple(canonical))
+        object.__setattr__(self, "protocol", parse_protocol(self.protocol))
+        if self.ports is not None and self.protocol not in PORT_PROTOCOLS:
+            with_ports = f"{', '.join(PORT_PROTOCOLS[:-1])} or {PORT_PROTOCOLS[-1]}"
+            if self.protocol == ANY_PROTOCOL:
+                raise ValueError(f"ports need a protocol with ports: {with_ports}")
+            raise ValueError(
+                f"{self.protocol} has no ports: ports are only allowed with {with_ports}"
+            )
         if self.ports is not None and not self.ports:
             raise ValueError("the port list of a filter rule must not be empty")
         if self.ports == PortSet.all():
             object.__setattr__(self, "ports", None)
 
     @classmethod
-    def parse(cls, text: str) -> FilterRule:
-        """Parse a rule such as C{10.0.0.5,10.0.0.7-10.0.0.9/tcp/22,8000-8100}."""
+    def parse(cls, text: str, legacy: bool = False) -> FilterRule:
+        """Parse a rule such as C{10.0.0.5,10.0.0.8/tcp/22,8000-8100}.
+
+        C{legacy}: a stored rule, read as L{parse_filter_addresses} says.
+        """
         try:
-            return cls._parse(text)
+            return cls._parse(text, legacy)
         except ValueError as error:
             raise ValueError(f"invalid filter rule {text!r}: {error}") from None
 
     @classmethod
-    def _parse(cls, text: str) -> FilterRule:
+    def _parse(cls, text: str, legacy: bool) -> FilterRule:
         if not text.strip():
             raise ValueError(_RULE_EXPECTED)
         parts = text.strip().split("/")
         addresses_text = parts.pop(0)
-        # After an address with no prefix length yet, a part starting with a digit
-        # is its prefix length (10.0.0.0/24/tcp); protocol names start with a letter.
-        while (
-            parts
-            and parts[0].lstrip()[:1].isdigit()
-            and "/" not in addresses_text.rsplit(",", 1)[-1]
-        ):
-            addresses_text += "/" + parts.pop(0)
+        # After a single address, a part starting with a digit is its prefix
+        # length (10.0.0.0/24/tcp, 10.0.0.0/24,10.1.0.0/16); after a CIDR or a
+        # range it is a protocol number (10.0.0.0/24/47): a protocol number
+        # after a single address needs its /32 (10.0.0.5/32/47).
+        prefix = ""
+        while parts and parts[0].lstrip()[:1].isdigit():
+            last = addresses_text.rsplit(",", 1)[-1]
+            if "/" in last or "-" in last:
+                break
+            prefix = parts.pop(0).strip()
+            addresses_text += "/" + prefix
         if len(parts) > 2:
             raise ValueError(f"too many '/' parts: {_RULE_EXPECTED}")
-        addresses = tuple(_parse_filter_address(item) for item in addresses_text.split(","))
+        try:
+            addresses = parse_filter_addresses(addresses_text, legacy)
+        except ValueError as error:
+            if prefix.isdigit() and int(prefix) > 32 and "is not a CIDR" in str(error):
+                hint = "a protocol number after a single address needs its /32: 10.0.0.5/32/47"
+                raise ValueError(f"{error} ({hint})") from None
+            raise
         if parts and not parts[0].strip():
             raise ValueError(f"expected a protocol after '/': {_PROTOCOL_EXPECTED}")
-        protocol = parts[0].strip().lower() if parts else ANY_PROTOCOL
+        protocol = parse_protocol(parts[0]) if parts else ANY_PROTOCOL
         ports = _parse_port_items(parts[1]) if len(parts) == 2 else None
         return cls(addresses, protocol, ports)
 
+    @property
+    def protocol_number(self) -> int | None:
+        """The IP protocol number; C{None} for C{any}."""
+        return protocol_number(self.protocol)
+
+    @property
+    def ip(self) -> str:
+        """The C{ip} of the YAML form: the addresses, comma-separated."""
+        return ",".join(_describe_filter_address(item) for item in self.addresses)
+
     def describe(self) -> str:
         """The rule's canonical text (C{any} and all-ports are left out); it parses back equal."""
-        text = ",".join(_describe_filter_address(item) for item in self.addresses)
+        text = self.ip
         if self.protocol != ANY_PROTOCOL:
+            last = self.addresses[-1]
+            if self.protocol.isdigit() and isinstance(last, IPv4Address | IPv6Address):
+                text += f"/{last.max_prefixlen}"  # else the number reads as a prefix length
             text += f"/{self.protocol}"
         if self.ports is not None:
             text += f"/{self.ports.describe(',')}"
         return text
 
-    def protocols(self) -> frozenset[str]:
-        """The protocols the rule lets through: all of L{PROTOCOLS} for C{any}."""
-        if self.protocol == ANY_PROTOCOL:
-            return frozenset(PROTOCOLS)
-        return frozenset({self.protocol})
-
-    def matches(self, address: str, protocol: str, port: int | None) -> bool:
+    def matches(self, address: str, protocol: str | int, port: int | None) -> bool:
         """Whether the rule lets through traffic to C{address} over C{protocol} at C{port}.
 
-        @param protocol: C{tcp}, C{udp} or C{icmp}.
-        @param port: the destination port, C{None} for icmp.
+        @param protocol: an IP protocol name or number (L{parse_protocol}), not C{any}.
+        @param port: the destination port, C{None} for a protocol without ports.
         @raise ValueError: if C{address} is not an IP address or C{protocol} is unknown.
         """
-        protocol = protocol.lower()
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"{protocol!r} is not a protocol: expected tcp, udp or icmp")
-        if self.protocol not in (ANY_PROTOCOL, protocol):
+        number = protocol_number(parse_protocol(protocol))
+        if number is None:
+            raise ValueError(f"{protocol!r} is not one protocol: expected a name or a number")
+        if self.protocol_number not in (None, number):
             return False
         if self.ports is not None and (port is None or port not in self.ports):
             return False

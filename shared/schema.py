@@ -37,7 +37,8 @@ class Where:
     check_text: bool = True
     """C{False} for rows read back from the state database: they were checked when
     stored, perhaps by an older Jumpoint, and stay readable (and deletable) even if
-    today's text rules (L{name}, L{free_text}) would refuse them."""
+    today's text rules (L{name}, L{free_text}) or filter rules (IPv4 only, a range
+    alone: L{shared.kinds.network}) would refuse them."""
 
     def child(self, key: str | int) -> Where:
         if isinstance(key, int):

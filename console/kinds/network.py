@@ -27,7 +27,10 @@ class NetworkKind(ConsoleKind):
             "filters",
             multiple=True,
             required=True,
-            help="IP[,IP|RANGE|CIDR][/PROTOCOL[/PORTS]] (repeatable, 1-50).",
+            help=(
+                "IP[,IP|CIDR][/PROTOCOL[/PORTS]] or RANGE[/PROTOCOL[/PORTS]]; IPv4, PROTOCOL an"
+                " IANA keyword or number (repeatable, 1-50)."
+            ),
         )
         @common
         def create_network(name: str, filters: tuple[str, ...], **options: Any) -> None:

@@ -1,4 +1,4 @@
-"""The console's C{tcp} kind: plain tunnels, shown as their C{LOCAL:REMOTE} pairs."""
+"""The console's C{tcp} kind: plain tunnels, shown as their C{LOCAL:REMOTE[/PROTOCOL]} pairs."""
 
 from __future__ import annotations
 
@@ -11,15 +11,20 @@ from shared.errors import UsageError
 from shared.kinds.tcp import NAME, parse_tunnel_text
 
 
+def _pair(tunnel: dict[str, Any]) -> str:
+    """C{LOCAL:REMOTE}, with C{/udp} or C{/tcp-udp} for a pair that is not plain TCP."""
+    protocol = tunnel.get("protocol", "tcp")
+    suffix = "" if protocol == "tcp" else f"/{protocol}"
+    return f"{tunnel.get('local_port')}:{tunnel.get('remote_port')}{suffix}"
+
+
 class TcpKind(ConsoleKind):
     """Every connection a plain bridge (the defaults of L{ConsoleKind})."""
 
     name = NAME
 
     def targets(self, entry: dict[str, Any]) -> str:
-        return ", ".join(
-            f"{t.get('local_port')}:{t.get('remote_port')}" for t in entry.get("tunnels", [])
-        )
+        return ", ".join(_pair(t) for t in entry.get("tunnels", []) if isinstance(t, dict))
 
     def detail_lines(self, entry: dict[str, Any]) -> list[tuple[str, str]]:
         return [("tunnels", self.targets(entry))]
@@ -35,11 +40,14 @@ class TcpKind(ConsoleKind):
             "tunnels",
             multiple=True,
             required=True,
-            help="LOCAL:REMOTE port pair; LOCAL may be auto (repeatable).",
+            help=(
+                "LOCAL:REMOTE[/PROTOCOL] port pair; LOCAL may be auto, PROTOCOL is tcp"
+                " (default), udp or tcp-udp (repeatable)."
+            ),
         )
         @common
         def create_tcp(name: str, host: str, tunnels: tuple[str, ...], **options: Any) -> None:
-            """A TCP tunnel item: several local→remote port pairs to one host."""
+            """A tunnel item: several local→remote port pairs (TCP, UDP or both) to one host."""
             pairs = []
             for text in tunnels:
                 try:

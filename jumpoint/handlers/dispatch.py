@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from twisted.internet.defer import Deferred
 
-from jumpoint.handlers import approval_requests, item_requests, session_requests
+from jumpoint.handlers import approval_requests, flow_requests, item_requests, session_requests
 from jumpoint.handlers.request_context import Handler, Outcome, Reply, RequestChannel
 from shared.errors import AccessDenied, ProtocolViolation
 from shared.protocol import control
@@ -36,6 +36,8 @@ HANDLERS: Final[Mapping[str, Handler]] = {
     control.REQUEST_ACCESS: approval_requests.request_access,
     control.LIST_REQUESTS: approval_requests.list_requests,
     control.DECIDE_REQUEST: approval_requests.decide_request,
+    control.FLOW_OPEN: flow_requests.flow_open,
+    control.CLOSE_FLOW: flow_requests.close_flow,
 }
 """The handler of every request type the console may send after its hello."""
 
@@ -97,8 +99,14 @@ DENIAL_EVENTS: Final[Mapping[str, str]] = {
     control.REQUEST_ACCESS: "request_denied",
     control.LIST_REQUESTS: "request_denied",
     control.DECIDE_REQUEST: "request_denied",
+    control.FLOW_OPEN: "udp_flow_denied",
+    control.CLOSE_FLOW: "request_denied",
 }
 """The audit event of a denied request, by request type (every handler has one)."""
+
+
+SESSION_REQUESTS: Final = frozenset({control.TUNNELS_BOUND, control.FLOW_OPEN, control.CLOSE_FLOW})
+"""Requests about the channel's open session: their denials name it."""
 
 
 def _audit_denial(
@@ -117,7 +125,7 @@ def _audit_denial(
     if isinstance(item, str):
         fields["item"] = item
     session = channel.session
-    if kind == control.TUNNELS_BOUND and session is not None:
+    if kind in SESSION_REQUESTS and session is not None:
         fields.update(session.audit_fields())
     fields.update(denial.context)
     return channel.core.log_audit.record(

@@ -4,8 +4,11 @@ An item is visible to a user whose groups may see its jump group; a change
 needs the C{manage} right on the jump group (rule
 C{groups.jump_groups.manage}), and the items of jumpoint.yaml are read-only.
 A new item's targets, and a tunnel added to one, pass C{allowed_targets} at
-once, not only when they are opened.  Every change is committed together
-with its audit row (C{item_created}, C{item_changed}, C{item_deleted}).
+once, not only when they are opened.  Tunnels (of C{tcp} items: C{LOCAL:REMOTE[/PROTOCOL]})
+and filter rules (of C{network} items) are added and removed, never edited;
+a duplicate is refused, and so is removing the last one.  Every change is
+committed together with its audit row (C{item_created}, C{item_changed}: the
+change and its value, a filter in its canonical text; C{item_deleted}).
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ from jumpoint.handlers.request_context import (
     visible,
 )
 from jumpoint.policy import Grant
+from shared.addresses import MAX_FILTER_RULES, FilterRule
 from shared.errors import AccessDenied, UsageError
 from shared.items import Item, item_from_data, parse_tunnel_text
+from shared.kinds.base import TCP
 from shared.protocol import control
+
+FILTER_HINT = "a filter is IP[,IP|CIDR][/PROTOCOL[/PORTS]], for example 10.0.0.0/24/tcp/22,443"
 
 
 def _item_json(item: Item, grant: Grant) -> dict[str, Any]:
@@ -128,6 +135,88 @@ def _managed(core: RequestCore, grant: Grant, name: str, action: str) -> Item:
     return item
 
 
+def _tunnel_key(tunnel: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """A tunnel pair is its local port, remote port and protocol (the scheme is a label)."""
+    return tunnel["local_port"], tunnel["remote_port"], tunnel.get("protocol", TCP)
+
+
+def _shown_tunnel(tunnel: dict[str, Any]) -> str:
+    protocol = tunnel.get("protocol", TCP)
+    suffix = "" if protocol == TCP else f"/{protocol}"
+    return f"{tunnel['local_port']}:{tunnel['remote_port']}{suffix}"
+
+
+def _changed_tunnels(item: Item, spec: dict[str, Any], change: str, value: str) -> list[Any]:
+    """C{tunnel_add}, C{tunnel_remove}: the item's tunnels with C{value} added or removed."""
+    kind = kinds.get(item.type)
+    if kind is None or not kind.has_tunnels:
+        raise UsageError(
+            f"item {item.name!r} is a {item.type} item; only {kinds.tunnel_kinds()} items"
+            " have tunnels"
+        )
+    try:
+        tunnel = parse_tunnel_text(value)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    tunnels = list(spec["tunnels"])
+    wanted = _tunnel_key(tunnel)
+    if change == "tunnel_add":
+        if any(_tunnel_key(t) == wanted for t in tunnels):
+            raise UsageError(f"item {item.name!r} already has tunnel {value}")
+        return [*tunnels, tunnel]
+    kept = [t for t in tunnels if _tunnel_key(t) != wanted]
+    if len(kept) == len(tunnels):
+        shown = ", ".join(_shown_tunnel(t) for t in tunnels)
+        raise UsageError(f"item {item.name!r} has no tunnel {value} (its tunnels: {shown})")
+    if not kept:
+        raise UsageError(
+            f"tunnel {value} is the last tunnel of item {item.name!r}",
+            hint="add another tunnel first, or delete the item",
+        )
+    return kept
+
+
+def _changed_filters(item: Item, change: str, value: str) -> tuple[list[str], str]:
+    """C{filter_add}, C{filter_remove}: the item's filters after the change, and the rule's text.
+
+    Filters are compared in their canonical form (L{FilterRule}): C{10.0.0.9,10.0.0.1/TCP/22}
+    is C{10.0.0.1,10.0.0.9/tcp/22}.
+    """
+    kind = kinds.get(item.type)
+    if kind is None or not kind.has_filters:
+        raise UsageError(
+            f"item {item.name!r} is a {item.type} item; only {kinds.filter_kinds()} items"
+            " have filters"
+        )
+    try:  # a stored rule older than today's rules (IPv6...) can still be removed
+        rule = FilterRule.parse(value, legacy=change == "filter_remove")
+    except ValueError as error:
+        raise UsageError(str(error), hint=FILTER_HINT) from None
+    rules = list(item.filters)
+    shown = rule.describe()
+    if change == "filter_add":
+        if rule in rules:
+            raise UsageError(f"item {item.name!r} already has filter {shown}")
+        if len(rules) >= MAX_FILTER_RULES:
+            raise UsageError(
+                f"item {item.name!r} has {len(rules)} filters, the most an item may have",
+                hint="remove a filter first",
+            )
+        rules.append(rule)
+    else:
+        if rule not in rules:
+            listed = ", ".join(r.describe() for r in rules)
+            raise UsageError(f"item {item.name!r} has no filter {shown} (its filters: {listed})")
+        if len(rules) == 1:
+            raise UsageError(
+                f"filter {shown} is the last filter of item {item.name!r}: an item has at"
+                " least one",
+                hint="add another filter first, or delete the item",
+            )
+        rules.remove(rule)
+    return [r.describe() for r in rules], shown
+
+
 async def change_item(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
     core = channel.core
     assert channel.user is not None
@@ -136,45 +225,13 @@ async def change_item(channel: RequestChannel, grant: Grant, message: dict[str, 
         raise UsageError(f"unknown item change {change!r}")
     item = _managed(core, grant, message["item"], "change")
     spec = item.to_spec()
+    added_port: int | None = None
     if change in ("tunnel_add", "tunnel_remove"):
-        kind = kinds.get(item.type)
-        if kind is None or not kind.has_tunnels:
-            raise UsageError(
-                f"item {item.name!r} is a {item.type} item; only {kinds.tunnel_kinds()} items"
-                " have tunnels"
-            )
-        try:
-            tunnel = parse_tunnel_text(value)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-        tunnels = list(spec["tunnels"])
+        spec["tunnels"] = _changed_tunnels(item, spec, change, value)
         if change == "tunnel_add":
-            if any(
-                t["remote_port"] == tunnel["remote_port"]
-                and t["local_port"] == tunnel["local_port"]
-                for t in tunnels
-            ):
-                raise UsageError(f"item {item.name!r} already has tunnel {value}")
-            tunnels.append(tunnel)
-        else:
-            kept = [
-                t
-                for t in tunnels
-                if not (
-                    t["remote_port"] == tunnel["remote_port"]
-                    and t["local_port"] == tunnel["local_port"]
-                )
-            ]
-            if len(kept) == len(tunnels):
-                shown = ", ".join(f"{t['local_port']}:{t['remote_port']}" for t in tunnels)
-                raise UsageError(f"item {item.name!r} has no tunnel {value} (its tunnels: {shown})")
-            if not kept:
-                raise UsageError(
-                    f"tunnel {value} is the last tunnel of item {item.name!r}",
-                    hint="add another tunnel first, or delete the item",
-                )
-            tunnels = kept
-        spec["tunnels"] = tunnels
+            added_port = spec["tunnels"][-1]["remote_port"]
+    elif change in ("filter_add", "filter_remove"):
+        spec["filters"], value = _changed_filters(item, change, value)
     elif change == "move":
         _check_manage(grant, value, "move")
         spec["jump_group"] = value
@@ -183,9 +240,9 @@ async def change_item(channel: RequestChannel, grant: Grant, message: dict[str, 
     else:
         spec["comments"] = value or None
     changed = item_from_data(spec, "console").with_changes(created_by=item.created_by)
-    if change == "tunnel_add":  # a new target: checked now, not only when opened
+    if added_port is not None:  # a new target: checked now, not only when opened
         try:
-            await check_item_targets(core, changed, frozenset({tunnel["remote_port"]}))
+            await check_item_targets(core, changed, frozenset({added_port}))
         except AccessDenied as denial:
             denial.context.update(jump_group=changed.jump_group, host=changed.host)
             raise

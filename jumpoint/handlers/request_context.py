@@ -22,6 +22,7 @@ from jumpoint.policy import Grant
 from jumpoint.session import Session
 from jumpoint.session_lifecycle import RecorderFactory, SessionContext
 from jumpoint.state import User
+from jumpoint.udp_flows import OpenUdp
 from shared.errors import AccessDenied, UnknownItem
 from shared.items import Item
 from shared.protocol.frames import ErrorCode
@@ -51,6 +52,11 @@ class RequestCore(DialContext, SessionContext, Protocol):
         """Each kind's state for the Jumpoint's life, by kind name."""
         ...
 
+    @property
+    def open_udp(self) -> OpenUdp | None:
+        """Opens the UDP sockets of the sessions' flows (none: this Jumpoint carries no UDP)."""
+        ...
+
     def grant_for(self, user: User) -> Grant: ...
 
     def sessions(self) -> list[Session]: ...
@@ -66,6 +72,8 @@ class RequestChannel(Protocol):
     opening: bool
     """A session is being opened (the decision is not committed yet)."""
     peer: str
+    peer_host: str
+    """The console's address (the client side of recorded connections and flows)."""
 
     @property
     def core(self) -> RequestCore: ...

@@ -2,9 +2,9 @@
 
 Each kind is a module of this package providing a L{JumpointKind}
 (L{jumpoint.kinds.base}); registering it is one line below.  The rest of the
-Jumpoint asks the registry (L{kind_of}, L{check_openable}, L{tunnel_kinds})
-and never branches on an item's type, so adding a kind means adding its
-modules and one registration line.
+Jumpoint asks the registry (L{kind_of}, L{check_openable}, L{tunnel_kinds},
+L{filter_kinds}) and never branches on an item's type, so adding a kind means
+adding its modules and one registration line.
 """
 
 from __future__ import annotations
@@ -104,6 +104,11 @@ def check_openable(item: Item, platform: str) -> JumpointKind:
 def tunnel_kinds() -> str:
     """The kinds whose tunnels C{jump item tunnel} may change, as text (C{tcp})."""
     return _listed([k.name for k in _KINDS.values() if k.has_tunnels])
+
+
+def filter_kinds() -> str:
+    """The kinds whose filter rules C{jump item filter} may change, as text (C{network})."""
+    return _listed([k.name for k in _KINDS.values() if k.has_filters])
 
 
 for _kind in BUILT_IN:

@@ -10,8 +10,9 @@ says:
     stream is answered (C{refuse});
   - whether this Jumpoint can open it (C{openable}, C{platforms});
   - its policy: the tunnel protocol C{tunnels_restricted.protocol} is checked
-    against, whether C{login_timeout} applies (the shared C{logs_in}), whether
-    C{jump item tunnel} may change its tunnels;
+    against (a kind with tunnels: each tunnel's own), whether C{login_timeout}
+    applies (the shared C{logs_in}), whether C{jump item tunnel} may change its
+    tunnels and C{jump item filter} its filter rules;
   - the audit events only its connections record.
 
 The kinds are registered in L{jumpoint.kinds}; the rest of the Jumpoint asks
@@ -134,7 +135,9 @@ class JumpointKind:
     """The tunnel protocol its connections use (checked against C{tunnels_restricted.protocol}
     when a session opens); C{None}: the kind judges it per packet."""
     has_tunnels: bool = False
-    """Whether C{jump item tunnel} may add and remove its tunnels."""
+    """Whether C{jump item tunnel} may add and remove its tunnels (each checked by its protocol)."""
+    has_filters: bool = False
+    """Whether C{jump item filter} may add and remove its filter rules."""
     audit_events: tuple[str, ...] = ()
     """The audit events only its connections record (beyond C{connection_*})."""
     host_problems: Callable[[JumpointConfig], list[str]] | None = None

@@ -5,7 +5,7 @@ its data path (L{jumpoint.network.tunnel_service.NetworkService.open_link}): an
 inner address from the pool, the session's stateful filter built from the
 item's filter rules, and one datagram flow on the channel; the session's
 reply carries the address, the routes, the MTU and the flow
-(C{network}).  Linux Jumpoints only.  The protocol restriction of the groups
+(C{network}); C{jump item filter} adds and removes its rules.  Linux Jumpoints only.  The protocol restriction of the groups
 is judged per packet (L{jumpoint.network.tunnel_service.protocol_check}), not when
 the session opens.
 """
@@ -22,7 +22,7 @@ from jumpoint.network import host_checks
 from jumpoint.network.session_link import NetworkSessionLink
 from jumpoint.network.tunnel_service import NetworkService
 from jumpoint.recording import LINKTYPE_RAW
-from shared.addresses import EgressGuard, FilterRule
+from shared.addresses import EgressGuard
 from shared.kinds.network import KIND as SHARED
 
 
@@ -42,7 +42,7 @@ def start_session(start: SessionStart) -> NetworkSessionLink:
     assert isinstance(service, NetworkService)
     return service.open_link(
         start.session.session_id,
-        [FilterRule.parse(text) for text in start.session.item.filters],
+        list(start.session.item.filters),
         datagrams=start.datagrams,
         restrictions=start.restrictions,
         guard=EgressGuard.of(config.allowed_targets, own_endpoints(config)),
@@ -56,6 +56,7 @@ KIND = JumpointKind(
     open_upstream=tcp_upstream,  # never reached: a network item has no tunnels to open
     platforms=("linux",),
     platform_refusal="network tunnels need a Linux Jumpoint",
+    has_filters=True,
     protocol=None,
     host_problems=host_problems,
     start_session=start_session,

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from shared.addresses import FilterRule
 from shared.kinds.routes import canonical_route_host, split_route
 from shared.schema import Field, Where
 
@@ -43,28 +44,48 @@ WELL_KNOWN_SCHEMES = {
 """The scheme a tunnel gets from its remote port when it names none (RPort's C{scheme})."""
 
 
+TCP = "tcp"
+UDP = "udp"
+TUNNEL_PROTOCOLS = (TCP, UDP, "tcp-udp")
+"""What a tunnel pair carries (RPort's C{protocol}); C{tcp-udp} is both on the same ports."""
+
+
 @dataclass(frozen=True)
 class TunnelSpec:
-    """One local→remote port pair; C{local_port} C{None} means "auto"."""
+    """One local→remote port pair; C{local_port} C{None} means "auto".
+
+    C{protocol} is one of L{TUNNEL_PROTOCOLS} (default C{tcp}).
+    """
 
     local_port: int | None
     remote_port: int
     scheme: str | None = None
+    protocol: str = TCP
+
+    @property
+    def carries(self) -> frozenset[str]:
+        """The transport protocols of the pair: C{{tcp}}, C{{udp}} or both."""
+        return frozenset(self.protocol.split("-"))
 
     @property
     def effective_scheme(self) -> str | None:
-        return self.scheme or WELL_KNOWN_SCHEMES.get(self.remote_port)
+        """The scheme, or the well-known one of a TCP remote port (UDP ports have none)."""
+        if self.scheme or TCP not in self.carries:
+            return self.scheme
+        return WELL_KNOWN_SCHEMES.get(self.remote_port)
 
     def text(self) -> str:
-        """The console's C{LOCAL:REMOTE} form."""
+        """The console's C{LOCAL:REMOTE[/PROTOCOL][/SCHEME]} form (C{/tcp} left out)."""
         local = AUTO if self.local_port is None else str(self.local_port)
+        protocol = f"/{self.protocol}" if self.protocol != TCP else ""
         suffix = f"/{self.scheme}" if self.scheme else ""
-        return f"{local}:{self.remote_port}{suffix}"
+        return f"{local}:{self.remote_port}{protocol}{suffix}"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "local_port": AUTO if self.local_port is None else self.local_port,
             "remote_port": self.remote_port,
+            "protocol": self.protocol,
         }
         if self.scheme:
             out["scheme"] = self.scheme
@@ -102,7 +123,8 @@ class Item:
     denied_resources: tuple[str, ...] = ("secrets",)
     allow_exec: bool = True
     allow_port_forward: bool = True
-    filters: tuple[str, ...] = ()
+    filters: tuple[FilterRule, ...] = ()
+    """network: the filter rules (L{shared.kinds.network})."""
     login_timeout: float | None = None
     """mssql, k8s: seconds a local connection has to finish its login (L{LOGIN_TIMEOUT_DEFAULT})."""
     allowed_routes: tuple[str, ...] = ()
@@ -123,15 +145,21 @@ class Item:
 
     @property
     def remote_ports(self) -> frozenset[int]:
+        """The remote ports of every tunnel, whatever it carries."""
         return frozenset(t.remote_port for t in self.tunnels)
 
     def extra_value(self, key: str, default: Any = None) -> Any:
         """One of L{extra}, or C{default}."""
         return dict(self.extra).get(key, default)
 
-    def allows_target(self, host: str, port: int) -> bool:
-        """The seed's rule: only the item's host and one of its remote ports."""
-        return host == self.host and port in self.remote_ports
+    def allows_target(self, host: str, port: int, protocol: str = TCP) -> bool:
+        """The seed's rule: only the item's host and a remote port of a tunnel carrying C{protocol}.
+
+        A stream is TCP: a C{udp} pair opens no TCP port.
+        """
+        return host == self.host and any(
+            t.remote_port == port and protocol in t.carries for t in self.tunnels
+        )
 
     def allows_route(self, host: str, port: int) -> bool:
         """mssql: may a SQL Server routing answer send the login to C{host}:C{port}?

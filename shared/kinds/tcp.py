@@ -1,8 +1,10 @@
 """The C{tcp} kind: a host and one or more tunnel pairs (console port → the host's port).
 
-A local port may be C{auto} (any free port); two tunnels of one item never
-share a fixed local port.  The console's C{LOCAL:REMOTE[/SCHEME]} text of a
-pair is parsed by L{parse_tunnel_text}.
+A pair carries C{tcp} (the default), C{udp} or both (C{tcp-udp}), as
+RPort's tunnels.  A local port may be C{auto} (any free port); two tunnels
+of one item never share a fixed local port for the same protocol (a TCP and
+a UDP listener may).  The console's C{LOCAL:REMOTE[/PROTOCOL][/SCHEME]} text
+of a pair is parsed by L{parse_tunnel_text}.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import yaml
 
 from shared import schema
-from shared.kinds.base import AUTO, Item, Kind, TunnelSpec
+from shared.kinds.base import AUTO, TCP, TUNNEL_PROTOCOLS, Item, Kind, TunnelSpec
 from shared.kinds.fields import local_port
 from shared.schema import Field, Where
 
@@ -23,8 +25,12 @@ _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]{0,31}$")
 
 
 def parse_tunnel_text(text: str) -> dict[str, Any]:
-    """Parse the console's C{LOCAL:REMOTE[/SCHEME]} into the schema's mapping."""
-    body, _, scheme = text.strip().partition("/")
+    """Parse the console's C{LOCAL:REMOTE[/PROTOCOL][/SCHEME]} into the schema's mapping.
+
+    C{PROTOCOL} is C{tcp} (the default), C{udp} or C{tcp-udp}; any other
+    suffix is a scheme (C{8080:80/http}).
+    """
+    body, *suffixes = text.strip().split("/")
     local, sep, remote = body.partition(":")
     if not sep:
         raise ValueError(f"{text!r} is not LOCAL:REMOTE (for example 8080:80 or auto:5432)")
@@ -32,8 +38,23 @@ def parse_tunnel_text(text: str) -> dict[str, Any]:
         "local_port": AUTO if local.strip() == AUTO else _port_text(local, text),
         "remote_port": _port_text(remote, text),
     }
-    if scheme:
-        out["scheme"] = scheme
+    if len(suffixes) > 2:
+        raise ValueError(
+            f"{text!r}: expected LOCAL:REMOTE[/PROTOCOL][/SCHEME] (such as 5353:53/udp)"
+        )
+    if suffixes and suffixes[0].strip().lower() in TUNNEL_PROTOCOLS:
+        out["protocol"] = suffixes.pop(0).strip().lower()
+    if suffixes and (
+        len(suffixes) == 2
+        or not suffixes[0].strip()
+        or suffixes[0].strip().lower() in TUNNEL_PROTOCOLS
+    ):
+        raise ValueError(
+            f"{text!r}: expected LOCAL:REMOTE[/PROTOCOL][/SCHEME] with PROTOCOL one of"
+            f" {', '.join(TUNNEL_PROTOCOLS)} (such as 5353:53/udp or 8080:80/tcp/http)"
+        )
+    if suffixes:
+        out["scheme"] = suffixes[0].strip()
     return out
 
 
@@ -55,12 +76,15 @@ _TUNNEL_FIELDS = {
     "local_port": Field(local_port, default=None),
     "remote_port": Field(schema.integer(1, 65535), required=True),
     "scheme": Field(_scheme, default=None),
+    "protocol": Field(schema.choice(*TUNNEL_PROTOCOLS), default=TCP),
 }
 
 
 def _tunnel(node: yaml.Node, where: Where) -> TunnelSpec:
     values = schema.mapping(node, where, _TUNNEL_FIELDS)
-    return TunnelSpec(values["local_port"], values["remote_port"], values["scheme"])
+    return TunnelSpec(
+        values["local_port"], values["remote_port"], values["scheme"], values["protocol"]
+    )
 
 
 FIELDS = {
@@ -69,11 +93,33 @@ FIELDS = {
 }
 
 
+def _tunnel_node(item: yaml.Node, index: int) -> yaml.Node:
+    """The node of the item's tunnel C{index} (for the line of an error), else the item's."""
+    if isinstance(item, yaml.MappingNode):
+        for key, value in item.value:
+            if getattr(key, "value", None) == "tunnels" and isinstance(value, yaml.SequenceNode):
+                found: yaml.Node = value.value[index]
+                return found
+    return item
+
+
 def build(values: dict[str, Any], where: Where, node: yaml.Node) -> dict[str, Any]:
     tunnels: tuple[TunnelSpec, ...] = tuple(values["tunnels"])
-    fixed = [t.local_port for t in tunnels if t.local_port is not None]
-    if len(fixed) != len(set(fixed)):
-        raise where.child("tunnels").error(node, "two tunnels use the same local port")
+    bound: set[tuple[int, str]] = set()  # a TCP and a UDP listener may share a port
+    for index, tunnel in enumerate(tunnels):
+        if tunnel.local_port is None:
+            continue
+        for carried in sorted(tunnel.carries):
+            if (tunnel.local_port, carried) in bound:
+                raise (
+                    where.child("tunnels")
+                    .child(index)
+                    .error(
+                        _tunnel_node(node, index),
+                        f"two tunnels use the same local port ({tunnel.local_port}/{carried})",
+                    )
+                )
+            bound.add((tunnel.local_port, carried))
     return {"host": values["host"], "tunnels": tunnels}
 
 

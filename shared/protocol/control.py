@@ -41,6 +41,9 @@ LIST_SESSIONS = "list_sessions"
 REQUEST_ACCESS = "request_access"
 LIST_REQUESTS = "list_requests"
 DECIDE_REQUEST = "decide_request"
+FLOW_OPEN = "flow_open"
+CLOSE_FLOW = "close_flow"
+FLOW_CLOSED = "flow_closed"
 RESULT = "result"
 ERROR = "error"
 SESSION_CLOSED = "session_closed"
@@ -59,10 +62,20 @@ CONSOLE_MESSAGES = {
     REQUEST_ACCESS,
     LIST_REQUESTS,
     DECIDE_REQUEST,
+    FLOW_OPEN,
+    CLOSE_FLOW,
 }
-JUMPOINT_MESSAGES = {WELCOME, RESULT, ERROR, SESSION_CLOSED}
+JUMPOINT_MESSAGES = {WELCOME, RESULT, ERROR, SESSION_CLOSED, FLOW_CLOSED}
 
-ITEM_CHANGES = ("tunnel_add", "tunnel_remove", "move", "tag", "comments")
+ITEM_CHANGES = (
+    "tunnel_add",
+    "tunnel_remove",
+    "filter_add",
+    "filter_remove",
+    "move",
+    "tag",
+    "comments",
+)
 
 MAX_STRING = 4096
 MAX_LIST = 256
@@ -85,6 +98,9 @@ _FIELDS: dict[str, dict[str, Types]] = {
     REQUEST_ACCESS: {"id": int, "item": str, "reason": str, "duration": _NUMBER},
     LIST_REQUESTS: {"id": int},
     DECIDE_REQUEST: {"id": int, "request": int, "approve": bool},
+    FLOW_OPEN: {"id": int, "flow": int, "remote_port": int, "protocol": str},
+    CLOSE_FLOW: {"id": int, "flow": int},
+    FLOW_CLOSED: {"flow": int, "reason": str},
     RESULT: {"id": int},
     ERROR: {"id": int, "error": dict},
     SESSION_CLOSED: {"session": str, "code": str, "reason": str},
@@ -105,6 +121,8 @@ _OPTIONAL: dict[str, dict[str, Types]] = {
     LIST_SESSIONS: {"all": bool},
     LIST_REQUESTS: {"all": bool},
     DECIDE_REQUEST: {"comment": str},
+    FLOW_OPEN: {"client": str},
+    CLOSE_FLOW: {"reason": str},
 }
 
 
@@ -206,6 +224,8 @@ Range = Integer | Number | Entries | Bounded
 
 RANGES: dict[str, Range] = {
     "id": Integer(0, MAX_ID),
+    "flow": Integer(1, 2**31 - 1),
+    "remote_port": Integer(1, 65535),
     "version": Integer(0, 65535),
     "request": Integer(0, MAX_ID),
     "duration": Number(MAX_SECONDS),
@@ -256,6 +276,8 @@ TEXT_FIELDS: dict[str, dict[str, TextRule]] = {
     DECIDE_REQUEST: {"comment": TextRule("the comment", 1000)},
     OPEN_SESSION: {"ticket": TextRule("--ticket", 256)},
     CLOSE_SESSION: {"reason": TextRule("the close reason", 200, replace=True)},
+    FLOW_OPEN: {"client": TextRule("the client address", 64, replace=True)},
+    CLOSE_FLOW: {"reason": TextRule("the close reason", 200, replace=True)},
 }
 """Free text that requests carry and others see (approvers, logs, a victim's terminal)."""
 

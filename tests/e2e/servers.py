@@ -121,3 +121,60 @@ def serve_http_directory(directory: str) -> tuple[Callable[[], None], int]:
         server.server_close()
 
     return stop, int(server.server_address[1])
+
+
+class DnsResponder:
+    """A tiny DNS server over UDP on a thread: A queries for its names, hand-built answers.
+
+    Answers every query for a name in C{records} with its IPv4 address (one A
+    record, TTL 60) and anything else with NXDOMAIN; counts the queries it
+    answered.  Enough for `dig` (RFC 1035 section 4: header, question, answer).
+    """
+
+    def __init__(self, records: dict[str, str]) -> None:
+        self.records = {name.lower().rstrip("."): address for name, address in records.items()}
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = int(self.socket.getsockname()[1])
+        self.queries = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                query, client = self.socket.recvfrom(65535)
+            except OSError:
+                return
+            answer = self.answer(query)
+            if answer is not None:
+                self.queries += 1
+                with contextlib.suppress(OSError):
+                    self.socket.sendto(answer, client)
+
+    def answer(self, query: bytes) -> bytes | None:
+        """The response to one query, or C{None} for something that is not one."""
+        if len(query) < 12:
+            return None
+        labels, offset = [], 12
+        while offset < len(query) and query[offset]:
+            length = query[offset]
+            labels.append(query[offset + 1 : offset + 1 + length].decode("ascii", "replace"))
+            offset += 1 + length
+        question_end = offset + 5  # the zero label, QTYPE and QCLASS
+        if question_end > len(query):
+            return None
+        qtype = int.from_bytes(query[offset + 1 : offset + 3], "big")
+        address = self.records.get(".".join(labels).lower())
+        flags = 0x8180 if address is not None else 0x8183  # response, RD, RA; NXDOMAIN
+        answers = 1 if address is not None and qtype == 1 else 0
+        header = query[:2] + flags.to_bytes(2, "big") + b"\x00\x01"
+        header += answers.to_bytes(2, "big") + b"\x00\x00\x00\x00"
+        body = query[12:question_end]
+        if answers:
+            body += b"\xc0\x0c\x00\x01\x00\x01" + (60).to_bytes(4, "big") + b"\x00\x04"
+            body += socket.inet_aton(address or "0.0.0.0")
+        return header + body
+
+    def close(self) -> None:
+        self.socket.close()

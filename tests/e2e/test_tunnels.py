@@ -208,7 +208,7 @@ def test_items_lists_the_configured_items(deployment: Deployment):
     assert result.returncode == 0, result.stderr
     (item,) = json.loads(result.stdout)
     assert item["name"] == "db" and item["host"] == "db.corp.example"
-    assert item["tunnels"] == [{"local_port": 5432, "remote_port": 5432}]
+    assert item["tunnels"] == [{"local_port": 5432, "remote_port": 5432, "protocol": "tcp"}]
     assert item["tag"] == "prod" and item["read_only"] is True
     table = deployment.jump("items")
     assert "db.corp.example" in table.stdout

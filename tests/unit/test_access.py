@@ -216,6 +216,10 @@ PORTS = config_of(
       - {name: web, type: tcp, host: h, tunnels: [{remote_port: 80}]}
       - {name: odd, type: tcp, host: h, tunnels: [{remote_port: 8081}]}
       - {name: http-on-22, type: tcp, host: h, tunnels: [{remote_port: 22, scheme: http}]}
+      - {name: dns, type: tcp, host: h, tunnels: [{remote_port: 53, protocol: udp}]}
+      - {name: statsd, type: tcp, host: h, tunnels: [{remote_port: 8125, protocol: tcp-udp}]}
+      - {name: dns-and-ssh, type: tcp, host: h,
+         tunnels: [{remote_port: 22}, {remote_port: 53, protocol: udp}]}
     """
 )
 
@@ -301,6 +305,49 @@ def test_protocol_tcp_or_tcp_udp_allows_tcp_items(store: ApprovalStore, group: s
 def test_protocol_union_of_udp_and_tcp_allows_tcp(store: ApprovalStore) -> None:
     terms = open_as(PORTS, ["udp-only", "tcp-only"], "ssh22", store)
     assert terms.grant.restrictions.protocol == frozenset({"udp", "tcp"})
+
+
+@pytest.mark.parametrize(
+    ("groups", "item"),
+    [
+        (["udp-only"], "dns"),
+        (["tcp-udp"], "dns"),
+        (["tcp-udp"], "statsd"),
+        (["udp-only", "tcp-only"], "statsd"),
+        (["udp-only", "tcp-only"], "dns-and-ssh"),
+    ],
+)
+def test_protocol_judges_each_pair_by_its_own_protocol(
+    store: ApprovalStore, groups: list[str], item: str
+) -> None:
+    assert open_as(PORTS, groups, item, store).item.name == item
+
+
+@pytest.mark.parametrize(
+    ("groups", "item", "shown"),
+    [
+        (["tcp-only"], "dns", "tunnel auto:53/udp of item 'dns' is udp"),
+        (["tcp-only"], "statsd", "tunnel auto:8125/tcp-udp of item 'statsd' is tcp-udp"),
+        (["udp-only"], "statsd", "tunnel auto:8125/tcp-udp of item 'statsd' is tcp-udp"),
+        (["tcp-only"], "dns-and-ssh", "tunnel auto:53/udp of item 'dns-and-ssh' is udp"),
+        (["udp-only"], "dns-and-ssh", "tunnel auto:22 of item 'dns-and-ssh' is tcp"),
+    ],
+)
+def test_protocol_denies_a_pair_of_another_protocol(
+    store: ApprovalStore, groups: list[str], item: str, shown: str
+) -> None:
+    error = denied(PORTS, groups, item, store)
+    assert_denial(error, "tunnels_restricted.protocol", shown, "tunnels only")
+
+
+def test_a_udp_pair_has_no_well_known_scheme(store: ApprovalStore) -> None:
+    error = denied(PORTS, ["ssh-scheme"], "dns", store)
+    assert_denial(error, "tunnels_restricted.scheme", "scheme unknown")
+
+
+def test_the_session_terms_carry_each_pair_s_protocol(store: ApprovalStore) -> None:
+    terms = open_as(PORTS, ["tcp-udp"], "dns-and-ssh", store)
+    assert [t["protocol"] for t in terms.tunnels_json()] == ["tcp", "udp"]
 
 
 @pytest.mark.parametrize("key", ["remote", "scheme", "protocol"])

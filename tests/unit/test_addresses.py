@@ -11,7 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.addresses import (
+    IP_PROTOCOLS,
     MAX_FILTER_RULES,
+    PORT_PROTOCOLS,
     AddressRange,
     AllowDecision,
     AllowedTarget,
@@ -19,8 +21,12 @@ from shared.addresses import (
     FilterAddress,
     FilterRule,
     PortSet,
+    parse_filter_addresses,
+    parse_filter_ports,
     parse_filter_rules,
     parse_port_list,
+    parse_protocol,
+    protocol_number,
 )
 
 # Port sets
@@ -426,13 +432,9 @@ def test_check_rejects_something_that_is_not_an_address() -> None:
 @pytest.mark.parametrize(
     ("text", "canonical", "protocol", "ports"),
     [
-        ("10.0.0.5", "10.0.0.5", "any", None),
-        (
-            "10.0.0.5,10.0.0.7-10.0.0.9,192.168.0.0/24",
-            "10.0.0.5,10.0.0.7-10.0.0.9,192.168.0.0/24",
-            "any",
-            None,
-        ),
+        ("10.0.0.5,10.0.0.9,192.168.0.0/24", "10.0.0.5,10.0.0.9,192.168.0.0/24", "any", None),
+        ("10.0.0.9,10.0.0.5,10.0.0.9", "10.0.0.5,10.0.0.9", "any", None),
+        ("10.0.0.7-10.0.0.9", "10.0.0.7-10.0.0.9", "any", None),
         ("10.0.0.0/24/tcp", "10.0.0.0/24/tcp", "tcp", None),
         (
             "10.0.0.0/24/tcp/22,80,8000-8100",
@@ -448,17 +450,24 @@ def test_check_rejects_something_that_is_not_an_address() -> None:
         ("10.0.0.0/24/TCP/80,22", "10.0.0.0/24/tcp/22,80", "tcp", "22,80"),
         ("10.0.0.0/24/tcp/1-65535", "10.0.0.0/24/tcp", "tcp", None),
         (
-            " 10.0.0.5 , 10.0.0.7 - 10.0.0.9 /tcp/ 22 ",
-            "10.0.0.5,10.0.0.7-10.0.0.9/tcp/22",
+            " 10.0.0.7 - 10.0.0.9 /tcp/ 22 ",
+            "10.0.0.7-10.0.0.9/tcp/22",
             "tcp",
             "22",
         ),
-        ("fd00::/8,::1,fd00::1-fd00::9/udp/53", "fd00::/8,::1,fd00::1-fd00::9/udp/53", "udp", "53"),
-        ("10.0.0.0/24,fd00::/64/icmp", "10.0.0.0/24,fd00::/64/icmp", "icmp", None),
-        ("10.0.0.5/32", "10.0.0.5/32", "any", None),
-        ("10.0.0.7-10.0.0.7", "10.0.0.7-10.0.0.7", "any", None),
+        ("10.0.0.5/32", "10.0.0.5", "any", None),
+        ("10.0.0.7-10.0.0.7", "10.0.0.7", "any", None),
         ("::ffff:10.0.0.5", "10.0.0.5", "any", None),
         ("::ffff:10.0.0.0/120", "10.0.0.0/24", "any", None),
+        # IANA protocols, by keyword, alias or number
+        ("10.0.0.0/24/sctp/3868", "10.0.0.0/24/sctp/3868", "sctp", "3868"),
+        ("10.0.0.0/24/47", "10.0.0.0/24/gre", "gre", None),
+        ("10.0.0.0/24/6/22", "10.0.0.0/24/tcp/22", "tcp", "22"),
+        ("10.0.0.0/24/OSPF", "10.0.0.0/24/ospfigp", "ospfigp", None),
+        ("10.0.0.1-10.0.0.9/143", "10.0.0.1-10.0.0.9/143", "143", None),
+        ("10.0.0.5/32/143", "10.0.0.5/32/143", "143", None),
+        ("10.0.0.5/esp", "10.0.0.5/esp", "esp", None),
+        ("10.0.0.5/udplite/5000-5010", "10.0.0.5/udplite/5000-5010", "udplite", "5000-5010"),
     ],
 )
 def test_filter_rule_parse_accepts(
@@ -471,27 +480,25 @@ def test_filter_rule_parse_accepts(
     assert FilterRule.parse(canonical) == rule
 
 
-def test_filter_rule_parse_keeps_each_address_form() -> None:
-    rule = FilterRule.parse("10.0.0.5,10.0.0.7-10.0.0.9,192.168.0.0/24")
-    assert rule.addresses == (
-        IPv4Address("10.0.0.5"),
+def test_filter_rule_parse_keeps_each_address_form_sorted() -> None:
+    rule = FilterRule.parse("192.168.0.0/24,10.0.0.5")
+    assert rule.addresses == (IPv4Address("10.0.0.5"), IPv4Network("192.168.0.0/24"))
+    assert FilterRule.parse("10.0.0.7-10.0.0.9").addresses == (
         AddressRange(IPv4Address("10.0.0.7"), IPv4Address("10.0.0.9")),
-        IPv4Network("192.168.0.0/24"),
     )
+    assert rule.ip == "10.0.0.5,192.168.0.0/24"
 
 
 @pytest.mark.parametrize(
     ("text", "detail"),
     [
         ("", "expected ADDRESSES[/PROTOCOL[/PORTS]], for example 10.0.0.0/24/tcp/22,80"),
-        ("10.0.0.0/24/gre", "'gre' is not a protocol: expected tcp, udp, icmp or any"),
-        (
-            "10.0.0.0/24/22",
-            "'22' is not a protocol: expected tcp, udp, icmp or any (ports go after the protocol",
-        ),
-        ("10.0.0.0/24/", "expected a protocol after '/': expected tcp, udp, icmp or any"),
-        ("10.0.0.0/24/icmp/22", "ports are only allowed with tcp or udp, not with icmp"),
-        ("10.0.0.0/24/any/22", "ports are only allowed with tcp or udp, not with any"),
+        ("10.0.0.0/24/nope", "'nope' is not an IP protocol: expected an IANA keyword (tcp, udp,"),
+        ("10.0.0.0/24/256", "protocol number 256 is out of range: expected 0 to 255"),
+        ("10.0.0.0/24/", "expected a protocol after '/': expected an IANA keyword"),
+        ("10.0.0.0/24/icmp/22", "icmp has no ports: ports are only allowed with tcp, udp, sctp,"),
+        ("10.0.0.0/24/gre/22", "gre has no ports"),
+        ("10.0.0.0/24/any/22", "ports need a protocol with ports: tcp, udp, sctp, dccp or udplite"),
         ("10.0.0.0/24/tcp/", "expected ports such as 22,80,8000-8100"),
         ("10.0.0.0/24/tcp/0", "port '0' is out of range: expected 1 to 65535"),
         ("10.0.0.0/24/tcp/70000", "port '70000' is out of range"),
@@ -509,8 +516,15 @@ def test_filter_rule_parse_keeps_each_address_form() -> None:
         ("10.0.0.256", "'10.0.0.256' is not an IP address"),
         ("db.example/tcp", "'db.example' is not an IP address"),
         ("10.0.0.0/33", "'10.0.0.0/33' is not a CIDR"),
+        ("10.0.0.5/47", "a protocol number after a single address needs its /32"),
         ("10.0.0.5/24", "'10.0.0.5/24' has host bits set: did you mean '10.0.0.0/24'?"),
         ("fe80::1%eth0", "'fe80::1%eth0' has a zone id"),
+        ("fd00::/64/udp/53", "'fd00::/64' is IPv6: filters are IPv4 only"),
+        ("10.0.0.1,::1", "'::1' is IPv6: filters are IPv4 only"),
+        (
+            "10.0.0.5,10.0.0.7-10.0.0.9",
+            "the range '10.0.0.7-10.0.0.9' is in a list: a range stands alone",
+        ),
     ],
 )
 def test_filter_rule_parse_rejects(text: str, detail: str) -> None:
@@ -520,21 +534,104 @@ def test_filter_rule_parse_rejects(text: str, detail: str) -> None:
     assert detail in str(caught.value)
 
 
+def test_legacy_rules_keep_ipv6_and_ranges_in_lists() -> None:
+    """Rows stored before the IPv4-only and range-alone rules stay readable."""
+    text = "10.0.0.5,10.0.0.7-10.0.0.9,fd00::/64/udp/53"
+    rule = FilterRule.parse(text, legacy=True)
+    assert rule.describe() == text
+    assert FilterRule.parse(rule.describe(), legacy=True) == rule
+    with pytest.raises(ValueError, match="IPv4 only"):
+        FilterRule.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical", "number"),
+    [
+        ("tcp", "tcp", 6),
+        ("UDP", "udp", 17),
+        (" icmp ", "icmp", 1),
+        (47, "gre", 47),
+        ("047", "gre", 47),
+        ("ipencap", "ipv4", 4),
+        ("icmpv6", "ipv6-icmp", 58),
+        (0, "hopopt", 0),
+        (255, "255", 255),
+        ("143", "143", 143),
+        ("any", "any", None),
+    ],
+)
+def test_parse_protocol_gives_the_iana_keyword(
+    given: str | int, canonical: str, number: int | None
+) -> None:
+    assert parse_protocol(given) == canonical
+    assert protocol_number(canonical) == number
+
+
+@pytest.mark.parametrize(
+    ("given", "detail"),
+    [
+        ("", "'' is not an IP protocol"),
+        ("tcp6", "'tcp6' is not an IP protocol"),
+        (True, "True is not an IP protocol"),
+        (-1, "'-1' is not an IP protocol"),
+        (256, "protocol number 256 is out of range"),
+        ("1000000000", "protocol number 1000000000 is out of range"),
+        ("١٢", "'١٢' is not an IP protocol"),  # digits, but not ASCII
+    ],
+)
+def test_parse_protocol_rejects(given: str | int, detail: str) -> None:
+    with pytest.raises(ValueError, match=detail.replace("(", r"\(")):
+        parse_protocol(given)
+
+
+def test_the_protocol_table_is_iana_numbered_and_every_port_protocol_is_in_it() -> None:
+    assert len(set(IP_PROTOCOLS.values())) == len(IP_PROTOCOLS)
+    assert all(0 <= number <= 255 for number in IP_PROTOCOLS.values())
+    assert {name: IP_PROTOCOLS[name] for name in PORT_PROTOCOLS} == {
+        "tcp": 6,
+        "udp": 17,
+        "sctp": 132,
+        "dccp": 33,
+        "udplite": 136,
+    }
+    for name, number in IP_PROTOCOLS.items():
+        assert parse_protocol(number) == name == parse_protocol(name.upper())
+
+
+def test_filter_ports_take_a_port_a_list_or_a_range() -> None:
+    assert parse_filter_ports(53) == PortSet.parse([53])
+    assert parse_filter_ports("53,123") == PortSet.parse([53, 123])
+    assert parse_filter_ports(["53", "8000-8100"]) == PortSet.parse([53, "8000-8100"])
+    for bad, detail in ((True, "not a port"), ([], "expected ports"), ("", "expected ports")):
+        with pytest.raises(ValueError, match=detail):
+            parse_filter_ports(bad)
+
+
+def test_filter_addresses_take_an_address_a_list_a_range_or_a_cidr() -> None:
+    assert parse_filter_addresses("10.0.0.1") == (IPv4Address("10.0.0.1"),)
+    assert len(parse_filter_addresses("10.0.0.1,10.0.0.2,10.1.0.0/16")) == 3
+    assert parse_filter_addresses("10.0.0.1-10.0.0.4") == (
+        AddressRange(IPv4Address("10.0.0.1"), IPv4Address("10.0.0.4")),
+    )
+
+
 def test_filter_rule_constructor_validates() -> None:
     address = (IPv4Address("10.0.0.1"),)
     with pytest.raises(ValueError, match="at least one address"):
         FilterRule(())
-    with pytest.raises(ValueError, match="'gre' is not a protocol"):
-        FilterRule(address, "gre")
-    with pytest.raises(ValueError, match="only allowed with tcp or udp"):
+    with pytest.raises(ValueError, match="'bogus' is not an IP protocol"):
+        FilterRule(address, "bogus")
+    with pytest.raises(ValueError, match="icmp has no ports"):
         FilterRule(address, "icmp", PortSet.parse([22]))
     with pytest.raises(ValueError, match="must not be empty"):
         FilterRule(address, "tcp", PortSet())
     assert FilterRule(address, "tcp", PortSet.all()).ports is None
+    assert FilterRule(address, "6") == FilterRule(address, "TCP")
+    assert FilterRule(address, "gre").protocol_number == 47
 
 
 def test_filter_rule_matching_addresses() -> None:
-    rule = FilterRule.parse("10.0.0.5,10.0.0.7-10.0.0.9,192.168.0.0/24,fd00::/64")
+    rule = FilterRule.parse("10.0.0.5,10.0.0.7-10.0.0.9,192.168.0.0/24,fd00::/64", legacy=True)
     for address in ["10.0.0.5", "10.0.0.7", "10.0.0.8", "10.0.0.9", "192.168.0.200", "fd00::1"]:
         assert rule.matches(address, "tcp", 22), address
     for address in ["10.0.0.6", "10.0.0.10", "192.168.1.1", "fd00:0:0:1::1", "::1"]:
@@ -548,10 +645,12 @@ def test_filter_rule_matching_protocols_and_ports() -> None:
     assert any_rule.matches("10.0.0.1", "tcp", 1)
     assert any_rule.matches("10.0.0.1", "udp", 65535)
     assert any_rule.matches("10.0.0.1", "icmp", None)
+    assert any_rule.matches("10.0.0.1", 47, None)
 
     tcp_rule = FilterRule.parse("10.0.0.0/24/tcp/22,8000-8100")
     assert tcp_rule.matches("10.0.0.1", "tcp", 22)
     assert tcp_rule.matches("10.0.0.1", "TCP", 8050)
+    assert tcp_rule.matches("10.0.0.1", 6, 8050)
     assert not tcp_rule.matches("10.0.0.1", "tcp", 80)
     assert not tcp_rule.matches("10.0.0.1", "tcp", None)
     assert not tcp_rule.matches("10.0.0.1", "udp", 22)
@@ -561,24 +660,19 @@ def test_filter_rule_matching_protocols_and_ports() -> None:
     assert all_udp.matches("10.0.0.1", "udp", 12345)
     assert not all_udp.matches("10.0.0.1", "tcp", 12345)
 
-    icmp_rule = FilterRule.parse("10.0.0.0/24/icmp")
-    assert icmp_rule.matches("10.0.0.1", "icmp", None)
-    assert not icmp_rule.matches("10.0.0.1", "tcp", 22)
+    gre_rule = FilterRule.parse("10.0.0.0/24/47")
+    assert gre_rule.matches("10.0.0.1", "gre", None)
+    assert not gre_rule.matches("10.0.0.1", "icmp", None)
 
 
 def test_filter_rule_matching_rejects_bad_arguments() -> None:
     rule = FilterRule.parse("10.0.0.0/24")
-    with pytest.raises(ValueError, match="'any' is not a protocol: expected tcp, udp or icmp"):
+    with pytest.raises(ValueError, match="'any' is not one protocol"):
         rule.matches("10.0.0.1", "any", None)
+    with pytest.raises(ValueError, match="'nope' is not an IP protocol"):
+        rule.matches("10.0.0.1", "nope", None)
     with pytest.raises(ValueError, match="'nope' is not an IP address"):
         rule.matches("nope", "tcp", 22)
-
-
-def test_filter_rule_protocols() -> None:
-    assert FilterRule.parse("10.0.0.0/24").protocols() == {"tcp", "udp", "icmp"}
-    assert FilterRule.parse("10.0.0.0/24/tcp/22").protocols() == {"tcp"}
-    assert FilterRule.parse("10.0.0.0/24/udp").protocols() == {"udp"}
-    assert FilterRule.parse("10.0.0.0/24/icmp").protocols() == {"icmp"}
 
 
 def test_parse_filter_rules_count() -> None:
@@ -591,8 +685,8 @@ def test_parse_filter_rules_count() -> None:
         parse_filter_rules([*fifty, "10.0.0.99"])
     with pytest.raises(ValueError, match="expected a list of filter rules, not the single string"):
         parse_filter_rules("10.0.0.5")
-    with pytest.raises(ValueError, match=r"invalid filter rule '10\.0\.0\.0/24/gre': "):
-        parse_filter_rules(["10.0.0.5", "10.0.0.0/24/gre"])
+    with pytest.raises(ValueError, match=r"invalid filter rule '10\.0\.0\.0/24/nope': "):
+        parse_filter_rules(["10.0.0.5", "10.0.0.0/24/nope"])
 
 
 def _not_mapped_address(address: IPv4Address | IPv6Address) -> bool:
@@ -633,18 +727,32 @@ restricted_ports = (
     .map(lambda ranges: PortSet(tuple(ranges)))
     .filter(lambda ports: ports != PortSet.all())
 )
+protocols = st.one_of(
+    st.sampled_from(["any", *IP_PROTOCOLS]),
+    st.integers(0, 255).map(str),
+)
 
 
 @st.composite
-def filter_rules(draw: st.DrawFn) -> FilterRule:
-    addresses = tuple(draw(st.lists(filter_addresses, min_size=1, max_size=5)))
-    protocol = draw(st.sampled_from(["tcp", "udp", "icmp", "any"]))
-    ports = draw(st.none() | restricted_ports) if protocol in ("tcp", "udp") else None
+def filter_rules(draw: st.DrawFn, ipv4_only: bool = False) -> FilterRule:
+    if ipv4_only:
+        single = st.one_of(st.ip_addresses(v=4), _network(4))
+        listed = st.lists(single, min_size=1, max_size=5)
+        addresses = tuple(draw(listed | _range(4).map(lambda r: [r])))
+    else:
+        addresses = tuple(draw(st.lists(filter_addresses, min_size=1, max_size=5)))
+    protocol = parse_protocol(draw(protocols))
+    ports = draw(st.none() | restricted_ports) if protocol in PORT_PROTOCOLS else None
     return FilterRule(addresses, protocol, ports)
 
 
 @given(rule=filter_rules())
 def test_filter_rule_describe_round_trips(rule: FilterRule) -> None:
+    assert FilterRule.parse(rule.describe(), legacy=True) == rule
+
+
+@given(rule=filter_rules(ipv4_only=True))
+def test_an_ipv4_rule_round_trips_under_todays_rules(rule: FilterRule) -> None:
     assert FilterRule.parse(rule.describe()) == rule
 
 
@@ -654,10 +762,10 @@ def test_filter_rule_matches_agrees_with_its_parts(
 ) -> None:
     # an IPv4-mapped IPv6 address is matched as its IPv4 address
     plain = getattr(address, "ipv4_mapped", None) or address
-    for protocol in ("tcp", "udp", "icmp"):
-        checked_port = None if protocol == "icmp" else port
+    for protocol in ("tcp", "udp", "icmp", "sctp", "gre"):
+        checked_port = port if protocol in PORT_PROTOCOLS else None
         expected = (
-            protocol in rule.protocols()
+            rule.protocol in ("any", protocol)
             and (rule.ports is None or port in rule.ports)
             and any(
                 (item == plain) if isinstance(item, IPv4Address | IPv6Address) else plain in item

@@ -729,7 +729,11 @@ def test_the_uncommented_examples_have_every_section() -> None:
     assert (web.jump_policy, web.session_policy) == ("business-hours", "recorded")
     assert items["sql-prod"].username == "report_reader"
     assert items["k8s-prod"].ca_pem is not None and items["k8s-prod"].host == "k8s.corp.example"
-    assert len(items["lab-net"].filters) == 2
+    assert [rule.describe() for rule in items["lab-net"].filters] == [
+        "10.20.0.0/24/tcp/22,443",
+        "10.20.1.7-10.20.1.9/udp/161",
+        "10.20.1.5/icmp",
+    ]
 
 
 @pytest.mark.parametrize("name", REGIONS)

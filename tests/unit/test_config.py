@@ -63,7 +63,11 @@ items:
     assert item.allows_target("db.corp.example", 9187)
     assert not item.allows_target("db.corp.example", 22)
     assert not item.allows_target("other.corp.example", 5432)
-    assert item.to_json()["tunnels"][1] == {"local_port": "auto", "remote_port": 9187}
+    assert item.to_json()["tunnels"][1] == {
+        "local_port": "auto",
+        "remote_port": 9187,
+        "protocol": "tcp",
+    }
 
 
 @pytest.mark.parametrize(
@@ -116,7 +120,7 @@ items:
         (
             "items:\n  - {name: x, type: tcp, host: h,"
             " tunnels: [{local_port: 80, remote_port: 1}, {local_port: 80, remote_port: 2}]}\n",
-            "items[0].tunnels: two tunnels use the same local port",
+            "items[0].tunnels[1]: two tunnels use the same local port (80/tcp)",
         ),
         ("limits: {max_connections_per_session: 257}\n", "limits.max_connections_per_session"),
         ("limits: {connect_timeout: soon}\n", "limits.connect_timeout: 'soon' is not a duration"),

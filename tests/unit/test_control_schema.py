@@ -96,6 +96,8 @@ VALID: dict[str, dict[str, Any]] = {
     control.REQUEST_ACCESS: {"item": "guarded", "reason": "fix", "duration": 60},
     control.LIST_REQUESTS: {"all": True},
     control.DECIDE_REQUEST: {"request": 1, "approve": True, "comment": "ok"},
+    control.FLOW_OPEN: {"flow": 1, "remote_port": 53, "protocol": "udp", "client": "127.0.0.1:1"},
+    control.CLOSE_FLOW: {"flow": 1, "reason": "idle"},
 }
 REQUESTS = sorted(VALID)
 

@@ -471,7 +471,7 @@ def test_protocol_numbers() -> None:
 
 
 def test_ipv6_addresses_in_a_rule_never_match() -> None:
-    matcher = FilterMatcher([FilterRule.parse("fd00::/8,198.18.1.1")])
+    matcher = FilterMatcher([FilterRule.parse("fd00::/8,198.18.1.1", legacy=True)])
     assert matcher.matches(addr("198.18.1.1"), UDP, 1)
     assert not matcher.matches(addr("253.0.0.0"), UDP, 1)
 

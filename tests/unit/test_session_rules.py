@@ -355,7 +355,7 @@ def test_item_lifecycle_over_the_channel(world: World) -> None:
     )["item"]
     assert created["source"] == "console" and created["read_only"] is False
     assert created["created_by"] == "alice" and created["may_manage"] is True
-    assert created["tunnels"] == [{"local_port": "auto", "remote_port": 5432}]
+    assert created["tunnels"] == [{"local_port": "auto", "remote_port": 5432, "protocol": "tcp"}]
 
     assert names(alice.ask(control.LIST_ITEMS, search="LAB.EXAMPLE")) == ["labdb"]
     assert names(alice.ask(control.LIST_ITEMS, tag="db")) == ["labdb"]
@@ -374,13 +374,13 @@ def test_item_lifecycle_over_the_channel(world: World) -> None:
         return result
 
     assert change("tunnel_add", "15432:5433")["tunnels"] == [
-        {"local_port": "auto", "remote_port": 5432},
-        {"local_port": 15432, "remote_port": 5433},
+        {"local_port": "auto", "remote_port": 5432, "protocol": "tcp"},
+        {"local_port": 15432, "remote_port": 5433, "protocol": "tcp"},
     ]
     with pytest.raises(UsageError, match="already has tunnel"):
         change("tunnel_add", "15432:5433")
     assert change("tunnel_remove", "auto:5432")["tunnels"] == [
-        {"local_port": 15432, "remote_port": 5433}
+        {"local_port": 15432, "remote_port": 5433, "protocol": "tcp"}
     ]
     with pytest.raises(UsageError, match="has no tunnel 1:2"):
         change("tunnel_remove", "1:2")
