@@ -6,7 +6,8 @@ inner address from the pool, the session's stateful filter built from the
 item's filter rules, and one datagram flow on the channel; the session's
 reply carries the address, the routes, the MTU and the flow
 (C{network}); C{jump item filter} adds and removes its rules.  Linux
-Jumpoints only.  The protocol restriction of the groups is judged per packet (L{jumpoint.network.tunnel_service.protocol_check}), not when
+Jumpoints only.  The protocol restriction of the groups is judged per packet
+(L{jumpoint.network.tunnel_service.protocol_check}), not when
 the session opens.
 """
 
