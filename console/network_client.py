@@ -127,20 +127,29 @@ def _direct(request: OpenRequest) -> AcquiredTun:
 
 
 class _Lines:
-    """Reads reply lines (bounded) and the descriptors that come with them."""
+    """Reads reply lines (bounded), each with the descriptors that came on its bytes."""
 
     def __init__(self, connection: socket.socket) -> None:
         self.connection = connection
         self.buffer = b""
+        self.pending: list[tuple[int, int]] = []
+        """Descriptors received and not yet handed out, with their offset in C{buffer}."""
+
+    def close(self) -> None:
+        for _, fd in self.pending:
+            os.close(fd)
+        self.pending = []
 
     def read(self) -> tuple[dict[str, Any], list[int]]:
-        fds: list[int] = []
         try:
             while b"\n" not in self.buffer:
                 if len(self.buffer) > MAX_LINE:
                     raise ProtocolViolation("the network service sent an overlong line")
                 data, received, flags, _ = socket.recv_fds(self.connection, 4096, 4)
-                fds.extend(received)
+                # The kernel ends a read after the bytes that carried descriptors:
+                # they belong to the last byte read (the sender puts them on a line's first).
+                at = len(self.buffer) + max(len(data) - 1, 0)
+                self.pending.extend((at, fd) for fd in received)
                 if flags & socket.MSG_CTRUNC:
                     raise ProtocolViolation("the network service sent too many descriptors")
                 if not data:
@@ -148,20 +157,20 @@ class _Lines:
                         "the network service closed the connection without an answer"
                     )
                 self.buffer += data
-            line, _, self.buffer = self.buffer.partition(b"\n")
+        except TimeoutError:
+            raise NetworkServiceUnavailable("the network service did not answer in time") from None
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        end = len(line) + 1
+        fds = [fd for offset, fd in self.pending if offset < end]
+        self.pending = [(offset - end, fd) for offset, fd in self.pending if offset >= end]
+        try:
             message = json.loads(line)
             if not isinstance(message, dict):
                 raise ValueError("not an object")
-        except BaseException as error:
+        except ValueError:
             for fd in fds:
                 os.close(fd)
-            if isinstance(error, ValueError):
-                raise ProtocolViolation("the network service sent a malformed line") from None
-            if isinstance(error, TimeoutError):
-                raise NetworkServiceUnavailable(
-                    "the network service did not answer in time"
-                ) from None
-            raise
+            raise ProtocolViolation("the network service sent a malformed line") from None
         return message, fds
 
 
@@ -203,7 +212,15 @@ def _raise_reply(message: dict[str, Any]) -> None:
 
 
 def _via_service(request: OpenRequest, path: str, timeout: float) -> AcquiredTun:
-    connection = _connect(path, timeout)
+    return exchange(request, _connect(path, timeout))
+
+
+def exchange(request: OpenRequest, connection: socket.socket) -> AcquiredTun:
+    """Ask the service at the other end of C{connection} for C{request}'s interface.
+
+    The connection is the caller's until this returns, then the returned
+    L{AcquiredTun}'s (its C{cleanup} closes it); on an error it is closed.
+    """
     lines = _Lines(connection)
     fds: list[int] = []
     try:
@@ -212,6 +229,7 @@ def _via_service(request: OpenRequest, path: str, timeout: float) -> AcquiredTun
             _raise_reply(greeting)
         for fd in fds:  # nothing comes with a greeting
             os.close(fd)
+        fds = []
         connection.sendall(encode(request.to_json()))
         reply, fds = lines.read()
         if reply.get("event") != "opened":
@@ -227,6 +245,7 @@ def _via_service(request: OpenRequest, path: str, timeout: float) -> AcquiredTun
     except BaseException:
         for fd in fds:
             os.close(fd)
+        lines.close()
         connection.close()
         raise
     fd = fds[0]
@@ -240,6 +259,7 @@ def _via_service(request: OpenRequest, path: str, timeout: float) -> AcquiredTun
         except (OSError, JumpError):
             return None  # the service removes what it made when the connection ends
         finally:
+            lines.close()
             connection.close()
             os.close(fd)
         return _removed(answer.get("removed"))
