@@ -362,7 +362,7 @@ def read_peer(connection: socket.socket | None) -> Peer:
         raw = connection.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, PEER_GROUPS_BUFFER)
         groups = frozenset(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
     except OSError:
-        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+        status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
         groups = parse_status_groups(status)
     try:
         user: str | None = pwd.getpwuid(uid).pw_name

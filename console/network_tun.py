@@ -114,7 +114,7 @@ def has_net_admin(status: str | None = None) -> bool:
     """Whether this process holds CAP_NET_ADMIN (its effective set in /proc/self/status)."""
     if status is None:
         try:
-            status = Path("/proc/self/status").read_text(encoding="ascii")
+            status = Path("/proc/self/status").read_text(encoding="utf-8")
         except OSError:
             return False
     for line in status.splitlines():
@@ -161,7 +161,7 @@ def _disable_ipv6(interface: str) -> bool:
     path = Path("/proc/sys/net/ipv6/conf") / interface / "disable_ipv6"
     if not path.parent.is_dir():
         return False  # no IPv6 in this kernel or namespace: nothing to disable
-    path.write_text("1\n", encoding="ascii")
+    path.write_text("1\n", encoding="utf-8")
     return True
 
 

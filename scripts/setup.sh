@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(redis-server redis-tools curl ca-certificates tshark freetds-bin sqlite3 iperf3)
+# iproute2 and iputils-ping: the network service's tests check interfaces with `ip -n NS -j`
+# and ping through them (tests/e2e/test_network_service.py)
+APT_PACKAGES=(redis-server redis-tools curl ca-certificates tshark freetds-bin sqlite3 iperf3
+  iproute2 iputils-ping)
 if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
 if [ "${JUMPOINT_SKIP_APT:-}" != 1 ]; then
   echo "setup: installing Debian packages: ${APT_PACKAGES[*]}" >&2
