@@ -279,6 +279,9 @@ def network_service(socket_path: str, group: str) -> None:
     """
     from twisted.internet import reactor
 
+    from console.network_tun import ensure_linux
+
+    ensure_linux()  # before the service's module, which needs a Unix
     from console.network_service import serve
 
     LOG_ROUTER.level = LogLevel.info

@@ -145,7 +145,9 @@ class _Lines:
             while b"\n" not in self.buffer:
                 if len(self.buffer) > MAX_LINE:
                     raise ProtocolViolation("the network service sent an overlong line")
-                data, received, flags, _ = socket.recv_fds(self.connection, 4096, 4)
+                data, received, flags, _ = socket.recv_fds(
+                    self.connection, 4096, 4, socket.MSG_CMSG_CLOEXEC
+                )
                 # The kernel ends a read after the bytes that carried descriptors:
                 # they belong to the last byte read (the sender puts them on a line's first).
                 at = len(self.buffer) + max(len(data) - 1, 0)

@@ -12,6 +12,8 @@ touches the system, so the rules are tested without root:
   digits);
 * the parsing of a request line (bounded, every field checked, unknown
   fields refused) and the encoding of the replies;
+* L{attached_clash}: a route that overlaps a network the machine is
+  attached to (its interfaces' own link routes) is refused;
 * L{admit}: whether a peer (its SO_PEERCRED uid, gid and supplementary
   groups) may use the service: root always, others when the service's group
   is among the process's groups.
@@ -297,8 +299,25 @@ def parse_status_groups(status: str) -> frozenset[int]:
     return frozenset()
 
 
-def route_texts(routes: Iterable[IPv4Network]) -> list[str]:
-    return [str(route) for route in routes]
+def attached_clash(
+    routes: Iterable[IPv4Network], attached: Iterable[tuple[IPv4Network, str]]
+) -> str | None:
+    """Why one of C{routes} may not be added: it overlaps a network this machine is on.
+
+    C{attached} are the networks of the machine's own interfaces (the
+    kernel's link routes, with the interface's name).  Routing part of one of
+    them into a TUN would cut this machine off from its neighbours there, the
+    path to the Jumpoint perhaps included, so it is refused rather than done.
+    """
+    known = list(attached)
+    for route in routes:
+        for network, interface in known:
+            if route.overlaps(network):
+                return (
+                    f"routes: {route} overlaps {network}, the network of {interface} on this"
+                    " machine (routing it into the tunnel would cut this machine off from it)"
+                )
+    return None
 
 
 def parse_routes_reply(value: object) -> tuple[IPv4Network, ...]:

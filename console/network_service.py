@@ -62,7 +62,7 @@ from console.network_tun import (
     has_net_admin,
     remove_tun,
 )
-from shared.errors import ConfigError, InvalidRequest, JumpError, UsageError
+from shared.errors import ConfigError, InternalError, InvalidRequest, JumpError, UsageError
 from shared.lifecycle import Lifecycle, Transitions
 
 log = Logger()
@@ -274,6 +274,10 @@ class ServiceSession:
         except JumpError as error:
             self._fail(error)
             return
+        except Exception:
+            log.failure("creating an interface for {who}", who=self.who)
+            self._fail(InternalError("the network service failed to create the interface"))
+            return
         self._cancel_timeout()
         self.device = device
         self.registry.per_uid[uid] = held + 1
@@ -345,6 +349,9 @@ class ServiceSession:
                 who=self.who,
                 message=error.message,
             )
+            return None
+        except Exception:
+            log.failure("removing {interface} of {who}", interface=device.interface, who=self.who)
             return None
         self.removed = removed
         log.info("{what} ({reason}; {who})", what=removed.describe(), reason=reason, who=self.who)

@@ -11,7 +11,8 @@ to), disables IPv6 on it, then sets its MTU, gives it the inner address as
 a /32, brings it up and adds one route per network, all over netlink with
 pyroute2 (no C{ip} command).  A non-persistent TUN lives while a descriptor
 of it is open: if anything fails half-way, closing the descriptor removes
-the device and every route on it.  L{remove_tun} deletes the link (the
+the device and every route on it.  Before anything is made, a route that
+overlaps a network this machine is attached to is refused.  L{remove_tun} deletes the link (the
 kernel drops its address and routes with it) and closes the descriptor,
 and says what it removed.
 """
@@ -28,8 +29,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from console.network_requests import AUTO_NAME, OpenRequest
-from shared.errors import JumpError, NotSupported
+from console.network_requests import AUTO_NAME, OpenRequest, attached_clash
+from shared.errors import InvalidRequest, JumpError, NotSupported
 
 if sys.platform == "linux":
     import fcntl
@@ -46,7 +47,9 @@ IFF_TUN_EXCL = 0x8000
 """Fail with EBUSY rather than attach to a device of that name that exists already."""
 CAP_NET_ADMIN = 12
 RT_SCOPE_LINK = 253
+RTPROT_KERNEL = 2
 RTPROT_STATIC = 4
+MAIN_TABLE = 254
 
 
 class NetworkSetupError(JumpError):
@@ -174,37 +177,68 @@ def _netlink_step(step: str, error: NetlinkError) -> NetworkSetupError:
     return NetworkSetupError(f"{step}: {os.strerror(code) if code else error}")
 
 
+def attached_networks(netlink: Any) -> list[tuple[IPv4Network, str]]:
+    """The networks this machine's interfaces are on: the kernel's link routes (main table)."""
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in netlink.get_links()}
+    found = []
+    for route in netlink.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+        destination = route.get_attr("RTA_DST")
+        if (
+            destination is None
+            or route["scope"] != RT_SCOPE_LINK
+            or route["proto"] != RTPROT_KERNEL
+        ):
+            continue
+        name = str(names.get(route.get_attr("RTA_OIF"), "?"))
+        found.append((IPv4Network(f"{destination}/{route['dst_len']}", strict=False), name))
+    return found
+
+
 def create_tun(request: OpenRequest) -> TunDevice:
-    """Create and configure the interface C{request} asks for (see the module docstring)."""
+    """Create and configure the interface C{request} asks for (see the module docstring).
+
+    A route that overlaps a network this machine is attached to is refused
+    first (L{attached_clash}); nothing is created then.
+    """
     ensure_linux()
+    step = "reading this machine's networks"
+    try:
+        with IPRoute() as netlink:
+            clash = attached_clash(request.routes, attached_networks(netlink))
+    except NetlinkError as error:
+        raise _netlink_step(step, error) from None
+    if clash is not None:
+        raise InvalidRequest(clash)
     fd, interface = _open_device(request.name or AUTO_NAME)
     try:
+        step = f"disabling IPv6 on {interface}"
         ipv6_disabled = _disable_ipv6(interface)
         with IPRoute() as netlink:
             step = f"looking up {interface}"
-            try:
-                index = int(netlink.link_lookup(ifname=interface)[0])
-                step = f"setting the MTU of {interface} to {request.mtu}"
-                netlink.link("set", index=index, mtu=request.mtu)
-                step = f"giving {interface} the address {request.address}/32"
-                netlink.addr("add", index=index, address=str(request.address), prefixlen=32)
-                step = f"bringing {interface} up"
-                netlink.link("set", index=index, state="up")
-                for route in request.routes:
-                    step = f"adding the route {route} via {interface}"
-                    netlink.route(
-                        "add",
-                        dst=str(route),
-                        oif=index,
-                        scope=RT_SCOPE_LINK,
-                        proto=RTPROT_STATIC,
-                    )
-            except NetlinkError as error:
-                raise _netlink_step(step, error) from None
-            except IndexError:
-                raise NetworkSetupError(f"{step}: the new interface vanished") from None
-    except BaseException:
+            index = int(netlink.link_lookup(ifname=interface)[0])
+            step = f"setting the MTU of {interface} to {request.mtu}"
+            netlink.link("set", index=index, mtu=request.mtu)
+            step = f"giving {interface} the address {request.address}/32"
+            netlink.addr("add", index=index, address=str(request.address), prefixlen=32)
+            step = f"bringing {interface} up"
+            netlink.link("set", index=index, state="up")
+            for route in request.routes:
+                step = f"adding the route {route} via {interface}"
+                netlink.route(
+                    "add",
+                    dst=str(route),
+                    oif=index,
+                    scope=RT_SCOPE_LINK,
+                    proto=RTPROT_STATIC,
+                )
+    except BaseException as error:
         os.close(fd)  # a non-persistent TUN goes with its last descriptor, routes and all
+        if isinstance(error, NetlinkError):
+            raise _netlink_step(step, error) from None
+        if isinstance(error, IndexError):
+            raise NetworkSetupError(f"{step}: the new interface vanished") from None
+        if isinstance(error, OSError):
+            raise NetworkSetupError(f"{step}: {error.strerror or error}") from None
         raise
     return TunDevice(
         fd=fd,
@@ -220,7 +254,7 @@ def create_tun(request: OpenRequest) -> TunDevice:
 def interface_routes(netlink: Any, index: int) -> list[str]:
     """The IPv4 routes of the main table that go out of interface C{index}."""
     found = []
-    for route in netlink.get_routes(family=socket.AF_INET, table=254, oif=index):
+    for route in netlink.get_routes(family=socket.AF_INET, table=MAIN_TABLE, oif=index):
         destination = route.get_attr("RTA_DST")
         if destination is not None:
             found.append(f"{destination}/{route['dst_len']}")

@@ -201,10 +201,11 @@ class Processes:
         *,
         in_namespace: bool = False,
         name: str | None = None,
+        routes: list[str] = ROUTES,
     ) -> Client:
         args = [PYTHON, "-m", "tests.e2e.tun_client", "--socket", str(service.socket)]
         args += ["--address", INNER]
-        for route in ROUTES:
+        for route in routes:
             args += ["--route", route]
         if name is not None:
             args += ["--name", name]
@@ -479,6 +480,26 @@ def test_a_name_in_use_is_refused_and_a_free_one_given(
     check_created(namespace, "jptnsvc")  # the first one is untouched
     first.command("close")
     wait_gone(namespace, "jptnsvc")
+
+
+def test_a_route_over_a_network_the_machine_is_on_is_refused(
+    namespace: str, accounts: Accounts, processes: Processes
+) -> None:
+    run("ip", "-n", namespace, "link", "add", "jpt-v0", "type", "veth", "peer", "name", "jpt-v1")
+    run("ip", "-n", namespace, "addr", "add", "198.18.5.1/24", "dev", "jpt-v0")
+    run("ip", "-n", namespace, "link", "set", "jpt-v0", "up")
+    run("ip", "-n", namespace, "link", "set", "jpt-v1", "up")
+    service = processes.service(accounts.group)
+    client = processes.client(service, accounts.member, routes=["198.18.1.0/24", "198.18.5.128/25"])
+    refused = client.next()
+    assert refused["code"] == "invalid_request"
+    assert refused["message"] == (
+        "routes: 198.18.5.128/25 overlaps 198.18.5.0/24, the network of jpt-v0 on this machine"
+        " (routing it into the tunnel would cut this machine off from it)"
+    )
+    links = sorted(link["ifname"] for link in ip_json(namespace, "link", "show"))
+    assert links == ["jpt-v0", "jpt-v1", "lo"]  # no TUN was made
+    assert [r["dst"] for r in jpt_routes(namespace)] == ["198.18.5.0/24"]  # jpt-v0's own
 
 
 def test_stopping_the_service_removes_every_interface(

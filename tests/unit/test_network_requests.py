@@ -23,6 +23,7 @@ from console.network_requests import (
     OpenRequest,
     Peer,
     admit,
+    attached_clash,
     check_address,
     check_mtu,
     check_name,
@@ -147,6 +148,21 @@ def test_an_interface_name_is_jpt_and_a_short_suffix() -> None:
     for bad in ["jpt", "eth0", "jpt-0", "JPT0", "jpt0\n", "jptabcdef0123456", "jpt%d", 3, "lo"]:
         with pytest.raises(InvalidRequest, match="^name: "):
             check_name(bad)
+
+
+def test_a_route_over_a_network_this_machine_is_on_is_refused() -> None:
+    attached = [(IPv4Network("192.168.1.0/24"), "eth0"), (IPv4Network("10.9.0.0/16"), "wg0")]
+    assert (
+        attached_clash([IPv4Network("198.18.1.0/24"), IPv4Network("10.8.0.0/16")], attached) is None
+    )
+    assert attached_clash(
+        [IPv4Network("198.18.1.0/24"), IPv4Network("192.168.1.128/25")], attached
+    ) == (
+        "routes: 192.168.1.128/25 overlaps 192.168.1.0/24, the network of eth0 on this machine"
+        " (routing it into the tunnel would cut this machine off from it)"
+    )
+    assert "the network of wg0" in str(attached_clash([IPv4Network("10.0.0.0/8")], attached))
+    assert attached_clash([IPv4Network("10.0.0.0/8")], []) is None
 
 
 # -- request lines ------------------------------------------------------------------------
