@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 from twisted.internet.task import Clock
 
-from jumpoint import __version__, enrollment_tokens
+from jumpoint import __version__, enrollment_tokens, kinds
 from jumpoint.audit import AuditEntry, AuditLog, query
 from jumpoint.config import CONFIG_ENV, JUMPOINT_NAME, JumpointConfig, load_config
 from jumpoint.config_template import render_config
@@ -134,6 +134,8 @@ def check_config(config_path: str | None) -> None:
         f"{config.path}: OK (Jumpoint {config.name!r}, {len(config.items)} items,"
         f" {len(config.groups)} groups)"
     )
+    for problem in kinds.host_problems(config):
+        click.echo(f"warning: {problem}", err=True)
 
 
 @cli.group()

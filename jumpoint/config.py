@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from jumpoint.network.settings import NetworkSettings, network_settings
 from jumpoint.policy import Group, JumpPolicy, Policies, Restrictions, SessionPolicy
 from jumpoint.schedule import schedule_checker
 from jumpoint.secret_ref import SecretRef, loose_permissions
@@ -94,6 +95,7 @@ class JumpointConfig:
     credentials: tuple[CredentialRef, ...] = ()
     max_pending_handshakes: int = 512
     max_pending_handshakes_per_address: int = 32
+    network: NetworkSettings = field(default_factory=NetworkSettings)
 
     @property
     def directory(self) -> Path:
@@ -444,6 +446,7 @@ _TOP_FIELDS = {
     "recordings": Field(_mapping_or_empty(_RECORDINGS_FIELDS), default=None),
     "items": Field(_items_or_empty, default=()),
     "credentials": Field(lambda n, w: n, default=None),  # checked with the file's directory
+    "network": Field(network_settings, default=None),
 }
 
 
@@ -617,6 +620,7 @@ def parse_config(text: str, path: Path) -> JumpointConfig:
         recordings_directory=resolve(recordings["directory"]),
         recording_buffer_limit=recordings["buffer_limit"],
         credentials=credentials,
+        network=top["network"] or NetworkSettings(),
     )
 
 

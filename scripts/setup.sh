@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# iproute2 and iputils-ping: the network service's tests check interfaces with `ip -n NS -j`
-# and ping through them (tests/e2e/test_network_service.py)
+# nftables, iproute2: the Jumpoint's egress tests; iproute2 and iputils-ping: the console's
+# network service tests check interfaces with `ip -n NS -j` and ping through them
 APT_PACKAGES=(redis-server redis-tools curl ca-certificates tshark freetds-bin sqlite3 iperf3
-  iproute2 iputils-ping)
+  nftables iproute2 iputils-ping)
 if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
 if [ "${JUMPOINT_SKIP_APT:-}" != 1 ]; then
   echo "setup: installing Debian packages: ${APT_PACKAGES[*]}" >&2

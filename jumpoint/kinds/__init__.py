@@ -9,6 +9,7 @@ modules and one registration line.
 
 from __future__ import annotations
 
+from jumpoint.config import JumpointConfig
 from jumpoint.kinds import kubernetes, mssql, network, tcp
 from jumpoint.kinds.base import JumpointKind
 from shared.errors import NotSupported
@@ -45,6 +46,16 @@ def registered() -> tuple[JumpointKind, ...]:
 def get(name: str) -> JumpointKind | None:
     """The kind of that C{type}, or C{None} when this Jumpoint has none."""
     return _KINDS.get(name)
+
+
+def host_problems(config: JumpointConfig) -> list[str]:
+    """What keeps this host from opening the items of C{config}, kind by kind (check-config)."""
+    found: list[str] = []
+    used = {item.type for item in config.items}
+    for kind in _KINDS.values():
+        if kind.name in used and kind.host_problems is not None:
+            found.extend(f"{kind.name} items: {problem}" for problem in kind.host_problems(config))
+    return found
 
 
 def kind_of(item: Item) -> JumpointKind:

@@ -26,6 +26,7 @@ from typing import Protocol
 
 from twisted.internet.protocol import Protocol as TwistedProtocol
 
+from jumpoint.config import JumpointConfig
 from jumpoint.session import Session
 from jumpoint.upstream_context import UpstreamContext
 from shared.bridge import TcpBridge
@@ -97,6 +98,8 @@ class JumpointKind:
     """Whether C{jump item tunnel} may add and remove its tunnels."""
     audit_events: tuple[str, ...] = ()
     """The audit events only its connections record (beyond C{connection_*})."""
+    host_problems: Callable[[JumpointConfig], list[str]] | None = None
+    """What keeps this host from opening items of the kind (C{jumpoint check-config})."""
 
     @property
     def name(self) -> str:

@@ -8,8 +8,18 @@ so that the kind stays complete.
 
 from __future__ import annotations
 
+from jumpoint.config import JumpointConfig
 from jumpoint.kinds.base import JumpointKind
 from jumpoint.kinds.tcp import open_upstream as tcp_upstream
+from jumpoint.network import host_checks
 from shared.kinds.network import KIND as SHARED
 
-KIND = JumpointKind(shared=SHARED, open_upstream=tcp_upstream, openable=False)
+
+def host_problems(config: JumpointConfig) -> list[str]:
+    """Linux, CAP_NET_ADMIN, nft and forwarding (L{jumpoint.network.host_checks})."""
+    return host_checks.problems(config.network)
+
+
+KIND = JumpointKind(
+    shared=SHARED, open_upstream=tcp_upstream, openable=False, host_problems=host_problems
+)

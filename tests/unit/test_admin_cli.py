@@ -927,3 +927,24 @@ def test_user_list_shows_a_user_whose_token_expired_unused_as_unenrolled(
     assert listing["status"] == "unenrolled" and listing["enroll_by"] is None
     text = ok(config_path, "user", "list").stdout
     assert re.search(r"^alice +default +unenrolled ", text, re.MULTILINE)
+
+
+def test_check_config_warns_about_what_keeps_the_host_from_opening_its_items(
+    config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jumpoint.network import host_checks
+
+    text = config_path.read_text()
+    assert text.endswith("items: []\n")
+    config_path.write_text(
+        text.replace(
+            "items: []\n",
+            "items:\n  - name: lab\n    type: network\n    filters: ['198.18.2.0/24/udp/53']\n",
+        )
+    )
+    monkeypatch.setattr(host_checks, "problems", lambda settings: ["the nft command is missing"])
+    checked = ok(config_path, "check-config")
+    assert "OK" in checked.stdout
+    assert "warning: network items: the nft command is missing" in checked.stderr
+    monkeypatch.setattr(host_checks, "problems", lambda settings: [])
+    assert "warning" not in ok(config_path, "check-config").stderr

@@ -1,0 +1,1 @@
+"""Network tunnels on the Jumpoint: settings, inner addresses, the packet filter and egress."""
