@@ -13,6 +13,11 @@ does not vanish while the service reports on it, and it never outlives the
 connection because the caller kept its copy open (the service deletes the
 link; routes and address go with it).
 
+A caller's routes may not overlap the routes of an interface the service
+holds for another uid (that would take the other user's traffic); the
+kernel-side checks are L{console.network_tun.create_tun}'s.  The netlink
+work runs in the reactor's thread: a few local calls per request.
+
 L{ServiceSession} is one connection's logic, sans-IO: it is given the peer's
 credentials, request lines and the end of the connection, and answers
 through a L{Sink}; the device work goes through L{Devices} (L{LinuxDevices}
@@ -168,6 +173,25 @@ class Registry:
     sessions: set[ServiceSession] = field(default_factory=set)
     per_uid: dict[int, int] = field(default_factory=dict)
 
+    def foreign_clash(self, uid: int, request: OpenRequest) -> str | None:
+        """Why C{request} may not have its routes: one overlaps another uid's interface.
+
+        A more specific route would take that user's traffic into this
+        user's TUN; an equal one would fail in the kernel anyway.
+        """
+        for session in self.sessions:
+            device, peer = session.device, session.peer
+            if device is None or peer is None or peer.uid == uid:
+                continue
+            for route in request.routes:
+                for theirs in device.routes:
+                    if route.overlaps(theirs):
+                        return (
+                            f"routes: {route} overlaps a route of another user's interface"
+                            f" ({device.interface}): refused, it would take their traffic"
+                        )
+        return None
+
     def close_all(self, reason: str) -> None:
         for session in list(self.sessions):
             session.shut_down(reason)
@@ -268,6 +292,10 @@ class ServiceSession:
         if held >= self.registry.limits.max_interfaces_per_uid:
             limit = self.registry.limits.max_interfaces_per_uid
             self._fail(JumpError(f"uid {uid} holds {limit} interfaces already (the limit)"))
+            return
+        clash = self.registry.foreign_clash(uid, request)
+        if clash is not None:
+            self._fail(InvalidRequest(clash))
             return
         try:
             device = self.devices.create(request)

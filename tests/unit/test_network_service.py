@@ -324,11 +324,32 @@ def test_a_uid_holds_a_bounded_number_of_interfaces() -> None:
     again.line_received(request_line(REQUEST))
     assert sink.events == ["ready", "opened"]
     root, root_sink = made.session(Peer(1, 0, 0, frozenset(), "root"))
-    root.line_received(request_line(REQUEST))
+    root.line_received(request_line(open_request("198.19.0.1", ["198.18.9.0/24"])))
     assert root_sink.events == ["ready", "opened"]  # the bound is per uid
     for session, _ in [*sessions, (again, sink), (root, root_sink)]:
         session.connection_lost()
     assert made.devices.live == [] and made.registry.per_uid == {}
+
+
+def test_a_route_over_another_user_s_route_is_refused(setup: Setup) -> None:
+    alice, _ = setup.session()
+    alice.line_received(request_line(REQUEST))
+    bob = Peer(pid=102, uid=1003, gid=1003, groups=frozenset({990}), user="carol")
+    session, sink = setup.session(bob)
+    session.line_received(request_line(open_request("198.19.0.9", ["198.18.1.128/25"])))
+    assert sink.last["message"] == (
+        "routes: 198.18.1.128/25 overlaps a route of another user's interface (jpt0):"
+        " refused, it would take their traffic"
+    )
+    assert setup.devices.live == ["jpt0"]
+    again, again_sink = setup.session(bob)
+    again.line_received(request_line(open_request("198.19.0.9", ["198.18.3.0/24"])))
+    assert again_sink.events == ["ready", "opened"]
+    mine, mine_sink = setup.session()  # the same uid may overlap its own (the kernel decides)
+    mine.line_received(request_line(open_request("198.19.0.4", ["198.18.1.0/25"])))
+    assert mine_sink.events == ["ready", "opened"]
+    for each in (alice, again, mine):
+        each.connection_lost()
 
 
 def test_the_service_holds_a_bounded_number_of_connections() -> None:
