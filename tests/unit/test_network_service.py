@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -45,8 +46,20 @@ from console.network_service import (
     read_peer,
     resolve_group,
 )
-from console.network_tun import NetworkSetupError, Removed, TunDevice, has_net_admin
-from shared.errors import AccessDenied, ConfigError, InvalidRequest, ProtocolViolation
+from console.network_tun import (
+    NetworkSetupError,
+    Removed,
+    TunDevice,
+    ensure_linux,
+    has_net_admin,
+)
+from shared.errors import (
+    AccessDenied,
+    ConfigError,
+    InvalidRequest,
+    NotSupported,
+    ProtocolViolation,
+)
 
 GROUP = Group("jumpoint-network", 990)
 MEMBER = Peer(pid=100, uid=1001, gid=1001, groups=frozenset({990}), user="alice")
@@ -544,3 +557,19 @@ def test_the_client_checks_the_request_before_connecting(tmp_path: Path) -> None
         acquire_tun("198.19.0.2", ["0.0.0.0/0"], socket_path=str(tmp_path / "none.sock"))
     with pytest.raises(InvalidRequest, match="^routes: "):
         acquire_tun("198.19.0.2", [IPv4Network("127.0.0.0/8")])
+
+
+def test_other_systems_get_a_clear_not_supported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(NotSupported, match=r"need a Linux console \(this is darwin\)"):
+        ensure_linux()
+    with pytest.raises(NotSupported):
+        acquire_tun("198.19.0.2", ["198.18.1.0/24"])
+
+
+def test_cap_net_admin_is_read_from_the_effective_set() -> None:
+    assert has_net_admin("Name:\tpython\nCapEff:\t000001ffffffffff\n")
+    assert has_net_admin("CapEff:\t0000000000001000\n")  # bit 12 alone
+    assert not has_net_admin("CapEff:\t0000000000000000\nCapPrm:\t000001ffffffffff\n")
+    assert not has_net_admin("CapEff:\t0000000000000fff\n")
+    assert not has_net_admin("Name:\tpython\n")
