@@ -262,7 +262,7 @@ def open(
     "socket_path",
     default=DEFAULT_SOCKET,
     show_default=True,
-    help="Unix socket to listen on (unless systemd passes one).",
+    help="Unix socket to listen on (made mode 0660, owned by root and GROUP).",
 )
 @click.option(
     "--group",
