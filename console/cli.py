@@ -18,6 +18,7 @@ from twisted.logger import LogLevel, globalLogBeginner
 
 from console import __version__
 from console.logrouter import LOG_ROUTER
+from console.network_requests import DEFAULT_GROUP, DEFAULT_SOCKET
 from console.output import print_items
 from console.profiles import list_profiles, load_profile
 from console.remote import PROGRAM, call, chosen_profile, profile_option, run_reactor
@@ -253,6 +254,38 @@ def open(
         return await run_open(reactor, options, sys.stdout)
 
     sys.exit(run_reactor(main))
+
+
+@cli.command("network-service")
+@click.option(
+    "--socket",
+    "socket_path",
+    default=DEFAULT_SOCKET,
+    show_default=True,
+    help="Unix socket to listen on (made mode 0660, owned by root and GROUP).",
+)
+@click.option(
+    "--group",
+    default=DEFAULT_GROUP,
+    show_default=True,
+    help="Group whose members may create interfaces (root always may).",
+)
+def network_service(socket_path: str, group: str) -> None:
+    """Create TUN interfaces for network tunnels on behalf of `jump open` (run as root).
+
+    Linux only.  Each caller in GROUP gets one interface per connection, with
+    the address, MTU and routes it asks for; the interface is removed when the
+    connection ends.  See docs/network-service.md.
+    """
+    from twisted.internet import reactor
+
+    from console.network_tun import ensure_linux
+
+    ensure_linux()  # before the service's module, which needs a Unix
+    from console.network_service import serve
+
+    LOG_ROUTER.level = LogLevel.info
+    serve(socket_path, group, reactor)
 
 
 def _register() -> None:

@@ -33,6 +33,7 @@ from console.kube_proxy import (
     KubeConnectionState,
 )
 from console.kubeconfig import SessionKubeconfig
+from console.network_service import SESSION_TRANSITIONS, SessionState
 from console.profiles import Profile
 from shared.bridge import BRIDGE_TRANSITIONS, BridgeEvent, BridgeState, TcpBridge
 from shared.codecs.http.relay import RELAY_TRANSITIONS, RelayMode
@@ -70,6 +71,7 @@ TABLES: dict[str, tuple[Transitions[Any, Any], enum.Enum]] = {
     "kubernetes connection": (KUBE_CONNECTION_TRANSITIONS, KubeConnectionState.AWAITING_LOGIN),
     "http relay": (RELAY_TRANSITIONS, RelayMode.IDLE),
     "datagram flow": (FLOW_TRANSITIONS, FlowState.OPEN),
+    "network service session": (SESSION_TRANSITIONS, SessionState.CONNECTED),
 }
 FINAL = {
     "stream": StreamState.CLOSED,
@@ -79,6 +81,7 @@ FINAL = {
     "kubernetes connection": KubeConnectionState.CLOSED,
     "http relay": RelayMode.DONE,
     "datagram flow": FlowState.CLOSED,
+    "network service session": SessionState.CLOSED,
 }
 
 UNUSED = {
