@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.accounts import Account, Accounts, throwaway_accounts
 from tests.e2e.harness import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,53 +74,10 @@ def namespace() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-@dataclass
-class Account:
-    name: str
-    uid: int
-    gid: int
-    groups: list[int]
-
-
-@dataclass
-class Accounts:
-    group: str
-    gid: int
-    member: Account
-    outsider: Account
-
-
-def _account(name: str) -> Account:
-    uid = int(run("id", "-u", name))
-    gid = int(run("id", "-g", name))
-    groups = [int(g) for g in run("id", "-G", name).split()]
-    return Account(name, uid, gid, groups)
-
-
 @pytest.fixture
 def accounts() -> Iterator[Accounts]:
-    tag = secrets.token_hex(3)
-    group, member, outsider = f"jptg{tag}", f"jptm{tag}", f"jpto{tag}"
-    made_users: list[str] = []
-    made_group = False
-    try:
-        run("groupadd", "--system", group)
-        made_group = True
-        for user, extra in ((member, ["-G", group]), (outsider, [])):
-            run("useradd", "--system", "-M", "-U", "-s", "/usr/sbin/nologin", *extra, user)
-            made_users.append(user)
-        yield Accounts(
-            group,
-            int(run("getent", "group", group).split(":")[2]),
-            _account(member),
-            _account(outsider),
-        )
-    finally:
-        for user in made_users:
-            subprocess.run(["userdel", user], check=False, capture_output=True)
-            subprocess.run(["groupdel", user], check=False, capture_output=True)
-        if made_group:
-            subprocess.run(["groupdel", group], check=False, capture_output=True)
+    with throwaway_accounts() as made:
+        yield made
 
 
 @pytest.fixture
