@@ -46,7 +46,8 @@ REMOTE_SECOND = IPv4Interface("198.18.2.11/24")
 CONSOLE_VETH, JUMPOINT_CONSOLE_VETH = "jptc0", "jptj0"
 JUMPOINT_REMOTE_VETH, REMOTE_VETH = "jptj1", "jptr0"
 
-_OURS = re.compile(r"^jpt-[cjr]-(\d+)$")
+_OURS = re.compile(r"^jpt-[cjr]-(\d+)(-[a-z0-9]+)?$")
+"""The labs' namespaces: C{jpt-c-PID} or C{jpt-c-PID-TAG}."""
 
 
 def run(
@@ -116,10 +117,15 @@ class Lab:
         return ["ip", "netns", "exec", namespace]
 
     def run(
-        self, namespace: str, *args: str, check: bool = True, timeout: float = 30
+        self,
+        namespace: str,
+        *args: str,
+        check: bool = True,
+        timeout: float = 30,
+        stdin: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run a command in a namespace to completion."""
-        return run([*self.prefix(namespace), *args], check=check, timeout=timeout)
+        return run([*self.prefix(namespace), *args], check=check, timeout=timeout, stdin=stdin)
 
     def spawn(
         self, namespace: str, *args: str, log: Path | None = None, cwd: Path | None = None
@@ -185,10 +191,13 @@ def _prepare(namespace: str) -> None:
 
 
 @contextlib.contextmanager
-def three_namespaces(tag: str | int | None = None) -> Iterator[Lab]:
-    """The console, Jumpoint and remote namespaces (module docstring), deleted afterwards."""
+def three_namespaces(tag: str | None = None) -> Iterator[Lab]:
+    """The console, Jumpoint and remote namespaces (module docstring), deleted afterwards.
+
+    @param tag: tells apart two labs of one process (C{jpt-c-PID-TAG}).
+    """
     sweep_leftovers()
-    suffix = str(tag if tag is not None else os.getpid())
+    suffix = f"{os.getpid()}-{tag}" if tag else str(os.getpid())
     lab = Lab(f"jpt-c-{suffix}", f"jpt-j-{suffix}", f"jpt-r-{suffix}")
     made: list[str] = []
     try:
@@ -228,7 +237,7 @@ class Probe:
     """Named packet counters in a namespace: C{table inet jptprobe}, prerouting at raw priority.
 
     Counter C{NAME} is the nftables counter C{n_NAME} (a bare name may be a
-    keyword of nft's grammar).
+    keyword of nft's grammar).  A new probe replaces the namespace's last one.
 
     @param counters: each counter's name and the nftables match it counts
         (C{'udp dport 9'}); a packet may count in several.
@@ -240,7 +249,8 @@ class Probe:
         self.lab = lab
         self.namespace = namespace
         self.counters = dict(counters)
-        lines = [f"table inet {self.TABLE} {{"]
+        lines = [f"table inet {self.TABLE} {{}}", f"delete table inet {self.TABLE}"]
+        lines += [f"table inet {self.TABLE} {{"]
         lines += [f"  counter n_{name} {{ }}" for name in self.counters]
         lines += [
             "  chain watch {",

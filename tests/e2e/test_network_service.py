@@ -33,6 +33,7 @@ import pytest
 
 from tests.e2e.accounts import Account, Accounts, throwaway_accounts
 from tests.e2e.harness import wait_until
+from tests.e2e.packets import echo_request
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -204,35 +205,6 @@ def processes(namespace: str, run_dir: Path) -> Iterator[Processes]:
 
 
 # -- packets -------------------------------------------------------------------------------
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def echo_request(source: str, destination: str, ident: int, payload: bytes) -> bytes:
-    icmp = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + payload
-    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
-    header = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(icmp),
-        0x4A50,
-        0x4000,
-        64,
-        1,
-        0,
-        socket.inet_aton(source),
-        socket.inet_aton(destination),
-    )
-    header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
-    return header + icmp
 
 
 @dataclass(frozen=True)
