@@ -6,7 +6,7 @@ On top of L{tests.e2e.netns.three_namespaces}:
   real programs: a UDP echo (C{socat}, port 7), a DNS server (C{dnsmasq},
   port 53, C{svc.jpt.test} is L{REMOTE}), two HTTP servers (C{python -m
   http.server}, ports 8080 and 8081) and C{iperf3 -s} (port 5201); ICMP is
-  the kernel's.  Every one answers on both of the remote host's addresses.
+  the kernel's.  Every one answers on every address of the remote host.
 * L{NetnsDeployment}: a L{tests.e2e.harness.Deployment} whose C{jumpoint
   serve} runs in the Jumpoint's namespace, listening on its console-side
   address, and whose C{jump} commands run in the console's namespace;
@@ -65,7 +65,7 @@ def start_targets(lab: Lab, directory: Path) -> None:
     lab.spawn(
         remote,
         *("dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null"),
-        *(f"--listen-address={REMOTE}", "--bind-interfaces", f"--port={DNS}", "--user=root"),
+        *(f"--port={DNS}", "--user=root"),
         *(f"--address=/{DNS_NAME}/{REMOTE}", "--pid-file=", "--log-facility=-"),
         log=directory / "dnsmasq.log",
     )
