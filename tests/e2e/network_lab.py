@@ -6,7 +6,9 @@ On top of L{tests.e2e.netns.three_namespaces}:
   real programs: a UDP echo (C{socat}, port 7), a DNS server (C{dnsmasq},
   port 53, C{svc.jpt.test} is L{REMOTE}), two HTTP servers (C{python -m
   http.server}, ports 8080 and 8081) and C{iperf3 -s} (port 5201); ICMP is
-  the kernel's.  Every one answers on every address of the remote host.
+  the kernel's.  Every one answers on every address the remote host has when
+  they start (a UDP echo per address, so that each reply comes from the
+  address asked).
 * L{NetnsDeployment}: a L{tests.e2e.harness.Deployment} whose C{jumpoint
   serve} runs in the Jumpoint's namespace, listening on its console-side
   address, and whose C{jump} commands run in the console's namespace;
@@ -31,6 +33,7 @@ from tests.e2e.netns import (
     CONSOLE_LINK,
     REMOTE_LINK,
     REMOTE_SECOND,
+    REMOTE_VETH,
     Lab,
     listening,
     wait_listening,
@@ -55,13 +58,20 @@ PAGE = "jumpoint network lab\n"
 """The body of the HTTP servers' index page."""
 
 
+def remote_addresses(lab: Lab) -> list[str]:
+    """Every IPv4 address of the remote host's veth (those a test added too)."""
+    links = lab.ip_json(lab.remote, "-4", "addr", "show", "dev", REMOTE_VETH)
+    return [str(entry["local"]) for link in links for entry in link["addr_info"]]  # type: ignore[attr-defined]
+
+
 def start_targets(lab: Lab, directory: Path) -> None:
     """The remote network's servers (module docstring), ready when this returns."""
     site = directory / "site"
     site.mkdir(parents=True, exist_ok=True)
     (site / "index.html").write_text(PAGE)
     remote = lab.remote
-    lab.spawn(remote, "socat", f"UDP4-RECVFROM:{UDP_ECHO},fork", "PIPE")
+    for address in remote_addresses(lab):  # one each: a wildcard socat answers from the first
+        lab.spawn(remote, "socat", f"UDP4-RECVFROM:{UDP_ECHO},bind={address},fork", "PIPE")
     lab.spawn(
         remote,
         *("dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null"),
