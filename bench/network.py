@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -49,7 +48,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_DIR))
 
-from bench.run import git_state  # noqa: E402
+from bench.run import git_state, host_facts  # noqa: E402
 from tests.e2e.netns import Lab, three_namespaces, wait_listening  # noqa: E402
 from tests.e2e.network_lab import (  # noqa: E402
     IPERF,
@@ -400,12 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "timestamp": stamp,
                 "settings": settings.__dict__,
                 "udp_datagram_bytes": UDP_SIZE,
-                "host": {
-                    "platform": platform.platform(),
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "loadavg_at_end": os.getloadavg(),
-                },
+                "host": host_facts(),
                 "git": git_state(),
                 "tcp": results.tcp,
                 "ping": results.ping,

@@ -4,15 +4,20 @@ L{throwaway_accounts} makes a system group and two system users without
 homes or shells, a I{member} of the group and an I{outsider}, each with its
 own user group; they are deleted (users, then groups) when the block ends,
 also when it fails.  Names are C{jptg}/C{jptm}/C{jpto} and a random tag.
+L{folder_others_may_enter} is where their files go (pytest's C{tmp_path} is
+root's alone).
 """
 
 from __future__ import annotations
 
 import contextlib
 import secrets
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def _run(*args: str) -> str:
@@ -67,3 +72,14 @@ def throwaway_accounts() -> Iterator[Accounts]:
             subprocess.run(["groupdel", user], check=False, capture_output=True)
         if made_group:
             subprocess.run(["groupdel", group], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def folder_others_may_enter(prefix: str) -> Iterator[Path]:
+    """A temporary folder, mode 0755 (throwaway users may reach what is made in it), removed."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

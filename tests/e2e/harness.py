@@ -354,6 +354,13 @@ class Deployment:
         for process in reversed(self.processes):
             process.stop()
 
+    def stop_and_show(self, tail: int = 20000) -> None:
+        """Stop every process and print its output (pytest shows it when the test fails)."""
+        self.stop_all()
+        for process in self.processes:
+            print(f"=== {' '.join(process.args[:8])} (exit {process.popen.returncode})")
+            print(process.output()[-tail:])
+
 
 def audit_until(
     deployment: Deployment,

@@ -23,7 +23,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.accounts import Account, Accounts, throwaway_accounts
+from tests.e2e.accounts import Account, Accounts, folder_others_may_enter, throwaway_accounts
 from tests.e2e.harness import wait_until
 from tests.e2e.packets import echo_request
 
@@ -83,13 +82,8 @@ def accounts() -> Iterator[Accounts]:
 
 @pytest.fixture
 def run_dir() -> Iterator[Path]:
-    """A folder the throwaway users may enter (pytest's tmp_path is root's alone)."""
-    path = Path(tempfile.mkdtemp(prefix="jpt-nsvc-"))
-    path.chmod(0o755)
-    try:
+    with folder_others_may_enter("jpt-nsvc-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # -- processes ----------------------------------------------------------------------------

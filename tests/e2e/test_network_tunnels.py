@@ -33,19 +33,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.accounts import Accounts, throwaway_accounts
+from tests.e2e.accounts import Account, Accounts, folder_others_may_enter, throwaway_accounts
 from tests.e2e.harness import audit_until, tool, wait_until
 from tests.e2e.netns import JUMPOINT_REMOTE_VETH, REMOTE_VETH, Lab, Probe, three_namespaces
 from tests.e2e.network_lab import (
@@ -109,12 +108,8 @@ GROUPS = {"default": {"jump_groups": {"see": ["*"], "open": ["*"], "manage": ["l
 @pytest.fixture(scope="module")
 def workdir() -> Iterator[Path]:
     """A folder the throwaway users may enter (their JUMP_HOMEs, the service's socket)."""
-    path = Path(tempfile.mkdtemp(prefix="jpt-netlab-"))
-    path.chmod(0o755)
-    try:
+    with folder_others_may_enter("jpt-netlab-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -150,10 +145,7 @@ def deployment(lab: Lab, workdir: Path) -> Iterator[NetnsDeployment]:
     try:
         yield made
     finally:
-        made.stop_all()
-        for process in made.processes:  # shown by pytest when a test fails
-            print(f"=== {' '.join(process.args[4:8])} (exit {process.popen.returncode})")
-            print(process.output()[-6000:])
+        made.stop_and_show()
 
 
 @pytest.fixture(scope="module")
@@ -608,9 +600,34 @@ def accounts() -> Iterator[Accounts]:
         yield made
 
 
+@dataclass
+class Service:
+    """`jump network-service` in the console namespace, and what its tests need around it."""
+
+    lab: Lab
+    deployment: NetnsDeployment
+    accounts: Accounts
+    socket: Path
+    log: Path
+    workdir: Path
+
+    def user_home(self, name: str, account: Account) -> Path:
+        """An enrolled JUMP_HOME (of Jumpoint user C{name}) that belongs to C{account}."""
+        home = self.workdir / f"home-{name}"
+        self.deployment.add_user(name, home=home)
+        for path in [home, *home.rglob("*")]:
+            os.chown(path, account.uid, account.gid)
+        return home
+
+    def env(self, home: Path) -> dict[str, str]:
+        return {"JUMP_HOME": str(home), "JUMP_NETWORK_SOCKET": str(self.socket)}
+
+
 @pytest.fixture(scope="module")
-def service_socket(lab: Lab, accounts: Accounts, workdir: Path) -> Iterator[Path]:
-    """`jump network-service` in the console namespace, for the throwaway group."""
+def service(
+    lab: Lab, deployment: NetnsDeployment, accounts: Accounts, workdir: Path
+) -> Iterator[Service]:
+    """The service for the throwaway group, listening."""
     socket_path = workdir / "run" / "network.sock"
     log = workdir / "network-service.log"
     popen = lab.spawn(
@@ -624,37 +641,22 @@ def service_socket(lab: Lab, accounts: Accounts, workdir: Path) -> Iterator[Path
     )
     assert popen.poll() is None, log.read_text(errors="replace")
     try:
-        yield socket_path
+        yield Service(lab, deployment, accounts, socket_path, log, workdir)
     finally:
         popen.terminate()
         popen.wait(10)
         print("=== jump network-service\n" + log.read_text(errors="replace"))
 
 
-def user_home(deployment: NetnsDeployment, workdir: Path, name: str, uid: int, gid: int) -> Path:
-    """An enrolled JUMP_HOME that belongs to the user C{uid}."""
-    home = workdir / f"home-{name}"
-    deployment.add_user(name, home=home)
-    for path in [home, *home.rglob("*")]:
-        os.chown(path, uid, gid)
-    return home
-
-
 def test_an_ordinary_user_in_the_group_opens_through_the_network_service(
-    lab: Lab,
-    deployment: NetnsDeployment,
-    accounts: Accounts,
-    service_socket: Path,
-    workdir: Path,
+    service: Service,
 ) -> None:
-    member = accounts.member
-    home = user_home(deployment, workdir, "bob", member.uid, member.gid)
+    lab, member = service.lab, service.accounts.member
     opened = open_network(
-        deployment,
+        service.deployment,
         "lab-served",
         as_user=jump_as_user_command(member.uid, member.gid, member.groups),
-        JUMP_HOME=str(home),
-        JUMP_NETWORK_SOCKET=str(service_socket),
+        **service.env(service.user_home("bob", member)),
     )
     assert opened.ready["method"] == "service"
     assert not interface_gone(lab, lab.console, opened.interface)
@@ -662,19 +664,13 @@ def test_an_ordinary_user_in_the_group_opens_through_the_network_service(
     assert socat_echo(lab, SERVED, "as bob") == "as bob"
     assert opened.close() == 0
     wait_interface_gone(lab, lab.console, opened.interface)
-    log = (workdir / "network-service.log").read_text(errors="replace")
+    log = service.log.read_text(errors="replace")
     assert f"admitted uid {member.uid} ({member.name})" in log
 
 
-def test_a_user_outside_the_group_is_refused_by_the_network_service(
-    lab: Lab,
-    deployment: NetnsDeployment,
-    accounts: Accounts,
-    service_socket: Path,
-    workdir: Path,
-) -> None:
-    outsider = accounts.outsider
-    home = user_home(deployment, workdir, "carol", outsider.uid, outsider.gid)
+def test_a_user_outside_the_group_is_refused_by_the_network_service(service: Service) -> None:
+    lab, outsider = service.lab, service.accounts.outsider
+    home = service.user_home("carol", outsider)
     links = lab.links(lab.console)
     argv = [
         *Lab.prefix(lab.console),
@@ -683,9 +679,7 @@ def test_a_user_outside_the_group_is_refused_by_the_network_service(
     ]
     done = subprocess.run(
         argv,
-        env=deployment.env(
-            JUMP_HOME=str(home), JUMP_NETWORK_SOCKET=str(service_socket), PYTHONPATH=str(ROOT)
-        ),
+        env=service.deployment.env(**service.env(home), PYTHONPATH=str(ROOT)),
         cwd=ROOT,
         capture_output=True,
         text=True,
