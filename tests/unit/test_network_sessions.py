@@ -152,6 +152,18 @@ def test_a_network_session_carries_allowed_packets_and_audits_their_flows(
         ("network.spoofed_source", 1),
         ("network.unsolicited", 1),
     }
+    (listed,) = alice.ask(control.LIST_SESSIONS)["sessions"]
+    assert listed["link"] == {
+        "flows": 2,
+        "packets_out": 2,
+        "bytes_out": len(query) + len(ping),
+        "packets_in": 1,
+        "bytes_in": len(answer),
+        "denied_out": 2,
+        "denied_in": 1,
+        "channel_drops": 0,
+        "tun_drops": 0,
+    }
     alice.ask(control.CLOSE_SESSION, reason="done")
     world.flush()
     opened_rows = world.audit("network_flow_opened")
