@@ -229,7 +229,7 @@ class NetworkSessionKind(SessionKind):
         reactor: Any = None,
     ) -> None:
         super().__init__(name)
-        self.acquire: Acquire = acquire or (lambda a, r, m: acquire_tun(a, r, m))
+        self.acquire: Acquire = acquire or acquire_tun
         self.run_blocking: RunBlocking = run_blocking or deferToThread
         self.reactor = reactor
 

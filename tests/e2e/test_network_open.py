@@ -32,12 +32,15 @@ from typing import Any
 
 import pytest
 
+from shared.errors import ExitCode
 from tests.e2e.harness import Deployment, audit_until, wait_until
 
 CLONE_NEWNET = 0x40000000
 POOL = "198.19.77.0/24"
 INNER = "198.19.77.2"
 ROUTE = "198.18.77.0/24"
+ATTACHED = "198.18.78.0/24"
+"""A network of a veth pair in the namespace: an item routing it is refused."""
 TARGET = "198.18.77.5"
 JUMPOINT_INTERFACE = "jptopen0"
 GROUPS = {"default": {"jump_groups": {"see": ["*"], "open": ["*"], "manage": ["lab"]}}}
@@ -105,11 +108,12 @@ def gone(interface: str) -> bool:
 def network_deployment(deployment: Deployment) -> Deployment:
     deployment.items = [
         {"name": "lab-net", "type": "network", "filters": [f"{ROUTE}/icmp"]},
+        {"name": "clash-net", "type": "network", "filters": [f"{ATTACHED}/icmp"]},
     ]
     deployment.sections = {
         "groups": GROUPS,
         "network": {"pool": POOL, "interface": JUMPOINT_INTERFACE},
-        "allowed_targets": ["127.0.0.0/8", ROUTE],
+        "allowed_targets": ["127.0.0.0/8", ROUTE, ATTACHED],
     }
     deployment.create()
     deployment.serve()
@@ -166,3 +170,29 @@ def test_kill_9_of_jump_open_leaves_no_interface_behind(
     # the name is free again: the next session gets an interface of the same name
     again = deployment.open("lab-net")
     assert again.wait_for_event("ready")["interface"] == interface
+
+
+def test_a_command_gets_the_interface_and_a_refused_interface_ends_the_open_cleanly(
+    inside_namespace: str, deployment: Deployment
+) -> None:
+    network_deployment(deployment)
+    script = 'echo "$JUMP_NETWORK_INTERFACE $JUMP_NETWORK_ADDRESS $JUMP_NETWORK_ROUTES"'
+    done = deployment.jump("open", "lab-net", "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    interface, address, routes = done.stdout.split()
+    assert (address, routes) == (INNER, ROUTE)
+    assert f"interface {interface} ({INNER}/32; routes {ROUTE}) removed" in done.stderr
+    assert gone(interface)
+
+    veth = ["ip", "link", "add", "jptveth0", "type", "veth", "peer", "name", "jptveth1"]
+    subprocess.run(veth, check=True)  # both ends in the namespace: deleted with it
+    subprocess.run(["ip", "addr", "add", "198.18.78.1/24", "dev", "jptveth0"], check=True)
+    for end in ("jptveth0", "jptveth1"):
+        subprocess.run(["ip", "link", "set", end, "up"], check=True)
+    refused = deployment.jump("open", "clash-net")
+    assert refused.returncode == ExitCode.USAGE, refused.stderr
+    assert f"routes: {ATTACHED} overlaps {ATTACHED}, the network of jptveth0" in refused.stderr
+    assert "Traceback" not in refused.stderr + refused.stdout
+    assert [link["ifname"] for link in ip_json("link", "show", "type", "tun")] == [
+        JUMPOINT_INTERFACE
+    ]
