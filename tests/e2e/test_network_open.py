@@ -11,8 +11,13 @@ and the routes; while the session is open the interface exists with that
 address and those routes (read with C{ip -j}, not with the code under
 test); a ping from the namespace goes into the interface, through `jump`
 and the Jumpoint's filter (the Jumpoint's audit counts its bytes); Ctrl-C
-removes the interface and says so; and after `kill -9` of `jump open` the
-kernel removes it with its last descriptor, routes and all.  The replies
+removes the interface and says so; after `kill -9` of `jump open` the
+kernel removes it with its last descriptor, routes and all; a command run
+with C{-- CMD} gets its variables; a route that clashes with a network of
+the namespace ends `jump open` with its message and status.  Without
+CAP_NET_ADMIN (C{setpriv --bounding-set -net_admin}) `jump` asks the real
+`jump network-service`, which removes the interface when asked and when its
+caller is killed.  The replies
 of the target are not tested here: in one namespace the console's inner
 address is local, so the kernel would not route them back through the
 tunnel (the three-namespace suite does that).
@@ -28,12 +33,13 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.errors import ExitCode
-from tests.e2e.harness import Deployment, audit_until, wait_until
+from tests.e2e.harness import Deployment, Process, audit_until, tool, wait_until
 
 CLONE_NEWNET = 0x40000000
 POOL = "198.19.77.0/24"
@@ -196,3 +202,43 @@ def test_a_command_gets_the_interface_and_a_refused_interface_ends_the_open_clea
     assert [link["ifname"] for link in ip_json("link", "show", "type", "tun")] == [
         JUMPOINT_INTERFACE
     ]
+
+
+def test_without_cap_net_admin_the_service_makes_the_interface_and_removes_it_after_kill_9(
+    inside_namespace: str, deployment: Deployment, tmp_path: Path
+) -> None:
+    """Root without CAP_NET_ADMIN (its bounding set): `jump` asks the real service."""
+    network_deployment(deployment)
+    path = tmp_path / "run" / "network.sock"
+    service = Process(
+        [*tool("jump"), "network-service", "--socket", str(path), "--group", "root"],
+        deployment.env(),
+    )
+    deployment.processes.append(service)
+    service.wait_for_stderr("jump network-service listening on")
+    unprivileged = ["setpriv", "--bounding-set", "-net_admin", *tool("jump"), "open", "lab-net"]
+    env = deployment.env(JUMP_NETWORK_SOCKET=str(path))
+
+    opened = Process([*unprivileged, "--json"], env)
+    deployment.processes.append(opened)
+    ready = opened.wait_for_event("ready")
+    interface = ready["interface"]
+    assert (ready["method"], ready["address"], ready["routes"]) == ("service", INNER, [ROUTE])
+    assert interface_state(interface) == ([f"{INNER}/32"], [ROUTE])
+    opened.wait_for_stderr(f"network interface {interface}: address {INNER}/32, MTU 1400 (made by")
+    opened.signal(signal.SIGINT)
+    assert opened.wait() == 0, opened.output()
+    assert opened.json_events()[-1]["removed"] == [
+        f"interface {interface} ({INNER}/32; routes {ROUTE}) removed"
+    ]
+    assert gone(interface)
+
+    killed = Process([*unprivileged, "--json"], env)
+    deployment.processes.append(killed)
+    ready = killed.wait_for_event("ready")
+    interface = ready["interface"]  # its address may be the next one: the pool decides
+    assert interface_state(interface) == ([f"{ready['address']}/32"], [ROUTE])
+    killed.signal(signal.SIGKILL)
+    killed.wait()
+    wait_until(lambda: gone(interface), what=f"the service to remove {interface}")
+    assert not any(route.get("dst") == ROUTE for route in ip_json("route", "show"))
