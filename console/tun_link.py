@@ -4,7 +4,9 @@ L{TunLink} adopts an open, non-blocking TUN descriptor (Twisted's
 C{TuntapPort} only opens its own): it is an L{IReadDescriptor} the reactor
 watches, and each readable turn reads at most L{READ_BURST} packets of at
 most the MTU each, handing every one to C{on_packet} (a network session
-sends it on its datagram flow).  L{TunLink.write_packet} writes one packet
+sends it on its datagram flow); while a turn reads, the channel's writes are
+held (C{writes}, L{shared.protocol.datagrams.WriteHold}), so the burst leaves
+in one TLS write.  L{TunLink.write_packet} writes one packet
 into the descriptor; when the device's queue is full (C{EAGAIN}) or the
 kernel refuses the packet, it is dropped and counted: datagrams are
 unreliable by design, and nothing waits.  No write buffer exists, so
@@ -25,6 +27,8 @@ from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.python.failure import Failure
+
+from shared.protocol.datagrams import WriteHold
 
 READ_BURST = 64
 """Most packets read in one reactor turn (then the reactor serves the others)."""
@@ -64,6 +68,7 @@ class TunLink(FileDescriptor):
     @param mtu: the interface's MTU: the size of each read.
     @param on_packet: takes one packet read; returns C{False} if it was dropped.
     @param on_lost: told once why the descriptor ended (not after L{stop}).
+    @param writes: held while a turn reads (the flow's channel), if given.
     """
 
     def __init__(
@@ -73,9 +78,11 @@ class TunLink(FileDescriptor):
         on_packet: Callable[[bytes], bool],
         on_lost: Callable[[str], None],
         reactor: Any = None,
+        writes: WriteHold | None = None,
     ) -> None:
         super().__init__(reactor)
         self._fd = fd
+        self._writes = writes
         self.mtu = mtu
         self._on_packet = on_packet
         self._on_lost = on_lost
@@ -101,21 +108,33 @@ class TunLink(FileDescriptor):
             self.disconnected = 1
 
     def doRead(self) -> Failure | None:
+        writes = self._writes
+        if writes is None:
+            return self._read_burst()
+        writes.hold_writes()
+        try:
+            return self._read_burst()
+        finally:
+            writes.release_writes()
+
+    def _read_burst(self) -> Failure | None:
+        """Read up to L{READ_BURST} packets, each handed to C{on_packet}."""
+        fd, mtu, on_packet, counts = self._fd, self.mtu, self._on_packet, self._counts
+        read = os.read
         for _ in range(READ_BURST):
             if self._stopped:
                 return None
             try:
-                packet = os.read(self._fd, self.mtu)
+                packet = read(fd, mtu)
             except BlockingIOError:
                 return None
             except OSError as error:
                 return Failure(error)
             if not packet:
                 return Failure(EOFError("the interface's descriptor reached its end"))
-            counts = self._counts
             counts["packets_out"] += 1
             counts["bytes_out"] += len(packet)
-            if not self._on_packet(packet):
+            if not on_packet(packet):
                 counts["dropped_out"] += 1
         return None
 

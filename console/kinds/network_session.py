@@ -104,7 +104,9 @@ class NetworkSession(SessionPart):
             raise ProtocolViolation(
                 f"the session's packet flow cannot be opened: {error}"
             ) from None
-        self.link = TunLink(tun.fd, tun.mtu, self.flow.send, self._link_lost, self._reactor)
+        self.link = TunLink(
+            tun.fd, tun.mtu, self.flow.send, self._link_lost, self._reactor, mux.datagrams
+        )
         self._previous_flow_closed = self.channel.on_flow_closed
         self.channel.on_flow_closed = self._flow_closed
         self.link.start()

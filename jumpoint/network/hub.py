@@ -6,6 +6,9 @@ IFF_NO_PI}) the first time a network session starts, configures it
 Every session registers its inner address; a packet read from the interface
 goes to the session whose address is its destination (a dict lookup on the
 four destination bytes), a packet no session owns is dropped and counted.
+While one reactor turn reads the interface (a burst, L{NetworkHub.begin_burst}
+and L{NetworkHub.end_burst}), each session that got a packet holds its
+channel's writes, so its packets of the burst leave in one TLS write.
 Packets the sessions pass the other way are written to the device; a write
 the kernel refuses (its queue is full: C{EAGAIN}, C{ENOBUFS}) drops that
 packet and counts it, it never blocks or queues.
@@ -47,6 +50,12 @@ class TunLink(Protocol):
     def from_tun(self, packet: bytes) -> None:
         """A packet read from the interface whose destination is the session's address."""
 
+    def hold_writes(self) -> None:
+        """A burst of L{from_tun} starts: hold the channel's writes."""
+
+    def release_writes(self) -> None:
+        """The burst is over: write out what was held."""
+
 
 @implementer(IRawPacketProtocol)
 class _TunReader:
@@ -74,6 +83,22 @@ class _TunReader:
 
     def doStop(self) -> None:
         pass
+
+
+class BurstTuntapPort(TuntapPort):
+    """Twisted's TUN port, telling the hub where each read turn starts and ends."""
+
+    def __init__(self, hub: NetworkHub, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._hub = hub
+
+    def doRead(self) -> None:
+        hub = self._hub
+        hub.begin_burst()
+        try:
+            super().doRead()  # type: ignore[no-untyped-call]
+        finally:
+            hub.end_burst()
 
 
 class NetworkHub:
@@ -105,13 +130,17 @@ class NetworkHub:
         self.write_drops = 0
         """Packets the kernel would not take (its queue was full)."""
         self.written = 0
+        self._burst: dict[int, TunLink] | None = None
+        """While a read turn runs: the links that got a packet in it (holding writes)."""
 
     @property
     def running(self) -> bool:
         return self._port is not None
 
     def _real_port(self, name: bytes, reader: _TunReader) -> TuntapPort:
-        return TuntapPort(name, reader, maxPacketSize=HARD_MAX_SIZE, reactor=self._reactor)
+        return BurstTuntapPort(
+            self, name, reader, maxPacketSize=HARD_MAX_SIZE, reactor=self._reactor
+        )
 
     def start(self) -> None:
         """Open and configure the interface and install egress, once; L{AccessDenied} if not."""
@@ -156,7 +185,22 @@ class NetworkHub:
         if link is None:
             self.unowned += 1
             return
+        burst = self._burst
+        if burst is not None and id(link) not in burst:
+            link.hold_writes()
+            burst[id(link)] = link
         link.from_tun(packet)
+
+    def begin_burst(self) -> None:
+        """A read turn starts: the sessions that get packets hold their writes until its end."""
+        if self._burst is None:
+            self._burst = {}
+
+    def end_burst(self) -> None:
+        """The read turn is over: every session that held its writes writes them out."""
+        burst, self._burst = self._burst, None
+        for link in (burst or {}).values():
+            link.release_writes()
 
     def write(self, packet: bytes) -> bool:
         """Write a packet a session passed; False (counted) when the kernel's queue is full."""

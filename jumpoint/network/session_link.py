@@ -35,7 +35,7 @@ from jumpoint.network.flow_table import CLOSED, OPENED, FlowEvent
 from jumpoint.network.hub import NetworkHub
 from jumpoint.network.packet_filter import PacketFilter
 from jumpoint.recording import SessionRecorder
-from shared.protocol.datagrams import Flow
+from shared.protocol.datagrams import Datagrams, Flow
 
 TICK = 1.0
 """Seconds between the expiry sweeps and summary checks."""
@@ -79,6 +79,8 @@ class NetworkSessionLink:
         self.tun_drops = 0
         """Packets that passed the filter but found the TUN's queue full."""
         self._timer: IDelayedCall | None = None
+        self._holding: Datagrams | None = None
+        """The channel's datagrams whose writes this session holds (the hub's read turn)."""
         self._on_closed = on_closed
         self.recorder = recorder
         """The session's recording (raw IP): every packet that passed, both ways."""
@@ -138,6 +140,18 @@ class NetworkSessionLink:
             return
         assert verdict.rule is not None
         self.denials.record(now, verdict.rule, verdict.peer, verdict.protocol, verdict.reason)
+
+    def hold_writes(self) -> None:
+        """The hub's read turn: hold the channel's writes (one TLS write for the burst)."""
+        if self.flow is not None and self._holding is None:
+            self._holding = self.flow.table
+            self._holding.hold_writes()
+
+    def release_writes(self) -> None:
+        """The hub's read turn is over: what was held is written out."""
+        holding, self._holding = self._holding, None
+        if holding is not None:
+            holding.release_writes()
 
     # -- time and the end -----------------------------------------------------------
 

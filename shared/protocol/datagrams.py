@@ -46,6 +46,20 @@ class DatagramReceiver(Protocol):
         """One datagram of the flow arrived from the peer."""
 
 
+class WriteHold(Protocol):
+    """Holds a channel's writes for a burst: one TLS write for many frames (the multiplexer)."""
+
+    def hold_writes(self) -> None:
+        """Collect the frames written from now on (nestable)."""
+
+    def release_writes(self) -> None:
+        """End one L{hold_writes}; the last one writes out what was collected."""
+
+
+def _no_hold() -> None:
+    pass
+
+
 class DropReason(enum.StrEnum):
     """Why a datagram was dropped (the names used in statistics)."""
 
@@ -189,6 +203,8 @@ class Datagrams:
         paused and the channel is not closing).
     @param odd_ids: whether L{next_flow_id} hands out odd ids (the console,
         which opens the odd streams) or even ones (the Jumpoint).
+    @param hold: starts holding the channel's writes, C{release} ends it
+        (L{WriteHold}: the multiplexer's; by default writes are never held).
     """
 
     def __init__(
@@ -198,10 +214,16 @@ class Datagrams:
         write: Callable[[bytes], None],
         writable: Callable[[], bool],
         odd_ids: bool,
+        hold: Callable[[], None] = _no_hold,
+        release: Callable[[], None] = _no_hold,
     ) -> None:
         self.limits = limits
         self._write = write
         self._writable = writable
+        self.hold_writes = hold
+        """L{WriteHold.hold_writes}: a burst of L{send}s about to start (one channel write)."""
+        self.release_writes = release
+        """L{WriteHold.release_writes}: the burst is over."""
         self._flows: dict[int, Flow] = {}
         self._queue: deque[tuple[Flow, bytes]] = deque()
         self._queued_bytes = 0
