@@ -133,6 +133,10 @@ _RULES: dict[FrameType, tuple[int | None, bool, bool]] = {
 }
 
 
+_FRAME_TYPES: dict[int, FrameType] = {kind.value: kind for kind in FrameType}
+"""Each frame type by its header byte (a dict lookup, not an enum construction per frame)."""
+
+
 def _id_name(frame_type: FrameType) -> str:
     """What the header's id field names for C{frame_type}: a flow or a stream."""
     return "flow" if frame_type is FrameType.DATAGRAM else "stream"
@@ -236,28 +240,35 @@ class FrameParser:
     def feed(self, data: bytes) -> list[Frame]:
         """Add C{data} and return every frame now complete; raises L{FrameError}."""
         buffer = self._buffer
-        if buffer:
-            buffer += data
-            view: bytes | bytearray = buffer
-        else:
-            view = data
         frames: list[Frame] = []
+        if not buffer:
+            offset = self._parse(data, frames)
+            if offset < len(data):
+                buffer += memoryview(data)[offset:]
+            return frames
+        buffer += data
+        with memoryview(buffer) as view:  # released before the bytearray shrinks
+            offset = self._parse(view, frames)
+        del buffer[:offset]
+        return frames
+
+    def _parse(self, view: bytes | memoryview, frames: list[Frame]) -> int:
+        """Append the complete frames in C{view} to C{frames}; the offset after the last."""
         offset = 0
         end = len(view)
-        header = HEADER
+        unpack_from = HEADER.unpack_from
+        max_payload = self._max_payload
+        types = _FRAME_TYPES
         while end - offset >= HEADER_SIZE:
-            type_value, flags, stream_id, length = header.unpack_from(view, offset)
-            if length > self._max_payload:
+            type_value, flags, stream_id, length = unpack_from(view, offset)
+            if length > max_payload:
                 raise FrameError(
                     ErrorCode.FRAME_SIZE_ERROR,
-                    f"frame of {length} bytes exceeds the limit of {self._max_payload}",
+                    f"frame of {length} bytes exceeds the limit of {max_payload}",
                 )
-            try:
-                frame_type = FrameType(type_value)
-            except ValueError:
-                raise FrameError(
-                    ErrorCode.PROTOCOL_ERROR, f"unknown frame type 0x{type_value:02x}"
-                ) from None
+            frame_type = types.get(type_value)
+            if frame_type is None:
+                raise FrameError(ErrorCode.PROTOCOL_ERROR, f"unknown frame type 0x{type_value:02x}")
             if stream_id > MAX_STREAM_ID:
                 raise FrameError(
                     ErrorCode.PROTOCOL_ERROR,
@@ -266,12 +277,13 @@ class FrameParser:
             if end - offset - HEADER_SIZE < length:
                 break
             start = offset + HEADER_SIZE
-            frame = Frame(frame_type, flags, stream_id, bytes(view[start : start + length]))
-            validate(frame)
-            frames.append(frame)
             offset = start + length
-        if buffer:
-            del buffer[:offset]
-        elif offset < end:
-            buffer += view[offset:]
-        return frames
+            frame = Frame(frame_type, flags, stream_id, bytes(view[start:offset]))
+            if (
+                frame_type is not FrameType.DATAGRAM
+                or not stream_id
+                or length > MAX_DATAGRAM_PAYLOAD
+            ):
+                validate(frame)  # a DATAGRAM on a flow, within its size, passes every rule
+            frames.append(frame)
+        return offset

@@ -599,7 +599,11 @@ class Multiplexer:
 
     def _frame_received(self, frame: Frame) -> None:
         kind = frame.type
-        if kind is FrameType.DATA:
+        if kind is FrameType.DATAGRAM:  # first: the network tunnel's every packet
+            if not self.established:
+                raise FrameError(ErrorCode.PROTOCOL_ERROR, "DATAGRAM before the hello exchange")
+            self.datagrams.frame_received(frame.stream_id, frame.payload)
+        elif kind is FrameType.DATA:
             stream = self.streams.get(frame.stream_id)
             if stream is None:
                 self._check_known(frame)
@@ -630,10 +634,6 @@ class Multiplexer:
             self._close(code, reason, by_peer=True)
         elif kind is FrameType.CONTROL:
             self._control_received(frame.payload)
-        elif kind is FrameType.DATAGRAM:
-            if not self.established:
-                raise FrameError(ErrorCode.PROTOCOL_ERROR, "DATAGRAM before the hello exchange")
-            self.datagrams.frame_received(frame.stream_id, frame.payload)
 
     def _check_known(self, frame: Frame) -> None:
         """Frames for streams that never existed are a protocol error."""
