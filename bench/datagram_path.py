@@ -4,7 +4,7 @@
 Two real L{Multiplexer}s (console and Jumpoint) joined by the channel's real TLS
 (L{shared.protocol.tls.ChannelTLSProtocol}, TLS 1.3, mutual certificates) over
 Twisted's in-memory TCP (C{iosim}: no system calls, so the kernel's share is not in
-these figures).  Cases, each in bursts of C{--burst} datagrams of 1400 bytes (what one
+these figures).  Cases, each in bursts of C{--burst} datagrams of C{--size} bytes (1400: what one
 TUN read turn hands over):
 
 * ``send``    -- C{Flow.send} on the console: frame, multiplexer, TLS encryption;
@@ -15,7 +15,7 @@ TUN read turn hands over):
 
 Usage::
 
-    python bench/datagram_path.py [--packets N] [--burst B] [--repeat R] [--profile]
+    python bench/datagram_path.py [--packets N] [--burst B] [--size S] [--repeat R] [--profile]
 
 Prints one Markdown table of µs per datagram (best of R runs); C{--profile} prints
 cProfile's top functions of one send+receive run instead.  A benchmark, not a test.
@@ -116,12 +116,13 @@ def _held(mux: Multiplexer) -> Callable[[], contextlib.AbstractContextManager[No
     return holding  # type: ignore[no-any-return]
 
 
-def measure(channel: Channel, packets: int, burst: int, held: bool) -> tuple[float, float]:
-    """Seconds spent sending and receiving C{packets} datagrams in bursts."""
-    payload = b"\x45" + b"p" * (SIZE - 1)
+def measure(
+    channel: Channel, packets: int, burst: int, held: bool, size: int = SIZE
+) -> tuple[float, float]:
+    """Seconds spent sending and receiving C{packets} datagrams of C{size} bytes in bursts."""
+    payload = b"\x45" + b"p" * (size - 1)
     send = channel.flow.send
     hold = _held(channel.console.mux) if held else contextlib.nullcontext
-    client_out = channel.pump.clientIO
     sending = receiving = 0.0
     done = 0
     before = channel.counter.count
@@ -136,8 +137,6 @@ def measure(channel: Channel, packets: int, burst: int, held: bool) -> tuple[flo
         sending += middle - start
         receiving += end - middle
         done += burst
-        del client_out
-        client_out = channel.pump.clientIO
     assert channel.counter.count - before == done, "datagrams were lost"
     return sending, receiving
 
@@ -160,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--packets", type=int, default=100_000)
     parser.add_argument("--burst", type=int, default=64)
+    parser.add_argument("--size", type=int, default=SIZE, help="bytes per datagram")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
     options = parser.parse_args(argv)
@@ -173,14 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     for held in (False, True):
         best_send = best_receive = float("inf")
         for _ in range(options.repeat):
-            sending, receiving = measure(channel, options.packets, options.burst, held)
+            sending, receiving = measure(
+                channel, options.packets, options.burst, held, options.size
+            )
             best_send = min(best_send, sending)
             best_receive = min(best_receive, receiving)
         label = " (held)" if held else ""
         rows.append((f"send{label}", best_send))
         rows.append((f"receive{label}", best_receive))
     print(
-        f"Python {sys.version.split()[0]}, {options.packets} datagrams of {SIZE} B, "
+        f"Python {sys.version.split()[0]}, {options.packets} datagrams of {options.size} B, "
         f"bursts of {options.burst}, best of {options.repeat}\n"
     )
     print("| case | µs/datagram | datagrams/s |")

@@ -100,12 +100,22 @@ class ChannelTLSProtocol(TLSMemoryBIOProtocol):
         return self._handshake_seen
 
     def _send_bio(self, connection: SSL.Connection, size: int) -> None:
-        """Move everything OpenSSL has encrypted to the TCP transport."""
+        """Move everything OpenSSL has encrypted to the TCP transport.
+
+        C{size} is at least what the records take, so one read usually empties
+        the memory BIO; only a read that fills C{size} (OpenSSL wrote more, a
+        post-handshake message) is followed by another, until the BIO is empty.
+        Asking an empty BIO raises C{WantReadError}, which costs more than the
+        read, so it is asked only then.
+        """
         chunks = []
         while True:
             try:
-                chunks.append(connection.bio_read(size))
+                chunk = connection.bio_read(size)
             except SSL.WantReadError:
+                break
+            chunks.append(chunk)
+            if len(chunk) < size:
                 break
         if chunks:
             write_now(self.transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
