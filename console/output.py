@@ -121,6 +121,16 @@ def print_item(entry: dict[str, Any], as_json: bool) -> None:
         say(f"{'access:':<16} {', '.join(flags)}")
 
 
+def _carried(entry: dict[str, Any]) -> object:
+    """What a session carries now: connections, UDP flows and its link's flows together."""
+    link = entry.get("link")
+    parts = [entry.get("connections", 0), entry.get("udp_flows", 0)]
+    parts.append(link.get("flows", 0) if isinstance(link, dict) else 0)
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in parts):
+        return entry.get("connections", 0)
+    return sum(parts)
+
+
 def print_sessions(entries: list[dict[str, Any]], as_json: bool, now: float) -> None:
     if as_json:
         click.echo(json.dumps(entries))
@@ -139,7 +149,7 @@ def print_sessions(entries: list[dict[str, Any]], as_json: bool, now: float) -> 
         say(
             f"{cell(entry.get('session')):<18} {cell(entry.get('user')):<14}"
             f" {cell(entry.get('item')):<20} {span(entry.get('age')):>8}"
-            f" {cell(entry.get('connections', 0)):>5} {cell(entry.get('bytes_to_target', 0)):>12}"
+            f" {cell(_carried(entry)):>5} {cell(entry.get('bytes_to_target', 0)):>12}"
             f" {cell(entry.get('bytes_from_target', 0)):>12} {closes}"
         )
 

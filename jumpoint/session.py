@@ -62,6 +62,10 @@ class SessionLink(Protocol):
         """Bytes to and from the targets so far."""
         ...
 
+    def stats(self) -> dict[str, int]:
+        """Its figures for C{list_sessions} (flows, packets, drops)."""
+        ...
+
     def close(self, reason: str) -> None:
         """The session ends: audit what is still open, release what it holds."""
 
@@ -235,6 +239,8 @@ class Session:
             "bytes_from_target": from_target,
             "recording": self.recorder is not None,
         }
+        if self.link is not None:
+            out["link"] = self.link.stats()
         if self.terms is not None:
             deadline = self.terms.first_deadline()
             out["closes_at"] = deadline.at if deadline else None

@@ -17,7 +17,6 @@ L{OpenUdp}.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -28,8 +27,8 @@ from twisted.logger import Logger
 from jumpoint.audit import AuditLog
 from jumpoint.recording import FlowRecording
 from jumpoint.session import Session
-from shared.lifecycle import Lifecycle, Transitions
-from shared.protocol.datagrams import Datagrams
+from shared.lifecycle import Lifecycle
+from shared.protocol.datagrams import FLOW_TRANSITIONS, Datagrams, FlowEvent, FlowState
 
 log = Logger()
 
@@ -96,22 +95,6 @@ class UdpRelay(DatagramProtocol):
         if self.flow is not None:
             self.flow.target_refused()
 
-
-class FlowState(enum.Enum):
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-class FlowEvent(enum.Enum):
-    CLOSE = enum.auto()
-
-
-FLOW_TRANSITIONS: Transitions[FlowState, FlowEvent] = Transitions(
-    "udp flow",
-    FlowState,
-    FlowEvent,
-    {FlowState.OPEN: {FlowEvent.CLOSE: FlowState.CLOSED}, FlowState.CLOSED: {}},
-)
 
 FlowClosed = Callable[["UdpFlow", str], None]
 """Tells the console that the Jumpoint closed a flow, and why (C{flow_closed})."""

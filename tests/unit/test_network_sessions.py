@@ -7,12 +7,15 @@ IPv4 packets on it; the Jumpoint's TUN is L{twisted.pair.testing.MemoryIOSystem}
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
 from collections.abc import Sequence
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.testing import MemoryReactor
 from twisted.pair.testing import MemoryIOSystem, Tunnel
 from twisted.pair.tuntap import TuntapPort
@@ -152,6 +155,18 @@ def test_a_network_session_carries_allowed_packets_and_audits_their_flows(
         ("network.spoofed_source", 1),
         ("network.unsolicited", 1),
     }
+    (listed,) = alice.ask(control.LIST_SESSIONS)["sessions"]
+    assert listed["link"] == {
+        "flows": 2,
+        "packets_out": 2,
+        "bytes_out": len(query) + len(ping),
+        "packets_in": 1,
+        "bytes_in": len(answer),
+        "denied_out": 2,
+        "denied_in": 1,
+        "channel_drops": 0,
+        "tun_drops": 0,
+    }
     alice.ask(control.CLOSE_SESSION, reason="done")
     world.flush()
     opened_rows = world.audit("network_flow_opened")
@@ -195,3 +210,17 @@ def test_the_pool_is_never_a_target_and_a_recorded_session_keeps_raw_ip_packets(
     data = (recordings / "s1.pcap").read_bytes()
     assert struct.unpack_from("<I", data, 20) == (LINKTYPE_RAW,)
     assert data.endswith(packet) and len(data) == 24 + 16 + len(packet)
+    program = shutil.which("tshark")
+    if program is None:
+        pytest.fail("tshark is not installed (Debian/Ubuntu package: tshark)")
+    fields = ["ip.src", "ip.dst", "udp.srcport", "udp.dstport"]
+    result = subprocess.run(
+        [program, "-n", "-r", str(recordings / "s1.pcap"), "-T", "fields"]
+        + [arg for name in fields for arg in ("-e", name)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["198.19.0.2", "198.18.2.53", "40000", "53"]
