@@ -1084,9 +1084,7 @@ class Run:
             self.rss.sample(path.all_pids())
         self.phase("1-byte RTT", self.rtt, iperf=False)
         self.phase("connections/s", self.conn_rate, iperf=False)
-        self.phase(
-            f"connections/s, {CONN_CLIENTS} clients", self.conn_rate_parallel, iperf=False
-        )
+        self.phase(f"connections/s, {CONN_CLIENTS} clients", self.conn_rate_parallel, iperf=False)
         self.phase("single stream client→server", lambda p: self.single(p, False), iperf=True)
         self.phase("single stream server→client", lambda p: self.single(p, True), iperf=True)
         self.phase("16 streams", lambda p: self.parallel(p, 16), iperf=True)

@@ -36,7 +36,7 @@ from console.listeners import Listen, bind
 from console.tunnel_counters import Tunnel
 from console.udp_flow_table import UdpFlowTable
 from console.udp_tunnels import ChannelFlowLink, UdpListener
-from shared.addresses import PortSet
+from shared.addresses import PortSet, ip_address
 from shared.errors import JumpError, LocalBindError, ProtocolViolation
 from shared.kinds.base import TCP, TUNNEL_PROTOCOLS
 from shared.protocol.control import StreamTarget
@@ -210,7 +210,7 @@ class TunnelSession:
     def peer_allowed(self, peer: str) -> bool:
         """Loopback peers always; others only inside the session's acl."""
         try:
-            address = ipaddress.ip_address(peer)
+            address = ip_address(peer)
         except ValueError:
             return False
         if address.is_loopback:
