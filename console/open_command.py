@@ -30,6 +30,7 @@ from console.tunnels import MAX_PACKET, TunnelSession
 from console.view import JsonView, PlainView, SessionView, TerminalView
 from shared.errors import ConsentRequired, ExitCode, JumpError, SessionLost, UsageError
 from shared.protocol import control
+from shared.startup_heap import freeze_startup_heap
 from shared.text import printable
 
 log = Logger()
@@ -182,6 +183,8 @@ async def _run_session(
         [t.describe() for t in session.tunnels],
         details,
     )
+    # the session is ready: what was built so far lives as long as it (full GC skips it)
+    freeze_startup_heap()
     shell_lines = part.shell_lines()
     if shell_lines and not isinstance(view, JsonView):
         # stdout, unless a command runs: its stdout is its own.
