@@ -183,8 +183,6 @@ async def _run_session(
         [t.describe() for t in session.tunnels],
         details,
     )
-    # the session is ready: what was built so far lives as long as it (full GC skips it)
-    freeze_startup_heap()
     shell_lines = part.shell_lines()
     if shell_lines and not isinstance(view, JsonView):
         # stdout, unless a command runs: its stdout is its own.
@@ -249,6 +247,10 @@ async def _run_session(
         reactor.callFromThread(finish, Ending(name, f"{name} by the user", 0))
 
     previous = {s: signal.signal(s, on_signal) for s in _signals()}
+    # The session is set up, its signals handled: what was built so far lives as long
+    # as it, so full GC collections need not walk it (its collect is not in the way
+    # of a signal: the handlers above are in place).
+    freeze_startup_heap()
     try:
         end = await ending
     finally:
