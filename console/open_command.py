@@ -107,17 +107,18 @@ def choose_view(options: OpenOptions, out: TextIO, seconds: Any) -> SessionView:
 
 def command_environment(session: TunnelSession) -> dict[str, str]:
     tunnels = [t.describe() for t in session.tunnels]
-    first = session.tunnels[0]
     env = dict(os.environ)
     env.update(
         {
-            "JUMP_LOCAL_ADDR": first.local_address,
-            "JUMP_LOCAL_PORT": str(first.local_port),
             "JUMP_TUNNELS": json.dumps(tunnels),
             "JUMP_SESSION": session.session_id,
             "JUMP_ITEM": session.item,
         }
     )
+    if session.tunnels:  # a network session has none
+        first = session.tunnels[0]
+        env["JUMP_LOCAL_ADDR"] = first.local_address
+        env["JUMP_LOCAL_PORT"] = str(first.local_port)
     env.update(session.part.environment())
     return env
 
@@ -148,9 +149,11 @@ async def run_open(reactor: Any, options: OpenOptions, out: TextIO) -> int:
                 ),
             )
             try:
-                session.part.opened(
+                pending = session.part.opened(
                     options.item, session.session_id, session.tunnels, _stderr_lines
                 )
+                if pending is not None:  # the kind's work off the reactor (a TUN interface)
+                    await pending
             except JumpError:
                 session.stop_listening()
                 raise
@@ -204,6 +207,7 @@ async def _run_session(
         finish(Ending(code, error.message, error.exit_code, error))
 
     channel.lost.addCallback(lost)
+    part.watch(lambda error: finish(Ending(error.code, error.message, error.exit_code, error)))
 
     calls = []
     if options.duration is not None:

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 
 from console.channel import ConsoleChannel
 from console.kinds import sessions
-from console.kinds.session_part import Accept, SessionPart, refuse
+from console.kinds.session_part import Accept, SessionContext, SessionPart, refuse
 from console.listeners import Listen, bind
 from console.tunnel_counters import Tunnel
 from console.udp_flow_table import UdpFlowTable
@@ -127,8 +127,13 @@ class TunnelFactory(ServerFactory):
         )
 
 
-def _parse_tunnels(result: dict[str, Any]) -> list[Tunnel]:
+def _parse_tunnels(result: dict[str, Any], required: bool) -> list[Tunnel]:
+    """The reply's tunnels: at least one when the kind carries tunnels, else none."""
     entries = result.get("tunnels")
+    if not required:
+        if entries not in (None, []):
+            raise ProtocolViolation("the Jumpoint sent tunnels for a session that carries none")
+        return []
     if not isinstance(entries, list) or not entries:
         raise ProtocolViolation("the Jumpoint sent a session without tunnels")
     tunnels = []
@@ -185,13 +190,15 @@ class TunnelSession:
         self.max_connections = int(result.get("max_connections", 256))
         self.login_timeout = _login_timeout(result)
         """mssql, k8s: seconds a local connection has to finish its login (C{None}: no limit)."""
-        self.tunnels = _parse_tunnels(result)
         self.closing = False
         self.result = result
         spec = result.get("item")
         spec = spec if isinstance(spec, dict) else {}
         self.kind = sessions.for_session(spec.get("type"))
-        self.part: SessionPart = self.kind.open_session(spec, self.tunnels)
+        self.tunnels = _parse_tunnels(result, self.kind.has_tunnels)
+        self.part: SessionPart = self.kind.open_session(
+            SessionContext(spec=spec, tunnels=self.tunnels, reply=result, channel=channel)
+        )
         """The kind's part of the session (its listener, what `jump open` sets up)."""
         try:
             self.acl = tuple(

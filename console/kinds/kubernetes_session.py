@@ -20,7 +20,14 @@ from typing import Any
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 
-from console.kinds.session_part import Accept, Acceptor, SessionKind, SessionPart, refuse
+from console.kinds.session_part import (
+    Accept,
+    Acceptor,
+    SessionContext,
+    SessionKind,
+    SessionPart,
+    refuse,
+)
 from console.kube_proxy import KubeClientConnection, KubeListenerFactory, listener_hosts
 from console.kubeconfig import SessionKubeconfig, cache_root, sweep
 from console.tunnel_counters import Tunnel
@@ -113,10 +120,11 @@ class KubernetesSession(SessionPart):
 
 
 class KubernetesSessionKind(SessionKind):
-    def open_session(self, spec: dict[str, Any], tunnels: list[Tunnel]) -> SessionPart:
+    def open_session(self, context: SessionContext) -> SessionPart:
+        spec = context.spec
         namespace = str(spec["namespace"]) if spec.get("namespace") else None
         service = "Kubernetes" + (f", namespace {namespace}" if namespace else "")
-        for tunnel in tunnels:
+        for tunnel in context.tunnels:
             url = spec.get("url")
             tunnel.remote_url = (
                 str(url) if url else f"https://{tunnel.remote_host}:{tunnel.remote_port}"

@@ -9,12 +9,17 @@ The kind's light part is L{console.kinds.mssql}.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from console.kinds.session_part import Accept, Acceptor, SessionKind, SessionPart, refuse
+from console.kinds.session_part import (
+    Accept,
+    Acceptor,
+    SessionContext,
+    SessionKind,
+    SessionPart,
+    refuse,
+)
 from console.local_ca import listener_certificate
 from console.tds_client_leg import ClientLeg
 from console.tds_proxy import TdsLocalConnection
@@ -66,11 +71,12 @@ class MssqlSession(SessionPart):
 
 
 class MssqlSessionKind(SessionKind):
-    def open_session(self, spec: dict[str, Any], tunnels: list[Tunnel]) -> SessionPart:
+    def open_session(self, context: SessionContext) -> SessionPart:
+        spec = context.spec
         service = f"SQL Server as '{spec.get('username') or ''}'"
         if spec.get("database"):
             service += f", database '{spec['database']}'"
-        for tunnel in tunnels:
+        for tunnel in context.tunnels:
             tunnel.service = service
         return MssqlSession()
 

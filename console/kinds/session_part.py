@@ -2,15 +2,20 @@
 
 A L{SessionKind} is registered by the item's C{type} in
 L{console.kinds.sessions}; it makes the kind's part of each session
-(L{SessionKind.open_session}): a L{SessionPart}, and names what the
-bindings and the live view show of each tunnel (its C{service}, its
-C{remote_url}).
+(L{SessionKind.open_session}, from a L{SessionContext}: the item, the
+tunnels, the Jumpoint's whole reply and the channel): a L{SessionPart}, and
+names what the bindings and the live view show of each tunnel (its
+C{service}, its C{remote_url}).  A kind whose sessions carry no tunnels (a
+network item's packets) says so (L{SessionKind.has_tunnels}).
 
 A L{SessionPart} decides what the tunnels' listeners do with a local
 connection (L{SessionPart.acceptor}: by default a plain L{TcpBridge} on a
 new stream), may wrap the listener's factory (TLS), sets up what the session
-needs once its listeners are bound (a kubeconfig), and says what
-C{jump open} shows, sets in a command's environment and removes at the end.
+needs once its listeners are bound (a kubeconfig, a TUN interface: perhaps
+off the reactor, L{SessionPart.opened} may return a L{Deferred}), may end
+the session itself (L{SessionPart.watch}: its own data path ended), and says
+what C{jump open} shows, sets in a command's environment and removes at the
+end.
 The defaults are those of a plain TCP tunnel: nothing beyond the bridges.
 
 This is the heavy half of a kind (it reaches the bridges, the proxies, TLS):
@@ -24,10 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, ServerFactory
 
+from console.channel import ConsoleChannel
 from console.tunnel_counters import Tunnel
 from shared.bridge import TcpBridge
+from shared.errors import JumpError
 from shared.protocol.mux import Multiplexer, Stream
 
 
@@ -91,11 +99,16 @@ class SessionPart:
 
     def opened(
         self, item: str, session_id: str, tunnels: list[Tunnel], notify: Callable[[list[str]], None]
-    ) -> None:
+    ) -> Deferred[None] | None:
         """`jump open`: the listeners are bound; set up what the session needs.
 
-        C{notify} shows lines to the user (stderr); raises L{JumpError}.
+        C{notify} shows lines to the user (stderr); raises L{JumpError}, or
+        returns a L{Deferred} (work done off the reactor) that fails with one.
         """
+        return None
+
+    def watch(self, end: Callable[[JumpError], None]) -> None:
+        """The session runs: call C{end} if the kind's own data path ends it (default: never)."""
 
     def details(self) -> dict[str, Any]:
         """Fields the kind adds to the JSON C{ready} event."""
@@ -114,16 +127,38 @@ class SessionPart:
         return None
 
 
+@dataclass(frozen=True)
+class SessionContext:
+    """What a kind sees of a session `jump open` opened, to make its part.
+
+    @ivar spec: the item's JSON (the reply's C{item}; C{{}} when it sent none).
+    @ivar tunnels: the session's tunnels, parsed from the reply.
+    @ivar reply: the Jumpoint's whole C{open_session} result (a kind
+        validates the members that are its own, such as C{network}).
+    @ivar channel: the session's channel (its multiplexer's datagram flows,
+        its clock, C{on_flow_closed}).
+    """
+
+    spec: dict[str, Any]
+    tunnels: list[Tunnel]
+    reply: dict[str, Any]
+    channel: ConsoleChannel
+
+
 class SessionKind:
     """What `jump open` does for one kind; the defaults are those of a plain TCP tunnel."""
+
+    has_tunnels = True
+    """Whether the kind's sessions carry tunnels (a reply without any is then malformed)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def open_session(self, spec: dict[str, Any], tunnels: list[Tunnel]) -> SessionPart:
-        """The kind's part of a session C{jump open} opened (C{spec}: the item's JSON).
+    def open_session(self, context: SessionContext) -> SessionPart:
+        """The kind's part of a session C{jump open} opened.
 
         It may set each tunnel's C{service} and C{remote_url}, which the
-        bindings and the live view show.
+        bindings and the live view show; a reply member of the kind that is
+        malformed raises L{shared.errors.ProtocolViolation}.
         """
         return SessionPart()

@@ -24,15 +24,15 @@ this console cannot open anyway.
 
 from __future__ import annotations
 
-from console.kinds import kubernetes_session, mssql_session
+from console.kinds import kubernetes_session, mssql_session, network_session
 from console.kinds.session_part import SessionKind
-from shared.kinds import network, tcp
+from shared.kinds import tcp
 
 BUILT_IN: tuple[SessionKind, ...] = (
     SessionKind(tcp.NAME),
     mssql_session.KIND,
     kubernetes_session.KIND,
-    SessionKind(network.NAME),
+    network_session.KIND,
 )
 """The kinds' session parts, one line each (the names of L{console.kinds.BUILT_IN})."""
 

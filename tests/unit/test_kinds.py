@@ -27,9 +27,8 @@ from console import kinds as console_kinds
 from console.item_commands import create
 from console.kinds import sessions as console_sessions
 from console.kinds.base import ConsoleKind
-from console.kinds.session_part import SessionKind, SessionPart
+from console.kinds.session_part import SessionContext, SessionKind, SessionPart
 from console.output import print_item, print_items
-from console.tunnel_counters import Tunnel
 from console.tunnels import TunnelSession
 from console.view import PlainView
 from shared import kinds as shared_kinds
@@ -52,8 +51,10 @@ def test_both_sides_register_the_same_kinds_under_the_wire_names() -> None:
     assert KINDS == WIRE_NAMES and LOGIN_KINDS == ("mssql", "k8s")
     for name in WIRE_NAMES:
         assert type(console_kinds.get(name)) is not ConsoleKind, f"{name}: no console part"
-    logging_in = [k.name for k in console_sessions.registered() if type(k) is not SessionKind]
-    assert logging_in == list(LOGIN_KINDS), "a kind that logs in has its own session part"
+    own = [k.name for k in console_sessions.registered() if type(k) is not SessionKind]
+    assert own == [*LOGIN_KINDS, "network"], (
+        "a kind that logs in, or carries packets, has its own session part"
+    )
 
 
 def test_every_kind_with_a_create_command_is_under_jump_item_create() -> None:
@@ -120,9 +121,9 @@ class EchoKind(ConsoleKind):
 
 
 class EchoSessionKind(SessionKind):
-    def open_session(self, spec: dict[str, Any], tunnels: list[Tunnel]) -> SessionPart:
-        for tunnel in tunnels:
-            tunnel.service = f"echo, greeting {spec.get('greeting') or 'none'}"
+    def open_session(self, context: SessionContext) -> SessionPart:
+        for tunnel in context.tunnels:
+            tunnel.service = f"echo, greeting {context.spec.get('greeting') or 'none'}"
         return EchoSession()
 
 
