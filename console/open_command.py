@@ -30,6 +30,7 @@ from console.tunnels import MAX_PACKET, TunnelSession
 from console.view import JsonView, PlainView, SessionView, TerminalView
 from shared.errors import ConsentRequired, ExitCode, JumpError, SessionLost, UsageError
 from shared.protocol import control
+from shared.startup_heap import freeze_startup_heap
 from shared.text import printable
 
 log = Logger()
@@ -250,6 +251,10 @@ async def _run_session(
         reactor.callFromThread(finish, Ending(name, f"{name} by the user", 0))
 
     previous = {s: signal.signal(s, on_signal) for s in _signals()}
+    # The session is set up, its signals handled: what was built so far lives as long
+    # as it, so full GC collections need not walk it (its collect is not in the way
+    # of a signal: the handlers above are in place).
+    freeze_startup_heap()
     try:
         end = await ending
     finally:

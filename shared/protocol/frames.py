@@ -133,6 +133,10 @@ _RULES: dict[FrameType, tuple[int | None, bool, bool]] = {
 }
 
 
+_FRAME_TYPES: dict[int, FrameType] = {int(member): member for member in FrameType}
+"""Each type's wire value to its member: a dict lookup per frame, not an enum call."""
+
+
 def _id_name(frame_type: FrameType) -> str:
     """What the header's id field names for C{frame_type}: a flow or a stream."""
     return "flow" if frame_type is FrameType.DATAGRAM else "stream"
@@ -252,12 +256,9 @@ class FrameParser:
                     ErrorCode.FRAME_SIZE_ERROR,
                     f"frame of {length} bytes exceeds the limit of {self._max_payload}",
                 )
-            try:
-                frame_type = FrameType(type_value)
-            except ValueError:
-                raise FrameError(
-                    ErrorCode.PROTOCOL_ERROR, f"unknown frame type 0x{type_value:02x}"
-                ) from None
+            frame_type = _FRAME_TYPES.get(type_value)
+            if frame_type is None:
+                raise FrameError(ErrorCode.PROTOCOL_ERROR, f"unknown frame type 0x{type_value:02x}")
             if stream_id > MAX_STREAM_ID:
                 raise FrameError(
                     ErrorCode.PROTOCOL_ERROR,

@@ -100,12 +100,19 @@ class ChannelTLSProtocol(TLSMemoryBIOProtocol):
         return self._handshake_seen
 
     def _send_bio(self, connection: SSL.Connection, size: int) -> None:
-        """Move everything OpenSSL has encrypted to the TCP transport."""
+        """Move everything OpenSSL has encrypted to the TCP transport.
+
+        A memory BIO's read returns what it holds, up to C{size}: a shorter chunk
+        means it is empty, so the common case costs one read and no WantReadError.
+        """
         chunks = []
         while True:
             try:
-                chunks.append(connection.bio_read(size))
+                chunk = connection.bio_read(size)
             except SSL.WantReadError:
+                break
+            chunks.append(chunk)
+            if len(chunk) < size:
                 break
         if chunks:
             write_now(self.transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
