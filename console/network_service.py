@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from twisted.internet import protocol as twisted_protocol
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime, IUNIXTransport
 from twisted.internet.protocol import Factory, connectionDone
@@ -542,9 +542,9 @@ def stop_service(port: IListeningPort, factory: NetworkServiceFactory) -> Deferr
     this code: a second removal would fail inside Twisted, a traceback in the
     log).
     """
-    stopped: Deferred[None] = maybeDeferred(port.stopListening)
+    stopped = port.stopListening()
     factory.stop()
-    return stopped
+    return stopped if stopped is not None else succeed(None)
 
 
 def serve(socket_path: str, group_name: str, reactor: Any) -> None:
