@@ -221,6 +221,7 @@ async def _run_session(
 
     def tick() -> None:
         view.update(session.counters(), part.counters())
+        calls[:] = [call for call in calls if call.active()]  # bounded: the ticks that ran go
         calls.append(reactor.callLater(options.stats_interval, tick))
 
     calls.append(reactor.callLater(options.stats_interval, tick))

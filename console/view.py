@@ -177,7 +177,7 @@ class JsonView:
         rates = self.meter.rates(rows)
         tunnels = [
             {**_json_fields(c), "send_rate": round(up, 1), "receive_rate": round(down, 1)}
-            for c, (up, down) in zip(counters, rates, strict=False)
+            for c, (up, down) in zip(counters, rates[: len(counters)], strict=True)
         ]
         up, down = session_bytes(counters, link)
         event: dict[str, Any] = {
@@ -312,7 +312,7 @@ class TerminalView:
             f"{'TUNNEL':<44} {'STATUS':<10} {'CONN':>5} {'TOTAL':>6}"
             f" {'SENT':>11} {'RECEIVED':>11} {'UP/s':>11} {'DOWN/s':>11}"
         )
-        for counter, (up, down) in zip(counters, rates, strict=False):
+        for counter, (up, down) in zip(counters, rates[: len(counters)], strict=True):
             lines.append(
                 f"{printable(binding(counter, service=False)):<44}"
                 f" {printable(str(counter['status'])):<10}"

@@ -15,9 +15,8 @@ needs once its listeners are bound (a kubeconfig, a TUN interface: perhaps
 off the reactor, L{SessionPart.opened} may return a L{Deferred}), may end
 the session itself (L{SessionPart.watch}: its own data path ended), and says
 what C{jump open} shows, sets in a command's environment and removes at the
-end, and
-what its own data path carried (L{SessionPart.counters}: the live view and
-the C{stats} events show it).
+end, and what its own data path carried (L{SessionPart.counters}: the live
+view and the C{stats} events show it).
 The defaults are those of a plain TCP tunnel: nothing beyond the bridges.
 
 This is the heavy half of a kind (it reaches the bridges, the proxies, TLS):
