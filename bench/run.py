@@ -1171,6 +1171,16 @@ def tool_versions(tools: dict[str, str]) -> dict[str, str]:
     return versions
 
 
+def host_facts() -> dict[str, Any]:
+    """The machine the run was on (its load at the end: other work skews the numbers)."""
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "loadavg_at_end": os.getloadavg(),
+    }
+
+
 def git_state() -> dict[str, Any]:
     """Commit and dirtiness of the repository (the product may be edited concurrently)."""
 
@@ -1272,12 +1282,7 @@ def write_results(
     result = {
         "timestamp": stamp,
         "settings": run.settings.__dict__,
-        "host": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "loadavg_at_end": os.getloadavg(),
-        },
+        "host": host_facts(),
         "git": git_state(),
         "tools": tool_versions(run.tools),
         "baseline": BASELINE,

@@ -120,7 +120,7 @@ async def _decide_and_open(
         session=session.session_id,
         user=user,
         item=item.name,
-        host=item.host,
+        host=item.host or ", ".join(rule.describe() for rule in item.filters),
     )
     notify(core, session, "session_start", None)
     return {"session": session.session_id, "item": item.to_json(), **details, **link_fields}

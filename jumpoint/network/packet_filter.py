@@ -179,7 +179,9 @@ class PacketFilter:
         protocol = packet.protocol
         dst = packet.dst
         if packet.src != self.inner:
-            return self._deny_out(SPOOFED_SOURCE, "source address", protocol, dst)
+            return self._deny_out(
+                SPOOFED_SOURCE, f"source {format_address(packet.src)}", protocol, dst
+            )
         if packet.header_length != HEADER_SIZE:
             return self._deny_out(MALFORMED, "ip_options", protocol, dst)
         size = packet.total_length

@@ -17,10 +17,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     try:
         yield created
     finally:
-        created.stop_all()
-        for process in created.processes:  # shown by pytest when the test fails
-            print(f"=== {' '.join(process.args[:4])} (exit {process.popen.returncode})")
-            print(process.output()[-20000:])
+        created.stop_and_show()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -210,6 +210,12 @@ class Deployment:
     serving: bool = False
     sections: dict[str, Any] = field(default_factory=dict)
     """Further top-level sections of jumpoint.yaml (groups, policies, allowed_targets...)."""
+    listen_host: str = "127.0.0.1"
+    """The address the Jumpoint listens on (and consoles use)."""
+    jump_prefix: list[str] = field(default_factory=list)
+    """Prepended to every `jump` command line (e.g. `ip netns exec NS`)."""
+    serve_prefix: list[str] = field(default_factory=list)
+    """Prepended to the `jumpoint serve` command line."""
 
     @property
     def directory(self) -> Path:
@@ -238,7 +244,11 @@ class Deployment:
         return result
 
     def jump(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-        return run([*tool("jump"), *args], self.env(**env), timeout)
+        return run([*self.jump_prefix, *tool("jump"), *args], self.env(**env), timeout)
+
+    def listening(self) -> bool:
+        """Whether the Jumpoint accepts connections (overridden where it is not reachable here)."""
+        return port_open(self.listen_host, self.port)
 
     def create(self) -> Deployment:
         self.port = free_port()
@@ -249,9 +259,9 @@ class Deployment:
             "--name",
             "test",
             "--listen",
-            f"127.0.0.1:{self.port}",
+            f"{self.listen_host}:{self.port}",
             "--address",
-            "127.0.0.1",
+            self.listen_host,
         )
         self.write_items()
         self.add_user(self.user)
@@ -292,7 +302,7 @@ class Deployment:
         return enrollment
 
     def redeem(self, enrollment: Path, env: dict[str, str]) -> None:
-        result = run([*tool("jump"), "enroll", "--keep", str(enrollment)], env)
+        result = run([*self.jump_prefix, *tool("jump"), "enroll", "--keep", str(enrollment)], env)
         assert result.returncode == 0, result.stderr
 
     def serve(self, max_files: int | None = None) -> Process:
@@ -305,11 +315,13 @@ class Deployment:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
 
         process = Process(
-            [*tool("jumpoint"), "serve", *self.serve_args], self.env(), preexec_fn=preexec
+            [*self.serve_prefix, *tool("jumpoint"), "serve", *self.serve_args],
+            self.env(),
+            preexec_fn=preexec,
         )
         self.processes.append(process)
         wait_until(
-            lambda: port_open("127.0.0.1", self.port) or process.popen.poll() is not None,
+            lambda: self.listening() or process.popen.poll() is not None,
             what="the Jumpoint to listen",
         )
         assert process.popen.poll() is None, process.output()
@@ -332,13 +344,22 @@ class Deployment:
         return self.open(item, *args, JUMP_HOME=str(self.home_of(name)))
 
     def open(self, item: str, *args: str, **env: str) -> Process:
-        process = Process([*tool("jump"), "open", item, "--json", *args], self.env(**env))
+        process = Process(
+            [*self.jump_prefix, *tool("jump"), "open", item, "--json", *args], self.env(**env)
+        )
         self.processes.append(process)
         return process
 
     def stop_all(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+    def stop_and_show(self, tail: int = 20000) -> None:
+        """Stop every process and print its output (pytest shows it when the test fails)."""
+        self.stop_all()
+        for process in self.processes:
+            print(f"=== {' '.join(process.args[:8])} (exit {process.popen.returncode})")
+            print(process.output()[-tail:])
 
 
 def audit_until(

@@ -23,7 +23,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,9 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.accounts import Account, Accounts, folder_others_may_enter, throwaway_accounts
 from tests.e2e.harness import wait_until
+from tests.e2e.packets import echo_request
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -73,64 +74,16 @@ def namespace() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-@dataclass
-class Account:
-    name: str
-    uid: int
-    gid: int
-    groups: list[int]
-
-
-@dataclass
-class Accounts:
-    group: str
-    gid: int
-    member: Account
-    outsider: Account
-
-
-def _account(name: str) -> Account:
-    uid = int(run("id", "-u", name))
-    gid = int(run("id", "-g", name))
-    groups = [int(g) for g in run("id", "-G", name).split()]
-    return Account(name, uid, gid, groups)
-
-
 @pytest.fixture
 def accounts() -> Iterator[Accounts]:
-    tag = secrets.token_hex(3)
-    group, member, outsider = f"jptg{tag}", f"jptm{tag}", f"jpto{tag}"
-    made_users: list[str] = []
-    made_group = False
-    try:
-        run("groupadd", "--system", group)
-        made_group = True
-        for user, extra in ((member, ["-G", group]), (outsider, [])):
-            run("useradd", "--system", "-M", "-U", "-s", "/usr/sbin/nologin", *extra, user)
-            made_users.append(user)
-        yield Accounts(
-            group,
-            int(run("getent", "group", group).split(":")[2]),
-            _account(member),
-            _account(outsider),
-        )
-    finally:
-        for user in made_users:
-            subprocess.run(["userdel", user], check=False, capture_output=True)
-            subprocess.run(["groupdel", user], check=False, capture_output=True)
-        if made_group:
-            subprocess.run(["groupdel", group], check=False, capture_output=True)
+    with throwaway_accounts() as made:
+        yield made
 
 
 @pytest.fixture
 def run_dir() -> Iterator[Path]:
-    """A folder the throwaway users may enter (pytest's tmp_path is root's alone)."""
-    path = Path(tempfile.mkdtemp(prefix="jpt-nsvc-"))
-    path.chmod(0o755)
-    try:
+    with folder_others_may_enter("jpt-nsvc-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # -- processes ----------------------------------------------------------------------------
@@ -246,35 +199,6 @@ def processes(namespace: str, run_dir: Path) -> Iterator[Processes]:
 
 
 # -- packets -------------------------------------------------------------------------------
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def echo_request(source: str, destination: str, ident: int, payload: bytes) -> bytes:
-    icmp = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + payload
-    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
-    header = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(icmp),
-        0x4A50,
-        0x4000,
-        64,
-        1,
-        0,
-        socket.inet_aton(source),
-        socket.inet_aton(destination),
-    )
-    header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
-    return header + icmp
 
 
 @dataclass(frozen=True)

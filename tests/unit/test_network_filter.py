@@ -123,6 +123,7 @@ def test_spoofed_source() -> None:
     f, checks = make()
     verdict = denied(f.outbound(udp("100.64.0.3", DNS, 5000, 53), 0.0), pf.SPOOFED_SOURCE)
     assert (verdict.protocol, verdict.peer) == (UDP, addr(DNS))
+    assert verdict.reason == "source 100.64.0.3"  # the forged source, for the audit
     assert checks.target_calls == [] and len(f.flows) == 0
 
 
