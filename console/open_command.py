@@ -185,6 +185,7 @@ async def _run_session(
         session.session_id,
         [t.describe() for t in session.tunnels],
         details,
+        part.counters_label(),
     )
     shell_lines = part.shell_lines()
     if shell_lines and not isinstance(view, JsonView):
@@ -220,7 +221,8 @@ async def _run_session(
         )
 
     def tick() -> None:
-        view.update(session.counters())
+        view.update(session.counters(), part.counters())
+        calls[:] = [call for call in calls if call.active()]  # bounded: the ticks that ran go
         calls.append(reactor.callLater(options.stats_interval, tick))
 
     calls.append(reactor.callLater(options.stats_interval, tick))
@@ -267,10 +269,11 @@ async def _run_session(
         await _stop_child(reactor, child)
     end = await _close_session(reactor, session, end)
     removed = part.remove()
+    link = part.counters()  # the last figures (the Jumpoint's as of its last answer)
     if isinstance(view, JsonView):
-        view.closed(end.code, end.reason, session.counters(), removed=removed)
+        view.closed(end.code, end.reason, session.counters(), link, removed=removed)
     else:
-        view.closed(end.code, end.reason, session.counters())
+        view.closed(end.code, end.reason, session.counters(), link)
         _stderr_lines(removed or [])
     LOG_ROUTER.note = None
     if end.error is not None:
