@@ -97,6 +97,8 @@ class Settings:
     iperf_timeout: float  # seconds before an iperf3 client run is abandoned
 
 
+CONN_CLIENTS = 32  # clients of the parallel connection-rate row
+
 FULL = Settings("1G", 5, 3000, 3.0, 1500, 300.0)
 QUICK = Settings("256M", 2, 500, 1.0, 300, 120.0)
 
@@ -451,6 +453,55 @@ def measure_conn_rate(port: int, seconds: float, max_conns: int) -> dict[str, fl
         count += 1
         elapsed = time.perf_counter() - start
     return {"connections": count, "seconds": elapsed, "per_second": count / elapsed}
+
+
+def measure_conn_rate_parallel(
+    port: int, clients: int, seconds: float, max_conns: int
+) -> dict[str, float]:
+    """CLIENTS threads, each doing the sequential loop of L{measure_conn_rate}, together.
+
+    They stop after SECONDS or MAX_CONNS connections in all; a connection that fails is
+    counted apart (and stops its thread), so a refusing tunnel shows as failures, not speed.
+    """
+    lock = threading.Lock()
+    counts = {"connections": 0, "failures": 0}
+    start_gate = threading.Event()
+    deadline = [0.0]
+
+    def client() -> None:
+        start_gate.wait()
+        while time.perf_counter() < deadline[0]:
+            with lock:
+                if counts["connections"] >= max_conns:
+                    return
+            try:
+                with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    sock.sendall(b"x")
+                    _recv_exactly_one(sock)
+            except OSError:
+                with lock:
+                    counts["failures"] += 1
+                return
+            with lock:
+                counts["connections"] += 1
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    start = time.perf_counter()
+    deadline[0] = start + seconds
+    start_gate.set()
+    for thread in threads:
+        thread.join(seconds + 30)
+    elapsed = time.perf_counter() - start
+    return {
+        "clients": clients,
+        "connections": counts["connections"],
+        "failures": counts["failures"],
+        "seconds": elapsed,
+        "per_second": counts["connections"] / elapsed,
+    }
 
 
 def run_iperf(iperf3: str, port: int, extra: Sequence[str], timeout: float) -> dict[str, Any]:
@@ -933,6 +984,26 @@ class Run:
         self.detail(path, "connections", result)
         log(f"  {result['per_second']:.0f} connections/s ({result['connections']:.0f})")
 
+    def conn_rate_parallel(self, path: BenchPath) -> None:
+        """New connections per second from CONN_CLIENTS clients at once."""
+        result = measure_conn_rate_parallel(
+            path.echo_port,
+            CONN_CLIENTS,
+            self.settings.conn_seconds,
+            self.settings.conn_max * 4,
+        )
+        if result["failures"]:
+            raise BenchError(
+                f"{result['failures']:.0f} of the parallel connections failed "
+                f"({result['connections']:.0f} succeeded)"
+            )
+        self.put(path, conn_parallel_per_s=result["per_second"])
+        self.detail(path, "connections_parallel", result)
+        log(
+            f"  {result['per_second']:.0f} connections/s with {CONN_CLIENTS} clients "
+            f"({result['connections']:.0f})"
+        )
+
     def single(self, path: BenchPath, reverse: bool) -> None:
         """One stream moving the single-stream size; CPU of each side around it."""
         console, server = path.console_pids(), path.server_pids()
@@ -1013,6 +1084,7 @@ class Run:
             self.rss.sample(path.all_pids())
         self.phase("1-byte RTT", self.rtt, iperf=False)
         self.phase("connections/s", self.conn_rate, iperf=False)
+        self.phase(f"connections/s, {CONN_CLIENTS} clients", self.conn_rate_parallel, iperf=False)
         self.phase("single stream client→server", lambda p: self.single(p, False), iperf=True)
         self.phase("single stream server→client", lambda p: self.single(p, True), iperf=True)
         self.phase("16 streams", lambda p: self.parallel(p, 16), iperf=True)
@@ -1058,6 +1130,11 @@ def table_rows(settings: Settings) -> list[tuple[str, str, Callable[[float], str
         ("rtt_median_us", "1-byte RTT, median (µs)", _fmt_1),
         ("rtt_p99_us", "1-byte RTT, p99 (µs)", _fmt_1),
         ("conn_per_s", "new connections/s (connect, 1-byte echo, close)", _fmt_rate),
+        (
+            "conn_parallel_per_s",
+            f"new connections/s, {CONN_CLIENTS} clients at once",
+            _fmt_rate,
+        ),
         ("rss_console_mib", "peak RSS, console side (MiB)", _fmt_1),
         ("rss_server_mib", "peak RSS, server side (MiB)", _fmt_1),
         ("rss_sum_64_mib", "peak RSS console+server at 64 streams (MiB)", _fmt_1),

@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from twisted.internet import protocol as twisted_protocol
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IUNIXTransport
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime, IUNIXTransport
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
@@ -534,6 +535,18 @@ def listen(path: Path, factory: NetworkServiceFactory, reactor: Any) -> Any:
     return port
 
 
+def stop_service(port: IListeningPort, factory: NetworkServiceFactory) -> Deferred[None]:
+    """Stop taking callers, then remove every interface; shutdown waits for the port.
+
+    The port removes its socket file itself when it stops listening (never
+    this code: a second removal would fail inside Twisted, a traceback in the
+    log).
+    """
+    stopped = port.stopListening()
+    factory.stop()
+    return stopped if stopped is not None else succeed(None)
+
+
 def serve(socket_path: str, group_name: str, reactor: Any) -> None:
     """Run the service until SIGINT or SIGTERM, then remove every interface it made."""
     ensure_linux()
@@ -546,13 +559,8 @@ def serve(socket_path: str, group_name: str, reactor: Any) -> None:
     group = resolve_group(group_name)
     factory = NetworkServiceFactory(group, LinuxDevices(), reactor)
     path = Path(socket_path)
-    listen(path, factory, reactor)
-
-    def stopping() -> None:
-        factory.stop()
-        path.unlink(missing_ok=True)
-
-    reactor.addSystemEventTrigger("before", "shutdown", stopping)
+    port = listen(path, factory, reactor)
+    reactor.addSystemEventTrigger("before", "shutdown", stop_service, port, factory)
     log.info(
         "jump network-service listening on {path} for group {group} (gid {gid})",
         path=path,

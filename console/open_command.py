@@ -30,6 +30,7 @@ from console.tunnels import MAX_PACKET, TunnelSession
 from console.view import JsonView, PlainView, SessionView, TerminalView
 from shared.errors import ConsentRequired, ExitCode, JumpError, SessionLost, UsageError
 from shared.protocol import control
+from shared.startup_heap import freeze_startup_heap
 from shared.text import printable
 
 log = Logger()
@@ -184,6 +185,7 @@ async def _run_session(
         session.session_id,
         [t.describe() for t in session.tunnels],
         details,
+        part.counters_label(),
     )
     shell_lines = part.shell_lines()
     if shell_lines and not isinstance(view, JsonView):
@@ -219,7 +221,8 @@ async def _run_session(
         )
 
     def tick() -> None:
-        view.update(session.counters())
+        view.update(session.counters(), part.counters())
+        calls[:] = [call for call in calls if call.active()]  # bounded: the ticks that ran go
         calls.append(reactor.callLater(options.stats_interval, tick))
 
     calls.append(reactor.callLater(options.stats_interval, tick))
@@ -250,6 +253,10 @@ async def _run_session(
         reactor.callFromThread(finish, Ending(name, f"{name} by the user", 0))
 
     previous = {s: signal.signal(s, on_signal) for s in _signals()}
+    # The session is set up, its signals handled: what was built so far lives as long
+    # as it, so full GC collections need not walk it (its collect is not in the way
+    # of a signal: the handlers above are in place).
+    freeze_startup_heap()
     try:
         end = await ending
     finally:
@@ -262,10 +269,11 @@ async def _run_session(
         await _stop_child(reactor, child)
     end = await _close_session(reactor, session, end)
     removed = part.remove()
+    link = part.counters()  # the last figures (the Jumpoint's as of its last answer)
     if isinstance(view, JsonView):
-        view.closed(end.code, end.reason, session.counters(), removed=removed)
+        view.closed(end.code, end.reason, session.counters(), link, removed=removed)
     else:
-        view.closed(end.code, end.reason, session.counters())
+        view.closed(end.code, end.reason, session.counters(), link)
         _stderr_lines(removed or [])
     LOG_ROUTER.note = None
     if end.error is not None:

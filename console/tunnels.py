@@ -36,7 +36,7 @@ from console.listeners import Listen, bind
 from console.tunnel_counters import Tunnel
 from console.udp_flow_table import UdpFlowTable
 from console.udp_tunnels import ChannelFlowLink, UdpListener
-from shared.addresses import PortSet
+from shared.addresses import PortSet, ip_address
 from shared.errors import JumpError, LocalBindError, ProtocolViolation
 from shared.kinds.base import TCP, TUNNEL_PROTOCOLS
 from shared.protocol.control import StreamTarget
@@ -70,6 +70,14 @@ class TunnelFactory(ServerFactory):
         self.session = session
         self.tunnel = tunnel
         self.acceptor = session.part.acceptor(tunnel)
+        self._target: tuple[tuple[str, int], bytes] | None = None
+
+    def _encoded_target(self) -> bytes:
+        """The OPEN payload of the tunnel's streams (JSON, encoded once per target)."""
+        key = (self.tunnel.remote_host, self.tunnel.remote_port)
+        if self._target is None or self._target[0] != key:
+            self._target = (key, StreamTarget(*key).encode())
+        return self._target[1]
 
     def buildProtocol(self, addr: Any) -> Protocol:
         session, tunnel = self.session, self.tunnel
@@ -97,7 +105,7 @@ class TunnelFactory(ServerFactory):
                 rule=CAP_RULE,
             )
             return refuse()
-        target = StreamTarget(tunnel.remote_host, tunnel.remote_port).encode()
+        target = self._encoded_target()
 
         def open_stream() -> Stream | None:
             """The stream (and so the Jumpoint's dial), once the client has logged in."""
@@ -217,7 +225,7 @@ class TunnelSession:
     def peer_allowed(self, peer: str) -> bool:
         """Loopback peers always; others only inside the session's acl."""
         try:
-            address = ipaddress.ip_address(peer)
+            address = ip_address(peer)
         except ValueError:
             return False
         if address.is_loopback:

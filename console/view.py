@@ -1,11 +1,13 @@
 """What `jump open` shows: a live terminal view, JSON lines, or plain lines.
 
 All three get the same calls: L{SessionView.ready} once the listeners are
-bound, L{SessionView.update} periodically with the tunnels' counters, and
-L{SessionView.closed} with the reason.  L{RateMeter} turns byte counters into
-throughput.  The plain and terminal views escape everything they write
-(L{shared.text.printable}): item names, the Jumpoint's notes and close
-reasons come from other people.
+bound, L{SessionView.update} periodically with the tunnels' counters and
+those of the kind's own data path, its C{link} (a network session's
+interface: L{console.kinds.session_part.SessionPart.counters}; its bytes
+count in the session's totals), and L{SessionView.closed} with the reason.
+L{RateMeter} turns byte counters into throughput.  The plain and terminal
+views escape everything they write (L{shared.text.printable}): item names,
+the Jumpoint's notes and close reasons come from other people.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from typing import Any, Protocol, TextIO
 from shared.kinds.base import TCP
 from shared.text import printable
 
+Link = dict[str, int] | None
+"""The counters of a session's own data path (C{None}: it has none)."""
+
 
 class SessionView(Protocol):
     def ready(
@@ -25,13 +30,16 @@ class SessionView(Protocol):
         session: str,
         tunnels: list[dict[str, Any]],
         details: dict[str, Any] | None = None,
+        link_label: str = "",
     ) -> None: ...
 
-    def update(self, counters: list[dict[str, Any]]) -> None: ...
+    def update(self, counters: list[dict[str, Any]], link: Link = None) -> None: ...
 
     def note(self, text: str) -> None: ...
 
-    def closed(self, code: str, reason: str, counters: list[dict[str, Any]]) -> None: ...
+    def closed(
+        self, code: str, reason: str, counters: list[dict[str, Any]], link: Link = None
+    ) -> None: ...
 
 
 class RateMeter:
@@ -52,6 +60,43 @@ class RateMeter:
             ((up - old_up) / elapsed, (down - old_down) / elapsed)
             for (up, down), (old_up, old_down) in zip(totals, last[1], strict=True)
         ]
+
+
+LINK_DROPS = (
+    "dropped_out",
+    "dropped_in",
+    "refused_in",
+    "jumpoint_dropped_out",
+    "jumpoint_dropped_in",
+)
+"""A link's counters of packets dropped on the way (either end, either way)."""
+LINK_DENIALS = ("denied_out", "denied_in")
+"""A link's counters of packets the Jumpoint's rules dropped."""
+
+
+def link_row(link: dict[str, int]) -> dict[str, Any]:
+    """The link's bytes as a tunnel's counters name them (for sums and rates)."""
+    return {
+        "bytes_to_remote": link.get("bytes_out", 0),
+        "bytes_from_remote": link.get("bytes_in", 0),
+    }
+
+
+def session_bytes(counters: list[dict[str, Any]], link: Link) -> tuple[int, int]:
+    """Bytes to and from the remote side, all tunnels and the link."""
+    rows = [*counters, link_row(link)] if link is not None else counters
+    return sum(c["bytes_to_remote"] for c in rows), sum(c["bytes_from_remote"] for c in rows)
+
+
+def link_summary(link: dict[str, int]) -> str:
+    """The link's packets for people: C{12 packets sent, 10 received, 1 dropped, 2 denied}."""
+    text = (
+        f"{link.get('packets_out', 0)} packets sent, {link.get('packets_in', 0)} received,"
+        f" {sum(link.get(key, 0) for key in LINK_DROPS)} dropped"
+    )
+    if any(key in link for key in LINK_DENIALS):
+        text += f", {sum(link.get(key, 0) for key in LINK_DENIALS)} denied by the Jumpoint"
+    return text
 
 
 def human_bytes(count: float) -> str:
@@ -115,6 +160,7 @@ class JsonView:
         session: str,
         tunnels: list[dict[str, Any]],
         details: dict[str, Any] | None = None,
+        link_label: str = "",
     ) -> None:
         self.item, self.session = item, session
         event = {
@@ -126,24 +172,28 @@ class JsonView:
         event.update(details or {})
         self._emit(event)
 
-    def update(self, counters: list[dict[str, Any]]) -> None:
-        rates = self.meter.rates(counters)
+    def update(self, counters: list[dict[str, Any]], link: Link = None) -> None:
+        rows = [*counters, link_row(link)] if link is not None else counters
+        rates = self.meter.rates(rows)
         tunnels = [
             {**_json_fields(c), "send_rate": round(up, 1), "receive_rate": round(down, 1)}
-            for c, (up, down) in zip(counters, rates, strict=True)
+            for c, (up, down) in zip(counters, rates[: len(counters)], strict=True)
         ]
-        self._emit(
-            {
-                "event": "stats",
-                "item": self.item,
-                "session": self.session,
-                "connections": sum(c["connections"] for c in counters),
-                "bytes_to_remote": sum(c["bytes_to_remote"] for c in counters),
-                "bytes_from_remote": sum(c["bytes_from_remote"] for c in counters),
-                **udp_totals(counters),
-                "tunnels": tunnels,
-            }
-        )
+        up, down = session_bytes(counters, link)
+        event: dict[str, Any] = {
+            "event": "stats",
+            "item": self.item,
+            "session": self.session,
+            "connections": sum(c["connections"] for c in counters),
+            "bytes_to_remote": up,
+            "bytes_from_remote": down,
+            **udp_totals(counters),
+            "tunnels": tunnels,
+        }
+        if link is not None:
+            send, receive = rates[-1]
+            event["link"] = {**link, "send_rate": round(send, 1), "receive_rate": round(receive, 1)}
+        self._emit(event)
 
     def note(self, text: str) -> None:
         """Notes go to the log (stderr), never to stdout."""
@@ -153,20 +203,24 @@ class JsonView:
         code: str,
         reason: str,
         counters: list[dict[str, Any]],
+        link: Link = None,
         removed: list[str] | None = None,
     ) -> None:
-        """C{removed}: k8s, what the cleanup of the session's kubeconfig removed."""
+        """C{removed}: what the kind's cleanup removed (a kubeconfig, an interface)."""
+        up, down = session_bytes(counters, link)
         event: dict[str, Any] = {
             "event": "closed",
             "item": self.item,
             "session": self.session,
             "code": code,
             "reason": reason,
-            "bytes_to_remote": sum(c["bytes_to_remote"] for c in counters),
-            "bytes_from_remote": sum(c["bytes_from_remote"] for c in counters),
+            "bytes_to_remote": up,
+            "bytes_from_remote": down,
             "total_connections": sum(c["total_connections"] for c in counters),
             **udp_totals(counters),
         }
+        if link is not None:
+            event["link"] = dict(link)
         if removed is not None:
             event["removed"] = removed
         self._emit(event)
@@ -184,26 +238,34 @@ class PlainView:
         session: str,
         tunnels: list[dict[str, Any]],
         details: dict[str, Any] | None = None,
+        link_label: str = "",
     ) -> None:
         for tunnel in tunnels:
             self.out.write(printable(binding(tunnel)) + "\n")
         self.out.flush()
 
-    def update(self, counters: list[dict[str, Any]]) -> None:
+    def update(self, counters: list[dict[str, Any]], link: Link = None) -> None:
         pass
 
     def note(self, text: str) -> None:
         self.out.write(f"jump: {printable(text)}\n")
         self.out.flush()
 
-    def closed(self, code: str, reason: str, counters: list[dict[str, Any]]) -> None:
-        up = sum(c["bytes_to_remote"] for c in counters)
-        down = sum(c["bytes_from_remote"] for c in counters)
-        total = sum(c["total_connections"] for c in counters)
-        udp = udp_totals(counters)
-        flows = f" {udp['total_udp_flows']} UDP flows," if udp else ""
+    def closed(
+        self, code: str, reason: str, counters: list[dict[str, Any]], link: Link = None
+    ) -> None:
+        up, down = session_bytes(counters, link)
+        if link is not None:  # a network session: packets, not connections
+            flows = f", {link['total_flows']} flows" if "total_flows" in link else ""
+            carried = f"{link_summary(link)}{flows},"
+        else:
+            total = sum(c["total_connections"] for c in counters)
+            udp = udp_totals(counters)
+            carried = f"{total} connections," + (
+                f" {udp['total_udp_flows']} UDP flows," if udp else ""
+            )
         self.out.write(
-            f"jump: session closed: {printable(reason)} ({total} connections,{flows}"
+            f"jump: session closed: {printable(reason)} ({carried}"
             f" {human_bytes(up)} sent, {human_bytes(down)} received)\n"
         )
         self.out.flush()
@@ -218,6 +280,7 @@ class TerminalView:
         self.notes: deque[str] = deque(maxlen=4)
         self._drawn = 0
         self.header = ""
+        self.link_label = ""
 
     def ready(
         self,
@@ -225,25 +288,31 @@ class TerminalView:
         session: str,
         tunnels: list[dict[str, Any]],
         details: dict[str, Any] | None = None,
+        link_label: str = "",
     ) -> None:
         for tunnel in tunnels:
             self.out.write(printable(binding(tunnel)) + "\n")
         self.header = (
             f"item {printable(item)}, session {printable(session)} (Ctrl-C closes the session)"
         )
+        self.link_label = link_label
         self.out.flush()
 
     def note(self, text: str) -> None:
         self.notes.append(text)
 
-    def update(self, counters: list[dict[str, Any]]) -> None:
-        rates = self.meter.rates(counters)
+    def update(self, counters: list[dict[str, Any]], link: Link = None) -> None:
+        self._draw(counters, link, "up")
+
+    def _draw(self, counters: list[dict[str, Any]], link: Link, link_status: str) -> None:
+        rows = [*counters, link_row(link)] if link is not None else counters
+        rates = self.meter.rates(rows)
         lines = [self.header]
         lines.append(
             f"{'TUNNEL':<44} {'STATUS':<10} {'CONN':>5} {'TOTAL':>6}"
             f" {'SENT':>11} {'RECEIVED':>11} {'UP/s':>11} {'DOWN/s':>11}"
         )
-        for counter, (up, down) in zip(counters, rates, strict=True):
+        for counter, (up, down) in zip(counters, rates[: len(counters)], strict=True):
             lines.append(
                 f"{printable(binding(counter, service=False)):<44}"
                 f" {printable(str(counter['status'])):<10}"
@@ -253,6 +322,16 @@ class TerminalView:
                 f" {human_bytes(counter['bytes_from_remote']):>11} {human_bytes(up):>11}"
                 f" {human_bytes(down):>11}"
             )
+        if link is not None:
+            up, down = rates[-1]
+            lines.append(
+                f"{printable(self.link_label):<44} {link_status:<10}"
+                f" {link.get('flows', '-'):>5} {link.get('total_flows', '-'):>6}"
+                f" {human_bytes(link.get('bytes_out', 0)):>11}"
+                f" {human_bytes(link.get('bytes_in', 0)):>11} {human_bytes(up):>11}"
+                f" {human_bytes(down):>11}"
+            )
+            lines.append(f"  {link_summary(link)}")
         lines.extend(f"  ! {printable(note)}" for note in self.notes)
         self._redraw(lines)
 
@@ -263,7 +342,9 @@ class TerminalView:
         self.out.flush()
         self._drawn = len(lines)
 
-    def closed(self, code: str, reason: str, counters: list[dict[str, Any]]) -> None:
-        self.update(counters)
+    def closed(
+        self, code: str, reason: str, counters: list[dict[str, Any]], link: Link = None
+    ) -> None:
+        self._draw(counters, link, "closed")
         self.out.write(f"session closed: {printable(reason)}\n")
         self.out.flush()

@@ -57,6 +57,12 @@ FLUSH_DELAY = 0.2
 BATCH_LIMIT = 2_000
 """Events committed in one transaction."""
 
+# json.dumps with options builds a new encoder per call; each event is encoded twice
+_LINE_JSON = json.JSONEncoder(separators=(",", ":"), default=str)
+"""The JSON lines file's encoder (C{json.dumps(..., separators=(",", ":"), default=str)})."""
+_DETAIL_JSON = json.JSONEncoder(default=str)
+"""The database row's detail column (C{json.dumps(..., default=str)})."""
+
 SPOOL_LIMIT = 100_000
 """Events waiting for the database past which new decisions are refused."""
 
@@ -315,9 +321,9 @@ class AuditLog:
             if rule is not None:
                 fields["rule"] = rule
             fields.update(detail)
-            line = json.dumps(fields, separators=(",", ":"), default=str) + "\n"
+            line = _LINE_JSON.encode(fields) + "\n"
         spooled = _Event(
-            row=(now, event, user, session, item, rule, json.dumps(detail, default=str)),
+            row=(now, event, user, session, item, rule, _DETAIL_JSON.encode(detail)),
             line=line,
             durable=durable,
             apply=apply,

@@ -16,7 +16,6 @@ The functions take a L{DialContext}, the part of the daemon's state they use
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -28,7 +27,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from jumpoint.config import JumpointConfig
-from shared.addresses import AllowList, EgressGuard
+from shared.addresses import AllowList, EgressGuard, ip_address
 from shared.errors import AccessDenied
 from shared.items import Item
 from shared.protocol.frames import ErrorCode
@@ -77,7 +76,7 @@ def classify_connect_failure(failure: Failure, host: str, port: int) -> tuple[Er
 def literal_address(host: str) -> str | None:
     """C{host} as an IP address (brackets stripped), or None when it is a name."""
     try:
-        return str(ipaddress.ip_address(host.strip("[]")))
+        return str(ip_address(host.strip("[]")))
     except ValueError:
         return None
 

@@ -32,6 +32,24 @@ from shared.text import printable, printable_lines
 LOG_FORMATS = ("text", "json")
 
 
+def message(event: dict[str, Any]) -> str:
+    """C{formatEvent(event)}, with str.format_map (C) for the formats it formats the same.
+
+    Twisted formats with C{string.Formatter} (Python), tens of microseconds per event,
+    and the Jumpoint logs every tunnelled connection.  A plain C{str} format without
+    Twisted's C{{name()}} call syntax, on an event that is not flattened, comes out the
+    same from C{format_map}; anything else, and any error (a missing field...), goes to
+    Twisted's own L{formatEvent}, which describes an unformattable event.
+    """
+    text = event.get("log_format")
+    if type(text) is str and "()" not in text and "log_flattened" not in event:
+        try:
+            return text.format_map(event)
+        except Exception:  # formatEvent describes the problem
+            pass
+    return formatEvent(event)
+
+
 @implementer(ILogObserver)
 class TextLogObserver:
     """One line per event: C{TIME [namespace#level] message}, plus any traceback.
@@ -54,7 +72,7 @@ class TextLogObserver:
         level = event.get("log_level")
         level_name = level.name if level is not None else "-"
         namespace = printable(str(event.get("log_namespace", "-")))
-        line = f"{self._stamp} [{namespace}#{level_name}] {printable(formatEvent(event).rstrip())}"
+        line = f"{self._stamp} [{namespace}#{level_name}] {printable(message(event).rstrip())}"
         failure = event.get("log_failure")
         if failure is not None:
             line += "\n" + printable_lines(failure.getTraceback().rstrip("\n"))

@@ -29,6 +29,7 @@ from jumpoint.config import JumpointConfig
 from jumpoint.logs import start_logging
 from jumpoint.service import makeService
 from shared.errors import ConfigError
+from shared.startup_heap import freeze_startup_heap
 
 log = Logger()
 
@@ -105,5 +106,7 @@ def run_foreground(config: JumpointConfig, log_format: str) -> None:
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     # after Twisted's own handlers (installed when the reactor starts)
     reactor.callWhenRunning(install_signal_logging, reactor.callFromThread)  # type: ignore[attr-defined]
+    # what startup built lives as long as the daemon: full GC collections skip it
+    reactor.callWhenRunning(freeze_startup_heap)
     reactor.run()
     log.info("Jumpoint {name} stopped", name=config.name)

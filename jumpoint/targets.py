@@ -8,7 +8,6 @@ happy-eyeballs style).  Nothing is logged per connection attempt.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,8 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IConnector
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
+
+from shared.addresses import ip_address
 
 Connector = Callable[[str, int, Protocol], "Deferred[Any]"]
 
@@ -65,7 +66,7 @@ def make_connector(reactor: Any, timeout: float) -> Connector:
 
     def connect(host: str, port: int, protocol: Protocol) -> Deferred[Any]:
         try:
-            address = ipaddress.ip_address(host.strip("[]"))
+            address = ip_address(host.strip("[]"))
         except ValueError:
             endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
             attempt: Deferred[Any] = endpoint.connect(_OneProtocol(protocol))

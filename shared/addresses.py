@@ -21,6 +21,7 @@ address everywhere, in policy entries as well as in the addresses checked.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -217,10 +218,26 @@ def _parse_hostname(text: str) -> str:
     return name
 
 
+PARSED_ADDRESS_CACHE = 1024
+"""Texts whose parsed address is kept (L{ip_address}): a connection's target and peer
+addresses come back on every connection, and parsing one costs more than the rest of its
+check."""
+
+
+@functools.lru_cache(maxsize=PARSED_ADDRESS_CACHE)
+def ip_address(text: str) -> IPAddress:
+    """C{ipaddress.ip_address(text)}, remembered for the last L{PARSED_ADDRESS_CACHE} texts.
+
+    Addresses are immutable, so the same object may be handed out again; a text that is
+    not an address raises C{ValueError} every time (errors are not remembered).
+    """
+    return ipaddress.ip_address(text)
+
+
 def _parse_checked_address(text: str) -> IPAddress:
     """Parse an address being checked (e.g. a resolver's answer); a zone id is ignored."""
     try:
-        address = ipaddress.ip_address(text.strip())
+        address = ip_address(text.strip())
     except ValueError:
         raise ValueError(f"{text!r} is not an IP address") from None
     if isinstance(address, IPv6Address) and address.scope_id is not None:

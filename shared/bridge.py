@@ -144,6 +144,9 @@ class HalfClose:
 
     def __init__(self) -> None:
         self.lifecycle = BRIDGE_TRANSITIONS.start(BridgeState.CONNECTING)
+        self.fire: Callable[[BridgeEvent], BridgeState] = self.lifecycle.fire
+        """Move on an event, or raise L{IllegalTransition} (the lifecycle's own C{fire},
+        bound once: the bridge fires several events per connection)."""
 
     @property
     def state(self) -> BridgeState:
@@ -162,9 +165,6 @@ class HalfClose:
     def write_ended(self) -> bool:
         """Whether the socket's writing side is shut (the stream's FIN came)."""
         return self.lifecycle.state in _WRITE_ENDED
-
-    def fire(self, event: BridgeEvent) -> BridgeState:
-        return self.lifecycle.fire(event)
 
     def socket_ended(self) -> None:
         """The socket's input ended (once; nothing after the bridge finished)."""
@@ -374,7 +374,7 @@ class TcpBridge(Protocol):
         if self.half_close.finished:
             transport.abortConnection()  # type: ignore[attr-defined]
             return
-        ended_before_connect = self.lifecycle.state is BridgeState.CONNECTING_ENDED
+        ended_before_connect = self.half_close.lifecycle.state is BridgeState.CONNECTING_ENDED
         self.half_close.fire(BridgeEvent.CONNECTED)
         self.connected = True
         tcp = ITCPTransport(transport, None)
@@ -452,7 +452,7 @@ class TcpBridge(Protocol):
     def end_socket_write(self) -> None:
         """The stream's FIN: shut the socket's writing side after what is queued."""
         if self._before_connect is not None:
-            if self.lifecycle.state is BridgeState.CONNECTING:
+            if self.half_close.lifecycle.state is BridgeState.CONNECTING:
                 self.half_close.fire(BridgeEvent.PEER_FIN)
             return
         transport = self.transport
@@ -468,7 +468,7 @@ class TcpBridge(Protocol):
 
     def close_after_socket(self, reason: Failure) -> None:
         """The socket is gone: reset the stream unless both directions ended in order."""
-        orderly = self.lifecycle.state is BridgeState.CLOSING
+        orderly = self.half_close.lifecycle.state is BridgeState.CLOSING
         if not self.stream.closed and not orderly:
             text = reason.getErrorMessage()
             self.stream.reset(ErrorCode.CANCEL, f"connection closed: {text}")
@@ -516,7 +516,7 @@ class TcpBridge(Protocol):
     # -- the end -------------------------------------------------------------
 
     def _maybe_close(self) -> None:
-        if self.lifecycle.state is BridgeState.CLOSING and self.transport is not None:
+        if self.half_close.lifecycle.state is BridgeState.CLOSING and self.transport is not None:
             self.close_reason = self.close_reason or "closed"
             self.transport.loseConnection()
 

@@ -90,21 +90,23 @@ class Lifecycle(Generic[S, E]):
         since the data path reads it per frame); only L{fire} changes it.
     """
 
-    __slots__ = ("state", "transitions")
+    __slots__ = ("_moves", "state", "transitions")
 
     def __init__(self, transitions: Transitions[S, E], initial: S) -> None:
         if not isinstance(initial, transitions.states):
             raise TypeError(f"{transitions.name}: {initial!r} is not a state")
         self.transitions = transitions
         self.state = initial
+        # the table's identity-keyed moves, looked up here without a call per move
+        self._moves = transitions._moves
 
     def allows(self, event: E) -> bool:
         """Whether C{event} may happen now."""
-        return self.transitions.target(self.state, event) is not None
+        return self._moves[id(self.state)].get(id(event)) is not None
 
     def fire(self, event: E) -> S:
         """Move on C{event} and return the new state; L{IllegalTransition} if not allowed."""
-        target = self.transitions.target(self.state, event)
+        target = self._moves[id(self.state)].get(id(event))
         if target is None:
             raise IllegalTransition(self.transitions.name, self.state, event)
         self.state = target

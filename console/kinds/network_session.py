@@ -13,7 +13,10 @@ written into the interface (dropped and counted when the device's queue is
 full).  No tunnel is bound: the kind's sessions carry none.
 
 The interface, its address and its routes are shown on stderr and in the
-JSON C{ready} event; a command run with C{-- CMD} gets them as
+JSON C{ready} event; its packets (counted here) and the Jumpoint's flows,
+denials and drops (L{console.link_figures}, polled with C{session_stats})
+in the live view and the C{stats} and C{closed} events
+(L{NetworkSession.counters}); a command run with C{-- CMD} gets them as
 C{JUMP_NETWORK_*} variables.  The session ends as every session does, and
 also when the descriptor fails or the Jumpoint closes the flow
 (L{NetworkSession.watch}); at the end the interface is removed once
@@ -36,6 +39,7 @@ from twisted.python.failure import Failure
 
 from console.channel import ConsoleChannel
 from console.kinds.session_part import SessionContext, SessionKind, SessionPart
+from console.link_figures import LinkFigures, session_stats_request
 from console.network_client import AcquiredTun, acquire_tun
 from console.network_terms import NetworkTerms, parse_network_terms
 from console.tun_link import TunCounters, TunLink
@@ -80,6 +84,8 @@ class NetworkSession(SessionPart):
         """Why the data path ended before L{watch} (told when it is called)."""
         self._removed = False
         self._previous_flow_closed: Callable[[int, str], None] | None = None
+        self.figures = LinkFigures(session_stats_request(channel), channel.clock)
+        """What the Jumpoint decided of the packets (flows, denials, drops), polled."""
 
     # -- set-up --------------------------------------------------------
 
@@ -155,9 +161,24 @@ class NetworkSession(SessionPart):
 
     # -- what jump open shows, and the end -------------------------------
 
-    def counters(self) -> TunCounters | None:
-        """The packets so far (C{None} before the interface exists): for a live view."""
+    def tun_counters(self) -> TunCounters | None:
+        """The interface's packets so far (C{None} before the interface exists)."""
         return self.link.counters() if self.link is not None else None
+
+    def counters(self) -> dict[str, int] | None:
+        """The interface's packets, and the Jumpoint's flows, denials and drops (polled)."""
+        if self.link is None:
+            return None
+        mux = self.channel.mux
+        running = not self._removed and mux is not None and not mux.closing
+        self.figures.poll(running and not self.channel.lost.called)
+        return {**self.link.counters().as_dict(), **self.figures.latest()}
+
+    def counters_label(self) -> str:
+        tun = self.tun
+        if tun is None:
+            return ""
+        return f"{tun.interface} -> " + ", ".join(str(route) for route in tun.routes)
 
     def details(self) -> dict[str, Any]:
         tun = self.tun

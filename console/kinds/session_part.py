@@ -15,7 +15,8 @@ needs once its listeners are bound (a kubeconfig, a TUN interface: perhaps
 off the reactor, L{SessionPart.opened} may return a L{Deferred}), may end
 the session itself (L{SessionPart.watch}: its own data path ended), and says
 what C{jump open} shows, sets in a command's environment and removes at the
-end.
+end, and what its own data path carried (L{SessionPart.counters}: the live
+view and the C{stats} events show it).
 The defaults are those of a plain TCP tunnel: nothing beyond the bridges.
 
 This is the heavy half of a kind (it reaches the bridges, the proxies, TLS):
@@ -113,6 +114,22 @@ class SessionPart:
     def details(self) -> dict[str, Any]:
         """Fields the kind adds to the JSON C{ready} event."""
         return {}
+
+    def counters(self) -> dict[str, int] | None:
+        """What the kind's own data path carried so far (C{None}: it has none).
+
+        A network session's interface: C{packets_out}, C{bytes_out},
+        C{packets_in}, C{bytes_in}, its drops and the Jumpoint's flows and
+        denials (docs/console-guide.md, "JSON events": C{link}).
+        C{bytes_out} and C{bytes_in} count in the session's bytes to and
+        from the remote side.  Called on the reactor at every live view
+        tick: cheap, never waiting (it may start one bounded request).
+        """
+        return None
+
+    def counters_label(self) -> str:
+        """The live view's name of that data path (a row of its table: the interface)."""
+        return ""
 
     def shell_lines(self) -> list[str]:
         """Lines for people once the session is ready (C{export KUBECONFIG=...})."""

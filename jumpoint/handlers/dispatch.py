@@ -33,6 +33,7 @@ HANDLERS: Final[Mapping[str, Handler]] = {
     control.TUNNELS_BOUND: session_requests.tunnels_bound,
     control.CLOSE_SESSION: session_requests.close_session,
     control.LIST_SESSIONS: session_requests.list_sessions,
+    control.SESSION_STATS: session_requests.session_stats,
     control.REQUEST_ACCESS: approval_requests.request_access,
     control.LIST_REQUESTS: approval_requests.list_requests,
     control.DECIDE_REQUEST: approval_requests.decide_request,
@@ -96,6 +97,7 @@ DENIAL_EVENTS: Final[Mapping[str, str]] = {
     control.TUNNELS_BOUND: "session_denied",
     control.CLOSE_SESSION: "close_denied",
     control.LIST_SESSIONS: "request_denied",
+    control.SESSION_STATS: "request_denied",
     control.REQUEST_ACCESS: "request_denied",
     control.LIST_REQUESTS: "request_denied",
     control.DECIDE_REQUEST: "request_denied",
@@ -105,7 +107,9 @@ DENIAL_EVENTS: Final[Mapping[str, str]] = {
 """The audit event of a denied request, by request type (every handler has one)."""
 
 
-SESSION_REQUESTS: Final = frozenset({control.TUNNELS_BOUND, control.FLOW_OPEN, control.CLOSE_FLOW})
+SESSION_REQUESTS: Final = frozenset(
+    {control.TUNNELS_BOUND, control.SESSION_STATS, control.FLOW_OPEN, control.CLOSE_FLOW}
+)
 """Requests about the channel's open session: their denials name it."""
 
 

@@ -1,11 +1,13 @@
-"""The requests on sessions: open one, report its bound tunnels, close one, list them.
+"""The requests on sessions: open one, report its bound tunnels, close one, list them, read one.
 
 Opening decides (L{jumpoint.access.decide}: the groups, the jump and session
 policies, approvals, the item's targets against C{allowed_targets}) and
 commits the session's row with its audit event before the session is set
 up; the console then reports where it listens (C{tunnels_bound}), which the
 session's local rules check.  Closing another user's session, or listing
-everyone's, needs C{terminate_foreign_tunnels}.
+everyone's, needs C{terminate_foreign_tunnels}.  C{session_stats} reads the
+channel's own session (the figures a live view polls: a network session's
+flows, denials and drops, as the Jumpoint decided them).
 """
 
 from __future__ import annotations
@@ -252,3 +254,11 @@ def list_sessions(channel: RequestChannel, grant: Grant, message: dict[str, Any]
     sessions = [s.to_json(now) for s in core.sessions() if everyone or s.user == channel.user.name]
     sessions.sort(key=lambda s: s["opened_at"])
     return {"sessions": sessions}
+
+
+def session_stats(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
+    """The channel's own session as C{list_sessions} shows it (its C{link} included)."""
+    session = channel.session
+    if session is None or session.closed:
+        raise UsageError("no session is open on this connection")
+    return {"session": session.to_json(channel.core.clock.seconds())}

@@ -174,6 +174,7 @@ class NetworkSessionLink:
         packet_filter = self.filter
         return {
             "flows": len(packet_filter.flows),
+            "total_flows": packet_filter.flows.opened,
             "packets_out": packet_filter.packets_out,
             "bytes_out": packet_filter.bytes_out,
             "packets_in": packet_filter.packets_in,

@@ -38,6 +38,7 @@ OPEN_SESSION = "open_session"
 TUNNELS_BOUND = "tunnels_bound"
 CLOSE_SESSION = "close_session"
 LIST_SESSIONS = "list_sessions"
+SESSION_STATS = "session_stats"
 REQUEST_ACCESS = "request_access"
 LIST_REQUESTS = "list_requests"
 DECIDE_REQUEST = "decide_request"
@@ -59,6 +60,7 @@ CONSOLE_MESSAGES = {
     TUNNELS_BOUND,
     CLOSE_SESSION,
     LIST_SESSIONS,
+    SESSION_STATS,
     REQUEST_ACCESS,
     LIST_REQUESTS,
     DECIDE_REQUEST,
@@ -95,6 +97,7 @@ _FIELDS: dict[str, dict[str, Types]] = {
     TUNNELS_BOUND: {"id": int, "tunnels": list},
     CLOSE_SESSION: {"id": int, "reason": str},
     LIST_SESSIONS: {"id": int},
+    SESSION_STATS: {"id": int},
     REQUEST_ACCESS: {"id": int, "item": str, "reason": str, "duration": _NUMBER},
     LIST_REQUESTS: {"id": int},
     DECIDE_REQUEST: {"id": int, "request": int, "approve": bool},

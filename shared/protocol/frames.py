@@ -133,8 +133,8 @@ _RULES: dict[FrameType, tuple[int | None, bool, bool]] = {
 }
 
 
-_FRAME_TYPES: dict[int, FrameType] = {kind.value: kind for kind in FrameType}
-"""Each frame type by its header byte (a dict lookup, not an enum construction per frame)."""
+_FRAME_TYPES: dict[int, FrameType] = {int(member): member for member in FrameType}
+"""Each type's wire value to its member: a dict lookup per frame, not an enum call."""
 
 
 def _id_name(frame_type: FrameType) -> str:

@@ -478,6 +478,9 @@ _RECEIVING = STREAM_TRANSITIONS.allowing(StreamEvent.DATA_RECEIVED)
 
 
 _PING = struct.Struct("!d")
+# The flags as plain ints: C{int & Flag.X} runs IntFlag's Python operator, once per frame.
+_FIN_BIT = int(Flag.FIN)
+_ACK_BIT = int(Flag.ACK)
 
 HELD_WRITES_LIMIT = 64 * 1024
 """Most bytes of frames L{Multiplexer.hold_writes} collects before writing them out anyway."""
@@ -610,7 +613,7 @@ class Multiplexer:
                 return
             if frame.payload:
                 stream._data_received(frame.payload)
-            if frame.flags & Flag.FIN and not stream.closed:
+            if frame.flags & _FIN_BIT and not stream.closed:
                 stream._fin_received()
         elif kind is FrameType.WINDOW_UPDATE:
             stream = self.streams.get(frame.stream_id)
@@ -671,7 +674,7 @@ class Multiplexer:
         self.handler.stream_requested(stream, frame.payload)
 
     def _ping_received(self, frame: Frame) -> None:
-        if frame.flags & Flag.ACK:
+        if frame.flags & _ACK_BIT:
             if not self._ping_outstanding:
                 return  # unsolicited: not ours to measure
             self._ping_outstanding = False

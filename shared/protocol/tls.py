@@ -102,11 +102,8 @@ class ChannelTLSProtocol(TLSMemoryBIOProtocol):
     def _send_bio(self, connection: SSL.Connection, size: int) -> None:
         """Move everything OpenSSL has encrypted to the TCP transport.
 
-        C{size} is at least what the records take, so one read usually empties
-        the memory BIO; only a read that fills C{size} (OpenSSL wrote more, a
-        post-handshake message) is followed by another, until the BIO is empty.
-        Asking an empty BIO raises C{WantReadError}, which costs more than the
-        read, so it is asked only then.
+        A memory BIO's read returns what it holds, up to C{size}: a shorter chunk
+        means it is empty, so the common case costs one read and no WantReadError.
         """
         chunks = []
         while True:

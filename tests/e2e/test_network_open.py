@@ -144,10 +144,28 @@ def test_jump_open_of_a_network_item_makes_its_interface_and_removes_it(
     assert shutil.which("ping") is not None
     subprocess.run(["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", TARGET], capture_output=True)
 
+    # a stats event counts the packets (here) and the flow (as the Jumpoint's filter decided)
+    def counted() -> dict[str, Any] | None:
+        for event in opened.json_events():
+            link = event.get("link", {})
+            if event["event"] == "stats" and link.get("total_flows", 0) >= 1:
+                return event
+        return None
+
+    stats = wait_until(counted, what="a stats event with the Jumpoint's flow")
+    assert stats is not None
+    link = stats["link"]
+    assert link["packets_out"] >= 3 and link["bytes_out"] >= 3 * 84  # the echo requests
+    assert stats["bytes_to_remote"] == link["bytes_out"]  # a network session's bytes
+    assert (link["flows"], link["denied_out"], link["jumpoint_dropped_out"]) == (1, 0, 0)
+    assert link["dropped_out"] == 0 and "send_rate" in link
+
     opened.signal(signal.SIGINT)
     assert opened.wait() == 0, opened.output()
     closed = opened.json_events()[-1]
     assert closed["event"] == "closed" and closed["code"] == "interrupted"
+    assert closed["link"]["packets_out"] >= link["packets_out"]
+    assert closed["link"]["total_flows"] >= 1 and closed["bytes_to_remote"] >= 3 * 84
     assert closed["removed"] == [f"interface {interface} ({INNER}/32; routes {ROUTE}) removed"]
     assert gone(interface)
     (row,) = audit_until(

@@ -438,6 +438,8 @@ def test_stopping_the_service_removes_every_interface(
     wait_gone(namespace, interface)
     assert not service.socket.exists()
     assert "removed (the service is stopping" in service.output()
+    assert "Unhandled Error" not in service.output()  # the port removed its socket file, once
+    assert "Traceback" not in service.output()
 
 
 def test_as_root_the_console_creates_the_interface_itself(

@@ -93,6 +93,7 @@ VALID: dict[str, dict[str, Any]] = {
     control.TUNNELS_BOUND: {"tunnels": [{"local_address": "127.0.0.5", "local_port": 20000}]},
     control.CLOSE_SESSION: {"reason": "done", "session": "0" * 16},
     control.LIST_SESSIONS: {"all": False},
+    control.SESSION_STATS: {},
     control.REQUEST_ACCESS: {"item": "guarded", "reason": "fix", "duration": 60},
     control.LIST_REQUESTS: {"all": True},
     control.DECIDE_REQUEST: {"request": 1, "approve": True, "comment": "ok"},
@@ -113,6 +114,8 @@ def hostile_request(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     kind = draw(st.sampled_from(REQUESTS))
     fields = {name: value for name, value in VALID[kind].items()}
     names = fields_of(kind)
+    if not names:  # session_stats: nothing but its id
+        return kind, fields
     for name in draw(st.lists(st.sampled_from(names), min_size=1, max_size=len(names))):
         fields[name] = draw(extremes)
     if kind == control.CREATE_ITEM and draw(st.booleans()):

@@ -166,12 +166,30 @@ def test_packets_go_both_ways_and_the_interface_is_shown_and_removed_once(
     answer = udp("198.18.2.53", "198.19.0.2", 53, 40000, b"dns!")
     opened.lab.from_remote(answer)
     assert tuns.kernel.recv(65535) == answer
-    assert opened.part.counters() == TunCounters(
+    packets = TunCounters(
         packets_out=2, bytes_out=len(query) + len(ping), packets_in=1, bytes_in=len(answer)
     )
+    assert opened.part.tun_counters() == packets
+    # the live view's tick: the interface's counts now, the Jumpoint's figures once it answers
+    assert opened.part.counters() == packets.as_dict()
+    assert opened.part.figures.pending
+    opened.lab.world.flush()
+    jumpoint = {
+        "flows": 2,
+        "total_flows": 2,
+        "denied_out": 0,
+        "denied_in": 0,
+        "jumpoint_dropped_out": 0,
+        "jumpoint_dropped_in": 0,
+    }
+    assert opened.part.counters() == {**packets.as_dict(), **jumpoint}
+    assert opened.part.counters_label() == "jpt7 -> 198.18.2.0/24"
 
     removed = opened.part.remove()
     assert removed == ["interface jpt7 (198.19.0.2/32; routes 198.18.2.0/24) removed"]
+    opened.lab.world.clock.advance(60)
+    assert opened.part.counters() == {**packets.as_dict(), **jumpoint}  # the last figures
+    assert not opened.part.figures.pending  # and no request once the session is ending
     assert link not in reactor.readers and tuns.released == 1
     assert opened.part.flow is not None and opened.part.flow.closed
     assert opened.part.remove() == [] and tuns.released == 1  # once
@@ -213,6 +231,28 @@ def test_the_jumpoint_closing_the_flow_ends_the_session_and_other_flows_pass_on(
     opened.part.remove()
     assert channel.on_flow_closed is not None and channel.on_flow_closed(1, "x") is None
     assert others[-1] == (1, "x")  # the earlier handler is back
+
+
+def test_a_flow_the_console_cannot_open_is_a_protocol_violation_and_the_interface_goes(
+    tmp_path: Path, keys: Keys, tuns: FakeTuns
+) -> None:
+    """The reply's flow id is one the console's datagram table refuses (already in use)."""
+    opened = Opened(tmp_path, keys)
+    mux = opened.alice.channel.mux
+    assert mux is not None
+    mux.datagrams.open_flow(opened.result["network"]["flow"], opened.part)  # taken before
+    pending = opened.part.opened("lab-net", opened.session.session_id, [], opened.lines.extend)
+    assert pending is not None
+    failures: list[Failure] = []
+    pending.addErrback(failures.append)
+    (failure,) = failures
+    assert failure.check(ProtocolViolation)
+    assert "the session's packet flow cannot be opened" in failure.getErrorMessage()
+    assert opened.part.link is None and opened.lines == []  # no packets, nothing announced
+    assert opened.part.counters() is None
+    removed = opened.part.remove()  # what `jump open` does with an opening that failed
+    assert removed == ["interface jpt7 (198.19.0.2/32; routes 198.18.2.0/24) removed"]
+    assert tuns.released == 1
 
 
 def test_a_descriptor_at_its_end_reports_once_and_leaves_the_reactor() -> None:

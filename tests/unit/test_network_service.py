@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet import unix
 from twisted.internet.interfaces import IUNIXTransport
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
@@ -45,6 +46,7 @@ from console.network_service import (
     prepare_socket_path,
     read_peer,
     resolve_group,
+    stop_service,
 )
 from console.network_tun import (
     NetworkSetupError,
@@ -573,3 +575,32 @@ def test_cap_net_admin_is_read_from_the_effective_set() -> None:
     assert not has_net_admin("CapEff:\t0000000000000000\nCapPrm:\t000001ffffffffff\n")
     assert not has_net_admin("CapEff:\t0000000000000fff\n")
     assert not has_net_admin("Name:\tpython\n")
+
+
+def test_stopping_leaves_the_socket_file_to_the_port_and_removes_every_interface(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM once logged a FileNotFoundError: the service removed the file, then the port."""
+    path = tmp_path / "run" / "network.sock"
+    prepare_socket_path(path)
+    reactor = MemoryReactorClock()
+    devices = FakeDevices()
+    factory = NetworkServiceFactory(GROUP, devices, reactor)
+    port = unix.Port(str(path), factory, backlog=4, mode=0o660, reactor=reactor, wantPID=False)
+    port.startListening()
+    session = ServiceSession(MEMBER, GROUP, devices, ListSink(), reactor, factory.registry)
+    session.start()
+    session.line_received(request_line(REQUEST))
+    assert path.exists() and len(devices.live) == 1
+    errors: list[Any] = []
+    globalLogPublisher.addObserver(errors.append)
+    try:
+        stopped = stop_service(port, factory)
+        assert devices.live == []  # at once: the shutdown waits only for the port
+        assert not stopped.called and path.exists()
+        reactor.advance(0)  # the port's connectionLost: it removes its file, once
+    finally:
+        globalLogPublisher.removeObserver(errors.append)
+    assert stopped.called and not path.exists()
+    assert port not in reactor.readers
+    assert [e for e in errors if e.get("isError") or e.get("log_failure")] == []

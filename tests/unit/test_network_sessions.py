@@ -158,6 +158,7 @@ def test_a_network_session_carries_allowed_packets_and_audits_their_flows(
     (listed,) = alice.ask(control.LIST_SESSIONS)["sessions"]
     assert listed["link"] == {
         "flows": 2,
+        "total_flows": 2,
         "packets_out": 2,
         "bytes_out": len(query) + len(ping),
         "packets_in": 1,
@@ -167,6 +168,9 @@ def test_a_network_session_carries_allowed_packets_and_audits_their_flows(
         "channel_drops": 0,
         "tun_drops": 0,
     }
+    # what the console's live view polls: its own session, the same figures
+    own = alice.ask(control.SESSION_STATS)["session"]
+    assert own["session"] == listed["session"] and own["link"] == listed["link"]
     alice.ask(control.CLOSE_SESSION, reason="done")
     world.flush()
     opened_rows = world.audit("network_flow_opened")

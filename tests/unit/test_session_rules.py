@@ -694,6 +694,19 @@ def test_connection_cap(world: World) -> None:
     assert fourth.reset is None and len(world.targets.requests) == 3
 
 
+def test_session_stats_reads_the_channel_s_own_session_only(world: World) -> None:
+    alice = world.connect("alice")
+    refused = alice.refused(control.SESSION_STATS)
+    assert isinstance(refused, UsageError) and "no session is open" in refused.message
+    bob = world.connect("bob")
+    bobs = bob.open("web")["session"]
+    assert isinstance(alice.refused(control.SESSION_STATS), UsageError)  # not bob's
+    own = bob.ask(control.SESSION_STATS)["session"]
+    (listed,) = bob.ask(control.LIST_SESSIONS)["sessions"]
+    assert own["session"] == bobs and own.keys() == listed.keys()
+    assert "link" not in own  # a tcp session has no packet link
+
+
 # -- 5. foreign sessions -------------------------------------------------------
 
 
