@@ -6,7 +6,11 @@ watches, and each readable turn reads at most L{READ_BURST} packets of at
 most the MTU each, handing every one to C{on_packet} (a network session
 sends it on its datagram flow); while a turn reads, the channel's writes are
 held (C{writes}, L{shared.protocol.datagrams.WriteHold}), so the burst leaves
-in one TLS write.  L{TunLink.write_packet} writes one packet
+in one TLS write.  While the channel's datagram queue is full the link
+stops reading (L{TunLink.pause_reading}, a
+L{shared.protocol.datagrams.DatagramSource}) and reads again once it drained
+(L{TunLink.resume_reading}): the interface's own queue drops the surplus,
+not this process after reading and framing it.  L{TunLink.write_packet} writes one packet
 into the descriptor; when the device's queue is full (C{EAGAIN}) or the
 kernel refuses the packet, it is dropped and counted: datagrams are
 unreliable by design, and nothing waits.  No write buffer exists, so
@@ -87,6 +91,7 @@ class TunLink(FileDescriptor):
         self._on_packet = on_packet
         self._on_lost = on_lost
         self._stopped = False
+        self._paused = False
         self._counts = dict.fromkeys(TunCounters.__dataclass_fields__, 0)
 
     def fileno(self) -> int:
@@ -97,7 +102,22 @@ class TunLink(FileDescriptor):
 
     def start(self) -> None:
         self.connected = 1
-        self.startReading()  # type: ignore[no-untyped-call]
+        if not self._paused:
+            self.startReading()  # type: ignore[no-untyped-call]
+
+    def pause_reading(self) -> None:
+        """The flow's queue is full: leave packets in the interface until L{resume_reading}."""
+        if not self._paused:
+            self._paused = True
+            if not self._stopped:
+                self.stopReading()  # type: ignore[no-untyped-call]
+
+    def resume_reading(self) -> None:
+        """The flow's queue drained: read again."""
+        if self._paused:
+            self._paused = False
+            if not self._stopped:
+                self.startReading()  # type: ignore[no-untyped-call]
 
     def stop(self) -> None:
         """Off the reactor for good, without telling C{on_lost} (the caller closes the fd)."""
@@ -122,7 +142,7 @@ class TunLink(FileDescriptor):
         fd, mtu, on_packet, counts = self._fd, self.mtu, self._on_packet, self._counts
         read = os.read
         for _ in range(READ_BURST):
-            if self._stopped:
+            if self._stopped or self._paused:
                 return None
             try:
                 packet = read(fd, mtu)

@@ -115,6 +115,7 @@ class NetworkSession(SessionPart):
         )
         self._previous_flow_closed = self.channel.on_flow_closed
         self.channel.on_flow_closed = self._flow_closed
+        mux.datagrams.add_source(self.link)  # paused while the channel's queue is full
         self.link.start()
         how = (
             "made here: this process holds CAP_NET_ADMIN"
@@ -213,6 +214,9 @@ class NetworkSession(SessionPart):
         self._removed = True
         if self.link is not None:
             self.link.stop()  # off the reactor before the descriptor closes
+            mux = self.channel.mux
+            if mux is not None:
+                mux.datagrams.remove_source(self.link)
         if self.flow is not None:
             self.flow.close()
         if self.channel.on_flow_closed == self._flow_closed:

@@ -16,6 +16,12 @@ outgoing datagram queue:
   L{DatagramLimits.queue_datagrams} datagrams).  A datagram that does not
   fit is dropped (drop-tail), never waited for, so a full transport never
   blocks the sender;
+* a reader that would only feed a full queue can pause instead
+  (L{Datagrams.add_source}, L{DatagramSource}): once the queue is full it is
+  told to stop reading, and once the writer drained the queue to half its
+  bounds to read again, so the kernel's own queue (a TUN's, a socket's)
+  drops the surplus rather than this process reading, framing and dropping
+  it.  Nothing else waits: streams and the writer go on as before;
 * the multiplexer's writer drains the queue in turns (L{Datagrams.send_turn}),
   alternating with the streams' DATA frames: see L{shared.protocol.mux};
 * a datagram for a flow that is not open, sent or received, is dropped and
@@ -54,6 +60,16 @@ class WriteHold(Protocol):
 
     def release_writes(self) -> None:
         """End one L{hold_writes}; the last one writes out what was collected."""
+
+
+class DatagramSource(Protocol):
+    """A reader feeding a channel's datagram queue (a TUN link) that may pause."""
+
+    def pause_reading(self) -> None:
+        """The queue is full: stop reading until L{resume_reading}."""
+
+    def resume_reading(self) -> None:
+        """The queue drained to half its bounds: read again."""
 
 
 def _no_hold() -> None:
@@ -238,6 +254,9 @@ class Datagrams:
         self.received_bytes = 0
         self.send_drops = _no_drops()
         self.receive_drops = _no_drops()
+        self._sources: list[DatagramSource] = []
+        self.full = False
+        """Whether the sources were told to pause (the queue filled; not yet half drained)."""
 
     # -- the application's side ------------------------------------------
 
@@ -299,6 +318,26 @@ class Datagrams:
                     kept.append(entry)
             self._queue = kept
             self.queued = len(kept)
+            if self.full:
+                self._resume_sources_if_drained()
+
+    def add_source(self, source: DatagramSource) -> None:
+        """Tell C{source} to pause while the queue is full (at most C{max_flows} sources).
+
+        A source added while the queue is full is paused at once.
+        """
+        if source in self._sources:
+            return
+        if len(self._sources) >= self.limits.max_flows:
+            raise FlowLimitReached(f"the channel already has {self.limits.max_flows} sources")
+        self._sources.append(source)
+        if self.full:
+            source.pause_reading()
+
+    def remove_source(self, source: DatagramSource) -> None:
+        """No more pauses for C{source} (removing one not added does nothing)."""
+        if source in self._sources:
+            self._sources.remove(source)
 
     def send(self, flow_id: int, payload: bytes) -> bool:
         """Send one datagram on C{flow_id}; C{False} if it was dropped (and counted).
@@ -323,10 +362,16 @@ class Datagrams:
             or self._queued_bytes + len(frame) > limits.queue_bytes
         ):
             self._drop_sent(flow, DropReason.QUEUE_FULL)
+            self._pause_sources()
             return False
         self._queue.append((flow, frame))
         self.queued += 1
         self._queued_bytes += len(frame)
+        if (
+            self.queued >= limits.queue_datagrams
+            or self._queued_bytes + len(frame) > limits.queue_bytes
+        ):  # the next datagram of this size would be dropped
+            self._pause_sources()
         return True
 
     def counters(self) -> DatagramCounters:
@@ -367,6 +412,8 @@ class Datagrams:
             self._queued_bytes -= len(frame)
             written += len(frame)
             self._transmit(flow, frame)
+        if self.full:
+            self._resume_sources_if_drained()
         return written
 
     def frame_received(self, flow_id: int, payload: bytes) -> None:
@@ -393,6 +440,8 @@ class Datagrams:
         self.closed = True
         self._queue.clear()
         self.queued = self._queued_bytes = 0
+        self._sources.clear()  # their owners end with the channel (and stop reading)
+        self.full = False
         flows, self._flows = self._flows, {}
         for flow in flows.values():
             flow._lifecycle.fire(FlowEvent.CLOSE)
@@ -406,6 +455,22 @@ class Datagrams:
         flow.sent += 1
         flow.sent_bytes += size
         self._write(frame)
+
+    def _pause_sources(self) -> None:
+        if not self.full:
+            self.full = True
+            for source in list(self._sources):
+                source.pause_reading()
+
+    def _resume_sources_if_drained(self) -> None:
+        limits = self.limits
+        if (
+            self.queued <= limits.queue_datagrams // 2
+            and self._queued_bytes <= limits.queue_bytes // 2
+        ):
+            self.full = False
+            for source in list(self._sources):
+                source.resume_reading()
 
     def _drop_sent(self, flow: Flow, reason: DropReason) -> None:
         self.send_drops[reason] += 1
