@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jumpoint.state import StateDatabase
+from jumpoint.store.change_notice import APPROVALS, announce
 from jumpoint.store.connection import Connection
 from shared.errors import AccessDenied, UnknownRequest, UsageError
 
@@ -90,6 +91,7 @@ class ApprovalStore:
                 " request_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (user, item, reason, duration, PENDING, now, now + timeout),
             ).fetchone()
+            announce(db, APPROVALS, row[0])
             return _read(db, int(row[0]))
 
         return request
@@ -162,6 +164,7 @@ class ApprovalStore:
             )
             if cursor.rowcount != 1:
                 raise UsageError(f"request {current.id} was decided meanwhile")
+            announce(db, APPROVALS, current.id)
             return _read(db, current.id)
 
         return decide

@@ -26,7 +26,7 @@ from jumpoint.audit import AuditEntry, AuditLog, query
 from jumpoint.config import CONFIG_ENV, JUMPOINT_NAME, JumpointConfig, load_config
 from jumpoint.config_template import render_config
 from jumpoint.logs import LOG_FORMATS
-from jumpoint.state import StateDatabase
+from jumpoint.state import MIGRATIONS, StateDatabase, open_state
 from shared import pki
 from shared.enrollment import Enrollment, rfc3339
 from shared.entrypoint import run_cli
@@ -115,6 +115,27 @@ def _default_addresses(host: str) -> list[str]:
 
 @cli.command()
 @config_option
+def migrate(config_path: str | None) -> None:
+    """Apply the state database's pending schema migrations (SQLite or PostgreSQL).
+
+    Safe to run from several members at once: PostgreSQL migrations take an
+    advisory lock, so the second one waits and then finds nothing to do.
+    """
+    config = load_config(config_path)
+    database = open_state(config, migrate=True)
+    try:
+        before, after = database.migrated_from, len(MIGRATIONS)
+    finally:
+        database.close()
+    where = f"{config.path}: state ({config.state.backend})"
+    if before == after:
+        click.echo(f"{where}: schema version {after}, up to date (nothing to migrate)")
+    else:
+        click.echo(f"{where}: migrated the schema from version {before} to {after}")
+
+
+@cli.command()
+@config_option
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True)
 def serve(config_path: str | None, log_format: str) -> None:
     """Run the Jumpoint in the foreground until SIGINT or SIGTERM."""
@@ -129,7 +150,7 @@ def serve(config_path: str | None, log_format: str) -> None:
 def check_config(config_path: str | None) -> None:
     """Check jumpoint.yaml and report the first error with file, line and key."""
     config = load_config(config_path)
-    StateDatabase(config.state_database).close()
+    open_state(config).close()
     click.echo(
         f"{config.path}: OK (Jumpoint {config.name!r}, {len(config.items)} items,"
         f" {len(config.groups)} groups)"
@@ -297,7 +318,7 @@ class _WallClock(Clock):
 @contextmanager
 def _admin_audit(config: JumpointConfig) -> Iterator[tuple[StateDatabase, AuditLog]]:
     """The state database and an audit log on it (with the JSON-lines file), closed after."""
-    database = StateDatabase(config.state_database)
+    database = open_state(config)
     try:
         try:
             audit = AuditLog(database, config.audit_file, _WallClock(), durable_wait=0.0)
@@ -398,7 +419,7 @@ def user_groups(name: str, groups: tuple[str, ...], config_path: str | None) -> 
 def user_list(as_json: bool, config_path: str | None) -> None:
     """List users with their groups and status."""
     config = load_config(config_path)
-    database = StateDatabase(config.state_database)
+    database = open_state(config)
     try:
         users = database.list_users()
         waiting = enrollment_tokens.pending(database.connection, time.time())
@@ -521,7 +542,7 @@ def audit(
                 hint="give a date or time such as 2026-12-01, 2026-12-01T10:00 or"
                 " 2026-12-01T10:00:00Z, or a duration such as 30m, 2h or 7d",
             ) from None
-    database = StateDatabase(config.state_database)
+    database = open_state(config)
     try:
         entries = query(
             database,

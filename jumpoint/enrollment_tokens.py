@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from jumpoint.state import groups_of
+from jumpoint.store.change_notice import CERTIFICATES, USERS, announce
 from jumpoint.store.connection import Connection
 from shared.enrollment import rfc3339
 from shared.errors import EnrollmentRefused, UsageError
@@ -114,6 +115,7 @@ def add_user_with_token(
         " certificate_days) VALUES (?, ?, ?, ?, ?)",
         (token_hash(token), name, now, now + valid_for, certificate_days),
     )
+    announce(db, USERS, name)
 
 
 def look_up(db: Connection, hashed: str) -> Token | None:
@@ -182,6 +184,7 @@ def redeem(db: Connection, hashed: str, now: float, peer: str, sign: Sign) -> Is
         "INSERT INTO certificates (serial, user_name, issued_at, not_after) VALUES (?, ?, ?, ?)",
         (issued.serial, token.user, issued_at, certificate.not_valid_after_utc.isoformat()),
     )
+    announce(db, CERTIFICATES, issued.serial)
     return issued
 
 

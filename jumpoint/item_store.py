@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable
 
 from jumpoint.state import StateDatabase
+from jumpoint.store.change_notice import ITEMS, announce
 from jumpoint.store.connection import Connection
 from shared.errors import UnknownItem, UsageError
 from shared.items import Item, item_from_data
@@ -56,6 +57,7 @@ class ItemStore:
                 " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (item.name, item.type, item.jump_group, json.dumps(item.to_spec()), by, now, now),
             )
+            announce(db, ITEMS, item.name)
             return item.with_changes(source="console", created_by=by)
 
         return create
@@ -71,6 +73,7 @@ class ItemStore:
             )
             if cursor.rowcount != 1:
                 raise UnknownItem(f"no item named {item.name!r}")
+            announce(db, ITEMS, item.name)
             return item
 
         return update
@@ -81,6 +84,7 @@ class ItemStore:
         def delete(db: Connection) -> None:
             if db.execute("DELETE FROM items WHERE name = ?", (name,)).rowcount != 1:
                 raise UnknownItem(f"no item named {name!r}")
+            announce(db, ITEMS, name)
 
         return delete
 

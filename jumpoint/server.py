@@ -27,6 +27,7 @@ from jumpoint.approvals import ApprovalStore
 from jumpoint.audit import AuditLog
 from jumpoint.config import JumpointConfig
 from jumpoint.credentials import CredentialStore
+from jumpoint.db_thread import DatabaseWriter, InlineDatabase
 from jumpoint.dialing import ConnectTarget, Resolve, no_resolver
 from jumpoint.enroll_exchange import EnrollExchange, EnrollmentDesk
 from jumpoint.handlers.dispatch import handle
@@ -38,7 +39,8 @@ from jumpoint.policy import Grant
 from jumpoint.session import Session
 from jumpoint.session_lifecycle import RecorderFactory, session_ended
 from jumpoint.state import StateDatabase, User, data_version, user_for_certificate
-from jumpoint.store.connection import Connection
+from jumpoint.store.change_notice import CERTIFICATES, USERS, Change
+from jumpoint.store.connection import POSTGRESQL, Connection
 from jumpoint.streams import admit_stream
 from jumpoint.udp_flows import OpenUdp
 from shared.enrollment import rfc3339
@@ -96,14 +98,19 @@ class JumpointCore:
     """Consoles connected but not yet through their TLS handshake (capped)."""
     kind_services: dict[str, KindService] = field(init=False)
     """Each kind's state for the Jumpoint's life (the network tunnels' interface), by kind."""
+    reader: DatabaseWriter | None = None
+    """Runs the daemon's reads: inline on SQLite, on reader threads on PostgreSQL."""
     _data_version: int | None = None
     _checking_revocations: bool = False
+    _recheck_pending: bool = False
 
     def __post_init__(self) -> None:
         if self.audit is None:
             self.audit = AuditLog(self.database, None, self.clock)
         if self.credentials is None:
             self.credentials = CredentialStore(self.config)
+        if self.reader is None:
+            self.reader = InlineDatabase(self.database.connection)
         self.catalog = Catalog(self.config.items, ItemStore(self.database))
         self.approvals = ApprovalStore(self.database)
         self.enrollment = EnrollmentDesk(
@@ -140,27 +147,46 @@ class JumpointCore:
     def grant_for(self, user: User) -> Grant:
         return Grant.of(user.name, user.all_groups, self.config.groups)
 
-    def check_revocations(self) -> None:
-        """Close the channels of users revoked since the last check (polled).
+    @property
+    def background_reader(self) -> DatabaseWriter:
+        """Where the revocation look-ups run: SQLite's database thread, PostgreSQL's readers."""
+        assert self.reader is not None
+        return self.reader if self.database.backend == POSTGRESQL else self.log_audit.writer
 
-        The lookups run on the database thread (one check at a time); the
-        channels are closed on the reactor when their answers come back.
+    def check_revocations(self) -> None:
+        """SQLite: look at the data version (on the database thread); re-check if it moved."""
+        last = self._data_version
+
+        def polled(version: int) -> None:
+            self._data_version = version
+            if version != last:
+                self.recheck_users()
+
+        self.background_reader.submit(data_version).addCallbacks(polled, self._check_failed)
+
+    def changed(self, change: Change | None) -> None:
+        """The change feed's subscriber: a change of users or certificates re-checks them."""
+        if change is None or change.table in (USERS, CERTIFICATES):
+            self.recheck_users()
+
+    def recheck_users(self) -> None:
+        """Close the channels of users revoked since; refresh the others' groups.
+
+        The look-ups run off the reactor thread, one check at a time; a
+        change announced while one runs starts another when it is done.
         """
         if self._checking_revocations:
+            self._recheck_pending = True
             return
         self._checking_revocations = True
-        last = self._data_version
+        self._recheck_pending = False
         serials = {c.certificate_serial for c in self.channels if c.certificate_serial}
 
-        def look_up(db: Connection) -> tuple[int, dict[str, tuple[User | None, str]]]:
-            version = data_version(db)
-            if version == last:
-                return version, {}
-            return version, {serial: user_for_certificate(db, serial) for serial in serials}
+        def look_up(db: Connection) -> dict[str, tuple[User | None, str]]:
+            return {serial: user_for_certificate(db, serial) for serial in serials}
 
-        def checked(result: tuple[int, dict[str, tuple[User | None, str]]]) -> None:
-            self._checking_revocations = False
-            self._data_version, found = result
+        def checked(found: dict[str, tuple[User | None, str]]) -> None:
+            self._checked()
             for channel in list(self.channels):
                 if channel.certificate_serial not in found:
                     continue
@@ -170,11 +196,16 @@ class JumpointCore:
                 else:
                     channel.user = user
 
-        def failed(failure: Failure) -> None:
-            self._checking_revocations = False
-            log.warn("cannot check for revoked users: {error}", error=failure.getErrorMessage())
+        self.background_reader.submit(look_up).addCallbacks(checked, self._check_failed)
 
-        self.log_audit.writer.submit(look_up).addCallbacks(checked, failed)
+    def _checked(self) -> None:
+        self._checking_revocations = False
+        if self._recheck_pending:
+            self.recheck_users()
+
+    def _check_failed(self, failure: Failure) -> None:
+        log.warn("cannot check for revoked users: {error}", error=failure.getErrorMessage())
+        self._checked()
 
     def sessions(self) -> list[Session]:
         return [c.session for c in self.channels if c.session is not None]

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from jumpoint.audit import AuditLog
 from jumpoint.config import JumpointConfig
-from jumpoint.db_thread import DatabaseThread, DatabaseWriter
+from jumpoint.db_thread import DatabaseThread, DatabaseWriter, postgres_opener
 from jumpoint.dialing import thread_resolver
 from jumpoint.instance_lock import InstanceLock
 from jumpoint.notify import Delivery, Notifier
@@ -27,7 +27,9 @@ from jumpoint.recording import SessionRecorder
 from jumpoint.server import JumpointCore, JumpointFactory
 from jumpoint.session_lifecycle import RecorderFactory
 from jumpoint.session_store import SessionStore, closing_stale
-from jumpoint.state import READ_BUSY_TIMEOUT, StateDatabase
+from jumpoint.state import READ_BUSY_TIMEOUT, StateDatabase, open_state
+from jumpoint.store import postgres
+from jumpoint.store.change_feed import ChangeFeed, ListenFeed
 from jumpoint.targets import make_connector
 from jumpoint.udp_flows import reactor_udp
 from shared.errors import ConfigError
@@ -36,6 +38,9 @@ from shared.protocol.frames import ErrorCode
 from shared.protocol.tls import server_options, wrap_server
 
 log = Logger()
+
+READER_THREADS = 2
+"""PostgreSQL: threads (each with its connection) that run the daemon's reads."""
 
 
 class JumpointService(MultiService):
@@ -47,6 +52,7 @@ class JumpointService(MultiService):
         listener: StreamServerEndpointService,
         writer: DatabaseWriter | None = None,
         lock: InstanceLock | None = None,
+        changes: ChangeFeed | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.core = core
@@ -54,12 +60,18 @@ class JumpointService(MultiService):
         self.writer = writer
         self.lock = lock
         listener.setServiceParent(self)
-        poller = TimerService(core.config.limits.revocation_poll_interval, core.check_revocations)
-        poller.clock = core.clock
-        poller.setServiceParent(self)
+        if changes is None:
+            poller = TimerService(
+                core.config.limits.revocation_poll_interval, core.check_revocations
+            )
+            poller.clock = core.clock
+            poller.setServiceParent(self)
+        self.changes = changes
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        if self.changes is not None:
+            self.changes.start(self.core.changed)
         config = self.core.config
         log.info(
             "Jumpoint {name} listening on {host}:{port} with {items} items",
@@ -70,6 +82,8 @@ class JumpointService(MultiService):
         )
 
     def stopService(self) -> Deferred[None]:
+        if self.changes is not None:
+            self.changes.stop()
         for channel in list(self.core.channels):
             if channel.mux is not None:
                 channel.mux.go_away(ErrorCode.SHUTDOWN, "the Jumpoint is shutting down")
@@ -82,6 +96,12 @@ class JumpointService(MultiService):
             if self.writer is None:
                 return passed
             return self.writer.stop().addBoth(lambda _: passed)
+
+        def stop_reader(passed: object) -> object:
+            reader = self.core.reader
+            if reader is None or reader is self.writer:
+                return passed
+            return reader.stop().addBoth(lambda _: passed)
 
         def finish(passed: object) -> object:
             self.core.handshakes.stop()
@@ -101,6 +121,7 @@ class JumpointService(MultiService):
             result.addBoth(lambda passed: stopping.addBoth(lambda _: passed))
         result.addBoth(close_audit)
         result.addBoth(stop_writer)
+        result.addBoth(stop_reader)
         result.addBoth(finish)
         return result
 
@@ -174,9 +195,27 @@ def _signing_ca(config: JumpointConfig) -> tuple[KeyPair | None, str | None]:
 
 
 def _build(config: JumpointConfig, reactor: Any, lock: InstanceLock) -> IService:
-    database = StateDatabase(config.state_database)
+    database = open_state(config)  # PostgreSQL: refused unless its schema is this one's
     database.set_busy_timeout(READ_BUSY_TIMEOUT)  # reads only here; writes: the thread
-    writer = DatabaseThread(config.state_database, reactor.callFromThread)
+    reader: DatabaseWriter | None = None
+    changes: ChangeFeed | None = None
+    if database.dsn is not None:
+        dsn = database.dsn
+        writer = DatabaseThread(
+            postgres_opener(dsn, f"jumpoint {config.name} writer"), reactor.callFromThread
+        )
+        reader = DatabaseThread(
+            postgres_opener(dsn, f"jumpoint {config.name} reader"),
+            reactor.callFromThread,
+            threads=READER_THREADS,
+            name="jumpoint-reader",
+        )
+        changes = ListenFeed(
+            lambda: postgres.connect(dsn, application_name=f"jumpoint {config.name} changes"),
+            reactor.callFromThread,
+        )
+    else:
+        writer = DatabaseThread(config.state_database, reactor.callFromThread)
     try:
         audit = AuditLog(writer, config.audit_file, reactor)
     except OSError as error:
@@ -212,6 +251,7 @@ def _build(config: JumpointConfig, reactor: Any, lock: InstanceLock) -> IService
         open_udp=reactor_udp(reactor),
         ca=ca,
         ca_unavailable=ca_unavailable,
+        reader=reader,
     )
     try:
         options = server_options(
@@ -230,4 +270,4 @@ def _build(config: JumpointConfig, reactor: Any, lock: InstanceLock) -> IService
     )
     listener = StreamServerEndpointService(endpoint, wrap_server(options, JumpointFactory(core)))
     listener._raiseSynchronously = True
-    return JumpointService(core, listener, writer, lock)
+    return JumpointService(core, listener, writer, lock, changes)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from jumpoint.state import StateDatabase
+from jumpoint.store.change_notice import SESSIONS, announce
 from jumpoint.store.connection import Connection
 
 Write = Callable[[Connection], None]
@@ -62,6 +63,7 @@ def opening(row: OpenedRow) -> Write:
             " recording) VALUES (?, ?, ?, ?, ?, ?, ?)",
             values,
         )
+        announce(db, SESSIONS, row.session_id)
 
     return insert
 
@@ -83,6 +85,7 @@ def closing(row: ClosedRow) -> Write:
             " bytes_to_target = ?, bytes_from_target = ? WHERE id = ?",
             values,
         )
+        announce(db, SESSIONS, row.session_id)
 
     return update
 
@@ -96,6 +99,7 @@ def closing_stale(session_id: str, closed_at: float, reason: str) -> Write:
             " WHERE id = ? AND closed_at IS NULL",
             (closed_at, reason, session_id),
         )
+        announce(db, SESSIONS, session_id)
 
     return close
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from jumpoint.store import migrations, postgres
+from jumpoint.store.change_notice import CERTIFICATES, USERS, announce
 from jumpoint.store.connection import POSTGRESQL, SQLITE, Connection
 from shared.errors import ConfigError, UnknownUser, UsageError
 
@@ -282,6 +283,7 @@ class StateDatabase:
                 (serial, name, now, not_after),
             )
             self._set_groups(name, (group, *more_groups))
+            announce(db, CERTIFICATES, serial)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -308,6 +310,7 @@ class StateDatabase:
                 " WHERE user_name = ? AND used_at IS NULL AND revoked_at IS NULL",
                 (datetime.datetime.now(datetime.UTC).timestamp(), name),
             )
+            announce(db, USERS, name)
             db.execute("COMMIT")
             return cursor.rowcount
         except BaseException:
@@ -321,6 +324,7 @@ class StateDatabase:
             [(name, group) for group in groups],
         )
         self._db.execute("UPDATE users SET user_group = ? WHERE name = ?", (groups[0], name))
+        announce(self._db, USERS, name)
 
     def set_groups(self, name: str, groups: tuple[str, ...]) -> None:
         """Replace the groups of user C{name} (at least one)."""

@@ -216,6 +216,8 @@ class Deployment:
     """Prepended to every `jump` command line (e.g. `ip netns exec NS`)."""
     serve_prefix: list[str] = field(default_factory=list)
     """Prepended to the `jumpoint serve` command line."""
+    postgres_dsn: str | None = None
+    """The state's PostgreSQL database (C{state: backend: postgresql}); none: SQLite."""
 
     @property
     def directory(self) -> Path:
@@ -263,7 +265,14 @@ class Deployment:
             "--address",
             self.listen_host,
         )
+        if self.postgres_dsn is not None:
+            dsn_file = self.directory / "state.dsn"
+            dsn_file.write_text(self.postgres_dsn + "\n", encoding="utf-8")
+            dsn_file.chmod(0o600)
+            self.sections.setdefault("state", {"backend": "postgresql", "dsn_file": "state.dsn"})
         self.write_items()
+        if self.postgres_dsn is not None:
+            self.jumpoint("migrate")
         self.add_user(self.user)
         return self
 
