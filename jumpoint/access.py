@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jumpoint import kinds
-from jumpoint.approvals import ApprovalStore
+from jumpoint.approvals import ApprovalLookup
 from jumpoint.config import UDP_FLOWS_DEFAULT, UDP_IDLE_TIMEOUT_DEFAULT, JumpointConfig
 from jumpoint.policy import Grant, JumpPolicy, SessionPolicy
 from jumpoint.session_terms import Deadline, SessionTerms
@@ -88,7 +88,7 @@ def decide(
     item: Item,
     request: SessionRequest,
     now: float,
-    approvals: ApprovalStore,
+    approvals: ApprovalLookup,
     platform: str | None = None,
 ) -> SessionTerms:
     """Apply every rule (see the module docstring); raise L{AccessDenied} naming the rule.

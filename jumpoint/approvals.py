@@ -14,8 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred
+
+from jumpoint.db_thread import DatabaseWriter, InlineDatabase
 from jumpoint.state import StateDatabase
 from jumpoint.store.change_notice import APPROVALS, announce
 from jumpoint.store.connection import Connection
@@ -75,10 +78,25 @@ _COLUMNS = (
 
 
 class ApprovalStore:
-    """The C{approvals} table."""
+    """The C{approvals} table.
 
-    def __init__(self, database: StateDatabase) -> None:
+    Its plain reads run on the caller's thread (tools, tests); the daemon's
+    (L{find}, L{listing}, L{of}) run on C{reader}: inline on SQLite, off the
+    reactor thread on PostgreSQL.
+    """
+
+    def __init__(self, database: StateDatabase, reader: DatabaseWriter | None = None) -> None:
         self.database = database
+        self.reader: DatabaseWriter = reader or InlineDatabase(database.connection)
+
+    def find(self, request_id: int) -> Deferred[Approval | None]:
+        return self.reader.submit(lambda db: read_one(db, request_id))
+
+    def listing(self) -> Deferred[list[Approval]]:
+        return self.reader.submit(read_list)
+
+    def of(self, user: str, item: str, now: float) -> Deferred[ApprovalsOf]:
+        return self.reader.submit(lambda db: ApprovalsOf.read(db, user, item, now))
 
     def requesting(
         self, user: str, item: str, reason: str, duration: float, timeout: float, now: float
@@ -112,36 +130,14 @@ class ApprovalStore:
             return self.deciding(current, approver, approve, comment, now)(db)
 
     def get(self, request_id: int) -> Approval | None:
-        row = self.database.connection.execute(
-            f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (request_id,)
-        ).fetchone()
-        return None if row is None else Approval(*row)
+        return read_one(self.database.connection, request_id)
 
     def list(self, *, user: str | None = None, items: set[str] | None = None) -> list[Approval]:
-        rows = self.database.connection.execute(
-            f"SELECT {_COLUMNS} FROM approvals ORDER BY id"
-        ).fetchall()
-        found = [Approval(*row) for row in rows]
-        return [
-            a
-            for a in found
-            if (user is None or a.user == user) and (items is None or a.item in items)
-        ]
+        return read_list(self.database.connection, user=user, items=items)
 
     def check_decidable(self, request_id: int, approver: str, now: float) -> Approval:
         """The pending request C{request_id}, if C{approver} may decide it (else an error)."""
-        current = self.get(request_id)
-        if current is None:
-            raise UnknownRequest(f"no access request {request_id}", hint="see `jump approvals`")
-        if current.user == approver:
-            raise AccessDenied(
-                f"request {request_id} is your own; another approver must decide it",
-                rule="approvals.second_person",
-            )
-        status = current.status_at(now)
-        if status != PENDING:
-            raise UsageError(f"request {request_id} is {status}, not pending")
-        return current
+        return check_decidable(self.get(request_id), request_id, approver, now)
 
     def deciding(
         self, current: Approval, approver: str, approve: bool, comment: str | None, now: float
@@ -171,20 +167,87 @@ class ApprovalStore:
 
     def valid_for(self, user: str, item: str, now: float) -> Approval | None:
         """The approved, unexpired request of C{user} for C{item} lasting longest, if any."""
-        rows = self.database.connection.execute(
+        return ApprovalsOf.read(self.database.connection, user, item, now).valid
+
+    def latest_for(self, user: str, item: str) -> Approval | None:
+        return ApprovalsOf.read(self.database.connection, user, item, 0.0).latest
+
+
+def read_one(db: Connection, request_id: int) -> Approval | None:
+    """Request C{request_id} (a read job: runs where its connection is)."""
+    row = db.execute(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (request_id,)).fetchone()
+    return None if row is None else Approval(*row)
+
+
+def read_list(
+    db: Connection, *, user: str | None = None, items: set[str] | None = None
+) -> list[Approval]:
+    """Every request (of C{user}, for C{items}), oldest first (a read job)."""
+    rows = db.execute(f"SELECT {_COLUMNS} FROM approvals ORDER BY id").fetchall()
+    found = [Approval(*row) for row in rows]
+    return [
+        a for a in found if (user is None or a.user == user) and (items is None or a.item in items)
+    ]
+
+
+def check_decidable(
+    current: Approval | None, request_id: int, approver: str, now: float
+) -> Approval:
+    """C{current} (request C{request_id}), if C{approver} may decide it now (else an error)."""
+    if current is None:
+        raise UnknownRequest(f"no access request {request_id}", hint="see `jump approvals`")
+    if current.user == approver:
+        raise AccessDenied(
+            f"request {request_id} is your own; another approver must decide it",
+            rule="approvals.second_person",
+        )
+    status = current.status_at(now)
+    if status != PENDING:
+        raise UsageError(f"request {request_id} is {status}, not pending")
+    return current
+
+
+@dataclass(frozen=True)
+class ApprovalsOf:
+    """What an access decision needs of one user's requests for one item, read at once.
+
+    Made by a read job (L{ApprovalsOf.read}, on the daemon's reader), then
+    handed to the synchronous decision (L{jumpoint.access.decide}) in place
+    of the store: the decision itself does no I/O.
+    """
+
+    valid: Approval | None
+    latest: Approval | None
+
+    @classmethod
+    def read(cls, db: Connection, user: str, item: str, now: float) -> ApprovalsOf:
+        rows = db.execute(
             f"SELECT {_COLUMNS} FROM approvals WHERE user_name = ? AND item = ? AND status = ?"
             " AND valid_until > ? ORDER BY valid_until DESC LIMIT 1",
             (user, item, APPROVED, now),
         ).fetchall()
-        return Approval(*rows[0]) if rows else None
-
-    def latest_for(self, user: str, item: str) -> Approval | None:
-        row = self.database.connection.execute(
+        latest = db.execute(
             f"SELECT {_COLUMNS} FROM approvals WHERE user_name = ? AND item = ?"
             " ORDER BY id DESC LIMIT 1",
             (user, item),
         ).fetchone()
-        return None if row is None else Approval(*row)
+        return cls(
+            Approval(*rows[0]) if rows else None, None if latest is None else Approval(*latest)
+        )
+
+    def valid_for(self, user: str, item: str, now: float) -> Approval | None:
+        return self.valid
+
+    def latest_for(self, user: str, item: str) -> Approval | None:
+        return self.latest
+
+
+class ApprovalLookup(Protocol):
+    """What an access decision asks of the requests (the store, or L{ApprovalsOf})."""
+
+    def valid_for(self, user: str, item: str, now: float) -> Approval | None: ...
+
+    def latest_for(self, user: str, item: str) -> Approval | None: ...
 
 
 def _read(db: Connection, request_id: int) -> Approval:

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from jumpoint import enrollment_tokens as tokens
 from jumpoint.audit import AuditLog
+from jumpoint.db_thread import DatabaseWriter, InlineDatabase
 from jumpoint.state import StateDatabase
 from shared import pki
 from shared.enrollment import rfc3339
@@ -62,9 +63,12 @@ class EnrollmentDesk:
         audit: AuditLog,
         clock: IReactorTime,
         disabled_because: str | None = None,
+        reader: DatabaseWriter | None = None,
     ) -> None:
         self.ca = ca
         self.database = database
+        self.reader: DatabaseWriter = reader or InlineDatabase(database.connection)
+        """Where the token is first read (off the reactor thread on PostgreSQL)."""
         self.audit = audit
         self.clock = clock
         self.disabled_because = disabled_because or "it cannot read its CA key"
@@ -90,15 +94,26 @@ class EnrollmentDesk:
         """The answer to one request (never fails: refusals are answers too)."""
         now = self.clock.seconds()
         hashed = tokens.token_hash(request.token)
-        try:
-            token = tokens.look_up(self.database.connection, hashed)
-        except Exception as error:  # a read on the reactor thread: locked or damaged file
-            log.error("cannot read the enrollment tokens: {error}", error=str(error))
-            return succeed(
-                self.refused(
-                    InternalError("the Jumpoint cannot read its state now; try again"), peer
-                )
+
+        def unreadable(failure: Failure) -> dict[str, Any]:  # locked or damaged file, DB away
+            log.error("cannot read the enrollment tokens: {error}", error=failure.getErrorMessage())
+            return self.refused(
+                InternalError("the Jumpoint cannot read its state now; try again"), peer
             )
+
+        read = self.reader.submit(lambda db: tokens.look_up(db, hashed))
+        return read.addCallbacks(
+            lambda token: self._redeem(request, peer, hashed, now, token), unreadable
+        )
+
+    def _redeem(
+        self,
+        request: EnrollRequest,
+        peer: str,
+        hashed: str,
+        now: float,
+        token: tokens.Token | None,
+    ) -> Deferred[dict[str, Any]]:
         user = token.user if token is not None else None
         try:
             if self.ca is None:

@@ -14,11 +14,31 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from twisted.internet.defer import Deferred, succeed
+
+from jumpoint.db_thread import DatabaseWriter, InlineDatabase
 from jumpoint.state import StateDatabase
 from jumpoint.store.change_notice import ITEMS, announce
 from jumpoint.store.connection import Connection
 from shared.errors import UnknownItem, UsageError
 from shared.items import Item, item_from_data
+
+
+def _item(spec: str, created_by: str) -> Item:
+    item = item_from_data(json.loads(spec), "console", stored=True)
+    return item.with_changes(created_by=created_by)
+
+
+def read_all(db: Connection) -> list[Item]:
+    """Every console item (a read job: runs where its connection is)."""
+    rows = db.execute("SELECT spec, created_by FROM items ORDER BY name").fetchall()
+    return [_item(spec, by) for spec, by in rows]
+
+
+def read_one(db: Connection, name: str) -> Item | None:
+    """The console item C{name} (a read job)."""
+    row = db.execute("SELECT spec, created_by FROM items WHERE name = ?", (name,)).fetchone()
+    return None if row is None else _item(row[0], row[1])
 
 
 class ItemStore:
@@ -27,21 +47,11 @@ class ItemStore:
     def __init__(self, database: StateDatabase) -> None:
         self.database = database
 
-    def _item(self, spec: str, created_by: str) -> Item:
-        item = item_from_data(json.loads(spec), "console", stored=True)
-        return item.with_changes(created_by=created_by)
-
     def all(self) -> list[Item]:
-        rows = self.database.connection.execute(
-            "SELECT spec, created_by FROM items ORDER BY name"
-        ).fetchall()
-        return [self._item(spec, by) for spec, by in rows]
+        return read_all(self.database.connection)
 
     def get(self, name: str) -> Item | None:
-        row = self.database.connection.execute(
-            "SELECT spec, created_by FROM items WHERE name = ?", (name,)
-        ).fetchone()
-        return None if row is None else self._item(row[0], row[1])
+        return read_one(self.database.connection, name)
 
     def creating(self, item: Item, by: str, now: float) -> Callable[[Connection], Item]:
         """The write that adds C{item} (fails with L{UsageError} if the name is taken)."""
@@ -95,11 +105,32 @@ class ItemStore:
 
 
 class Catalog:
-    """Every item: jumpoint.yaml's (read-only) first, then the console's."""
+    """Every item: jumpoint.yaml's (read-only) first, then the console's.
 
-    def __init__(self, configured: tuple[Item, ...], store: ItemStore) -> None:
+    L{all} and L{get} read on the caller's thread (admin tools, tests);
+    the daemon uses L{everything} and L{find}, whose reads run on C{reader}
+    (inline on SQLite, off the reactor thread on PostgreSQL).
+    """
+
+    def __init__(
+        self, configured: tuple[Item, ...], store: ItemStore, reader: DatabaseWriter | None = None
+    ) -> None:
         self.configured = {item.name: item for item in configured}
         self.store = store
+        self.reader: DatabaseWriter = reader or InlineDatabase(store.database.connection)
+
+    def everything(self) -> Deferred[list[Item]]:
+        def merged(stored: list[Item]) -> list[Item]:
+            console = [i for i in stored if i.name not in self.configured]
+            return [*self.configured.values(), *console]
+
+        return self.reader.submit(read_all).addCallback(merged)
+
+    def find(self, name: str) -> Deferred[Item | None]:
+        configured = self.configured.get(name)
+        if configured is not None:
+            return succeed(configured)
+        return self.reader.submit(lambda db: read_one(db, name))
 
     def all(self) -> list[Item]:
         console = [i for i in self.store.all() if i.name not in self.configured]

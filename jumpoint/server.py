@@ -65,6 +65,9 @@ def peer_certificate_expiry(transport: object) -> float | None:
 
 log = Logger()
 
+WAITING_CONTROLS = 8
+"""Control messages a console may send while its certificate's user is being read."""
+
 STREAMS_OVER_CAP = 64
 """Streams the mux accepts beyond the session cap, so that the session refuses and audits
 them (C{max_connections}); only a console that ignores its refusals meets the mux's limit."""
@@ -111,10 +114,10 @@ class JumpointCore:
             self.credentials = CredentialStore(self.config)
         if self.reader is None:
             self.reader = InlineDatabase(self.database.connection)
-        self.catalog = Catalog(self.config.items, ItemStore(self.database))
-        self.approvals = ApprovalStore(self.database)
+        self.catalog = Catalog(self.config.items, ItemStore(self.database), self.reader)
+        self.approvals = ApprovalStore(self.database, self.reader)
         self.enrollment = EnrollmentDesk(
-            self.ca, self.database, self.audit, self.clock, self.ca_unavailable
+            self.ca, self.database, self.audit, self.clock, self.ca_unavailable, self.reader
         )
         self.kind_services = kinds.make_services(self.config, self.clock)
         self.handshakes = PendingHandshakes(
@@ -235,6 +238,10 @@ class JumpointChannel(ChannelProtocol):
         self.enrollment: EnrollExchange | None = None
         """Set when the console came to enroll (ALPN C{jumpoint-enroll/1}), not for a channel."""
         self._expiry: IDelayedCall | None = None
+        self._identifying = False
+        """The certificate's user is being read (the console's messages wait meanwhile)."""
+        self._waiting_controls: list[dict[str, Any]] = []
+        self._lost = False
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -285,7 +292,19 @@ class JumpointChannel(ChannelProtocol):
             return
         serial, common_name = identity
         self.certificate_serial = serial
-        user, why = self.core.database.user_for_certificate(serial)
+        self._identifying = True
+        assert self.core.reader is not None  # read off the reactor thread on PostgreSQL
+        self.core.reader.submit(lambda db: user_for_certificate(db, serial)).addCallbacks(
+            self._identified, self._not_identified, callbackArgs=(serial, common_name)
+        )
+
+    def _identified(self, found: tuple[User | None, str], serial: str, common_name: str) -> None:
+        """The certificate's user is known: refuse the channel, or start it."""
+        self._identifying = False
+        waiting, self._waiting_controls = self._waiting_controls, []
+        if self._lost or self.mux is None:
+            return
+        user, why = found
         if user is None:
             log.warn(
                 "refused console {peer} ({name}, certificate {serial}): {reason}",
@@ -311,6 +330,24 @@ class JumpointChannel(ChannelProtocol):
                 self._certificate_expired,
                 not_after,
             )
+        for message in waiting:
+            self.control_received(message)
+
+    def _not_identified(self, failure: Failure) -> None:
+        """The state database could not say who this is: fail closed."""
+        self._identifying = False
+        self._waiting_controls = []
+        log.error(
+            "refused console {peer}: cannot read the state database: {error}",
+            peer=self.peer,
+            error=failure.getErrorMessage(),
+        )
+        if self._lost or self.mux is None:
+            return
+        self.hello.fire(ChannelEvent.REFUSED)
+        self.mux.go_away(
+            ErrorCode.INTERNAL_ERROR, "the Jumpoint cannot read its state database now; try again"
+        )
 
     def _certificate_expired(self, not_after: float) -> None:
         """The console's certificate expired while its channel was open: end it."""
@@ -335,6 +372,7 @@ class JumpointChannel(ChannelProtocol):
         self.end_session(self.close_reason, "connection_closed")
 
     def channel_lost(self, reason: Failure) -> None:
+        self._lost = True
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self._expiry = None
@@ -396,6 +434,12 @@ class JumpointChannel(ChannelProtocol):
 
     def control_received(self, message: dict[str, Any]) -> None:
         assert self.mux is not None
+        if self._identifying:  # replayed once the user is known (a few: the console waits)
+            if len(self._waiting_controls) >= WAITING_CONTROLS:
+                self.mux.go_away(ErrorCode.PROTOCOL_ERROR, "too many messages before welcome")
+                return
+            self._waiting_controls.append(message)
+            return
         if self.user is None:
             return
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from jumpoint import webhooks
-from jumpoint.approvals import Approval
+from jumpoint.approvals import Approval, check_decidable
 from jumpoint.handlers.request_context import (
     Reply,
     RequestChannel,
@@ -26,7 +26,7 @@ from shared.errors import AccessDenied, UnknownRequest, UsageError
 async def request_access(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
     core = channel.core
     assert channel.user is not None
-    item = visible(core, grant, message["item"])
+    item = await visible(core, grant, message["item"])
     policy = core.config.policies.jump.get(item.jump_policy) if item.jump_policy else None
     if policy is None or not policy.approval_required:
         raise UsageError(
@@ -76,24 +76,24 @@ async def request_access(channel: RequestChannel, grant: Grant, message: dict[st
     return {"request": result}
 
 
-def _approver_items(core: RequestCore, grant: Grant) -> set[str]:
+async def _approver_items(core: RequestCore, grant: Grant) -> set[str]:
     """The items whose requests this user may decide."""
     out = set()
-    for item in core.catalog.all():
+    for item in await core.catalog.everything():
         policy = core.config.policies.jump.get(item.jump_policy) if item.jump_policy else None
         if policy is not None and policy.approver_group in grant.groups:
             out.add(item.name)
     return out
 
 
-def list_requests(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
+async def list_requests(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
     core = channel.core
     assert channel.user is not None
     now = core.clock.seconds()
-    decidable = _approver_items(core, grant)
+    decidable = await _approver_items(core, grant)
     everything = bool(message.get("all"))
     found = []
-    for approval in core.approvals.list():
+    for approval in await core.approvals.listing():
         mine = approval.user == channel.user.name
         can_decide = approval.item in decidable and not mine
         if not (mine or can_decide):
@@ -114,7 +114,7 @@ async def decide_request(channel: RequestChannel, grant: Grant, message: dict[st
     core = channel.core
     assert channel.user is not None
     request_id = message["request"]
-    approval = core.approvals.get(request_id)
+    approval = await core.approvals.find(request_id)
     if approval is None:
         raise UnknownRequest(f"no access request {request_id}", hint="see `jump approvals`")
     context: dict[str, object] = {
@@ -122,8 +122,8 @@ async def decide_request(channel: RequestChannel, grant: Grant, message: dict[st
         "request": approval.id,
         "requester": approval.user,
     }
-    if approval.item not in _approver_items(core, grant):
-        item = core.catalog.get(approval.item)
+    if approval.item not in await _approver_items(core, grant):
+        item = await core.catalog.find(approval.item)
         policy_name = item.jump_policy if item else None
         denial = AccessDenied(
             f"you are not an approver of item {approval.item!r}",
@@ -137,7 +137,7 @@ async def decide_request(channel: RequestChannel, grant: Grant, message: dict[st
     comment = message.get("comment")
     now = core.clock.seconds()
     try:
-        current = core.approvals.check_decidable(request_id, channel.user.name, now)
+        current = check_decidable(approval, request_id, channel.user.name, now)
     except AccessDenied as denial:  # one's own request
         denial.context.update(context)
         raise

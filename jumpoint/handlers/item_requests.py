@@ -41,12 +41,12 @@ def _item_json(item: Item, grant: Grant) -> dict[str, Any]:
     return out
 
 
-def list_items(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
+async def list_items(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
     search = (message.get("search") or "").lower()
     tag = message.get("tag")
     jump_group = message.get("jump_group")
     found = []
-    for item in channel.core.catalog.all():
+    for item in await channel.core.catalog.everything():
         if not grant.may_see(item):
             continue
         if jump_group is not None and item.jump_group != jump_group:
@@ -65,8 +65,8 @@ def list_items(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -
     return {"items": found}
 
 
-def show_item(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
-    return {"item": _item_json(visible(channel.core, grant, message["item"]), grant)}
+async def show_item(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
+    return {"item": _item_json(await visible(channel.core, grant, message["item"]), grant)}
 
 
 def _check_manage(grant: Grant, jump_group: str, action: str) -> None:
@@ -124,8 +124,8 @@ def _audit_spec(item: Item) -> dict[str, Any]:
     return spec
 
 
-def _managed(core: RequestCore, grant: Grant, name: str, action: str) -> Item:
-    item = visible(core, grant, name)
+async def _managed(core: RequestCore, grant: Grant, name: str, action: str) -> Item:
+    item = await visible(core, grant, name)
     if item.read_only:
         raise UsageError(
             f"item {name!r} is defined in jumpoint.yaml and is read-only",
@@ -223,7 +223,7 @@ async def change_item(channel: RequestChannel, grant: Grant, message: dict[str, 
     change, value = message["change"], message["value"]
     if change not in control.ITEM_CHANGES:
         raise UsageError(f"unknown item change {change!r}")
-    item = _managed(core, grant, message["item"], "change")
+    item = await _managed(core, grant, message["item"], "change")
     spec = item.to_spec()
     added_port: int | None = None
     if change in ("tunnel_add", "tunnel_remove"):
@@ -261,7 +261,7 @@ async def change_item(channel: RequestChannel, grant: Grant, message: dict[str, 
 async def delete_item(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
     core = channel.core
     assert channel.user is not None
-    item = _managed(core, grant, message["item"], "delete")
+    item = await _managed(core, grant, message["item"], "delete")
     await core.log_audit.record(
         "item_deleted",
         user=channel.user.name,

@@ -99,9 +99,12 @@ def denied(message: str, *, rule: str, hint: str | None = None, **context: objec
     return denial
 
 
-def visible(core: RequestCore, grant: Grant, name: str) -> Item:
-    """The item named C{name}, if the user may see it (else: no such item)."""
-    item = core.catalog.get(name)
+async def visible(core: RequestCore, grant: Grant, name: str) -> Item:
+    """The item named C{name}, if the user may see it (else: no such item).
+
+    Read through the catalog's reader: never on the reactor thread on PostgreSQL.
+    """
+    item = await core.catalog.find(name)
     if item is None or not grant.may_see(item):
         raise UnknownItem(
             f"no item named {name!r} that you may see on Jumpoint {core.config.name}",

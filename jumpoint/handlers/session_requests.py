@@ -19,11 +19,13 @@ from twisted.logger import Logger
 
 from jumpoint import kinds
 from jumpoint.access import SessionRequest, decide
+from jumpoint.approvals import ApprovalsOf
 from jumpoint.dialing import check_item_targets
 from jumpoint.handlers.request_context import (
     Outcome,
     Reply,
     RequestChannel,
+    RequestCore,
     denied,
     visible,
 )
@@ -56,7 +58,7 @@ async def _open(channel: RequestChannel, grant: Grant, request: SessionRequest) 
     assert channel.user is not None
     user = channel.user.name
     audit = core.log_audit
-    item = visible(core, grant, request.item)
+    item = await visible(core, grant, request.item)
     audit.record(
         "session_requested", user=user, item=item.name, ticket=request.ticket, peer=channel.peer
     )
@@ -65,6 +67,14 @@ async def _open(channel: RequestChannel, grant: Grant, request: SessionRequest) 
         return await _decide_and_open(channel, grant, request, item)
     finally:
         channel.opening = False
+
+
+async def _approvals_for(core: RequestCore, user: str, item: Item, now: float) -> ApprovalsOf:
+    """The user's requests for C{item}, read off the reactor when its jump policy needs one."""
+    policy = core.config.policies.jump.get(item.jump_policy) if item.jump_policy else None
+    if policy is None or not policy.approval_required:
+        return ApprovalsOf(None, None)
+    return await core.approvals.of(user, item.name, now)
 
 
 async def _decide_and_open(
@@ -76,7 +86,8 @@ async def _decide_and_open(
     audit = core.log_audit
     try:
         now = core.clock.seconds()
-        terms = decide(core.config, grant, item, request, now, core.approvals)
+        approvals = await _approvals_for(core, user, item, now)
+        terms = decide(core.config, grant, item, request, now, approvals)
         await check_item_targets(core, item)
     except ConsentRequired:
         await audit.record("consent_requested", user=user, item=item.name, durable=True)
