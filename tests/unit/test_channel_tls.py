@@ -21,8 +21,11 @@ from twisted.test.iosim import IOPump, connectedServerAndClient
 from console.channel import ConsoleChannel
 from console.profiles import Profile
 from jumpoint.config import parse_config
+from jumpoint.db_thread import InlineDatabase
 from jumpoint.server import JumpointCore, JumpointFactory
 from jumpoint.state import StateDatabase
+from jumpoint.store.change_notice import USERS, Change
+from jumpoint.store.connection import POSTGRESQL
 from shared import pki
 from shared.errors import CertificateRejected, SessionLost, UnknownItem
 from shared.protocol import control
@@ -118,7 +121,11 @@ class Pair:
 
 
 def make_pair(
-    tmp_path: Path, keys: Pki, client: pki.KeyPair | None = None, register: bool = True
+    tmp_path: Path,
+    keys: Pki,
+    client: pki.KeyPair | None = None,
+    register: bool = True,
+    reader: Any = None,
 ) -> Pair:
     clock = Clock()
     config = parse_config(CONFIG, tmp_path / "jumpoint.yaml")
@@ -127,7 +134,9 @@ def make_pair(
     if register:
         database.add_user("alice", "default", client.serial, "2099-01-01")
     targets = Targets()
-    core = JumpointCore(config=config, database=database, clock=clock, connect_target=targets)
+    core = JumpointCore(
+        config=config, database=database, clock=clock, connect_target=targets, reader=reader
+    )
     server_factory = wrap_server(
         server_options(keys.ca.certificate_pem, keys.server.certificate_pem, keys.server.key_pem),
         JumpointFactory(core),
@@ -365,3 +374,60 @@ def test_a_dead_jumpoint_is_a_lost_connection_on_the_console(tmp_path: Path, key
         "the connection to the Jumpoint was lost: no answer to a keepalive ping within 45s"
     )
     assert "the Jumpoint closed" not in error.message
+
+
+class HeldReader:
+    """A reader whose jobs wait until released (as PostgreSQL's reader threads take time)."""
+
+    def __init__(self, path: Path) -> None:
+        self.inline = InlineDatabase(StateDatabase(path).connection)
+        self.jobs: list[tuple[Any, Deferred[Any]]] = []
+
+    def submit(self, job: Any) -> Deferred[Any]:
+        waiting: Deferred[Any] = Deferred()
+        self.jobs.append((job, waiting))
+        return waiting
+
+    def release(self) -> int:
+        count = 0
+        while self.jobs:
+            job, waiting = self.jobs.pop(0)
+            self.inline.submit(job).chainDeferred(waiting)
+            count += 1
+        return count
+
+    def stop(self) -> Deferred[None]:
+        return self.inline.stop()
+
+
+def test_reads_off_the_reactor_hold_the_console_until_they_answer(
+    tmp_path: Path, keys: Pki
+) -> None:
+    """With a reader that answers later, the hello waits for the user and the open for its item."""
+    StateDatabase(tmp_path / "state.db").close()
+    reader = HeldReader(tmp_path / "state.db")
+    pair = make_pair(tmp_path, keys, reader=reader)
+    assert not pair.console.welcome.called and not pair.core.channels
+    assert reader.release() == 1  # the certificate's user; the waiting hello is replayed
+    pair.pump.flush()
+    assert result_of(pair.console.welcome)["user"] == "alice"
+    listed = pair.console.request(control.LIST_ITEMS)
+    pair.pump.flush()
+    assert not listed.called  # the console's items are being read
+    assert reader.release() == 1
+    pair.pump.flush()
+    assert [i["name"] for i in result_of(listed)["items"]] == ["web"]
+    opened = pair.console.request(control.OPEN_SESSION, item="web")  # configured: no read
+    pair.pump.flush()
+    assert result_of(opened)["session"]
+    admin = StateDatabase(tmp_path / "state.db")
+    admin.revoke_user("alice")
+    admin.close()
+    pair.core.database.backend = POSTGRESQL  # its re-checks use the reader, not the writer
+    pair.core.changed(Change(USERS, "alice"))  # as the PostgreSQL change feed says
+    pair.core.changed(None)  # a second change while the first check runs: one more check
+    assert len(reader.jobs) == 1  # one check at a time ...
+    assert reader.release() == 2  # ... and the second change's check runs after the first
+    pair.pump.flush()
+    assert isinstance(result_of(pair.console.lost), SessionLost)
+    assert pair.core.channels == set()
