@@ -272,6 +272,10 @@ tls:
 
 # Users, certificates, sessions, approvals and the audit log (SQLite; no server needed).
 state_database: state.db
+# Several Jumpoints sharing one PostgreSQL database instead (then run `jumpoint migrate`):
+# state:
+#   backend: postgresql
+#   dsn_file: state.dsn      # mode 0600: host=... dbname=... user=... password=...
 
 limits:
   max_connections_per_session: 256   # 1-256; the 257th local connection is refused
