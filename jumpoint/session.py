@@ -25,6 +25,7 @@ from shared.protocol.mux import Stream
 from shared.schema import format_duration
 
 if TYPE_CHECKING:
+    from jumpoint.access import SessionRequest
     from jumpoint.recording import SessionRecorder
     from jumpoint.session_terms import SessionTerms
 
@@ -113,6 +114,10 @@ class Session:
     total_flows: int = 0
     on_expired: Callable[[Session, str, str], None] | None = None
     link: SessionLink | None = None
+    request: SessionRequest | None = None
+    """What the console asked for: a reload decides again on it (L{jumpoint.session_recheck})."""
+    bound_ports: tuple[int, ...] = ()
+    """The local ports the console reported it listens on (C{tunnels_bound})."""
     _timers: list[IDelayedCall] = field(default_factory=list)
     _last_total: int = -1
 

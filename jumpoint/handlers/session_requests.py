@@ -91,6 +91,7 @@ async def _decide_and_open(
         opened_at=core.clock.seconds(),
         terms=terms,
         on_expired=channel.session_expired,
+        request=request,
     )
     details = terms.to_json()
     if terms.recording and core.new_recorder is not None:
@@ -194,6 +195,7 @@ async def tunnels_bound(channel: RequestChannel, grant: Grant, message: dict[str
             0, channel.close_session, "denied", f"{reason} (rule: {rule})", ErrorCode.DENIED
         )
         raise AccessDenied(reason, rule=rule)
+    session.bound_ports = tuple(port for _, port in bound)
     channel.core.log_audit.record(
         "session_ready",
         **session.audit_fields(),
