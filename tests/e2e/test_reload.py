@@ -133,6 +133,7 @@ def test_a_broken_config_is_refused_with_file_line_and_key_and_the_daemon_keeps_
     with _connect(ready) as connection:  # an existing tunnel still works
         assert _round_trip(connection, b"alive\n") == b"alive\n"
     assert deployment.jump("items").returncode == 0  # and new connections are served
+
     # `jumpoint audit` reads the (broken) file too: the audit file, then
     def failure_row() -> dict[str, object] | None:
         lines = (deployment.directory / "audit.jsonl").read_text().splitlines()
