@@ -25,9 +25,8 @@ from shared.protocol.mux import Stream
 from shared.schema import format_duration
 
 if TYPE_CHECKING:
-    from jumpoint.access import SessionRequest
     from jumpoint.recording import SessionRecorder
-    from jumpoint.session_terms import SessionTerms
+    from jumpoint.session_terms import SessionRequest, SessionTerms
 
 IDLE_CHECKS_PER_TIMEOUT = 6
 MAX_IDLE_CHECK_INTERVAL = 30.0
