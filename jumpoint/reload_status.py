@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from jumpoint.config import CONFIG_ENV, load_config
+from jumpoint.config import config_file, load_config
 from jumpoint.instance_lock import lock_path
 from shared.errors import ConfigError, JumpError, JumpointUnreachable, UsageError
 from shared.files import write_private
@@ -79,14 +79,7 @@ def locate(path: str | None) -> tuple[Path, Path, ConfigError | None]:
     (else C{state.db} beside it, the default), so that the running daemon is
     asked anyway: it logs the error and keeps its configuration.
     """
-    if path is None:
-        path = os.environ.get(CONFIG_ENV)
-    if not path:
-        raise UsageError(
-            "no configuration file given",
-            hint=f"pass --config DIR/jumpoint.yaml or set {CONFIG_ENV}",
-        )
-    config_path = Path(path).absolute()
+    config_path = config_file(path)
     try:
         return config_path, load_config(config_path).state_database, None
     except ConfigError as error:
