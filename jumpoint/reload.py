@@ -14,8 +14,7 @@ L{Reloader} is an explicit lifecycle (L{RELOAD_TRANSITIONS}):
   generation counts up; the changes are logged and audited
   (C{config_reloaded}); each restart-only key that changed is logged as
   needing a restart.  Then every open session is decided again
-  (L{jumpoint.session_recheck}; the allow-list of an item's host after it,
-  which needs DNS): those that no longer hold close with code
+  (L{jumpoint.reload_sessions}): those that no longer hold close with code
   C{config_changed} and the rule;
 - C{CHECKING} --checked--> C{IDLE}: the outcome goes to the status file
   (L{jumpoint.reload_status}) and systemd hears C{READY=1}.
@@ -30,24 +29,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jumpoint import sd_notify
 from jumpoint.config import JumpointConfig
 from jumpoint.config_diff import ConfigDiff, diff, effective
-from jumpoint.dialing import check_item_targets
+from jumpoint.reload_sessions import SessionRechecker
 from jumpoint.reload_status import ReloadStatus
-from jumpoint.server import JumpointChannel, JumpointCore
-from jumpoint.session_recheck import Closing, OpenSession, recheck
-from shared.errors import AccessDenied, JumpError
+from jumpoint.server import JumpointCore
+from shared.errors import JumpError
 from shared.lifecycle import Transitions
-from shared.protocol.frames import ErrorCode
 
 log = Logger()
-
-CLOSE_CODE = "config_changed"
 
 Load = Callable[[Path], "Deferred[JumpointConfig]"]
 """Reads and checks the configuration file (off the reactor thread in the daemon)."""
@@ -125,6 +120,8 @@ class Reloader:
         self.pid = pid
         self.platform = platform
         self.lifecycle = RELOAD_TRANSITIONS.start(ReloadState.IDLE)
+        self.sessions = SessionRechecker(core, platform)
+        core.recheck_session = self.sessions.recheck_late
         self.generation = 1
         self.attempt = 0
         self.again = False
@@ -209,7 +206,7 @@ class Reloader:
             changes=changes.to_json(),
             restart_needed=list(changes.restart_needed),
         )
-        checked = self._recheck_sessions(old)
+        checked = self.sessions.recheck_all(old, self.generation)
 
         def done(closed: int) -> None:
             self.lifecycle.fire(ReloadEvent.CHECKED)
@@ -256,74 +253,3 @@ class Reloader:
             status.write(self.status_file)
         except OSError as error:
             log.warn("cannot write {path}: {error}", path=self.status_file, error=error)
-
-    # -- open sessions -----------------------------------------------------
-
-    def _recheck_sessions(self, old: JumpointConfig) -> Deferred[int]:
-        """Close the sessions the new configuration no longer allows; how many closed."""
-        core = self.core
-        now = core.clock.seconds()
-        closed = 0
-        survivors: list[JumpointChannel] = []
-        for channel in list(core.channels):
-            session, user = channel.session, channel.user
-            if session is None or user is None or session.terms is None:
-                continue
-            if session.request is None:
-                continue
-            opened = OpenSession(
-                user=user.name,
-                groups=tuple(user.all_groups),
-                item=session.item,
-                request=session.request,
-                terms=session.terms,
-                bound_ports=session.bound_ports,
-            )
-            verdict = recheck(old, core.config, opened, now, core.approvals, self.platform)
-            if verdict is not None:
-                self._close(channel, verdict)
-                closed += 1
-            elif session.item.host:
-                survivors.append(channel)
-        if old.allowed_targets == core.config.allowed_targets or not survivors:
-            done: Deferred[int] = Deferred()
-            done.callback(closed)
-            return done
-        checks = [self._check_targets(channel) for channel in survivors]
-        return DeferredList(checks, consumeErrors=True).addCallback(
-            lambda results: closed + sum(1 for ok, value in results if ok and value)
-        )
-
-    def _check_targets(self, channel: JumpointChannel) -> Deferred[bool]:
-        """The allow-list check of the session's item (DNS); whether it closed the session."""
-        session = channel.session
-        assert session is not None
-
-        async def check() -> bool:
-            try:
-                await check_item_targets(self.core, session.item)
-            except AccessDenied as denial:
-                if channel.session is not session:
-                    return False  # it ended meanwhile
-                self._close(channel, Closing(denial.rule or "allowed_targets", denial.message))
-                return True
-            return False
-
-        return Deferred.fromCoroutine(check())
-
-    def _close(self, channel: JumpointChannel, verdict: Closing) -> None:
-        session = channel.session
-        assert session is not None
-        reason = f"the configuration changed: {verdict.reason}"
-        if f"(rule: {verdict.rule})" not in reason:
-            reason = f"{reason} (rule: {verdict.rule})"
-        log.info(
-            "session {session} of user {user} on item {item}: closing at reload"
-            " generation {generation}: {reason}",
-            session=session.session_id,
-            user=session.user,
-            item=session.item.name,
-            generation=self.generation,
-            reason=reason,
-        )
-        channel.close_session(CLOSE_CODE, reason, ErrorCode.SESSION_CLOSED, verdict.rule)

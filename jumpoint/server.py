@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,9 @@ class JumpointCore:
     """Consoles connected but not yet through their TLS handshake (capped)."""
     kind_services: dict[str, KindService] = field(init=False)
     """Each kind's state for the Jumpoint's life (the network tunnels' interface), by kind."""
+    recheck_session: Callable[[JumpointChannel, JumpointConfig], object] | None = None
+    """Set by the reloader (L{jumpoint.reload_sessions}): decides again a session set up after
+    a reload replaced the configuration it was decided with."""
     _data_version: int | None = None
     _checking_revocations: bool = False
 

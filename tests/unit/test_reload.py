@@ -170,3 +170,32 @@ def test_the_transition_table_allows_only_the_designed_moves() -> None:
             else:
                 with pytest.raises(IllegalTransition):
                     lifecycle.fire(event)
+
+
+def test_a_session_decided_before_a_reload_and_set_up_after_it_is_decided_again(
+    tmp_path: Path,
+    keys: Keys,
+) -> None:
+    lookups: list[Deferred[list[str]]] = []
+
+    def resolve(host: str) -> Deferred[list[str]]:
+        lookups.append(Deferred())
+        return lookups[-1]
+
+    world = make_world(tmp_path, keys, resolve=resolve)
+    try:
+        loads = Loads()
+        reload = reloader(world, loads, Manager())
+        alice = world.connect("alice")
+        opening = alice.send("open_session", item="idle")
+        assert len(lookups) == 1  # decided under generation 1, waiting for its lookup
+        reload.request()
+        loads.give(CONFIG.replace("idle: {idle_timeout: 60s}", "idle: {idle_timeout: 30s}"))
+        assert reload.generation == 2
+        lookups[0].callback(["10.1.2.4"])
+        world.flush()
+        assert alice.closed_code() == "config_changed"
+        assert "session_policies.idle.idle_timeout" in alice.closed_text()
+        opening.addErrback(lambda failure: None)  # the channel closed with the session
+    finally:
+        world.core.database.close()
