@@ -19,6 +19,8 @@ L{Reloader} is an explicit lifecycle (L{RELOAD_TRANSITIONS}):
 - C{CHECKING} --checked--> C{IDLE}: the outcome goes to the status file
   (L{jumpoint.reload_status}) and systemd hears C{READY=1}.
 
+A bug in any step (C{broken}) is logged with its traceback and reported as
+a failed reload; the lifecycle returns to C{IDLE}, so the next reload runs.
 A reload requested while one runs is remembered (once) and starts when it ends.
 """
 
@@ -59,6 +61,8 @@ class ReloadEvent(enum.Enum):
     LOAD_FAILED = "load_failed"
     LOADED = "loaded"
     CHECKED = "checked"
+    BROKEN = "broken"
+    """A bug in the reload itself: logged, reported as failed, and the next reload may run."""
 
 
 RELOAD_TRANSITIONS = Transitions(
@@ -70,8 +74,12 @@ RELOAD_TRANSITIONS = Transitions(
         ReloadState.LOADING: {
             ReloadEvent.LOAD_FAILED: ReloadState.IDLE,
             ReloadEvent.LOADED: ReloadState.CHECKING,
+            ReloadEvent.BROKEN: ReloadState.IDLE,
         },
-        ReloadState.CHECKING: {ReloadEvent.CHECKED: ReloadState.IDLE},
+        ReloadState.CHECKING: {
+            ReloadEvent.CHECKED: ReloadState.IDLE,
+            ReloadEvent.BROKEN: ReloadState.IDLE,
+        },
     },
 )
 
@@ -118,7 +126,6 @@ class Reloader:
         self.status_file = status_file
         self.manager = manager
         self.pid = pid
-        self.platform = platform
         self.lifecycle = RELOAD_TRANSITIONS.start(ReloadState.IDLE)
         self.sessions = SessionRechecker(core, platform)
         core.recheck_session = self.sessions.recheck_late
@@ -156,7 +163,7 @@ class Reloader:
         except Exception:  # a loader that fails at once fails like one that fails later
             self._failed(Failure())
             return
-        loading.addCallbacks(self._loaded, self._failed)
+        loading.addCallbacks(self._loaded, self._failed).addErrback(self._broken)
 
     # -- outcomes ----------------------------------------------------------
 
@@ -217,6 +224,11 @@ class Reloader:
             done(0)
 
         return checked.addCallbacks(done, broken)
+
+    def _broken(self, failure: Failure) -> None:
+        log.failure("the reload failed", failure)
+        self.lifecycle.fire(ReloadEvent.BROKEN)
+        self._finish(ok=False, error=f"internal error: {failure.getErrorMessage()}")
 
     def _finish(
         self,

@@ -155,12 +155,34 @@ def test_a_loader_that_fails_at_once_is_a_failed_reload(world: World) -> None:
     assert reload.last.error is not None and "disk on fire" in reload.last.error
 
 
+def test_a_bug_while_applying_is_reported_and_the_next_reload_runs(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads, manager = Loads(), Manager()
+    reload = reloader(world, loads, manager)
+
+    def broken(old: object, new: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("jumpoint.reload.diff", broken)
+    reload.request()
+    loads.give(CONFIG)
+    assert reload.state is ReloadState.IDLE and reload.last.ok is False
+    assert reload.last.error == "internal error: a bug"
+    monkeypatch.undo()
+    reload.request()
+    loads.give(CONFIG)
+    assert reload.last.ok and reload.generation == 2
+
+
 def test_the_transition_table_allows_only_the_designed_moves() -> None:
     allowed = {
         (ReloadState.IDLE, ReloadEvent.REQUESTED): ReloadState.LOADING,
         (ReloadState.LOADING, ReloadEvent.LOAD_FAILED): ReloadState.IDLE,
         (ReloadState.LOADING, ReloadEvent.LOADED): ReloadState.CHECKING,
         (ReloadState.CHECKING, ReloadEvent.CHECKED): ReloadState.IDLE,
+        (ReloadState.LOADING, ReloadEvent.BROKEN): ReloadState.IDLE,
+        (ReloadState.CHECKING, ReloadEvent.BROKEN): ReloadState.IDLE,
     }
     for state in ReloadState:
         for event in ReloadEvent:
