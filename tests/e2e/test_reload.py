@@ -7,6 +7,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -61,9 +62,15 @@ def test_reload_adds_an_item_and_leaves_the_open_session_alone(
     ready = session.wait_for_event("ready")
     with _connect(ready) as connection:
         assert _round_trip(connection, b"before\n") == b"before\n"
-        _edit(deployment, lambda d: d["items"].append(tcp_item("echo2", echo.port)))
+
+        def change(document: dict[str, Any]) -> None:
+            document["items"].append(tcp_item("echo2", echo.port))
+            document["jumpoint"]["listen"] = "127.0.0.1:1"  # needs a restart: kept
+
+        _edit(deployment, change)
         reloaded = deployment.jumpoint("reload")
         assert "reloaded: generation 2: items +echo2" in reloaded.stdout, reloaded.stdout
+        assert "needs a restart (the running values are kept): jumpoint.listen" in reloaded.stdout
         # the connection open across the reload still carries data, new ones too
         assert _round_trip(connection, b"after\n") == b"after\n"
     with _connect(ready) as again:
@@ -73,6 +80,8 @@ def test_reload_adds_an_item_and_leaves_the_open_session_alone(
         assert _round_trip(through_new, b"new item\n") == b"new item\n"
     assert session.popen.poll() is None
     server.wait_for_stdout("configuration reloaded: generation 2: items +echo2")
+    server.wait_for_stdout("jumpoint.listen changed in")
+    assert deployment.listening()  # still on the port it started with
     rows = audit_until(deployment, bool, "--event", "config_reloaded")
     assert rows[-1]["generation"] == 2 and rows[-1]["changes"]["items"]["added"] == ["echo2"]
     closed = deployment.jumpoint("audit", "--json", "--event", "session_closed").stdout
