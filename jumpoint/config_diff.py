@@ -29,6 +29,7 @@ RESTART_ONLY: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tls.server_certificate", ("server_certificate",)),
     ("tls.server_key", ("server_key",)),
     ("state_database", ("state_database",)),
+    ("state", ("state",)),
     ("audit.file", ("audit_file",)),
     ("recordings.directory", ("recordings_directory",)),
     ("recordings.buffer_limit", ("recording_buffer_limit",)),

@@ -87,8 +87,15 @@ def locate(path: str | None) -> tuple[Path, Path, ConfigError | None]:
     named = "state.db"
     try:
         document = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-        if isinstance(document, dict) and isinstance(document.get("state_database"), str):
-            named = document["state_database"]
+        if isinstance(document, dict):
+            state = document.get("state")
+            for value in (
+                state.get("path") if isinstance(state, dict) else None,
+                document.get("state_database"),
+            ):
+                if isinstance(value, str) and value:
+                    named = value
+                    break
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         pass
     candidate = Path(os.path.expanduser(named))
