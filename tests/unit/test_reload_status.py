@@ -38,6 +38,8 @@ def test_an_invalid_file_still_names_its_state_database(tmp_path: Path) -> None:
     path, database, problem = locate(str(config))
     assert path == config and database == tmp_path / "data" / "other.db"
     assert isinstance(problem, ConfigError)
+    config.write_text("state: {backend: sqlite, path: /srv/j/state.db}\nbogus: 1\n")
+    assert locate(str(config))[1] == Path("/srv/j/state.db")
     config.write_text("jumpoint: [unclosed\n")
     assert locate(str(config))[1] == tmp_path / "state.db"  # the default
 
