@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from jumpoint import kinds
 from jumpoint.access import SessionRequest, decide
 from jumpoint.approvals import ApprovalsOf
+from jumpoint.config import JumpointConfig
 from jumpoint.dialing import check_item_targets
 from jumpoint.handlers.request_context import (
     Outcome,
@@ -69,9 +70,11 @@ async def _open(channel: RequestChannel, grant: Grant, request: SessionRequest) 
         channel.opening = False
 
 
-async def _approvals_for(core: RequestCore, user: str, item: Item, now: float) -> ApprovalsOf:
+async def _approvals_for(
+    config: JumpointConfig, core: RequestCore, user: str, item: Item, now: float
+) -> ApprovalsOf:
     """The user's requests for C{item}, read off the reactor when its jump policy needs one."""
-    policy = core.config.policies.jump.get(item.jump_policy) if item.jump_policy else None
+    policy = config.policies.jump.get(item.jump_policy) if item.jump_policy else None
     if policy is None or not policy.approval_required:
         return ApprovalsOf(None, None)
     return await core.approvals.of(user, item.name, now)
@@ -84,10 +87,11 @@ async def _decide_and_open(
     assert channel.user is not None
     user = channel.user.name
     audit = core.log_audit
+    config = core.config
     try:
         now = core.clock.seconds()
-        approvals = await _approvals_for(core, user, item, now)
-        terms = decide(core.config, grant, item, request, now, approvals)
+        approvals = await _approvals_for(config, core, user, item, now)
+        terms = decide(config, grant, item, request, now, approvals)
         await check_item_targets(core, item)
     except ConsentRequired:
         await audit.record("consent_requested", user=user, item=item.name, durable=True)
@@ -102,6 +106,7 @@ async def _decide_and_open(
         opened_at=core.clock.seconds(),
         terms=terms,
         on_expired=channel.session_expired,
+        request=request,
     )
     details = terms.to_json()
     if terms.recording and core.new_recorder is not None:
@@ -126,6 +131,10 @@ async def _decide_and_open(
         raise UsageError(why)
     channel.session = session
     session.start_timers(core.clock)
+    if core.config is not config and core.recheck_session is not None:
+        core.recheck_session(channel, config)  # a reload came while it was being set up
+        if channel.session is not session:
+            raise UsageError("the configuration was reloaded while the session was opening")
     log.info(
         "session {session} opened: user {user}, item {item} ({host})",
         session=session.session_id,
@@ -205,6 +214,7 @@ async def tunnels_bound(channel: RequestChannel, grant: Grant, message: dict[str
             0, channel.close_session, "denied", f"{reason} (rule: {rule})", ErrorCode.DENIED
         )
         raise AccessDenied(reason, rule=rule)
+    session.bound_ports = tuple(port for _, port in bound)
     channel.core.log_audit.record(
         "session_ready",
         **session.audit_fields(),
