@@ -206,7 +206,7 @@ class AuditLog:
         self._committing = False
         self._call: IDelayedCall | None = None
         self._store_call: IDelayedCall | None = None
-        self._storing: Deferred[None] | None = None
+        self._storing: Deferred[Any] | None = None
         self._failures = 0
         self._failing_since: float | None = None
         self._unavailable = False
@@ -469,6 +469,8 @@ class AuditLog:
         outcomes, file_error = result
         self._take(batch)
         self._working_again()
+        if self.spooler is not None and self.spooler.file.events == 0:
+            self.spooler.full = False  # the records go to the database, the file is empty
         self._report_file_error(file_error)
         for event, (outcome, value) in zip(batch, outcomes, strict=True):
             if outcome == COMMITTED:
@@ -578,14 +580,18 @@ class AuditLog:
             return
         kept = [e for i, e in enumerate(self._spool) if i < held or e.durable]
         self._spool = deque(kept)
-        self._storing = spooler.store(movable, self._returned)
-        self._storing.addBoth(self._stored, movable)
+        storing = spooler.store(movable, self._returned)
+        self._storing = storing
+        storing.addCallback(self._stored, movable)
 
-    def _stored(self, _: object, events: list[PendingEvent]) -> None:
+    def _stored(self, stored: int, events: list[PendingEvent]) -> None:
         self._storing = None
-        for event in events:
-            if event not in self._spool and not event.done.called:
+        for event in events[:stored]:
+            if not event.done.called:
                 event.done.callback(None)  # kept in the spool file: durable now
+        if stored < len(events):  # the rest is back in memory; tried again later
+            self._closed_if_done()
+            return
         if self._spooling() and any(not e.durable for e in self._spool):
             self._store()
         self._closed_if_done()
@@ -641,7 +647,7 @@ class AuditLog:
             return
         before = self._storing if self._storing is not None else succeed(None)
 
-        def store_them(_: object) -> Deferred[None]:
+        def store_them(_: object) -> Deferred[int]:
             return spooler.store(records, self._lost)
 
         before.addBoth(store_them).addBoth(lambda _: self._finish_close())

@@ -23,7 +23,8 @@ the beginning of C{PATH.replaying} (its events already in the database are
 skipped by their identity), and a torn last line (a crash during an append,
 whose events were never counted as spooled) is cut off when the file is
 opened again.  The two files together hold at most C{limit_bytes}: an
-append past it fails with L{SpoolFileFull}, and writes nothing.
+append writes the lines that fit, and when none does it fails with
+L{SpoolFileFull}.
 """
 
 from __future__ import annotations
@@ -122,13 +123,25 @@ class SpoolFile:
         self._offset = 0
         """Where the next batch of C{replaying} starts."""
 
-    def append(self, lines: list[str]) -> None:
-        """Write C{lines} (each ending with a newline) at the end of C{path}, fsync'd."""
-        data = "".join(lines).encode("utf-8")
-        if self.bytes + len(data) > self.limit_bytes:
+    def append(self, lines: list[str]) -> int:
+        """Write the first of C{lines} (each ending with a newline) that fit, fsync'd.
+
+        Returns how many were written: all of them, or as many as the limit
+        leaves room for; none fit: L{SpoolFileFull}.
+        """
+        encoded = [line.encode("utf-8") for line in lines]
+        room = self.limit_bytes - self.bytes
+        count = 0
+        for line in encoded:
+            if len(line) > room:
+                break
+            room -= len(line)
+            count += 1
+        if count == 0:
             raise SpoolFileFull(
                 f"the audit spool file holds {self.bytes} bytes (limit {self.limit_bytes})"
             )
+        data = b"".join(encoded[:count])
         created = not self.path.exists()
         descriptor = os.open(
             self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
@@ -151,7 +164,8 @@ class SpoolFile:
         if created:
             _fsync_directory(self.path.parent)
         self.bytes += len(data)
-        self.events += len(lines)
+        self.events += count
+        return count
 
     def next_batch(self, limit: int) -> tuple[list[str], int]:
         """Up to C{limit} lines to replay, and the offset after them ([] when none wait).

@@ -76,7 +76,7 @@ class Spooler:
         self.in_transit: list[PendingEvent] = []
         """Records handed to the append in flight."""
         self._batch: tuple[list[PendingEvent], int, int] | None = None
-        self._reading: Deferred[list[PendingEvent]] | None = None
+        self._reading: Deferred[tuple[list[str], int]] | None = None
 
     @property
     def waiting(self) -> int:
@@ -87,8 +87,12 @@ class Spooler:
     def storing(self) -> bool:
         return bool(self.in_transit)
 
-    def store(self, events: list[PendingEvent], on_returned: Returned) -> Deferred[None]:
-        """Append C{events} (records) to the file; on failure they go to C{on_returned}."""
+    def store(self, events: list[PendingEvent], on_returned: Returned) -> Deferred[int]:
+        """Append C{events} (records) to the file; on failure they go to C{on_returned}.
+
+        The Deferred fires with how many of them were stored (the file's
+        limit may leave room for the first ones only: the others come back).
+        """
         assert not self.in_transit, "one append at a time"
         lines = []
         for event in events:
@@ -104,11 +108,24 @@ class Spooler:
         self.in_transit = events
         file = self.file
 
-        def stored(_: object) -> None:
+        def stored(count: int) -> int:
             self.in_transit = []
-            self.counters.to_file += len(events)
+            self.counters.to_file += count
+            if count == len(events):
+                return count
+            self.counters.failed_appends += 1
+            self.full = True
+            log.critical(
+                "the audit spool file {path} is full ({size} bytes): {count} events stay in"
+                " memory and new decisions are refused",
+                path=str(file.path),
+                size=file.bytes,
+                count=len(events) - count,
+            )
+            on_returned(events[count:])
+            return count
 
-        def failed(failure: Failure) -> None:
+        def failed(failure: Failure) -> int:
             self.in_transit = []
             self.counters.failed_appends += 1
             self.full = failure.check(SpoolFileFull) is not None
@@ -120,6 +137,7 @@ class Spooler:
                 error=failure.getErrorMessage(),
             )
             on_returned(events)
+            return 0
 
         return self.worker.submit(lambda: file.append(lines)).addCallbacks(stored, failed)
 
@@ -129,11 +147,16 @@ class Spooler:
             return succeed(self._batch[0])
         assert self._reading is None, "one read at a time"
         file, limit = self.file, self.batch_limit
-        self._reading = self.worker.submit(lambda: file.next_batch(limit)).addCallback(self._read)
-        return self._reading
+        reading = self.worker.submit(lambda: file.next_batch(limit))
+        self._reading = reading
+
+        def read(result: Any) -> Any:
+            self._reading = None
+            return result
+
+        return reading.addBoth(read).addCallback(self._read)
 
     def _read(self, result: tuple[list[str], int]) -> list[PendingEvent]:
-        self._reading = None
         lines, end = result
         events = []
         for line in lines:
