@@ -220,6 +220,8 @@ class AuditLog:
         if jsonl_path is not None:
             jsonl_path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(jsonl_path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+        if spooler is not None and spooler.file.events:  # left by a stopped Jumpoint
+            self._call = clock.callLater(RETRY_FIRST, self.flush)
 
     @property
     def spooled(self) -> int:
