@@ -80,9 +80,7 @@ def _round_trip(connection: socket.socket, size: int = 2048) -> None:
 
 
 def _spooled_lines(directory: Path) -> int:
-    return sum(
-        len(path.read_bytes().splitlines()) for path in directory.glob("audit-spool.jsonl*")
-    )
+    return sum(len(path.read_bytes().splitlines()) for path in directory.glob("audit-spool.jsonl*"))
 
 
 def test_an_unavailable_state_database_keeps_sessions_refuses_new_ones_and_loses_no_event(
@@ -131,8 +129,10 @@ def test_an_unavailable_state_database_keeps_sessions_refuses_new_ones_and_loses
 
         rows = audit_until(
             deployment,
-            lambda entries: sum(e["event"] == "connection_closed" for e in entries) == opened + 1
-            and _spooled_lines(deployment.directory) == 0,
+            lambda entries: (
+                sum(e["event"] == "connection_closed" for e in entries) == opened + 1
+                and _spooled_lines(deployment.directory) == 0
+            ),
             "--item",
             "echo",
             "--limit",

@@ -62,7 +62,7 @@ class SpoolMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.recorded > 0)
     @rule()
     def crash(self) -> None:
-        in_memory = list(self.audit._spool)  # noqa: SLF001 - what a crash takes with it
+        in_memory = list(self.audit._spool)
         if self.audit.spooler is not None:
             in_memory += self.audit.spooler.in_transit
         self.lost |= {json.loads(e.row[6])["stream"] for e in in_memory}
