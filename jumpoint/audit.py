@@ -44,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import sqlite3
 import time
 import uuid
 from collections import deque
@@ -61,8 +60,9 @@ from twisted.python.failure import Failure
 from jumpoint.audit_commit import COMMITTED, PRESENT, REFUSED, Apply, Outcome, PendingEvent, commit
 from jumpoint.audit_spooler import Spooler, replay_at_start
 from jumpoint.db_thread import DatabaseQueueFull, DatabaseWriter, InlineDatabase, Job
-from jumpoint.db_thread import is_busy as sqlite_is_busy
 from jumpoint.state import StateDatabase
+from jumpoint.store.error_kinds import BUSY, is_database_error
+from jumpoint.store.error_kinds import classify as classify_error
 from jumpoint.worker_thread import WorkerQueueFull
 from shared.errors import InternalError, JumpError, StateUnavailable
 
@@ -171,9 +171,10 @@ class AuditLog:
         L{StateDatabase} means inline on its connection (admin commands, tests).
     @param spooler: the spool file for records the database cannot take
         (none: they wait in memory only, as in the admin commands).
-    @param is_busy: whether a commit's error is worth waiting for (a lock) rather
-        than the database being unavailable; the writer's own C{is_busy} when it
-        has one, else SQLite's (L{jumpoint.db_thread.is_busy}).
+    @param classify: what a commit's error means: C{"busy"} (a lock: worth
+        waiting for) or anything else (the database is unavailable: fail
+        closed); the writer's own C{classify} when it has one (the database
+        thread, for either backend), else L{jumpoint.store.error_kinds.classify}.
     """
 
     def __init__(
@@ -186,7 +187,7 @@ class AuditLog:
         spool_limit: int = SPOOL_LIMIT,
         durable_wait: float = DURABLE_WAIT,
         spooler: Spooler | None = None,
-        is_busy: Callable[[BaseException], bool] | None = None,
+        classify: Callable[[BaseException], str] | None = None,
         spool_after: float = SPOOL_AFTER,
         unavailable_after: float = UNAVAILABLE_AFTER,
     ) -> None:
@@ -198,7 +199,9 @@ class AuditLog:
         self.spool_limit = spool_limit
         self.durable_wait = durable_wait
         self.spooler = spooler
-        self._is_busy = is_busy or getattr(writer, "is_busy", None) or sqlite_is_busy
+        self._classify: Callable[[BaseException], str] = (
+            classify or getattr(writer, "classify", None) or classify_error
+        )
         self.spool_after = spool_after
         self.unavailable_after = unavailable_after
         self._spool: deque[PendingEvent] = deque()
@@ -523,7 +526,9 @@ class AuditLog:
         error = failure.value
         assert error is not None
         self._committing = False
-        busy = isinstance(error, DatabaseQueueFull | WorkerQueueFull) or self._is_busy(error)
+        busy = (
+            isinstance(error, DatabaseQueueFull | WorkerQueueFull) or self._classify(error) == BUSY
+        )
         now = self.clock.seconds()
         for event in batch:
             event.tried = True
@@ -541,7 +546,7 @@ class AuditLog:
         for event in refused:
             self._spool.remove(event)
         self.refused_decisions += len(refused)
-        if not isinstance(error, sqlite3.Error | JumpError):
+        if not isinstance(error, JumpError) and not is_database_error(error):
             log.failure("the audit commit failed", failure)
         if self._failures == 1 or refused or newly or now - self._last_report >= REPORT_INTERVAL:
             self._last_report = now
@@ -712,7 +717,7 @@ def query(
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = database.connection.execute(
         "SELECT id, event_id, time, event, user_name, session, item, rule, detail FROM"
-        f" (SELECT * FROM audit{where} ORDER BY id DESC LIMIT ?) ORDER BY id",
+        f" (SELECT * FROM audit{where} ORDER BY id DESC LIMIT ?) AS recent ORDER BY id",
         (*parameters, limit),
     ).fetchall()
     return [

@@ -17,17 +17,17 @@ change when that is a L{jumpoint.session_store.SpooledWrite}.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
 
-from jumpoint.db_thread import is_busy
+from jumpoint.store.connection import Connection
+from jumpoint.store.error_kinds import OTHER, classify, is_database_error
 from shared.errors import InternalError, JumpError
 
-Apply = Callable[[sqlite3.Connection], Any]
+Apply = Callable[[Connection], Any]
 """A state change committed in the same transaction as its event (may raise L{JumpError})."""
 
 Row = tuple[float, str, str | None, str | None, str | None, str | None, str]
@@ -84,19 +84,19 @@ class PendingEvent:
         )
 
 
-def _already_committed(db: sqlite3.Connection, batch: list[PendingEvent]) -> set[str]:
+def _already_committed(db: Connection, batch: list[PendingEvent]) -> set[str]:
     """The identities of the events of C{batch} tried before that are in the database."""
     ids = [event.event_id for event in batch if event.tried]
     found: set[str] = set()
     for start in range(0, len(ids), _LOOKUP_CHUNK):
         chunk = ids[start : start + _LOOKUP_CHUNK]
         marks = ", ".join("?" * len(chunk))
-        rows = db.execute(f"SELECT event_id FROM audit WHERE event_id IN ({marks})", chunk)
-        found.update(row[0] for row in rows)
+        query = f"SELECT event_id FROM audit WHERE event_id IN ({marks})"
+        found.update(row[0] for row in db.execute(query, chunk).fetchall())
     return found
 
 
-def _commit_one(db: sqlite3.Connection, event: PendingEvent) -> tuple[Outcome, str | None]:
+def _commit_one(db: Connection, event: PendingEvent) -> tuple[Outcome, str | None]:
     """Write one event of the open transaction; returns its outcome and its JSON line."""
     if event.apply is None:
         db.execute(_INSERT, (event.event_id, *event.row))
@@ -105,9 +105,11 @@ def _commit_one(db: sqlite3.Connection, event: PendingEvent) -> tuple[Outcome, s
     try:
         value = event.apply(db)
         written = event.completed(value)
-    except (JumpError, sqlite3.Error) as error:
-        if isinstance(error, sqlite3.Error) and is_busy(error):
+    except Exception as error:
+        if not isinstance(error, JumpError) and not is_database_error(error):
             raise
+        if not isinstance(error, JumpError) and classify(error) != OTHER:
+            raise  # locked or unreachable: the whole batch waits or fails
         db.execute("ROLLBACK TO event")
         db.execute("RELEASE event")
         refusal = (
@@ -125,7 +127,7 @@ def _commit_one(db: sqlite3.Connection, event: PendingEvent) -> tuple[Outcome, s
 
 
 def commit(
-    db: sqlite3.Connection, batch: list[PendingEvent], file: IO[str] | None
+    db: Connection, batch: list[PendingEvent], file: IO[str] | None
 ) -> tuple[list[Outcome], str | None]:
     """The database thread's job: one transaction for C{batch}, then the JSON lines.
 

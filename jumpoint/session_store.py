@@ -15,14 +15,14 @@ L{SPOOLED_WRITES}, and both are idempotent (a replay changes nothing more).
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from jumpoint.state import StateDatabase
+from jumpoint.store.connection import Connection
 
-Write = Callable[[sqlite3.Connection], None]
+Write = Callable[[Connection], None]
 """A write job, committed with its audit event."""
 
 
@@ -32,7 +32,7 @@ class SpooledWrite(Protocol):
     @property
     def name(self) -> str: ...
 
-    def __call__(self, db: sqlite3.Connection) -> None: ...
+    def __call__(self, db: Connection) -> None: ...
 
     def to_json(self) -> dict[str, Any]: ...
 
@@ -74,7 +74,7 @@ def opening(row: OpenedRow) -> Write:
         row.recording,
     )
 
-    def insert(db: sqlite3.Connection) -> None:
+    def insert(db: Connection) -> None:
         db.execute(
             "INSERT INTO sessions (id, user_name, item, opened_at, ticket, approval_id,"
             " recording) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -91,7 +91,7 @@ class SessionClosing:
     row: ClosedRow
     name: ClassVar[str] = "session_closing"
 
-    def __call__(self, db: sqlite3.Connection) -> None:
+    def __call__(self, db: Connection) -> None:
         row = self.row
         db.execute(
             "UPDATE sessions SET closed_at = ?, close_reason = ?, connections = ?,"
@@ -128,7 +128,7 @@ class StaleClosing:
     reason: str
     name: ClassVar[str] = "session_closing_stale"
 
-    def __call__(self, db: sqlite3.Connection) -> None:
+    def __call__(self, db: Connection) -> None:
         db.execute(
             "UPDATE sessions SET closed_at = ?, close_reason = ?"
             " WHERE id = ? AND closed_at IS NULL",

@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.testing import MemoryReactorClock
 
-from jumpoint.audit import AuditLog
+from jumpoint.audit import AuditLog, query
 from jumpoint.audit_spool_file import LIMIT_BYTES, SpoolFile, Step
 from jumpoint.audit_spooler import Spooler
 from jumpoint.db_thread import InlineDatabase
@@ -76,11 +76,8 @@ def new_audit(
 
 def committed_streams(database: StateDatabase) -> list[int]:
     """The C{stream} field of every committed C{connection_closed} row, in commit order."""
-    rows = database.connection.execute(
-        "SELECT json_extract(detail, '$.stream') FROM audit"
-        " WHERE event = 'connection_closed' ORDER BY id"
-    ).fetchall()
-    return [row[0] for row in rows]
+    rows = query(database, event="connection_closed", limit=1_000_000)
+    return [int(row.detail["stream"]) for row in rows]
 
 
 def run_for(clock: MemoryReactorClock, seconds: float, step: float = 0.1) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,14 +233,29 @@ def test_a_lock_spools_records_after_a_while_and_then_refuses_new_decisions(
 
 
 def test_the_writer_classifies_its_errors(database: StateDatabase, tmp_path: Path) -> None:
-    """Another backend's writer says which errors are a lock (C{is_busy}), not SQLite's."""
+    """The writer says which errors are a lock (its C{classify}, as the database thread's)."""
+
+    class SaysBusy(OutageWriter):
+        @staticmethod
+        def classify(error: BaseException) -> str:
+            return "busy"
+
     clock = MemoryReactorClock()
-    writer = OutageWriter(database)
-    audit = new_audit(writer, tmp_path, clock, is_busy=lambda e: True)
+    writer = SaysBusy(database)
+    audit = new_audit(writer, tmp_path, clock)
     writer.mode = UNAVAILABLE  # SQLite's "unable to open", but this writer says: busy
     pending = outcome(audit.record("session_opened", user="alice", durable=True))
     run_for(clock, 1.0)
     assert pending == [] and audit.available  # a lock: the decision waits
+    injected = new_audit(OutageWriter(database), tmp_path / "b", clock, classify=lambda e: "busy")
+    injected.writer.mode = UNAVAILABLE  # type: ignore[attr-defined]
+    waiting = outcome(injected.record("session_opened", user="bob", durable=True))
+    run_for(clock, 1.0)
+    assert waiting == [] and injected.available
+    writer.mode = OK
+    injected.writer.mode = OK  # type: ignore[attr-defined]
+    run_for(clock, 2.5)
+    assert pending == [None] and waiting == [None]
 
 
 def test_a_torn_last_line_is_cut_and_a_damaged_one_skipped(
@@ -337,3 +352,20 @@ def test_stopping_with_the_database_unavailable_keeps_the_records_in_the_spool_f
     started = new_audit(writer, tmp_path, MemoryReactorClock())
     started.replay_spool_now(lambda job: job(database.connection))
     assert committed_streams(database) == list(range(5))
+
+
+def test_a_retry_and_a_replay_add_nothing_on_either_backend(
+    open_state: Callable[[], StateDatabase], tmp_path: Path
+) -> None:
+    database = open_state()
+    clock = MemoryReactorClock()
+    writer = OutageWriter(database)
+    audit = new_audit(writer, tmp_path, clock)
+    writer.mode = LOST_REPLY
+    for n in range(5):
+        audit.record("connection_closed", stream=n)
+    run_for(clock, 0.5)  # committed, the answer lost: the records go to the spool file
+    writer.mode = OK
+    run_for(clock, 3.0)  # replayed: the database has them already
+    assert committed_streams(database) == list(range(5))
+    assert audit.counters()["already_committed"] == 5
