@@ -569,6 +569,8 @@ class AuditLog:
         self._closed_if_done()
 
     def _retry_later(self) -> None:
+        if self._closing is not None and self._closing.called:
+            return  # closed: what is left waits in the spool file for the next start
         if self._call is None:
             delay = min(RETRY_MAX, RETRY_FIRST * 2 ** max(0, self._failures - 1))
             self._call = self.clock.callLater(delay, self.flush)
