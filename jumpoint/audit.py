@@ -277,6 +277,18 @@ class AuditLog:
             return _refusal("its spool file is full")
         return None
 
+    def refuse_if_unavailable(self, what: str) -> None:
+        """Raise L{StateUnavailable} (counted) when the database is unavailable, before
+        a request that needs a decision reads anything (fail fast: no read waits on it)."""
+        if self._unavailable:
+            self.refused_decisions += 1
+            log.warn(
+                "refused a {what} request: the state database is unavailable ({counters})",
+                what=what,
+                counters=self._counters_text(),
+            )
+            raise _state_unavailable()
+
     def record(
         self,
         event: str,
