@@ -213,6 +213,7 @@ class AuditLog:
         self._failures = 0
         self._failing_since: float | None = None
         self._unavailable = False
+        self._file_failed = False
         self._last_report = 0.0
         self.refused_decisions = 0
         """Decisions refused because the audit log could not take them."""
@@ -277,17 +278,30 @@ class AuditLog:
             return _refusal("its spool file is full")
         return None
 
-    def refuse_if_unavailable(self, what: str) -> None:
-        """Raise L{StateUnavailable} (counted) when the database is unavailable, before
-        a request that needs a decision reads anything (fail fast: no read waits on it)."""
-        if self._unavailable:
-            self.refused_decisions += 1
-            log.warn(
-                "refused a {what} request: the state database is unavailable ({counters})",
-                what=what,
-                counters=self._counters_text(),
+    def refuse_if_unavailable(self, action: str, user: str | None, item: str | None) -> None:
+        """Raise L{StateUnavailable} when the database is unavailable, before a request
+        that needs a decision reads anything (fail fast); the refusal is recorded
+        (C{request_refused}: a record, so it waits in the spool file) and counted."""
+        if not self._unavailable:
+            return
+        self.refused_decisions += 1
+        refusal = _state_unavailable()
+        log.warn(
+            "refused a {action} request of {user}: the state database is unavailable ({counters})",
+            action=action,
+            user=user,
+            counters=self._counters_text(),
+        )
+        if self.accepting:  # else the log line above is all (a flood must not grow memory)
+            self.record(
+                "request_refused",
+                user=user,
+                item=item,
+                action=action,
+                code=refusal.code,
+                reason=refusal.message,
             )
-            raise _state_unavailable()
+        raise refusal
 
     def record(
         self,
@@ -416,9 +430,14 @@ class AuditLog:
         self._call = None
         if self._committing:
             return
-        urgent = any(e.durable for e in self._spool)
         spooler = self.spooler
-        if spooler is not None and spooler.file.events and not urgent:
+        from_file = spooler is not None and spooler.file.events > 0
+        from_file = from_file and not any(e.durable for e in self._spool)
+        skipped = self._file_failed and from_file
+        if skipped:  # a broken file must hold up neither the others nor the probe
+            from_file, self._file_failed = False, False
+        if from_file:
+            assert spooler is not None
             self._committing = True
             spooler.next_batch().addCallbacks(self._replay, self._replay_unreadable)
         elif self._spool:
@@ -428,6 +447,8 @@ class AuditLog:
             self.writer.submit(lambda db: commit(db, [], None)).addCallbacks(
                 self._probed, self._failed, errbackArgs=([],)
             )
+        if skipped and not self._committing and self._call is None:
+            self._call = self.clock.callLater(RETRY_MAX, self.flush)  # the file again, later
 
     def _commit_memory(self) -> None:
         batch = [self._spool[i] for i in range(min(len(self._spool), BATCH_LIMIT))]
@@ -451,10 +472,13 @@ class AuditLog:
 
     def _replay_unreadable(self, failure: Failure) -> None:
         self._committing = False
+        self._file_failed = True
         log.critical(
-            "the audit spool file cannot be read: {error}", error=failure.getErrorMessage()
+            "the audit spool file cannot be read or cut: {error} (retried)",
+            error=failure.getErrorMessage(),
         )
-        self._retry_later()
+        if self._call is None and not (self._closing is not None and self._closing.called):
+            self._call = self.clock.callLater(RETRY_MAX, self.flush)
 
     def _replayed(self, result: tuple[list[Outcome], str | None]) -> None:
         outcomes, file_error = result
@@ -464,7 +488,7 @@ class AuditLog:
         present = sum(1 for outcome, _ in outcomes if outcome == PRESENT)
         spooler = self.spooler
         assert spooler is not None
-        spooler.replayed(present).addCallback(self._replay_step_done)
+        spooler.replayed(present).addCallbacks(self._replay_step_done, self._replay_unreadable)
 
     def _replay_step_done(self, _: object) -> None:
         spooler = self.spooler

@@ -51,8 +51,11 @@ def handle(channel: RequestChannel, kind: str, message: dict[str, Any]) -> Outco
     if handler is None:
         raise ProtocolViolation(f"unexpected request {kind!r}")
     control.check_text_fields(kind, message)
-    if kind in DECISIONS:
-        channel.core.log_audit.refuse_if_unavailable(kind)  # fail closed, before any read
+    if kind in DECISIONS:  # fail closed, before any read
+        item = message.get("item")
+        channel.core.log_audit.refuse_if_unavailable(
+            kind, channel.user.name, item if isinstance(item, str) else None
+        )
     try:
         grant = channel.core.grant_for(channel.user)
         if grant.missing_groups and not grant.groups:

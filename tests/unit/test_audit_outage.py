@@ -369,3 +369,32 @@ def test_a_retry_and_a_replay_add_nothing_on_either_backend(
     run_for(clock, 3.0)  # replayed: the database has them already
     assert committed_streams(database) == list(range(5))
     assert audit.counters()["already_committed"] == 5
+
+
+def test_a_broken_spool_file_never_holds_up_the_records_in_memory(
+    database: StateDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = MemoryReactorClock()
+    writer = OutageWriter(database)
+    audit = new_audit(writer, tmp_path, clock)
+    writer.mode = UNAVAILABLE
+    assert audit.spooler is not None
+
+    def unreadable(limit: int) -> tuple[list[str], int]:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(audit.spooler.file, "next_batch", unreadable)
+    for n in range(3):
+        audit.record("connection_closed", stream=n)
+    run_for(clock, 1.0)
+    assert spool_lines(tmp_path) == 3
+    writer.mode = OK
+    run_for(clock, 5.0)  # the replay fails (the file cannot be read), a probe succeeds
+    assert audit.available
+    audit.record("connection_closed", stream=3)
+    run_for(clock, 5.0)
+    assert committed_streams(database) == [3]  # the new record went in regardless
+    assert spool_lines(tmp_path) == 3  # and the spooled ones are still on disk, not lost
+    monkeypatch.undo()
+    run_for(clock, 3.0)
+    assert committed_streams(database) == [3, 0, 1, 2]

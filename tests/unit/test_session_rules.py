@@ -1266,3 +1266,7 @@ def test_new_sessions_fail_closed_while_the_state_database_is_unavailable(world:
     assert audit.available
     assert bob.open("web")["session"]
     assert [e.detail.get("stream") for e in world.audit("connection_closed")] == [1]
+    (refusal,) = world.audit("request_refused")
+    assert refusal.user == "bob" and refusal.item == "web"
+    assert refusal.detail["action"] == "open_session"
+    assert refusal.detail["code"] == "state_unavailable"
