@@ -16,13 +16,15 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
-from jumpoint.audit import AuditLog
+from jumpoint.audit import AuditLog, query
 from jumpoint.state import StateDatabase
 from tests.unit.audit_outage import (
     BUSY,
@@ -45,6 +47,8 @@ class SpoolMachine(RuleBasedStateMachine):
         self.clock = MemoryReactorClock()
         self.audit: AuditLog = new_audit(self.writer, self.directory, self.clock)
         self.recorded = 0
+        self.decisions: list[list[Any]] = []
+        """What each decision's Deferred gave (nothing yet, None: committed, a Failure)."""
         self.lost: set[int] = set()
         """Records only in memory when a crash came (may or may not be committed)."""
 
@@ -53,6 +57,13 @@ class SpoolMachine(RuleBasedStateMachine):
         for _ in range(count):
             self.audit.record("connection_closed", stream=self.recorded)
             self.recorded += 1
+
+    @rule()
+    def decide(self) -> None:
+        number = len(self.decisions)
+        seen: list[Any] = []
+        self.audit.record("session_opened", durable=True, decision=number).addBoth(seen.append)
+        self.decisions.append(seen)
 
     @rule(mode=st.sampled_from([OK, BUSY, UNAVAILABLE, LOST_REPLY]), seconds=st.integers(1, 40))
     def time_passes(self, mode: str, seconds: int) -> None:
@@ -65,7 +76,7 @@ class SpoolMachine(RuleBasedStateMachine):
         in_memory = list(self.audit._spool)
         if self.audit.spooler is not None:
             in_memory += self.audit.spooler.in_transit
-        self.lost |= {json.loads(e.row[6])["stream"] for e in in_memory}
+        self.lost |= {json.loads(e.row[6])["stream"] for e in in_memory if not e.durable}
         self.clock = MemoryReactorClock()
         self.audit = new_audit(self.writer, self.directory, self.clock)
         if self.writer.mode == OK:
@@ -75,6 +86,15 @@ class SpoolMachine(RuleBasedStateMachine):
     def never_twice(self) -> None:
         streams = committed_streams(self.database)
         assert len(streams) == len(set(streams))
+        decided = self._decided()
+        assert len(decided) == len(set(decided))
+        for number, seen in enumerate(self.decisions):
+            if seen == [None]:  # acknowledged: committed, exactly once
+                assert decided.count(number) == 1
+
+    def _decided(self) -> list[int]:
+        rows = query(self.database, event="session_opened", limit=1_000_000)
+        return [int(row.detail["decision"]) for row in rows]
 
     def teardown(self) -> None:
         self.writer.mode = OK
@@ -84,6 +104,13 @@ class SpoolMachine(RuleBasedStateMachine):
         missing = set(range(self.recorded)) - set(streams) - self.lost
         assert not missing, f"events lost: {sorted(missing)[:10]}"
         assert set(streams) <= set(range(self.recorded))
+        decided = self._decided()
+        for number, seen in enumerate(self.decisions):
+            if seen == [None]:
+                assert decided.count(number) == 1
+            elif seen and isinstance(seen[0], Failure):
+                # refused; in the database only when its commit's answer was lost
+                assert decided.count(number) <= 1
         self.database.close()
         shutil.rmtree(self.directory)
 
