@@ -681,8 +681,8 @@ def parse_config(text: str, path: Path) -> JumpointConfig:
     )
 
 
-def load_config(path: str | Path | None) -> JumpointConfig:
-    """Read and check jumpoint.yaml from C{path} or C{$JUMPOINT_CONFIG}."""
+def config_file(path: str | Path | None) -> Path:
+    """The jumpoint.yaml named by C{path} or C{$JUMPOINT_CONFIG}, made absolute."""
     if path is None:
         path = os.environ.get(CONFIG_ENV)
     if not path:
@@ -690,7 +690,12 @@ def load_config(path: str | Path | None) -> JumpointConfig:
             "no configuration file given",
             hint=f"pass --config DIR/jumpoint.yaml or set {CONFIG_ENV}",
         )
-    config_path = Path(path).absolute()
+    return Path(path).absolute()
+
+
+def load_config(path: str | Path | None) -> JumpointConfig:
+    """Read and check jumpoint.yaml from C{path} or C{$JUMPOINT_CONFIG}."""
+    config_path = config_file(path)
     try:
         text = config_path.read_text(encoding="utf-8")
     except FileNotFoundError:
