@@ -215,6 +215,10 @@ class AuditLog:
         self._unavailable = False
         self._file_failed = False
         self._last_report = 0.0
+        self._last_state = "ok"
+        self.on_state_change: Callable[[str, str], None] | None = None
+        """Told the new L{state} and the counters' text when the state changes (the
+        daemon's systemd C{STATUS=} line)."""
         self.refused_decisions = 0
         """Decisions refused because the audit log could not take them."""
         self._file: IO[str] | None = None
@@ -542,6 +546,14 @@ class AuditLog:
         self._failures = 0
         self._failing_since = None
         self._unavailable = False
+        self._state_changed()
+
+    def _state_changed(self) -> None:
+        state = self.state
+        if state != self._last_state:
+            self._last_state = state
+            if self.on_state_change is not None:
+                self.on_state_change(state, self._counters_text())
 
     def _report_file_error(self, file_error: str | None) -> None:
         if file_error is not None:
@@ -601,6 +613,7 @@ class AuditLog:
             event.done.errback(Failure(_refusal(why) if busy else _state_unavailable()))
         if self._spooling():
             self._store()
+        self._state_changed()
         self._retry_later()
         self._closed_if_done()
 

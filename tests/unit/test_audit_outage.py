@@ -398,3 +398,22 @@ def test_a_broken_spool_file_never_holds_up_the_records_in_memory(
     monkeypatch.undo()
     run_for(clock, 3.0)
     assert committed_streams(database) == [3, 0, 1, 2]
+
+
+def test_each_change_of_state_is_told_with_the_counters(
+    database: StateDatabase, tmp_path: Path
+) -> None:
+    clock = MemoryReactorClock()
+    writer = OutageWriter(database)
+    audit = new_audit(writer, tmp_path, clock)
+    told: list[tuple[str, str]] = []
+    audit.on_state_change = lambda state, counters: told.append((state, counters))
+    writer.mode = BUSY
+    audit.record("connection_closed", stream=0)
+    run_for(clock, 1.0)
+    writer.mode = UNAVAILABLE
+    run_for(clock, 3.0)
+    writer.mode = OK
+    run_for(clock, 3.0)
+    assert [state for state, _ in told] == ["failing", "unavailable", "ok"]
+    assert "in_file=1" in told[1][1] and "replayed=" in told[2][1]
