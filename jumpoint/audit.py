@@ -156,6 +156,11 @@ def _iso(seconds: float) -> str:
     return f"{_iso_second(second)}.{int((seconds - second) * 1000):03d}Z"
 
 
+def state_unavailable() -> StateUnavailable:
+    """The refusal of a decision while the state database is unavailable."""
+    return _state_unavailable()
+
+
 def _state_unavailable() -> StateUnavailable:
     return StateUnavailable(
         "the Jumpoint cannot reach its state database; new sessions are refused until it is back",

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from jumpoint import kinds
 from jumpoint.approvals import ApprovalStore
-from jumpoint.audit import AuditLog
+from jumpoint.audit import AuditLog, state_unavailable
 from jumpoint.config import JumpointConfig
 from jumpoint.credentials import CredentialStore
 from jumpoint.db_thread import DatabaseWriter, InlineDatabase
@@ -42,6 +42,7 @@ from jumpoint.session_lifecycle import RecorderFactory, session_ended
 from jumpoint.state import StateDatabase, User, data_version, user_for_certificate
 from jumpoint.store.change_notice import CERTIFICATES, USERS, Change
 from jumpoint.store.connection import POSTGRESQL, Connection
+from jumpoint.store.error_kinds import UNAVAILABLE, classify
 from jumpoint.streams import admit_stream
 from jumpoint.udp_flows import OpenUdp
 from shared.enrollment import rfc3339
@@ -213,6 +214,7 @@ class JumpointCore:
                     channel.revoke(why)
                 else:
                     channel.user = user
+                    channel.provisional = False
 
         self.background_reader.submit(look_up).addCallbacks(checked, self._check_failed)
 
@@ -257,6 +259,8 @@ class JumpointChannel(ChannelProtocol):
         """The certificate's user is being read (the console's messages wait meanwhile)."""
         self._waiting_controls: list[dict[str, Any]] = []
         self._lost = False
+        self.provisional = False
+        """Started while the state database was unreachable: every request is refused."""
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -310,7 +314,10 @@ class JumpointChannel(ChannelProtocol):
         self._identifying = True
         assert self.core.reader is not None  # read off the reactor thread on PostgreSQL
         self.core.reader.submit(lambda db: user_for_certificate(db, serial)).addCallbacks(
-            self._identified, self._not_identified, callbackArgs=(serial, common_name)
+            self._identified,
+            self._not_identified,
+            callbackArgs=(serial, common_name),
+            errbackArgs=(common_name,),
         )
 
     def _identified(self, found: tuple[User | None, str], serial: str, common_name: str) -> None:
@@ -348,21 +355,36 @@ class JumpointChannel(ChannelProtocol):
         for message in waiting:
             self.control_received(message)
 
-    def _not_identified(self, failure: Failure) -> None:
-        """The state database could not say who this is: fail closed."""
+    def _not_identified(self, failure: Failure, common_name: str) -> None:
+        """The state database could not say who this is: fail closed.
+
+        Unreachable (PostgreSQL down): the channel starts I{provisional},
+        named by its certificate only, and refuses every request with
+        C{state_unavailable} until the re-check after the database's return
+        confirms the user (or revokes the channel).  Any other error: refused.
+        """
         self._identifying = False
-        self._waiting_controls = []
+        waiting, self._waiting_controls = self._waiting_controls, []
         log.error(
-            "refused console {peer}: cannot read the state database: {error}",
+            "console {peer}: cannot read the state database: {error}",
             peer=self.peer,
             error=failure.getErrorMessage(),
         )
         if self._lost or self.mux is None:
             return
-        self.hello.fire(ChannelEvent.REFUSED)
-        self.mux.go_away(
-            ErrorCode.INTERNAL_ERROR, "the Jumpoint cannot read its state database now; try again"
-        )
+        error = failure.value
+        if error is None or classify(error) != UNAVAILABLE:
+            self.hello.fire(ChannelEvent.REFUSED)
+            self.mux.go_away(
+                ErrorCode.INTERNAL_ERROR, "the Jumpoint cannot read its state database now"
+            )
+            return
+        self.provisional = True
+        self.hello.fire(ChannelEvent.STARTED)
+        self.user = User(common_name, "", "", None, ())
+        self.core.channels.add(self)
+        for message in waiting:
+            self.control_received(message)
 
     def _certificate_expired(self, not_after: float) -> None:
         """The console's certificate expired while its channel was open: end it."""
@@ -474,6 +496,8 @@ class JumpointChannel(ChannelProtocol):
         request_id = message["id"]
         try:
             control.check_fields(kind, message)  # a bad field refuses this request only
+            if self.provisional:  # its user is not confirmed: fail closed
+                self._refuse_provisional(kind, message)
             outcome = handle(self, kind, message)
         except JumpError as refusal:
             self._refused(kind, request_id, refusal)
@@ -495,6 +519,24 @@ class JumpointChannel(ChannelProtocol):
                 self._refused(kind, request_id, InternalError("the Jumpoint failed the request"))
 
         finished.addCallbacks(lambda result: self._reply(request_id, result), failed)
+
+    def _refuse_provisional(self, kind: str, message: dict[str, Any]) -> None:
+        """Refuse (and record) a request of a channel whose user is not confirmed yet."""
+        assert self.user is not None
+        item = message.get("item")
+        item = item if isinstance(item, str) else None
+        audit = self.core.log_audit
+        audit.refuse_if_unavailable(kind, self.user.name, item)  # records and raises ...
+        refusal = state_unavailable()  # ... unless the audit log has not failed yet
+        audit.record(
+            "request_refused",
+            user=self.user.name,
+            item=item,
+            action=kind,
+            code=refusal.code,
+            reason=refusal.message,
+        )
+        raise refusal
 
     def _reply(self, request_id: int, result: dict[str, Any]) -> None:
         if self.mux is not None and not self.mux.closing:

@@ -3,8 +3,8 @@
 An L{Outage} makes the Jumpoint's state database refuse its writes for a
 while.  On SQLite it is a foreign C{sqlite3} shell holding the write lock
 (C{BEGIN IMMEDIATE}) for longer than the Jumpoint waits for a lock before it
-counts the database as unavailable; the PostgreSQL variant (the server
-stopped) plugs in as another L{Outage} (see L{OUTAGES}).  Meanwhile: the
+counts the database as unavailable; on PostgreSQL
+(C{JUMPOINT_TEST_BACKEND=postgresql}) the server is stopped.  Meanwhile: the
 tunnel opened before keeps carrying bytes, new connections in it go through
 (their records go to the local spool file), a new `jump open` is refused at
 once with code C{state_unavailable} (status 10) and a clear message; once the
@@ -28,6 +28,7 @@ from tests.e2e.harness import Deployment, Process, audit_until, tcp_item, wait_u
 from tests.e2e.harness import tunnel_address as address_of
 from tests.e2e.servers import EchoServer
 from tests.e2e.test_state_lock import ForeignLock
+from tests.postgres_server import PostgresServer
 
 REFUSED_MESSAGE = "cannot reach its state database; new sessions are refused until it is back"
 
@@ -55,13 +56,31 @@ class SqliteLock:
             self.lock = None
 
 
-OUTAGES = {"sqlite-lock": SqliteLock}
-"""The ways of taking the database away, by backend (PostgreSQL: the server stopped)."""
+class PostgresStopped:
+    """The run's PostgreSQL server is stopped (fast shutdown: connections are cut), then started."""
+
+    def __init__(self, server: PostgresServer) -> None:
+        self.server = server
+        self.stopped = False
+
+    def begin(self, deployment: Deployment) -> None:
+        self.server.stop()
+        self.stopped = True
+
+    def end(self) -> None:
+        if self.stopped:
+            self.server.start()
+            self.stopped = False
 
 
-@pytest.fixture(params=sorted(OUTAGES))
-def outage(request: pytest.FixtureRequest) -> Iterator[Outage]:
-    made: Outage = OUTAGES[request.param]()
+@pytest.fixture
+def outage(deployment: Deployment, request: pytest.FixtureRequest) -> Iterator[Outage]:
+    """The outage of the deployment's backend (JUMPOINT_TEST_BACKEND)."""
+    made: Outage
+    if deployment.postgres_dsn is not None:
+        made = PostgresStopped(request.getfixturevalue("postgres_server"))
+    else:
+        made = SqliteLock()
     try:
         yield made
     finally:
