@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -20,14 +20,16 @@ from twisted.test.iosim import IOPump, connectedServerAndClient
 
 from console.channel import ConsoleChannel
 from console.profiles import Profile
+from jumpoint.audit import query
 from jumpoint.config import parse_config
 from jumpoint.db_thread import InlineDatabase
 from jumpoint.server import JumpointCore, JumpointFactory
 from jumpoint.state import StateDatabase
 from jumpoint.store.change_notice import USERS, Change
 from jumpoint.store.connection import POSTGRESQL
+from jumpoint.store.error_kinds import DatabaseUnavailable
 from shared import pki
-from shared.errors import CertificateRejected, SessionLost, UnknownItem
+from shared.errors import CertificateRejected, SessionLost, StateUnavailable, UnknownItem
 from shared.protocol import control
 from shared.protocol.control import StreamTarget
 from shared.protocol.frames import ErrorCode
@@ -431,3 +433,36 @@ def test_reads_off_the_reactor_hold_the_console_until_they_answer(
     pair.pump.flush()
     assert isinstance(result_of(pair.console.lost), SessionLost)
     assert pair.core.channels == set()
+
+
+class UnreachableOnce(HeldReader):
+    """A reader whose first job fails as a stopped PostgreSQL server does."""
+
+    def submit(self, job: Any) -> Deferred[Any]:
+        if not self.jobs:
+            self.jobs.append((job, Deferred()))
+            return fail(DatabaseUnavailable("the Jumpoint cannot reach its state database now"))
+        return self.inline.submit(job)
+
+
+def test_a_console_connecting_while_the_database_is_unreachable_is_refused_everything(
+    tmp_path: Path, keys: Pki
+) -> None:
+    """Fail closed: welcomed by its certificate's name, every request refused until re-checked."""
+    StateDatabase(tmp_path / "state.db").close()
+    pair = make_pair(tmp_path, keys, reader=UnreachableOnce(tmp_path / "state.db"))
+    assert result_of(pair.console.welcome)["user"] == "alice"
+    (channel,) = pair.core.channels
+    assert channel.provisional
+    listed = pair.console.request(control.LIST_ITEMS)
+    pair.pump.flush()
+    with pytest.raises(StateUnavailable, match="cannot reach its state database"):
+        result_of(listed)
+    pair.core.log_audit.flush()  # a record: committed with the next batch
+    refused = [e.event for e in query(pair.core.database, event="request_refused")]
+    assert refused == ["request_refused"]
+    pair.core.changed(None)  # the resync once the database is back confirms the user
+    assert not channel.provisional
+    listed = pair.console.request(control.LIST_ITEMS)
+    pair.pump.flush()
+    assert [i["name"] for i in result_of(listed)["items"]] == ["web"]
