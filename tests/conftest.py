@@ -10,7 +10,7 @@ import pytest
 from hypothesis import settings
 
 from jumpoint.state import StateDatabase
-from tests.postgres_server import PostgresServer
+from tests.postgres_server import PostgresServer, throwaway_server
 
 # Property tests drive Twisted code through a fake clock; their run time depends
 # on the machine, so the "ci" profile (the default) has no per-example deadline.
@@ -32,11 +32,8 @@ BACKEND_ENV = "JUMPOINT_TEST_BACKEND"
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL cluster in a temporary folder for the whole run (fails if not installed)."""
-    server = PostgresServer()
-    try:
+    with throwaway_server() as server:
         yield server
-    finally:
-        server.destroy()
 
 
 @pytest.fixture

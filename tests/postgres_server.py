@@ -21,6 +21,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SERVICE_USER = "postgres"
@@ -133,3 +135,13 @@ class PostgresServer:
                 self.stop()
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextmanager
+def throwaway_server() -> Iterator[PostgresServer]:
+    """A started L{PostgresServer}, destroyed (stopped, its folder removed) afterwards."""
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.destroy()

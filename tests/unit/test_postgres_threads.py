@@ -21,16 +21,13 @@ from jumpoint.store import postgres
 from jumpoint.store.change_feed import ListenFeed
 from jumpoint.store.change_notice import USERS, Change
 from jumpoint.store.error_kinds import DatabaseUnavailable
-from tests.postgres_server import PostgresServer
+from tests.postgres_server import PostgresServer, throwaway_server
 
 
 @pytest.fixture(scope="module")
 def own_server() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
+    with throwaway_server() as server:
         yield server
-    finally:
-        server.destroy()
 
 
 def poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
