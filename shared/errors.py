@@ -170,6 +170,15 @@ class SessionLost(JumpError):
     exit_code = ExitCode.SESSION_LOST
 
 
+class SessionGone(SessionLost):
+    """The Jumpoint cannot resume the session (closed, unknown, past its grace, wrong token).
+
+    One message for all of these: the console learns nothing about which it was.
+    """
+
+    code = "session_gone"
+
+
 class ProtocolViolation(JumpError):
     """The peer broke the wire protocol; the connection is dropped."""
 

@@ -110,7 +110,12 @@ _FIELDS: dict[str, dict[str, Types]] = {
 }
 
 _OPTIONAL: dict[str, dict[str, Types]] = {
-    WELCOME: {"groups": list, "keepalive_interval": _NUMBER, "keepalive_timeout": _NUMBER},
+    WELCOME: {
+        "groups": list,
+        "keepalive_interval": _NUMBER,
+        "keepalive_timeout": _NUMBER,
+        "members": list,
+    },
     LIST_ITEMS: {"search": str, "tag": str, "jump_group": str},
     OPEN_SESSION: {
         "ticket": str,
@@ -119,6 +124,7 @@ _OPTIONAL: dict[str, dict[str, Types]] = {
         "acl": list,
         "auto_close": _NUMBER,
         "idle_timeout": _NUMBER,
+        "resume": dict,
     },
     CLOSE_SESSION: {"session": str},
     LIST_SESSIONS: {"all": bool},
