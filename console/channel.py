@@ -90,8 +90,14 @@ class ConsoleChannel(ChannelProtocol):
     is_client = True
     hello_transitions = CONSOLE_HELLO
 
-    def __init__(self, clock: IReactorTime, profile: Profile, address: str | None = None) -> None:
-        super().__init__(clock, MuxSettings(), handshake_timeout=CONNECT_TIMEOUT)
+    def __init__(
+        self,
+        clock: IReactorTime,
+        profile: Profile,
+        address: str | None = None,
+        timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        super().__init__(clock, MuxSettings(), handshake_timeout=timeout)
         self.profile = profile
         self.address = address or profile.address
         """The member dialled (C{host:port}); its certificate is checked for the profile's name."""
@@ -151,7 +157,7 @@ class ConsoleChannel(ChannelProtocol):
         if self.handshake_timed_out and not welcomed:
             return JumpointUnreachable(
                 f"the TLS handshake with the Jumpoint at {self.address} did not finish"
-                f" within {CONNECT_TIMEOUT:g}s",
+                f" within {self.handshake_timeout:g}s",
                 hint="check that the address is a Jumpoint and that nothing in between"
                 " intercepts TLS",
             )
@@ -199,6 +205,8 @@ class ConsoleChannel(ChannelProtocol):
                 )
             if self._goaway_by_peer and code == ErrorCode.RESTARTING:
                 return SessionLost(f"the Jumpoint is restarting: {why}")
+            if self._goaway_by_peer and code == ErrorCode.CANCEL:  # the transport went away
+                return SessionLost(f"the connection to the Jumpoint was lost: {why}")
             if not self._goaway_by_peer and code in (ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.LIMIT):
                 # This console gave up on a dead or stuck link: the Jumpoint closed nothing.
                 return SessionLost(f"the connection to the Jumpoint was lost: {why}")
@@ -228,8 +236,8 @@ class ConsoleChannel(ChannelProtocol):
         if self._goaway is None:
             return True
         code = self._goaway[0]
-        if self._goaway_by_peer:
-            return code in (ErrorCode.RESTARTING, ErrorCode.KEEPALIVE_TIMEOUT)
+        if self._goaway_by_peer:  # CANCEL: the transport was lost (reset, closed, killed)
+            return code in (ErrorCode.RESTARTING, ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.CANCEL)
         return code in (ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.LIMIT)
 
     def dataReceived(self, data: bytes) -> None:
@@ -337,17 +345,21 @@ def connect_failure(failure: Failure, address: str, host: str, hint: str) -> Jum
 
 
 async def connect(
-    reactor: Any, profile: Profile, member: tuple[str, int] | None = None
+    reactor: Any,
+    profile: Profile,
+    member: tuple[str, int] | None = None,
+    timeout: float = CONNECT_TIMEOUT,
 ) -> ConsoleChannel:
     """Connect to the profile's Jumpoint (or the C{member} given) and wait for its welcome.
 
     Every member's certificate is checked against the profile's server name.
+    C{timeout} bounds the TCP connect and the TLS handshake (each).
     """
     host, port = member or (profile.host, profile.port)
     ca, certificate, key = profile.read_credentials()
     options = client_options(profile.server_name, ca, certificate, key)
-    endpoint = HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
-    channel = ConsoleChannel(reactor, profile, format_address(host, port))
+    endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    channel = ConsoleChannel(reactor, profile, format_address(host, port), timeout)
     factory = Factory.forProtocol(lambda: channel)
     factory.noisy = False
     try:

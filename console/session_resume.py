@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from console.channel import ConsoleChannel, ConsoleRefused, connect
+from console.channel import CONNECT_TIMEOUT, ConsoleChannel, ConsoleRefused, connect
 from console.profiles import Profile, checked_addresses, format_address, store_addresses
 from console.reconnect import Final
 from console.tunnels import TunnelSession
@@ -38,7 +38,20 @@ log = Logger()
 DECISIONS = (AccessDenied, ConsentRequired, UnknownItem, SessionGone)
 """Errors at resume that are the Jumpoint's decision: the session ends with them."""
 
-Connect = Callable[[Profile, tuple[str, int]], "Deferred[ConsoleChannel]"]
+Connect = Callable[[Profile, tuple[str, int], float], "Deferred[ConsoleChannel]"]
+"""Dials one member (profile, address, timeout) and waits for its welcome."""
+MIN_DIAL_TIMEOUT = 3.0
+
+
+def dial_timeout(channel: ConsoleChannel) -> float:
+    """How long a reconnect waits for one member: its keepalive timeout (3 to 15 s).
+
+    A member that does not finish its handshake within the time that marks
+    a link dead is treated as dead: the next one is tried.
+    """
+    mux = channel.mux
+    timeout = mux.settings.keepalive_timeout if mux is not None else CONNECT_TIMEOUT
+    return max(MIN_DIAL_TIMEOUT, min(CONNECT_TIMEOUT, timeout))
 
 
 def resume_token(result: dict[str, Any]) -> str | None:
@@ -67,8 +80,11 @@ class SessionResumer:
         """Told of the new channel once the session is on it (to watch its loss)."""
         self.token = resume_token(session.result)
         self.last_good = session.channel.address
+        self.timeout = dial_timeout(session.channel)
         self._connect = connect_to or (
-            lambda profile, member: Deferred.fromCoroutine(connect(reactor, profile, member))
+            lambda profile, member, timeout: Deferred.fromCoroutine(
+                connect(reactor, profile, member, timeout)
+            )
         )
 
     def members(self, welcome: dict[str, Any]) -> None:
@@ -97,7 +113,7 @@ class SessionResumer:
         error: JumpError | None = None
         for member in self.order():
             try:
-                channel = await self._connect(self.profile, member)
+                channel = await self._connect(self.profile, member, self.timeout)
             except ConsoleRefused as refused:
                 raise Final(refused) from None
             except JumpError as failed:

@@ -171,12 +171,19 @@ class SessionLost(JumpError):
 
 
 class SessionGone(SessionLost):
-    """The Jumpoint cannot resume the session (closed, unknown, past its grace, wrong token).
+    """A session cannot be resumed: closed, unknown, past its grace, or a wrong token.
 
-    One message for all of these: the console learns nothing about which it was.
+    One message for every case, so that a resume attempt learns nothing of
+    which sessions exist (no oracle).
     """
 
     code = "session_gone"
+    exit_code = ExitCode.SESSION_LOST
+
+
+SESSION_GONE_MESSAGE = (
+    "the session cannot be resumed: it is closed, unknown, or its reconnect grace ran out"
+)
 
 
 class ProtocolViolation(JumpError):

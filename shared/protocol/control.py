@@ -244,9 +244,11 @@ RANGES: dict[str, Range] = {
     "keepalive_timeout": Number(MAX_SECONDS),
     "acl": Entries(64),
     "groups": Entries(MAX_STRING),
+    "members": Entries(300),
     "tunnels": Entries(64, (("local_address", str, None), ("local_port", int, Integer(0, 65535)))),
     "item": Bounded(),
     "error": Bounded(),
+    "resume": Bounded(),
 }
 """The range of a field, by name (the same name means the same thing in every message)."""
 

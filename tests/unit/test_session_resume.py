@@ -76,13 +76,14 @@ def resumer(
 ) -> tuple[SessionResumer, FakeSession, list[str]]:
     dialled: list[str] = []
 
-    def connect_to(profile: Profile, member: tuple[str, int]) -> Deferred[Any]:
+    def connect_to(profile: Profile, member: tuple[str, int], timeout: float) -> Deferred[Any]:
         text = f"{member[0]}:{member[1]}"
         dialled.append(text)
         outcome = dial[text]
         return fail(outcome) if isinstance(outcome, JumpError) else succeed(outcome)
 
     session = FakeSession(FakeChannel(last_good, {}))
+    session.channel.mux = None  # type: ignore[attr-defined]
     watched: list[Any] = []
     made = SessionResumer(
         None,
