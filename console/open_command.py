@@ -28,8 +28,8 @@ from twisted.python.failure import Failure
 from console.channel import ConsoleChannel, ConsoleRefused, connect
 from console.logrouter import LOG_ROUTER
 from console.profiles import Profile, checked_addresses, load_profile, store_addresses
-from console.session_watch import SessionWatch
 from console.session_resume import SessionResumer
+from console.session_watch import SessionWatch
 from console.tunnels import MAX_PACKET, TunnelSession
 from console.view import JsonView, PlainView, SessionView, TerminalView
 from shared.errors import ConsentRequired, ExitCode, JumpError, SessionLost, UsageError
