@@ -75,6 +75,9 @@ class Reconnecting:
     retry_in: float
     reason: str
     reset_connections: int
+    """Connections open at the loss, reset with it (0 after the first attempt)."""
+    reset_udp_flows: int = 0
+    """UDP flows open at the loss, dropped with it (likewise)."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ class Reconnector:
     def state(self) -> State:
         return self.lifecycle.state
 
-    def lost(self, error: JumpError, reset_connections: int = 0) -> None:
+    def lost(self, error: JumpError, reset_connections: int = 0, reset_udp_flows: int = 0) -> None:
         """The channel is gone (not by a decision): reconnect, or end without C{reconnect_for}."""
         if self.state is not State.UP:
             return
@@ -139,7 +142,7 @@ class Reconnector:
         self._reason = error.message
         self.attempts = 0
         self._deadline = self.clock.callLater(self.reconnect_for, self._give_up)
-        self._schedule(reset_connections)
+        self._schedule(reset_connections, reset_udp_flows)
 
     def close(self) -> None:
         """The session ends for another reason: stop trying (idempotent)."""
@@ -150,12 +153,14 @@ class Reconnector:
 
     # -- inside ------------------------------------------------------------
 
-    def _schedule(self, reset_connections: int = 0) -> None:
+    def _schedule(self, reset_connections: int = 0, reset_udp_flows: int = 0) -> None:
         assert self._deadline is not None
         left = max(0.0, self._deadline.getTime() - self.clock.seconds())
         delay = min(self.backoff.next_delay(), left)
         self.listener.reconnecting(
-            Reconnecting(self.attempts + 1, round(delay, 3), self._reason, reset_connections)
+            Reconnecting(
+                self.attempts + 1, round(delay, 3), self._reason, reset_connections, reset_udp_flows
+            )
         )
         self._timer = self.clock.callLater(delay, self._dial)
 
@@ -229,6 +234,7 @@ def describe(news: Reconnecting | Reconnected) -> dict[str, Any]:
             "retry_in": news.retry_in,
             "reason": news.reason,
             "reset_connections": news.reset_connections,
+            "reset_udp_flows": news.reset_udp_flows,
         }
     return {
         "event": "reconnected",

@@ -93,7 +93,7 @@ class SessionWatch:
         for tunnel in self.session.tunnels:
             tunnel.status = "reconnecting"
         self.session.held = HeldConnections(self.clock, self.connect_wait, self._refused)
-        self.reconnector.lost(error, reset)
+        self.reconnector.lost(error, reset, flows)
         return error
 
     # -- ReconnectListener ---------------------------------------------------

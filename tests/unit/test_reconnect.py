@@ -181,12 +181,13 @@ def test_close_stops_everything_and_is_idempotent() -> None:
 
 
 def test_the_events_are_the_documented_json() -> None:
-    assert describe(Reconnecting(2, 1.25, "why", 4)) == {
+    assert describe(Reconnecting(2, 1.25, "why", 4, 1)) == {
         "event": "reconnecting",
         "attempt": 2,
         "retry_in": 1.25,
         "reason": "why",
         "reset_connections": 4,
+        "reset_udp_flows": 1,
     }
     assert describe(Reconnected(3, "h:1", 2.5)) == {
         "event": "reconnected",
