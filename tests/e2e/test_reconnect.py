@@ -2,7 +2,8 @@
 
 (a) the Jumpoint killed -9 and started again on its port: the listener
 stays bound, `reconnecting` then `reconnected` are reported, the connection
-open at the loss is reset (counted) and a new one carries a transfer intact
+open at the loss is reset (counted), one made while the Jumpoint was down
+waits and then goes through, and a new one carries a transfer intact
 (SHA-256); (b) a silent link (a relay stopped with SIGSTOP, the profile's
 addresses [relay, direct]) is noticed within the keepalive timeout and the
 session comes back through the direct address; (c) `--no-reconnect` exits 9
@@ -124,7 +125,7 @@ def test_a_jumpoint_killed_and_restarted_is_reconnected_with_the_listener_kept(
     echo = EchoServer()
     try:
         server = deploy(deployment, echo)
-        session = deployment.open("web")
+        session = deployment.open("web", "--connect-wait", "60s")
         host, port = tunnel_address(session.wait_for_event("ready"))
         before = open_connection(host, port)
         server.signal(signal.SIGKILL)
@@ -135,8 +136,13 @@ def test_a_jumpoint_killed_and_restarted_is_reconnected_with_the_listener_kept(
         assert 0 <= reconnecting["retry_in"] <= 0.5
         assert reset_or_closed(before)
         assert listening(port), "the listener was closed while reconnecting"
+        # a connection made while the Jumpoint is down waits, then goes through
+        waiting = socket.create_connection((host, port), timeout=60)
+        waiting.sendall(b"held")
         deployment.serve()
         reconnected = session.wait_for_event("reconnected", timeout=60)
+        assert waiting.recv(4) == b"held"
+        waiting.close()
         assert reconnected["address"] == f"127.0.0.1:{deployment.port}"
         assert reconnected["down_for"] > 0
         sent, received = echo_sha256(host, port)
