@@ -27,8 +27,8 @@ from twisted.python.failure import Failure
 
 from console.channel import ConsoleChannel, ConsoleRefused, connect
 from console.logrouter import LOG_ROUTER
-from console.profiles import Profile, checked_addresses, load_profile, store_addresses
-from console.session_resume import SessionResumer
+from console.profiles import Profile, load_profile
+from console.session_resume import SessionResumer, remember_members
 from console.session_watch import SessionWatch
 from console.tunnels import MAX_PACKET, TunnelSession
 from console.view import JsonView, PlainView, SessionView, TerminalView
@@ -146,9 +146,7 @@ async def run_open(reactor: Any, options: OpenOptions, out: TextIO) -> int:
         raise UsageError(f"command not found: {options.command[0]}")
     profile = load_profile(options.profile)
     channel = await connect_first(reactor, profile)
-    members = checked_addresses(channel.welcome_message.get("members"))
-    if members is not None:
-        profile = store_addresses(profile, members)
+    profile = remember_members(profile, channel.welcome_message)
     session: TunnelSession | None = None
     try:
         try:

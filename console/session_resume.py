@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from console.channel import CONNECT_TIMEOUT, ConsoleChannel, ConsoleRefused, connect
 from console.profiles import Profile, checked_addresses, format_address, store_addresses
@@ -60,6 +61,24 @@ def resume_token(result: dict[str, Any]) -> str | None:
     return token if isinstance(token, str) and 0 < len(token) <= 256 else None
 
 
+def remember_members(profile: Profile, welcome: dict[str, Any]) -> Profile:
+    """The profile with the welcome's C{members} as its addresses (stored), if it lists any."""
+    members = checked_addresses(welcome.get("members"))
+    if members is None:
+        return profile
+    try:
+        return store_addresses(profile, members)
+    except (OSError, ValueError) as error:
+        log.warn("could not store the Jumpoint's members in the profile: {e}", e=str(error))
+        return profile
+
+
+class _Cancelled:
+    """Set once the attempt was cancelled (the reconnect gave up, the session ends)."""
+
+    set = False
+
+
 class SessionResumer:
     """Makes the reconnect attempts of one session (see the module docstring)."""
 
@@ -89,13 +108,7 @@ class SessionResumer:
 
     def members(self, welcome: dict[str, Any]) -> None:
         """Store the welcome's C{members} (if any) as the profile's addresses."""
-        members = checked_addresses(welcome.get("members"))
-        if members is None:
-            return
-        try:
-            self.profile = store_addresses(self.profile, members)
-        except (OSError, ValueError) as error:
-            log.warn("could not store the Jumpoint's members in the profile: {e}", e=str(error))
+        self.profile = remember_members(self.profile, welcome)
 
     def order(self) -> list[tuple[str, int]]:
         """The profile's addresses, the last good one first, then the next ones in order."""
@@ -107,11 +120,32 @@ class SessionResumer:
         return listed
 
     def attempt(self, number: int) -> Deferred[str]:
-        return Deferred.fromCoroutine(self._attempt())
+        """One attempt; cancelling it stops it for good (no member is dialled after that)."""
+        flag = _Cancelled()
+        inner = Deferred.fromCoroutine(self._attempt(flag))
 
-    async def _attempt(self) -> str:
+        def cancel(outer: Deferred[str]) -> None:
+            flag.set = True
+            inner.cancel()
+
+        outer: Deferred[str] = Deferred(cancel)
+
+        def relay(result: object) -> None:
+            if outer.called:
+                return  # cancelled: what the attempt came to is dropped
+            if isinstance(result, Failure):
+                outer.errback(result)
+            else:
+                outer.callback(str(result))
+
+        inner.addBoth(relay)
+        return outer
+
+    async def _attempt(self, cancelled: _Cancelled) -> str:
         error: JumpError | None = None
         for member in self.order():
+            if cancelled.set:
+                raise CancelledError()
             try:
                 channel = await self._connect(self.profile, member, self.timeout)
             except ConsoleRefused as refused:
@@ -120,6 +154,8 @@ class SessionResumer:
                 error = failed
                 continue
             try:
+                if cancelled.set:
+                    raise CancelledError()
                 await self._resume(channel)
             except BaseException:
                 channel._abort()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 
 from console.profiles import Profile, checked_addresses, load_profile
 from console.reconnect import Final
@@ -216,3 +216,25 @@ def test_resume_token_is_read_only_when_it_is_a_sane_string() -> None:
     assert resume_token({"resume_token": TOKEN}) == TOKEN
     assert resume_token({}) is None
     assert resume_token({"resume_token": 5}) is None
+
+
+def test_a_cancelled_attempt_dials_no_further_member(tmp_path: Path) -> None:
+    profile = write_profile(tmp_path, addresses=["10.0.0.1:7443", "10.0.0.2:7443"])
+    dialled: list[str] = []
+    pending: list[Deferred[Any]] = []
+
+    def connect_to(profile: Profile, member: tuple[str, int], timeout: float) -> Deferred[Any]:
+        dialled.append(f"{member[0]}:{member[1]}")
+        pending.append(Deferred())
+        return pending[-1]
+
+    session = FakeSession(FakeChannel("10.0.0.1:7443", {}))
+    session.channel.mux = None  # type: ignore[attr-defined]
+    made = SessionResumer(None, profile, session, {}, lambda c: None, connect_to)  # type: ignore[arg-type]
+    attempt = made.attempt(1)
+    attempt.cancel()
+    outcome = result_of(attempt)
+    assert outcome.check(CancelledError)
+    if pending and not pending[0].called:
+        pending[0].errback(JumpointUnreachable("timed out"))
+    assert dialled == ["10.0.0.1:7443"]
