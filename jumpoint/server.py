@@ -13,7 +13,6 @@ are admitted, dialled and audited by L{jumpoint.streams}.
 from __future__ import annotations
 
 import datetime
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +38,7 @@ from jumpoint.policy import Grant
 from jumpoint.session import Session
 from jumpoint.session_lifecycle import RecorderFactory, session_ended
 from jumpoint.state import StateDatabase, User, data_version, user_for_certificate
+from jumpoint.store.connection import Connection
 from jumpoint.streams import admit_stream
 from jumpoint.udp_flows import OpenUdp
 from shared.enrollment import rfc3339
@@ -152,7 +152,7 @@ class JumpointCore:
         last = self._data_version
         serials = {c.certificate_serial for c in self.channels if c.certificate_serial}
 
-        def look_up(db: sqlite3.Connection) -> tuple[int, dict[str, tuple[User | None, str]]]:
+        def look_up(db: Connection) -> tuple[int, dict[str, tuple[User | None, str]]]:
             version = data_version(db)
             if version == last:
                 return version, {}

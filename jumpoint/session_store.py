@@ -9,13 +9,13 @@ rows a killed daemon left open, at start-up under the instance lock.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from jumpoint.state import StateDatabase
+from jumpoint.store.connection import Connection
 
-Write = Callable[[sqlite3.Connection], None]
+Write = Callable[[Connection], None]
 """A write job, committed with its audit event."""
 
 
@@ -56,7 +56,7 @@ def opening(row: OpenedRow) -> Write:
         row.recording,
     )
 
-    def insert(db: sqlite3.Connection) -> None:
+    def insert(db: Connection) -> None:
         db.execute(
             "INSERT INTO sessions (id, user_name, item, opened_at, ticket, approval_id,"
             " recording) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -77,7 +77,7 @@ def closing(row: ClosedRow) -> Write:
         row.session_id,
     )
 
-    def update(db: sqlite3.Connection) -> None:
+    def update(db: Connection) -> None:
         db.execute(
             "UPDATE sessions SET closed_at = ?, close_reason = ?, connections = ?,"
             " bytes_to_target = ?, bytes_from_target = ? WHERE id = ?",
@@ -90,7 +90,7 @@ def closing(row: ClosedRow) -> Write:
 def closing_stale(session_id: str, closed_at: float, reason: str) -> Write:
     """The write that closes a row a killed daemon left open (if it still is)."""
 
-    def close(db: sqlite3.Connection) -> None:
+    def close(db: Connection) -> None:
         db.execute(
             "UPDATE sessions SET closed_at = ?, close_reason = ?"
             " WHERE id = ? AND closed_at IS NULL",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from jumpoint.session_store import (
@@ -23,8 +24,10 @@ def _opened(session_id: str) -> OpenedRow:
     return OpenedRow(session_id, "alice", "db", 10.0, "T-1", None, None)
 
 
-def test_a_session_row_is_open_until_it_is_closed(tmp_path: Path) -> None:
-    database = StateDatabase(tmp_path / "state.db")
+def test_a_session_row_is_open_until_it_is_closed(
+    open_state: Callable[[], StateDatabase],
+) -> None:
+    database = open_state()
     store = SessionStore(database)
     with database.transaction() as db:
         opening(_opened("s1"))(db)
@@ -43,8 +46,10 @@ def test_a_session_row_is_open_until_it_is_closed(tmp_path: Path) -> None:
     assert tuple(row) == (20.0, "closed by the user", 3, 100, 200, "T-1")
 
 
-def test_closing_a_stale_row_leaves_a_closed_one_alone(tmp_path: Path) -> None:
-    database = StateDatabase(tmp_path / "state.db")
+def test_closing_a_stale_row_leaves_a_closed_one_alone(
+    open_state: Callable[[], StateDatabase],
+) -> None:
+    database = open_state()
     with database.transaction() as db:
         opening(_opened("s1"))(db)
         closing(ClosedRow("s1", 20.0, "closed", 0, 0, 0))(db)
