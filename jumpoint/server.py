@@ -13,6 +13,7 @@ are admitted, dialled and audited by L{jumpoint.streams}.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,9 @@ class JumpointCore:
     """Consoles connected but not yet through their TLS handshake (capped)."""
     kind_services: dict[str, KindService] = field(init=False)
     """Each kind's state for the Jumpoint's life (the network tunnels' interface), by kind."""
+    recheck_session: Callable[[JumpointChannel, JumpointConfig], object] | None = None
+    """Set by the reloader (L{jumpoint.reload_sessions}): decides again a session set up after
+    a reload replaced the configuration it was decided with."""
     _data_version: int | None = None
     _checking_revocations: bool = False
 
@@ -136,6 +140,17 @@ class JumpointCore:
             keepalive_interval=limits.keepalive_interval,
             keepalive_timeout=limits.keepalive_timeout,
         )
+
+    def apply_config(self, config: JumpointConfig) -> None:
+        """Swap in a reloaded configuration (L{jumpoint.reload}): new sessions use it.
+
+        What is built from it is rebuilt with it, in this one reactor turn: the
+        catalog of items and the credentials.  What a reload cannot change keeps
+        its running value in C{config} (L{jumpoint.config_diff.effective}).
+        """
+        self.config = config
+        self.catalog = Catalog(config.items, self.catalog.store)
+        self.credentials = CredentialStore(config)
 
     def grant_for(self, user: User) -> Grant:
         return Grant.of(user.name, user.all_groups, self.config.groups)
@@ -324,7 +339,9 @@ class JumpointChannel(ChannelProtocol):
         )
         self.close_session("revoked", why, ErrorCode.REVOKED)
 
-    def close_session(self, code: str, reason: str, error: ErrorCode) -> None:
+    def close_session(
+        self, code: str, reason: str, error: ErrorCode, rule: str | None = None
+    ) -> None:
         """The Jumpoint ends the session: tell the console why, then drop the connection."""
         assert self.mux is not None
         if self.session is not None and not self.mux.closing:
@@ -336,7 +353,7 @@ class JumpointChannel(ChannelProtocol):
                     "reason": reason,
                 }
             )
-        self.end_session(reason, code)
+        self.end_session(reason, code, rule)
         self.mux.go_away(error, reason)
 
     def session_expired(self, session: Session, code: str, reason: str) -> None:
@@ -348,7 +365,7 @@ class JumpointChannel(ChannelProtocol):
         )
         self.close_session(code, reason, ErrorCode.SESSION_CLOSED)
 
-    def end_session(self, reason: str, code: str = "closed") -> None:
+    def end_session(self, reason: str, code: str = "closed", rule: str | None = None) -> None:
         session, self.session = self.session, None
         if session is None or session.closed:
             return
@@ -359,7 +376,7 @@ class JumpointChannel(ChannelProtocol):
             bridge.abort(ErrorCode.SESSION_CLOSED, f"the session was closed: {reason}")
         for flow in list(session.flows.values()):
             flow.close(f"the session was closed: {reason}", tell_console=False)
-        session_ended(self.core, session, reason, code)
+        session_ended(self.core, session, reason, code, rule)
 
     # -- control requests ------------------------------------------------
 

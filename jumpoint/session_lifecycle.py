@@ -79,8 +79,11 @@ def record_opened(
     )
 
 
-def session_ended(context: SessionContext, session: Session, reason: str, code: str) -> None:
-    """Record the end of a session: database row, audit, log, notification."""
+def session_ended(
+    context: SessionContext, session: Session, reason: str, code: str, rule: str | None = None
+) -> None:
+    """Record the end of a session: database row, audit (with the C{rule} that ended it, if
+    one did), log, notification."""
     if session.link is not None:
         session.link.close(reason)  # its last rows (open flows, denials) before the session's
     to_target, from_target = session.totals()
@@ -100,6 +103,7 @@ def session_ended(context: SessionContext, session: Session, reason: str, code: 
         "session_closed",
         **session.audit_fields(),
         apply=session_store.closing(row),
+        rule=rule,
         code=code,
         reason=reason,
         connections=session.total_connections,

@@ -74,9 +74,10 @@ async def _decide_and_open(
     assert channel.user is not None
     user = channel.user.name
     audit = core.log_audit
+    config = core.config
     try:
         now = core.clock.seconds()
-        terms = decide(core.config, grant, item, request, now, core.approvals)
+        terms = decide(config, grant, item, request, now, core.approvals)
         await check_item_targets(core, item)
     except ConsentRequired:
         await audit.record("consent_requested", user=user, item=item.name, durable=True)
@@ -91,6 +92,7 @@ async def _decide_and_open(
         opened_at=core.clock.seconds(),
         terms=terms,
         on_expired=channel.session_expired,
+        request=request,
     )
     details = terms.to_json()
     if terms.recording and core.new_recorder is not None:
@@ -115,6 +117,10 @@ async def _decide_and_open(
         raise UsageError(why)
     channel.session = session
     session.start_timers(core.clock)
+    if core.config is not config and core.recheck_session is not None:
+        core.recheck_session(channel, config)  # a reload came while it was being set up
+        if channel.session is not session:
+            raise UsageError("the configuration was reloaded while the session was opening")
     log.info(
         "session {session} opened: user {user}, item {item} ({host})",
         session=session.session_id,
@@ -194,6 +200,7 @@ async def tunnels_bound(channel: RequestChannel, grant: Grant, message: dict[str
             0, channel.close_session, "denied", f"{reason} (rule: {rule})", ErrorCode.DENIED
         )
         raise AccessDenied(reason, rule=rule)
+    session.bound_ports = tuple(port for _, port in bound)
     channel.core.log_audit.record(
         "session_ready",
         **session.audit_fields(),
