@@ -110,7 +110,12 @@ _FIELDS: dict[str, dict[str, Types]] = {
 }
 
 _OPTIONAL: dict[str, dict[str, Types]] = {
-    WELCOME: {"groups": list, "keepalive_interval": _NUMBER, "keepalive_timeout": _NUMBER},
+    WELCOME: {
+        "groups": list,
+        "keepalive_interval": _NUMBER,
+        "keepalive_timeout": _NUMBER,
+        "members": list,
+    },
     LIST_ITEMS: {"search": str, "tag": str, "jump_group": str},
     OPEN_SESSION: {
         "ticket": str,
@@ -119,6 +124,7 @@ _OPTIONAL: dict[str, dict[str, Types]] = {
         "acl": list,
         "auto_close": _NUMBER,
         "idle_timeout": _NUMBER,
+        "resume": dict,
     },
     CLOSE_SESSION: {"session": str},
     LIST_SESSIONS: {"all": bool},
@@ -238,9 +244,11 @@ RANGES: dict[str, Range] = {
     "keepalive_timeout": Number(MAX_SECONDS),
     "acl": Entries(64),
     "groups": Entries(MAX_STRING),
+    "members": Entries(300),
     "tunnels": Entries(64, (("local_address", str, None), ("local_port", int, Integer(0, 65535)))),
     "item": Bounded(),
     "error": Bounded(),
+    "resume": Bounded(),
 }
 """The range of a field, by name (the same name means the same thing in every message)."""
 
