@@ -28,6 +28,7 @@ from jumpoint.approvals import ApprovalStore
 from jumpoint.audit import AuditLog
 from jumpoint.config import JumpointConfig
 from jumpoint.credentials import CredentialStore
+from jumpoint.detached_sessions import DetachedSessions
 from jumpoint.dialing import ConnectTarget, Resolve, no_resolver
 from jumpoint.enroll_exchange import EnrollExchange, EnrollmentDesk
 from jumpoint.handlers.dispatch import handle
@@ -63,6 +64,11 @@ def peer_certificate_expiry(transport: object) -> float | None:
 
 log = Logger()
 
+DETACHING_CODES = frozenset({ErrorCode.CANCEL, ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.RESTARTING})
+"""The channel closes that keep its session resumable (detached): the transport was lost, the
+link fell silent, or the Jumpoint restarts.  Any other close (the console's GOAWAY, its close
+request, a protocol error) ends the session now."""
+
 STREAMS_OVER_CAP = 64
 """Streams the mux accepts beyond the session cap, so that the session refuses and audits
 them (C{max_connections}); only a console that ignores its refusals meets the mux's limit."""
@@ -96,6 +102,8 @@ class JumpointCore:
     """Consoles connected but not yet through their TLS handshake (capped)."""
     kind_services: dict[str, KindService] = field(init=False)
     """Each kind's state for the Jumpoint's life (the network tunnels' interface), by kind."""
+    detached: DetachedSessions = field(init=False)
+    """The sessions whose channel was lost, resumable for C{limits.reconnect_grace}."""
     _data_version: int | None = None
     _checking_revocations: bool = False
 
@@ -110,6 +118,7 @@ class JumpointCore:
             self.ca, self.database, self.audit, self.clock, self.ca_unavailable
         )
         self.kind_services = kinds.make_services(self.config, self.clock)
+        self.detached = DetachedSessions(self)
         self.handshakes = PendingHandshakes(
             self.clock,
             self.config.max_pending_handshakes,
@@ -301,14 +310,24 @@ class JumpointChannel(ChannelProtocol):
 
     def mux_closing(self, code: int, reason: str, by_peer: bool) -> None:
         self.close_reason = reason if by_peer else f"{describe_code(code)}: {reason}"
-        self.end_session(self.close_reason, "connection_closed")
+        if code in DETACHING_CODES:
+            self.detach_session(self.close_reason, describe_code(code))
+        else:
+            self.end_session(self.close_reason, "connection_closed")
+
+    def detach_session(self, reason: str, code: str) -> None:
+        """The channel is lost, not ended by the console: keep its session resumable."""
+        session, self.session = self.session, None
+        if session is None or session.closed:
+            return
+        self.core.detached.detach(session, reason, code)
 
     def channel_lost(self, reason: Failure) -> None:
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self._expiry = None
         self.core.channels.discard(self)
-        self.end_session("connection lost", "connection_lost")
+        self.detach_session("connection lost", "connection_lost")
         if self.user is not None:
             log.info(
                 "console {peer} (user {user}) disconnected: {reason}",

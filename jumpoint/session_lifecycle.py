@@ -54,6 +54,7 @@ def record_opened(
     terms: SessionTerms,
     details: dict[str, Any],
     recording: str | None,
+    token_hash: str | None = None,
 ) -> Deferred[None]:
     """Commit the session's row and its C{session_opened} event together."""
     row = session_store.OpenedRow(
@@ -64,6 +65,7 @@ def record_opened(
         ticket=terms.ticket,
         approval_id=terms.approval_id,
         recording=recording,
+        token_hash=token_hash,
     )
     return audit.record(
         "session_opened",
@@ -79,8 +81,11 @@ def record_opened(
     )
 
 
-def session_ended(context: SessionContext, session: Session, reason: str, code: str) -> None:
-    """Record the end of a session: database row, audit, log, notification."""
+def session_ended(
+    context: SessionContext, session: Session, reason: str, code: str, rule: str | None = None
+) -> None:
+    """Record the end of a session: database row, audit (with the C{rule} of a denial), log,
+    notification."""
     if session.link is not None:
         session.link.close(reason)  # its last rows (open flows, denials) before the session's
     to_target, from_target = session.totals()
@@ -99,6 +104,7 @@ def session_ended(context: SessionContext, session: Session, reason: str, code: 
     context.log_audit.record(
         "session_closed",
         **session.audit_fields(),
+        rule=rule,
         apply=session_store.closing(row),
         code=code,
         reason=reason,

@@ -4,7 +4,8 @@ Every statement on the table lives here.  A write is a job (L{opening},
 L{closing}, L{closing_stale}) that the audit log commits on the database
 thread in the same transaction as the event that records it
 (C{session_opened}, C{session_closed}); L{SessionStore.open_rows} reads the
-rows a killed daemon left open, at start-up under the instance lock.
+rows a killed daemon left open, at start-up under the instance lock.  The
+statements of detached (resumable) sessions are L{jumpoint.detached_rows}'.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class OpenedRow:
     ticket: str | None
     approval_id: int | None
     recording: str | None
+    token_hash: str | None = None
+    """The SHA-256 of the session's resume token (the token itself is never stored)."""
 
 
 @dataclass(frozen=True)
@@ -54,12 +57,13 @@ def opening(row: OpenedRow) -> Write:
         row.ticket,
         row.approval_id,
         row.recording,
+        row.token_hash,
     )
 
     def insert(db: sqlite3.Connection) -> None:
         db.execute(
             "INSERT INTO sessions (id, user_name, item, opened_at, ticket, approval_id,"
-            " recording) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " recording, token_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             values,
         )
 

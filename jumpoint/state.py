@@ -121,6 +121,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX enrollment_tokens_by_user ON enrollment_tokens(user_name);
     """,
+    # 4: resumable sessions (jumpoint.session_resume): the resume token's hash, detachment
+    """
+    ALTER TABLE sessions ADD COLUMN token_hash TEXT;
+    ALTER TABLE sessions ADD COLUMN detached_at REAL;
+    ALTER TABLE sessions ADD COLUMN detach_reason TEXT;
+    ALTER TABLE sessions ADD COLUMN reconnect_grace REAL;
+    ALTER TABLE sessions ADD COLUMN reconnects INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX sessions_detached ON sessions(detached_at);
+    """,
 ]
 
 

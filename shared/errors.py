@@ -170,6 +170,22 @@ class SessionLost(JumpError):
     exit_code = ExitCode.SESSION_LOST
 
 
+class SessionGone(SessionLost):
+    """A session cannot be resumed: closed, unknown, past its grace, or a wrong token.
+
+    One message for every case, so that a resume attempt learns nothing of
+    which sessions exist (no oracle).
+    """
+
+    code = "session_gone"
+    exit_code = ExitCode.SESSION_LOST
+
+
+SESSION_GONE_MESSAGE = (
+    "the session cannot be resumed: it is closed, unknown, or its reconnect grace ran out"
+)
+
+
 class ProtocolViolation(JumpError):
     """The peer broke the wire protocol; the connection is dropped."""
 

@@ -119,6 +119,7 @@ _OPTIONAL: dict[str, dict[str, Types]] = {
         "acl": list,
         "auto_close": _NUMBER,
         "idle_timeout": _NUMBER,
+        "resume": dict,
     },
     CLOSE_SESSION: {"session": str},
     LIST_SESSIONS: {"all": bool},
@@ -241,6 +242,7 @@ RANGES: dict[str, Range] = {
     "tunnels": Entries(64, (("local_address", str, None), ("local_port", int, Integer(0, 65535)))),
     "item": Bounded(),
     "error": Bounded(),
+    "resume": Bounded(),
 }
 """The range of a field, by name (the same name means the same thing in every message)."""
 

@@ -87,6 +87,7 @@ class ErrorCode(enum.IntEnum):
     KEEPALIVE_TIMEOUT = 12
     SESSION_CLOSED = 13
     SHUTDOWN = 14
+    RESTARTING = 15
 
 
 def describe_code(code: int) -> str:
