@@ -4,7 +4,9 @@ L{JumpointCore} is the daemon's shared state (configuration, state
 database, items, approvals, audit log, live channels); L{JumpointChannel} is
 one console's connection.  After the TLS handshake the channel maps the
 client certificate to an active user, closes the channel when the user is
-revoked or the certificate expires, and ends the session with it.  The
+revoked or the certificate expires, and ends the session with it.  A channel
+lost without the console ending its session (L{DETACHING_CODES}) leaves the
+session detached and resumable (L{jumpoint.detached_sessions}).  The
 console's control requests are answered by L{jumpoint.handlers} (the
 channel only checks the envelope and sends the reply), the streams it opens
 are admitted, dialled and audited by L{jumpoint.streams}.

@@ -1,11 +1,10 @@
-"""The C{sessions} table: one row per access session, opened, closed, and the stale ones.
+"""The C{sessions} table: one row per access session, opened and closed.
 
-Every statement on the table lives here.  A write is a job (L{opening},
-L{closing}, L{closing_stale}) that the audit log commits on the database
-thread in the same transaction as the event that records it
-(C{session_opened}, C{session_closed}); L{SessionStore.open_rows} reads the
-rows a killed daemon left open, at start-up under the instance lock.  The
-statements of detached (resumable) sessions are L{jumpoint.detached_rows}'.
+Every statement on the table lives here or, for detached (resumable)
+sessions and the rows a killed daemon left open, in L{jumpoint.detached_rows}.
+A write is a job (L{opening}, L{closing}) that the audit log commits on the
+database thread in the same transaction as the event that records it
+(C{session_opened}, C{session_closed}).
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from jumpoint.state import StateDatabase
 
 Write = Callable[[sqlite3.Connection], None]
 """A write job, committed with its audit event."""
@@ -89,39 +86,3 @@ def closing(row: ClosedRow) -> Write:
         )
 
     return update
-
-
-def closing_stale(session_id: str, closed_at: float, reason: str) -> Write:
-    """The write that closes a row a killed daemon left open (if it still is)."""
-
-    def close(db: sqlite3.Connection) -> None:
-        db.execute(
-            "UPDATE sessions SET closed_at = ?, close_reason = ?"
-            " WHERE id = ? AND closed_at IS NULL",
-            (closed_at, reason, session_id),
-        )
-
-    return close
-
-
-@dataclass(frozen=True)
-class StaleSession:
-    """A session row without an end."""
-
-    session_id: str
-    user: str
-    item: str
-
-
-class SessionStore:
-    """Reads of the C{sessions} table (the writes are the jobs above)."""
-
-    def __init__(self, database: StateDatabase) -> None:
-        self.database = database
-
-    def open_rows(self) -> list[StaleSession]:
-        """The sessions whose rows have no end (at start-up: left by a stopped daemon)."""
-        rows = self.database.connection.execute(
-            "SELECT id, user_name, item FROM sessions WHERE closed_at IS NULL"
-        ).fetchall()
-        return [StaleSession(session_id, user, item) for session_id, user, item in rows]

@@ -102,6 +102,15 @@ async def _resume(channel: RequestChannel, request: SessionRequest, resume: Resu
     held_here = holder is not None or resume.session in core.detached
     row = lookup.row
     if not _may_resume(row, channel.user.name, request.item, resume.token, now, held_here):
+        await core.log_audit.record(
+            "resume_refused",
+            user=channel.user.name,
+            session=resume.session,
+            item=request.item,
+            durable=True,
+            peer=channel.peer,
+            reason=SESSION_GONE_MESSAGE,
+        )
         raise SessionGone(SESSION_GONE_MESSAGE)
     assert row is not None
     if holder is not None and holder is not channel:
