@@ -97,6 +97,20 @@ class DetachedSessions:
             held.timer.cancel()
         return held.session
 
+    def peek(self, session_id: str) -> Session | None:
+        """The detached session C{session_id}, left where it is."""
+        held = self._held.get(session_id)
+        return held.session if held is not None else None
+
+    def close(self, session_id: str, reason: str, code: str) -> None:
+        """End a detached session now (C{jump close} of another user's session)."""
+        session = self.take(session_id)
+        if session is None or session.closed:
+            return
+        session.closed = True
+        session.close_reason = reason
+        session_ended(self.context, session, reason, code)
+
     def give_back(self, session: Session, detached_at: float) -> None:
         """A resume that failed (not refused): hold it again for the rest of its grace."""
         grace = self.context.config.limits.reconnect_grace
@@ -109,13 +123,8 @@ class DetachedSessions:
         return held.detached_at if held is not None else None
 
     def _expired(self, session_id: str, grace: float) -> None:
-        session = self.take(session_id)
-        if session is None or session.closed:
-            return
         why = f"the console did not reconnect within {format_duration(grace)} (link_lost)"
-        session.closed = True
-        session.close_reason = why
-        session_ended(self.context, session, why, LINK_LOST)
+        self.close(session_id, why, LINK_LOST)
 
     def stop(self) -> None:
         """The Jumpoint stops: the rows stay detached (resumable after the restart)."""

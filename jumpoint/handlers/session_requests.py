@@ -192,9 +192,9 @@ async def close_session(channel: RequestChannel, grant: Grant, message: dict[str
         channel.end_session(f"closed by the user: {reason}", "closed_by_user")
         return {"session": session_id}
     owner = core.find_session(target_id)
-    if owner is None or owner.session is None:
+    session = owner.session if owner is not None else core.detached.peek(target_id)
+    if session is None:
         raise UnknownSession(f"no open session {target_id!r}", hint="see `jump sessions`")
-    session = owner.session
     if session.user != channel.user.name and not grant.restrictions.terminate_foreign_tunnels:
         raise denied(
             f"session {target_id} belongs to {session.user!r}; your {grant.rule_groups()} may"
@@ -214,8 +214,11 @@ async def close_session(channel: RequestChannel, grant: Grant, message: dict[str
         owner=session.user,
         reason=reason,
     )
-    if owner.session is session:  # it may have ended while the decision was committed
+    # it may have ended, been resumed or detached while the decision was committed
+    if owner is not None and owner.session is session:
         owner.close_session("closed_by_other", why, ErrorCode.SESSION_CLOSED)
+    elif core.detached.peek(target_id) is session:
+        core.detached.close(target_id, why, "closed_by_other")
     return {"session": target_id}
 
 

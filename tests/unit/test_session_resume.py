@@ -284,3 +284,16 @@ def test_the_token_is_never_logged_or_audited(world: World, logged: list[str]) -
     for text in (repr(audit_rows), repr(sessions), "\n".join(logged)):
         assert token not in text
         assert token[:-1] not in text
+
+
+def test_an_admin_closes_a_detached_session(world: World) -> None:
+    opened = world.connect("alice").open("web")
+    lose_link(world, opened["session"])
+    denied = world.connect("bob").refused(
+        control.CLOSE_SESSION, session=opened["session"], reason="no"
+    )
+    assert isinstance(denied, AccessDenied)
+    world.connect("dave").ask(control.CLOSE_SESSION, session=opened["session"], reason="audit")
+    (closed,) = world.audit("session_closed")
+    assert closed.detail["code"] == "closed_by_other"
+    assert isinstance(refused_resume(world.connect("alice"), opened, "web"), SessionGone)
