@@ -15,10 +15,9 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from jumpoint.session_store import Write
 from jumpoint.state import User, user_for_certificate
 from shared.errors import SESSION_GONE_MESSAGE, SessionGone
-
-Write = Callable[[sqlite3.Connection], None]
 
 
 @dataclass(frozen=True)
