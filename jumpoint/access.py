@@ -28,58 +28,19 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import math
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 from jumpoint import kinds
 from jumpoint.approvals import ApprovalStore
 from jumpoint.config import UDP_FLOWS_DEFAULT, UDP_IDLE_TIMEOUT_DEFAULT, JumpointConfig
 from jumpoint.policy import Grant, JumpPolicy, SessionPolicy
 from jumpoint.session_terms import Deadline, SessionTerms
-from shared.errors import AccessDenied, ConsentRequired, UsageError
+from jumpoint.session_terms import SessionRequest as SessionRequest  # its home moved there
+from shared.errors import AccessDenied, ConsentRequired
 from shared.items import LOGIN_TIMEOUT_DEFAULT, Item
 from shared.schema import format_duration
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
-
-
-@dataclass(frozen=True)
-class SessionRequest:
-    """What the console asks for (the C{open_session} control message)."""
-
-    item: str
-    ticket: str | None = None
-    consent: bool = False
-    local_address: str | None = None
-    acl: tuple[str, ...] = ()
-    auto_close: float | None = None
-    idle_timeout: float | None = None
-    """Seconds; 0 asks for no idle timeout."""
-
-    @classmethod
-    def from_message(cls, message: Mapping[str, Any]) -> SessionRequest:
-        return cls(
-            item=str(message["item"]),
-            ticket=message.get("ticket"),
-            consent=bool(message.get("consent", False)),
-            local_address=message.get("local_address"),
-            acl=tuple(message.get("acl") or ()),
-            auto_close=_seconds(message, "auto_close"),
-            idle_timeout=_seconds(message, "idle_timeout"),
-        )
-
-
-def _seconds(message: Mapping[str, Any], key: str) -> float | None:
-    """A duration of the request: JSON allows NaN and Infinity, which no rule can compare."""
-    value = message.get(key)
-    if value is None:
-        return None
-    if not math.isfinite(value):
-        raise UsageError(f"{key} must be a finite number of seconds, not {value!r}")
-    return float(value)
 
 
 def decide(

@@ -12,12 +12,12 @@ log commits on the database thread together with their audit events.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from jumpoint.state import StateDatabase
+from jumpoint.store.connection import Connection
 from shared.errors import AccessDenied, UnknownRequest, UsageError
 
 PENDING = "pending"
@@ -81,17 +81,16 @@ class ApprovalStore:
 
     def requesting(
         self, user: str, item: str, reason: str, duration: float, timeout: float, now: float
-    ) -> Callable[[sqlite3.Connection], Approval]:
+    ) -> Callable[[Connection], Approval]:
         """The write that adds a pending request (its job returns the new request)."""
 
-        def request(db: sqlite3.Connection) -> Approval:
-            cursor = db.execute(
+        def request(db: Connection) -> Approval:
+            row = db.execute(
                 "INSERT INTO approvals (user_name, item, reason, duration, status, requested_at,"
-                " request_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " request_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (user, item, reason, duration, PENDING, now, now + timeout),
-            )
-            assert cursor.lastrowid is not None
-            return _read(db, cursor.lastrowid)
+            ).fetchone()
+            return _read(db, int(row[0]))
 
         return request
 
@@ -144,10 +143,10 @@ class ApprovalStore:
 
     def deciding(
         self, current: Approval, approver: str, approve: bool, comment: str | None, now: float
-    ) -> Callable[[sqlite3.Connection], Approval]:
+    ) -> Callable[[Connection], Approval]:
         """The write that decides C{current} (checked by L{check_decidable}); returns it decided."""
 
-        def decide(db: sqlite3.Connection) -> Approval:
+        def decide(db: Connection) -> Approval:
             cursor = db.execute(
                 "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, comment = ?,"
                 " valid_until = ? WHERE id = ? AND status = ?",
@@ -185,6 +184,6 @@ class ApprovalStore:
         return None if row is None else Approval(*row)
 
 
-def _read(db: sqlite3.Connection, request_id: int) -> Approval:
+def _read(db: Connection, request_id: int) -> Approval:
     row = db.execute(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (request_id,)).fetchone()
     return Approval(*row)

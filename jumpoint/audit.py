@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +46,8 @@ from twisted.python.failure import Failure
 
 from jumpoint.db_thread import DatabaseQueueFull, DatabaseWriter, InlineDatabase, is_busy
 from jumpoint.state import StateDatabase
+from jumpoint.store.connection import Connection
+from jumpoint.store.error_kinds import OTHER, classify, is_database_error
 from shared.errors import InternalError, JumpError
 
 log = Logger()
@@ -76,7 +77,7 @@ RETRY_MAX = 2.0
 REPORT_INTERVAL = 30.0
 """Seconds between two log lines about a spool that still cannot be written."""
 
-Apply = Callable[[sqlite3.Connection], Any]
+Apply = Callable[[Connection], Any]
 """A state change committed in the same transaction as its event (may raise L{JumpError})."""
 
 
@@ -172,7 +173,7 @@ _INSERT = (
 )
 
 
-def _commit_one(db: sqlite3.Connection, event: _Event) -> tuple[Outcome, str | None]:
+def _commit_one(db: Connection, event: _Event) -> tuple[Outcome, str | None]:
     """Write one event of the open transaction; returns its outcome and its JSON line."""
     if event.apply is None:
         db.execute(_INSERT, event.row)
@@ -181,9 +182,11 @@ def _commit_one(db: sqlite3.Connection, event: _Event) -> tuple[Outcome, str | N
     try:
         value = event.apply(db)
         written = event.completed(value)
-    except (JumpError, sqlite3.Error) as error:
-        if isinstance(error, sqlite3.Error) and is_busy(error):
+    except Exception as error:
+        if not isinstance(error, JumpError) and not is_database_error(error):
             raise
+        if not isinstance(error, JumpError) and classify(error) != OTHER:
+            raise  # locked or unreachable: the whole batch waits or fails
         db.execute("ROLLBACK TO event")
         db.execute("RELEASE event")
         refusal = (
@@ -201,7 +204,7 @@ def _commit_one(db: sqlite3.Connection, event: _Event) -> tuple[Outcome, str | N
 
 
 def _commit(
-    db: sqlite3.Connection, batch: list[_Event], file: IO[str] | None
+    db: Connection, batch: list[_Event], file: IO[str] | None
 ) -> tuple[list[Outcome], str | None]:
     """The database thread's job: one transaction for C{batch}, then the JSON lines.
 
@@ -403,7 +406,7 @@ class AuditLog:
         for event in refused:
             if event in self._spool:
                 self._spool.remove(event)
-        if not isinstance(error, sqlite3.Error | JumpError):
+        if not isinstance(error, JumpError) and not is_database_error(error):
             log.failure("the audit commit failed", failure)
         self._failures += 1
         if self._failing_since is None:
@@ -511,7 +514,7 @@ def query(
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = database.connection.execute(
         "SELECT id, time, event, user_name, session, item, rule, detail FROM"
-        f" (SELECT * FROM audit{where} ORDER BY id DESC LIMIT ?) ORDER BY id",
+        f" (SELECT * FROM audit{where} ORDER BY id DESC LIMIT ?) AS recent ORDER BY id",
         (*parameters, limit),
     ).fetchall()
     return [

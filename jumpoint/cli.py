@@ -30,7 +30,7 @@ from jumpoint.state import StateDatabase
 from shared import pki
 from shared.enrollment import Enrollment, rfc3339
 from shared.entrypoint import run_cli
-from shared.errors import ConfigError, UnknownUser, UsageError
+from shared.errors import ConfigError, JumpointUnreachable, UnknownUser, UsageError
 from shared.schema import is_host, parse_duration, parse_host_port
 from shared.text import printable, user_name_problem
 
@@ -122,6 +122,36 @@ def serve(config_path: str | None, log_format: str) -> None:
 
     config = load_config(config_path)
     run_foreground(config, log_format)
+
+
+@cli.command()
+@config_option
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the daemon's outcome.",
+)
+def reload(config_path: str | None, wait: float) -> None:
+    """Reload the running Jumpoint's configuration (SIGHUP) and report the outcome.
+
+    Exits 0 when the daemon applied the file; on an invalid file it prints the
+    error (file, line and key), exits 3, and the daemon keeps its configuration.
+    """
+    from jumpoint import reload_status
+
+    path, state_database, problem = reload_status.locate(config_path)
+    try:
+        status = reload_status.request_reload(path, state_database, wait)
+    except JumpointUnreachable:
+        if problem is not None:
+            raise problem from None
+        raise
+    if not status.ok:
+        raise reload_status.failed(status)
+    for line in reload_status.outcome_lines(status):
+        click.echo(line)
 
 
 @cli.command("check-config")

@@ -22,6 +22,8 @@ from jumpoint.network.settings import NetworkSettings, network_settings
 from jumpoint.policy import Group, JumpPolicy, Policies, Restrictions, SessionPolicy
 from jumpoint.schedule import schedule_checker
 from jumpoint.secret_ref import SecretRef, loose_permissions
+from jumpoint.store.connection import POSTGRESQL
+from jumpoint.store.state_settings import StateSettings, state_section
 from shared import items as item_schema
 from shared import schema
 from shared.addresses import AllowList, PortSet
@@ -108,6 +110,8 @@ class JumpointConfig:
     max_pending_handshakes: int = 512
     max_pending_handshakes_per_address: int = 32
     network: NetworkSettings = field(default_factory=NetworkSettings)
+    state: StateSettings = field(default_factory=StateSettings)
+    """The state backend (C{state:}); SQLite's file is L{state_database}."""
 
     @property
     def directory(self) -> Path:
@@ -452,6 +456,7 @@ _TOP_FIELDS = {
     "jumpoint": Field(lambda n, w: schema.mapping(n, w, _JUMPOINT_FIELDS), required=True),
     "tls": Field(_mapping_or_empty(_TLS_FIELDS), default=None),
     "state_database": Field(schema.string(), default="state.db"),
+    "state": Field(state_section, default=None),
     "limits": Field(_mapping_or_empty(_LIMIT_FIELDS), default=None),
     "groups": Field(schema.dict_of(_group_checker), default=None),
     "allowed_targets": Field(_allowed_targets, default=None),
@@ -581,6 +586,26 @@ def check_references(
             )
 
 
+def _state_settings(
+    values: dict[str, Any] | None, root: yaml.Node, filename: str, base: Path
+) -> StateSettings:
+    """C{state:} with its DSN reference checked (the file 0600, the variable set)."""
+    if values is None or values["backend"] != POSTGRESQL:
+        return StateSettings()
+    where = Where(filename, "state")
+    if values["dsn_env"] is not None:
+        if not os.environ.get(values["dsn_env"]):
+            raise where.child("dsn_env").error(
+                _node_at(root, "state", "dsn_env"),
+                f"the environment variable {values['dsn_env']} is not set",
+            )
+        return StateSettings(POSTGRESQL, SecretRef(env=values["dsn_env"]))
+    node = _node_at(root, "state")
+    assert node is not None
+    path = _existing(base, values["dsn_file"], node, where, "dsn_file")
+    return StateSettings(POSTGRESQL, SecretRef(file=path))
+
+
 def parse_config(text: str, path: Path) -> JumpointConfig:
     """Check the text of a jumpoint.yaml; raises L{ConfigError}."""
     filename = str(path)
@@ -615,6 +640,8 @@ def parse_config(text: str, path: Path) -> JumpointConfig:
         return candidate if candidate.is_absolute() else base / candidate
 
     listen_host, listen_port = jumpoint["listen"]
+    state = top["state"]
+    state_path = state["path"] if state is not None and state["path"] else top["state_database"]
     return JumpointConfig(
         path=path,
         name=jumpoint["name"],
@@ -627,7 +654,8 @@ def parse_config(text: str, path: Path) -> JumpointConfig:
         ca_key=resolve(tls["ca_key"]),
         server_certificate=resolve(tls["server_certificate"]),
         server_key=resolve(tls["server_key"]),
-        state_database=resolve(top["state_database"]),
+        state_database=resolve(state_path),
+        state=_state_settings(state, root, filename, base),
         limits=limits,
         groups=groups,
         items=top["items"],
@@ -641,8 +669,8 @@ def parse_config(text: str, path: Path) -> JumpointConfig:
     )
 
 
-def load_config(path: str | Path | None) -> JumpointConfig:
-    """Read and check jumpoint.yaml from C{path} or C{$JUMPOINT_CONFIG}."""
+def config_file(path: str | Path | None) -> Path:
+    """The jumpoint.yaml named by C{path} or C{$JUMPOINT_CONFIG}, made absolute."""
     if path is None:
         path = os.environ.get(CONFIG_ENV)
     if not path:
@@ -650,7 +678,12 @@ def load_config(path: str | Path | None) -> JumpointConfig:
             "no configuration file given",
             hint=f"pass --config DIR/jumpoint.yaml or set {CONFIG_ENV}",
         )
-    config_path = Path(path).absolute()
+    return Path(path).absolute()
+
+
+def load_config(path: str | Path | None) -> JumpointConfig:
+    """Read and check jumpoint.yaml from C{path} or C{$JUMPOINT_CONFIG}."""
+    config_path = config_file(path)
     try:
         text = config_path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -673,7 +706,7 @@ def load_config(path: str | Path | None) -> JumpointConfig:
         problem = loose_permissions(file_path) if label.endswith("_key") else None
         if problem is not None:
             raise ConfigError(f"{config_path}: {label}: {problem}")
-    if not config.state_database.parent.is_dir():
+    if not config.state.shared and not config.state_database.parent.is_dir():
         raise ConfigError(
             f"{config_path}: state_database: the directory {config.state_database.parent}"
             " does not exist"

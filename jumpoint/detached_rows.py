@@ -11,12 +11,12 @@ is no longer detached.  L{jumpoint.session_store} has the other statements.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from jumpoint.session_store import Write
 from jumpoint.state import User, user_for_certificate
+from jumpoint.store.connection import Connection
 from shared.errors import SESSION_GONE_MESSAGE, SessionGone
 
 
@@ -85,10 +85,10 @@ def _row(values: tuple[object, ...]) -> ResumableRow:
     )
 
 
-def read_for_resume(session_id: str, serial: str) -> Callable[[sqlite3.Connection], ResumeLookup]:
+def read_for_resume(session_id: str, serial: str) -> Callable[[Connection], ResumeLookup]:
     """The job that reads a session's row and the user of certificate C{serial}."""
 
-    def read(db: sqlite3.Connection) -> ResumeLookup:
+    def read(db: Connection) -> ResumeLookup:
         found = db.execute(
             f"SELECT {_ROW_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
         ).fetchone()
@@ -110,7 +110,7 @@ def detaching(session_id: str, at: float, reason: str, grace: float, totals: Tot
         session_id,
     )
 
-    def update(db: sqlite3.Connection) -> None:
+    def update(db: Connection) -> None:
         db.execute(
             "UPDATE sessions SET detached_at = ?, detach_reason = ?, reconnect_grace = ?,"
             " connections = ?, bytes_to_target = ?, bytes_from_target = ?"
@@ -128,7 +128,7 @@ def claiming(session_id: str, token_hash: str, reconnects: int, now: float) -> W
     unchanged), the row is still open and within its grace: one winner.
     """
 
-    def claim(db: sqlite3.Connection) -> None:
+    def claim(db: Connection) -> None:
         cursor = db.execute(
             "UPDATE sessions SET detached_at = NULL, detach_reason = NULL,"
             " reconnects = reconnects + 1"
@@ -145,7 +145,7 @@ def claiming(session_id: str, token_hash: str, reconnects: int, now: float) -> W
 def closing_detached(session_id: str, closed_at: float, reason: str) -> Write:
     """The write that closes a detached row, or raises L{SessionGone} if it no longer is."""
 
-    def close(db: sqlite3.Connection) -> None:
+    def close(db: Connection) -> None:
         cursor = db.execute(
             "UPDATE sessions SET closed_at = ?, close_reason = ?"
             " WHERE id = ? AND closed_at IS NULL AND detached_at IS NOT NULL",
@@ -167,10 +167,10 @@ class ExpiredRow:
     totals: Totals
 
 
-def expired_rows(now: float, limit: int) -> Callable[[sqlite3.Connection], list[ExpiredRow]]:
+def expired_rows(now: float, limit: int) -> Callable[[Connection], list[ExpiredRow]]:
     """The job that reads at most C{limit} detached rows whose grace ran out before C{now}."""
 
-    def read(db: sqlite3.Connection) -> list[ExpiredRow]:
+    def read(db: Connection) -> list[ExpiredRow]:
         rows = db.execute(
             "SELECT id, user_name, item, connections, bytes_to_target, bytes_from_target"
             " FROM sessions WHERE closed_at IS NULL AND detached_at IS NOT NULL"
@@ -194,7 +194,7 @@ class AttachedRow:
     item: str
 
 
-def attached_rows(db: sqlite3.Connection) -> list[AttachedRow]:
+def attached_rows(db: Connection) -> list[AttachedRow]:
     """The open rows without C{detached_at}."""
     rows = db.execute(
         "SELECT id, user_name, item FROM sessions WHERE closed_at IS NULL AND detached_at IS NULL"
@@ -205,7 +205,7 @@ def attached_rows(db: sqlite3.Connection) -> list[AttachedRow]:
 def detaching_left_open(session_id: str, at: float, reason: str, grace: float) -> Write:
     """The write that detaches a row a stopped Jumpoint left attached (its totals unknown)."""
 
-    def update(db: sqlite3.Connection) -> None:
+    def update(db: Connection) -> None:
         db.execute(
             "UPDATE sessions SET detached_at = ?, detach_reason = ?, reconnect_grace = ?"
             " WHERE id = ? AND closed_at IS NULL AND detached_at IS NULL",

@@ -18,13 +18,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 import secrets
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
 
 from jumpoint.state import groups_of
+from jumpoint.store.connection import Connection
 from shared.enrollment import rfc3339
 from shared.errors import EnrollmentRefused, UsageError
 
@@ -81,7 +81,7 @@ class Issued:
 
 
 def add_user_with_token(
-    db: sqlite3.Connection,
+    db: Connection,
     name: str,
     groups: tuple[str, ...],
     token: str,
@@ -106,7 +106,7 @@ def add_user_with_token(
     )
     db.execute("DELETE FROM user_groups WHERE user_name = ?", (name,))
     db.executemany(
-        "INSERT OR IGNORE INTO user_groups (user_name, group_name) VALUES (?, ?)",
+        "INSERT INTO user_groups (user_name, group_name) VALUES (?, ?) ON CONFLICT DO NOTHING",
         [(name, group) for group in groups],
     )
     db.execute(
@@ -116,7 +116,7 @@ def add_user_with_token(
     )
 
 
-def look_up(db: sqlite3.Connection, hashed: str) -> Token | None:
+def look_up(db: Connection, hashed: str) -> Token | None:
     row = db.execute(
         "SELECT t.user_name, t.created_at, t.expires_at, t.certificate_days, t.used_at,"
         " t.used_by, t.revoked_at, u.revoked_at IS NOT NULL"
@@ -162,7 +162,7 @@ Sign = Callable[[str, str, datetime.timedelta], x509.Certificate]
 """Signs the checked request's key for (user, first group, lifetime)."""
 
 
-def redeem(db: sqlite3.Connection, hashed: str, now: float, peer: str, sign: Sign) -> Issued:
+def redeem(db: Connection, hashed: str, now: float, peer: str, sign: Sign) -> Issued:
     """Check the token again, issue its certificate and spend it (in the open transaction)."""
     token = look_up(db, hashed)
     check(token, now)
@@ -185,7 +185,7 @@ def redeem(db: sqlite3.Connection, hashed: str, now: float, peer: str, sign: Sig
     return issued
 
 
-def never_enrolled(db: sqlite3.Connection) -> set[str]:
+def never_enrolled(db: Connection) -> set[str]:
     """Users who have no certificate at all (their token unused, expired or revoked)."""
     rows = db.execute(
         "SELECT name FROM users WHERE NOT EXISTS"
@@ -194,7 +194,7 @@ def never_enrolled(db: sqlite3.Connection) -> set[str]:
     return {row[0] for row in rows}
 
 
-def pending(db: sqlite3.Connection, now: float) -> dict[str, float]:
+def pending(db: Connection, now: float) -> dict[str, float]:
     """Users with an unused, unexpired token: the time it expires (for C{jumpoint user list})."""
     rows = db.execute(
         "SELECT user_name, MAX(expires_at) FROM enrollment_tokens"

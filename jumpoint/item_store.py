@@ -12,10 +12,10 @@ console item can never shadow a configured one.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 
 from jumpoint.state import StateDatabase
+from jumpoint.store.connection import Connection
 from shared.errors import UnknownItem, UsageError
 from shared.items import Item, item_from_data
 
@@ -42,10 +42,10 @@ class ItemStore:
         ).fetchone()
         return None if row is None else self._item(row[0], row[1])
 
-    def creating(self, item: Item, by: str, now: float) -> Callable[[sqlite3.Connection], Item]:
+    def creating(self, item: Item, by: str, now: float) -> Callable[[Connection], Item]:
         """The write that adds C{item} (fails with L{UsageError} if the name is taken)."""
 
-        def create(db: sqlite3.Connection) -> Item:
+        def create(db: Connection) -> Item:
             if db.execute("SELECT 1 FROM items WHERE name = ?", (item.name,)).fetchone():
                 raise UsageError(
                     f"an item named {item.name!r} already exists",
@@ -60,10 +60,10 @@ class ItemStore:
 
         return create
 
-    def updating(self, item: Item, now: float) -> Callable[[sqlite3.Connection], Item]:
+    def updating(self, item: Item, now: float) -> Callable[[Connection], Item]:
         """The write that replaces the item of C{item}'s name."""
 
-        def update(db: sqlite3.Connection) -> Item:
+        def update(db: Connection) -> Item:
             cursor = db.execute(
                 "UPDATE items SET type = ?, jump_group = ?, spec = ?, updated_at = ?"
                 " WHERE name = ?",
@@ -75,10 +75,10 @@ class ItemStore:
 
         return update
 
-    def deleting(self, name: str) -> Callable[[sqlite3.Connection], None]:
+    def deleting(self, name: str) -> Callable[[Connection], None]:
         """The write that removes item C{name}."""
 
-        def delete(db: sqlite3.Connection) -> None:
+        def delete(db: Connection) -> None:
             if db.execute("DELETE FROM items WHERE name = ?", (name,)).rowcount != 1:
                 raise UnknownItem(f"no item named {name!r}")
 

@@ -15,7 +15,7 @@ are admitted, dialled and audited by L{jumpoint.streams}.
 from __future__ import annotations
 
 import datetime
-import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ from jumpoint.policy import Grant
 from jumpoint.session import Session
 from jumpoint.session_lifecycle import RecorderFactory, session_ended
 from jumpoint.state import StateDatabase, User, data_version, user_for_certificate
+from jumpoint.store.connection import Connection
 from jumpoint.streams import admit_stream
 from jumpoint.udp_flows import OpenUdp
 from shared.enrollment import rfc3339
@@ -106,6 +107,9 @@ class JumpointCore:
     """Each kind's state for the Jumpoint's life (the network tunnels' interface), by kind."""
     detached: DetachedSessions = field(init=False)
     """The sessions whose channel was lost, resumable for C{limits.reconnect_grace}."""
+    recheck_session: Callable[[JumpointChannel, JumpointConfig], object] | None = None
+    """Set by the reloader (L{jumpoint.reload_sessions}): decides again a session set up after
+    a reload replaced the configuration it was decided with."""
     _data_version: int | None = None
     _checking_revocations: bool = False
 
@@ -148,6 +152,17 @@ class JumpointCore:
             keepalive_timeout=limits.keepalive_timeout,
         )
 
+    def apply_config(self, config: JumpointConfig) -> None:
+        """Swap in a reloaded configuration (L{jumpoint.reload}): new sessions use it.
+
+        What is built from it is rebuilt with it, in this one reactor turn: the
+        catalog of items and the credentials.  What a reload cannot change keeps
+        its running value in C{config} (L{jumpoint.config_diff.effective}).
+        """
+        self.config = config
+        self.catalog = Catalog(config.items, self.catalog.store)
+        self.credentials = CredentialStore(config)
+
     def grant_for(self, user: User) -> Grant:
         return Grant.of(user.name, user.all_groups, self.config.groups)
 
@@ -163,7 +178,7 @@ class JumpointCore:
         last = self._data_version
         serials = {c.certificate_serial for c in self.channels if c.certificate_serial}
 
-        def look_up(db: sqlite3.Connection) -> tuple[int, dict[str, tuple[User | None, str]]]:
+        def look_up(db: Connection) -> tuple[int, dict[str, tuple[User | None, str]]]:
             version = data_version(db)
             if version == last:
                 return version, {}
@@ -345,7 +360,9 @@ class JumpointChannel(ChannelProtocol):
         )
         self.close_session("revoked", why, ErrorCode.REVOKED)
 
-    def close_session(self, code: str, reason: str, error: ErrorCode) -> None:
+    def close_session(
+        self, code: str, reason: str, error: ErrorCode, rule: str | None = None
+    ) -> None:
         """The Jumpoint ends the session: tell the console why, then drop the connection."""
         assert self.mux is not None
         if self.session is not None and not self.mux.closing:
@@ -357,7 +374,7 @@ class JumpointChannel(ChannelProtocol):
                     "reason": reason,
                 }
             )
-        self.end_session(reason, code)
+        self.end_session(reason, code, rule)
         self.mux.go_away(error, reason)
 
     def session_expired(self, session: Session, code: str, reason: str) -> None:
@@ -369,7 +386,7 @@ class JumpointChannel(ChannelProtocol):
         )
         self.close_session(code, reason, ErrorCode.SESSION_CLOSED)
 
-    def end_session(self, reason: str, code: str = "closed") -> None:
+    def end_session(self, reason: str, code: str = "closed", rule: str | None = None) -> None:
         session, self.session = self.session, None
         if session is None or session.closed:
             return
@@ -380,7 +397,7 @@ class JumpointChannel(ChannelProtocol):
             bridge.abort(ErrorCode.SESSION_CLOSED, f"the session was closed: {reason}")
         for flow in list(session.flows.values()):
             flow.close(f"the session was closed: {reason}", tell_console=False)
-        session_ended(self.core, session, reason, code)
+        session_ended(self.core, session, reason, code, rule)
 
     # -- control requests ------------------------------------------------
 

@@ -26,7 +26,7 @@ from shared.schema import format_duration
 
 if TYPE_CHECKING:
     from jumpoint.recording import SessionRecorder
-    from jumpoint.session_terms import SessionTerms
+    from jumpoint.session_terms import SessionRequest, SessionTerms
 
 IDLE_CHECKS_PER_TIMEOUT = 6
 MAX_IDLE_CHECK_INTERVAL = 30.0
@@ -113,6 +113,10 @@ class Session:
     total_flows: int = 0
     on_expired: Callable[[Session, str, str], None] | None = None
     link: SessionLink | None = None
+    request: SessionRequest | None = None
+    """What the console asked for: a reload decides again on it (L{jumpoint.session_recheck})."""
+    bound_ports: tuple[int, ...] = ()
+    """The local ports the console reported it listens on (C{tunnels_bound})."""
     _timers: list[IDelayedCall] = field(default_factory=list)
     _last_total: int = -1
 

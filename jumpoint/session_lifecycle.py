@@ -84,8 +84,8 @@ def record_opened(
 def session_ended(
     context: SessionContext, session: Session, reason: str, code: str, rule: str | None = None
 ) -> None:
-    """Record the end of a session: database row, audit (with the C{rule} of a denial), log,
-    notification."""
+    """Record the end of a session: database row, audit (with the C{rule} that ended it, if
+    one did), log, notification."""
     if session.link is not None:
         session.link.close(reason)  # its last rows (open flows, denials) before the session's
     to_target, from_target = session.totals()

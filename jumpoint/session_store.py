@@ -9,11 +9,12 @@ database thread in the same transaction as the event that records it
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
-Write = Callable[[sqlite3.Connection], None]
+from jumpoint.store.connection import Connection
+
+Write = Callable[[Connection], None]
 """A write job, committed with its audit event."""
 
 
@@ -57,7 +58,7 @@ def opening(row: OpenedRow) -> Write:
         row.token_hash,
     )
 
-    def insert(db: sqlite3.Connection) -> None:
+    def insert(db: Connection) -> None:
         db.execute(
             "INSERT INTO sessions (id, user_name, item, opened_at, ticket, approval_id,"
             " recording, token_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -78,7 +79,7 @@ def closing(row: ClosedRow) -> Write:
         row.session_id,
     )
 
-    def update(db: sqlite3.Connection) -> None:
+    def update(db: Connection) -> None:
         db.execute(
             "UPDATE sessions SET closed_at = ?, close_reason = ?, connections = ?,"
             " bytes_to_target = ?, bytes_from_target = ? WHERE id = ?",

@@ -1,6 +1,8 @@
 """The terms a session was opened with: what it may do, and when it must close.
 
-L{jumpoint.access.decide} returns them; the session (L{jumpoint.session})
+L{SessionRequest} is what the console asked for, L{jumpoint.access.decide}
+turns it into the terms (and decides on it again at a reload,
+L{jumpoint.session_recheck}); the session (L{jumpoint.session})
 enforces them while it runs and its bridges read their C{login_timeout}.
 They are plain data, kept apart from the access rules so that the data path
 (the sessions and the kinds' bridges) does not import the rules.
@@ -8,12 +10,51 @@ They are plain data, kept apart from the access rules so that the data path
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from jumpoint.policy import Grant, JumpPolicy, SessionPolicy
 from shared.addresses import PortSet
+from shared.errors import UsageError
 from shared.items import Item
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """What the console asks for (the C{open_session} control message)."""
+
+    item: str
+    ticket: str | None = None
+    consent: bool = False
+    local_address: str | None = None
+    acl: tuple[str, ...] = ()
+    auto_close: float | None = None
+    idle_timeout: float | None = None
+    """Seconds; 0 asks for no idle timeout."""
+
+    @classmethod
+    def from_message(cls, message: Mapping[str, Any]) -> SessionRequest:
+        return cls(
+            item=str(message["item"]),
+            ticket=message.get("ticket"),
+            consent=bool(message.get("consent", False)),
+            local_address=message.get("local_address"),
+            acl=tuple(message.get("acl") or ()),
+            auto_close=_seconds(message, "auto_close"),
+            idle_timeout=_seconds(message, "idle_timeout"),
+        )
+
+
+def _seconds(message: Mapping[str, Any], key: str) -> float | None:
+    """A duration of the request: JSON allows NaN and Infinity, which no rule can compare."""
+    value = message.get(key)
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        raise UsageError(f"{key} must be a finite number of seconds, not {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import psycopg
+
+from jumpoint.store import migrations, postgres
+from jumpoint.store.connection import POSTGRESQL, SQLITE, Connection
 from shared.errors import ConfigError, UnknownUser, UsageError
+
+if TYPE_CHECKING:
+    from jumpoint.config import JumpointConfig
 
 MIGRATIONS: list[str] = [
     # 1: users and certificates
@@ -160,36 +168,80 @@ def _now() -> str:
 
 
 class StateDatabase:
-    """A connection to the state database; one per process."""
+    """A connection to the state database; one per process.
+
+    C{StateDatabase(path)} opens (and migrates) a SQLite file, as it always
+    did; L{StateDatabase.postgres} connects to a shared PostgreSQL database
+    and, unless told to migrate, only checks that its schema is this
+    jumpoint's (L{jumpoint.store.migrations.check}); L{open_state} picks by
+    the configuration.
+    """
+
+    backend = SQLITE
 
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
-        self.path = path
+        self.path: Path | None = path
+        self.where = str(path)
+        self.dsn: str | None = None
+        self.migrated_from = 0
         try:
-            self._db = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
+            db = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None)
+            self._db: Connection = db
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self.migrated_from, _ = migrations.migrate(db, SQLITE, MIGRATIONS, self.where)
         except sqlite3.Error as error:
             raise ConfigError(
                 f"{path}: cannot open the state database: {error}",
                 hint="check that the directory and file are writable by this user",
             ) from None
 
+    @classmethod
+    def postgres(cls, dsn: str, where: str, *, migrate: bool = False) -> StateDatabase:
+        """The shared database of C{dsn} (C{where} names it in errors: never the DSN)."""
+        database = cls.__new__(cls)
+        database.backend = POSTGRESQL
+        database.path = None
+        database.where = where
+        database.dsn = dsn
+        database.migrated_from = 0
+        try:
+            connection = postgres.connect(dsn)
+        except psycopg.Error as error:
+            raise ConfigError(
+                f"{where}: cannot connect to the PostgreSQL state database:"
+                f" {postgres.redacted(str(error).strip())}",
+                hint="check state.dsn_file / state.dsn_env and that the server is running",
+            ) from None
+        database._db = connection
+        try:
+            if migrate:
+                database.migrated_from, _ = migrations.migrate(
+                    connection, POSTGRESQL, MIGRATIONS, where
+                )
+            else:
+                migrations.check(connection, POSTGRESQL, MIGRATIONS, where)
+        except BaseException:
+            connection.close()
+            raise
+        return database
+
     def close(self) -> None:
         self._db.close()
 
     def set_busy_timeout(self, seconds: float) -> None:
-        """How long a statement here waits for another connection's lock."""
-        self._db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+        """How long a statement here waits for another connection's lock (SQLite)."""
+        if self.backend == SQLITE:
+            self._db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
     @property
-    def connection(self) -> sqlite3.Connection:
-        """The SQLite connection, for the stores that share this database."""
+    def connection(self) -> Connection:
+        """The connection, for the stores that share this database."""
         return self._db
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """One atomic write transaction (C{BEGIN IMMEDIATE} ... C{COMMIT}, or rolled back)."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -200,39 +252,13 @@ class StateDatabase:
             raise
         db.execute("COMMIT")
 
-    def _migrate(self) -> None:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = db.execute("SELECT version FROM schema_version").fetchone()
-            version = row[0] if row else 0
-            if version > len(MIGRATIONS):
-                raise ConfigError(
-                    f"{self.path}: the state database has schema version {version}, newer than"
-                    f" this jumpoint ({len(MIGRATIONS)})",
-                    hint="upgrade jumpoint",
-                )
-            for step in MIGRATIONS[version:]:
-                for statement in step.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-            if row is None:
-                db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
-            else:
-                db.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
     @property
     def schema_version(self) -> int:
         return int(self._db.execute("SELECT version FROM schema_version").fetchone()[0])
 
     def data_version(self) -> int:
-        """Changes whenever another connection commits (PRAGMA data_version)."""
-        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        """Changes whenever another connection commits (PRAGMA data_version; SQLite only)."""
+        return data_version(self._db)
 
     def add_user(
         self,
@@ -300,7 +326,7 @@ class StateDatabase:
     def _set_groups(self, name: str, groups: tuple[str, ...]) -> None:
         self._db.execute("DELETE FROM user_groups WHERE user_name = ?", (name,))
         self._db.executemany(
-            "INSERT OR IGNORE INTO user_groups (user_name, group_name) VALUES (?, ?)",
+            "INSERT INTO user_groups (user_name, group_name) VALUES (?, ?) ON CONFLICT DO NOTHING",
             [(name, group) for group in groups],
         )
         self._db.execute("UPDATE users SET user_group = ? WHERE name = ?", (groups[0], name))
@@ -340,7 +366,19 @@ class StateDatabase:
         return {row[0] for row in rows}
 
 
-def groups_of(db: sqlite3.Connection, name: str) -> tuple[str, ...]:
+def open_state(config: JumpointConfig, *, migrate: bool = False) -> StateDatabase:
+    """The state database of C{config}: its SQLite file, or its PostgreSQL database.
+
+    A SQLite file is always migrated at open; a PostgreSQL database only
+    when C{migrate} (C{jumpoint migrate}), else its schema is checked.
+    """
+    if config.state.backend == POSTGRESQL:
+        dsn = config.state.read_dsn(config.path)
+        return StateDatabase.postgres(dsn, f"{config.path}: state", migrate=migrate)
+    return StateDatabase(config.state_database)
+
+
+def groups_of(db: Connection, name: str) -> tuple[str, ...]:
     """Every group of user C{name}, the first one given at enrollment first."""
     rows = db.execute(
         "SELECT g.group_name FROM user_groups g JOIN users u ON u.name = g.user_name"
@@ -350,7 +388,7 @@ def groups_of(db: sqlite3.Connection, name: str) -> tuple[str, ...]:
     return tuple(row[0] for row in rows)
 
 
-def user_for_certificate(db: sqlite3.Connection, serial: str) -> tuple[User | None, str]:
+def user_for_certificate(db: Connection, serial: str) -> tuple[User | None, str]:
     """The active user owning certificate C{serial}, or C{None} and the reason why not."""
     row = db.execute(
         "SELECT u.name, u.user_group, u.created_at, u.revoked_at, c.revoked_at"
@@ -365,6 +403,6 @@ def user_for_certificate(db: sqlite3.Connection, serial: str) -> tuple[User | No
     return user, ""
 
 
-def data_version(db: sqlite3.Connection) -> int:
+def data_version(db: Connection) -> int:
     """Changes whenever another connection commits (PRAGMA data_version)."""
     return int(db.execute("PRAGMA data_version").fetchone()[0])

@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 # nftables, iproute2: the Jumpoint's egress tests; iproute2 and iputils-ping: the console's
 # network service tests; dnsutils (dig) and socat: the UDP tunnel tests; dnsmasq-base: the DNS
-# server of the network tunnel lab (iperf3, curl, socat and dig are its other tools)
+# server of the network tunnel lab (iperf3, curl, socat and dig are its other tools);
+# postgresql: the throwaway servers of the PostgreSQL state backend's tests (tests/postgres_server.py)
 APT_PACKAGES=(redis-server redis-tools curl ca-certificates tshark freetds-bin sqlite3 iperf3
-  nftables iproute2 iputils-ping dnsutils socat dnsmasq-base)
+  nftables iproute2 iputils-ping dnsutils socat dnsmasq-base postgresql)
 if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
 if [ "${JUMPOINT_SKIP_APT:-}" != 1 ]; then
   echo "setup: installing Debian packages: ${APT_PACKAGES[*]}" >&2

@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from jumpoint.approvals import ApprovalStore
+from jumpoint.config import JumpointConfig
 from jumpoint.detached_sessions import DetachedSessions
 from jumpoint.dialing import DialContext
 from jumpoint.item_store import Catalog
@@ -56,6 +57,11 @@ class RequestCore(DialContext, SessionContext, Protocol):
     @property
     def open_udp(self) -> OpenUdp | None:
         """Opens the UDP sockets of the sessions' flows (none: this Jumpoint carries no UDP)."""
+        ...
+
+    @property
+    def recheck_session(self) -> Callable[[Any, JumpointConfig], object] | None:
+        """Decides again a session set up after a reload replaced its configuration."""
         ...
 
     def grant_for(self, user: User) -> Grant: ...

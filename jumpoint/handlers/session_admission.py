@@ -13,6 +13,7 @@ from typing import Any
 
 from jumpoint import kinds
 from jumpoint.access import SessionRequest, decide
+from jumpoint.config import JumpointConfig
 from jumpoint.dialing import check_item_targets
 from jumpoint.handlers.request_context import RequestChannel, RequestCore
 from jumpoint.kinds.base import SessionStart
@@ -23,10 +24,11 @@ from shared.items import Item
 
 
 async def admit(
-    core: RequestCore, grant: Grant, item: Item, request: SessionRequest
+    core: RequestCore, config: JumpointConfig, grant: Grant, item: Item, request: SessionRequest
 ) -> SessionTerms:
-    """Every rule on C{request} now; raises the L{shared.errors.AccessDenied} naming the rule."""
-    terms = decide(core.config, grant, item, request, core.clock.seconds(), core.approvals)
+    """Every rule of C{config} on C{request} now; raises the L{shared.errors.AccessDenied}
+    naming the rule."""
+    terms = decide(config, grant, item, request, core.clock.seconds(), core.approvals)
     await check_item_targets(core, item)
     return terms
 

@@ -77,8 +77,9 @@ async def _decide_and_open(
     assert channel.user is not None
     user = channel.user.name
     audit = core.log_audit
+    config = core.config
     try:
-        terms = await admit(core, grant, item, request)
+        terms = await admit(core, config, grant, item, request)
     except ConsentRequired:
         await audit.record("consent_requested", user=user, item=item.name, durable=True)
         raise
@@ -92,6 +93,7 @@ async def _decide_and_open(
         opened_at=core.clock.seconds(),
         terms=terms,
         on_expired=channel.session_expired,
+        request=request,
     )
     details = terms.to_json()
     token, token_hash = new_resume_token()
@@ -117,6 +119,10 @@ async def _decide_and_open(
         raise UsageError(why)
     channel.session = session
     session.start_timers(core.clock)
+    if core.config is not config and core.recheck_session is not None:
+        core.recheck_session(channel, config)  # a reload came while it was being set up
+        if channel.session is not session:
+            raise UsageError("the configuration was reloaded while the session was opening")
     log.info(
         "session {session} opened: user {user}, item {item} ({host})",
         session=session.session_id,
@@ -172,6 +178,7 @@ async def tunnels_bound(channel: RequestChannel, grant: Grant, message: dict[str
             0, channel.close_session, "denied", f"{reason} (rule: {rule})", ErrorCode.DENIED
         )
         raise AccessDenied(reason, rule=rule)
+    session.bound_ports = tuple(port for _, port in bound)
     channel.core.log_audit.record(
         "session_ready",
         **session.audit_fields(),

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from jumpoint import kinds
 from jumpoint.access import SessionRequest
+from jumpoint.config import JumpointConfig
 from jumpoint.detached_rows import ResumableRow, ResumeLookup, claiming, read_for_resume
 from jumpoint.handlers.request_context import (
     Reply,
@@ -93,6 +94,7 @@ async def resume_session(
 
 async def _resume(channel: RequestChannel, request: SessionRequest, resume: ResumeRequest) -> Reply:
     core = channel.core
+    config = core.config  # decided under one configuration (a reload re-checks it after)
     assert channel.user is not None and channel.certificate_serial is not None
     lookup = await core.log_audit.writer.submit(
         read_for_resume(resume.session, channel.certificate_serial)
@@ -125,7 +127,7 @@ async def _resume(channel: RequestChannel, request: SessionRequest, resume: Resu
     detached_at = core.detached.detached_at(row.session_id) or now
     session = core.detached.take(row.session_id)
     try:
-        grant, item, terms = await _recheck(channel, lookup, request)
+        grant, item, terms = await _recheck(channel, config, lookup, request)
     except (AccessDenied, ConsentRequired) as refusal:
         if isinstance(refusal, AccessDenied):
             refusal.context["session"] = row.session_id
@@ -135,7 +137,22 @@ async def _resume(channel: RequestChannel, request: SessionRequest, resume: Resu
         if session is not None:
             core.detached.give_back(session, detached_at)
         raise
-    return await _attach(channel, grant, row, session, item, _anchored(terms, row, now), resume)
+    terms = _anchored(terms, row, now)
+    session, link_fields = await _attach(channel, grant, row, session, item, terms, request, resume)
+    if core.config is not config and core.recheck_session is not None:
+        core.recheck_session(channel, config)  # a reload came while it was being resumed
+        if channel.session is not session:
+            raise UsageError("the configuration was reloaded while the session was resuming")
+    return {
+        "session": session.session_id,
+        "item": item.to_json(),
+        **terms.to_json(),
+        **link_fields,
+        "resume_token": resume.token,
+        "reconnect_grace": config.limits.reconnect_grace,
+        "resumed": True,
+        "reconnects": row.reconnects + 1,
+    }
 
 
 def _may_resume(
@@ -152,7 +169,7 @@ def _may_resume(
 
 
 async def _recheck(
-    channel: RequestChannel, lookup: ResumeLookup, request: SessionRequest
+    channel: RequestChannel, config: JumpointConfig, lookup: ResumeLookup, request: SessionRequest
 ) -> tuple[Grant, Item, SessionTerms]:
     """The admission decision again, for the user as the database has them now."""
     core = channel.core
@@ -169,7 +186,7 @@ async def _recheck(
             f"item {request.item!r} no longer exists, or you may no longer see it",
             rule="items.visible",
         ) from None
-    return grant, item, await admit(core, grant, item, request)
+    return grant, item, await admit(core, config, grant, item, request)
 
 
 def _anchored(terms: SessionTerms, row: ResumableRow, now: float) -> SessionTerms:
@@ -226,14 +243,17 @@ async def _attach(
     session: Session | None,
     item: Item,
     terms: SessionTerms,
+    request: SessionRequest,
     resume: ResumeRequest,
-) -> Reply:
+) -> tuple[Session, dict[str, Any]]:
+    """Claim the session's row for this channel and set it up there; its link's fields."""
     core = channel.core
     reconnects = row.reconnects + 1
     in_memory = session is not None
     if session is None:
         session = _rebuilt(core, row, item, terms, reconnects)
     session.item, session.terms, session.max_connections = item, terms, terms.max_connections
+    session.request = request
     try:
         await core.log_audit.record(
             "session_reconnected",
@@ -270,16 +290,7 @@ async def _attach(
         reconnects=reconnects,
         peer=channel.peer,
     )
-    return {
-        "session": session.session_id,
-        "item": item.to_json(),
-        **terms.to_json(),
-        **link_fields,
-        "resume_token": resume.token,
-        "reconnect_grace": core.config.limits.reconnect_grace,
-        "resumed": True,
-        "reconnects": reconnects,
-    }
+    return session, link_fields
 
 
 def _drop(session: Session) -> None:

@@ -257,13 +257,13 @@ def test_a_second_serve_on_the_same_config_exits_3_and_leaves_the_live_sessions_
         echo.close()
 
 
-def test_sighup_and_other_signals_are_logged_and_ignored_sigterm_logs_a_stop_line(
+def test_sighup_reloads_other_signals_are_logged_and_ignored_sigterm_logs_a_stop_line(
     deployment: Deployment,
 ) -> None:
-    """Until reload exists SIGHUP is logged and ignored; no signal ends the daemon silently."""
+    """SIGHUP reloads (tests/e2e/test_reload.py); no signal ends the daemon silently."""
     server = deployment.create().serve()
     server.signal(signal.SIGHUP)
-    server.wait_for_stdout("received SIGHUP")
+    server.wait_for_stdout("SIGHUP: reloading the configuration")
     server.signal(signal.SIGUSR1)
     server.wait_for_stdout("received SIGUSR1: ignored")
     assert server.popen.poll() is None
@@ -272,6 +272,6 @@ def test_sighup_and_other_signals_are_logged_and_ignored_sigterm_logs_a_stop_lin
     server.signal(signal.SIGTERM)
     assert server.wait() == 0
     output = "\n".join(server.stdout_lines)
-    assert "reloading the configuration is not supported yet; ignored" in output
+    assert "configuration reloaded: generation 2: no change" in output
     assert "received SIGTERM: stopping" in output
     assert "stopped" in server.stdout_lines[-1]

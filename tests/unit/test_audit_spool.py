@@ -13,7 +13,7 @@ import itertools
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +48,9 @@ class LockableWriter:
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[StateDatabase]:
-    db = StateDatabase(tmp_path / "state.db")
-    yield db
-    db.close()
+def database(open_state: Callable[[], StateDatabase]) -> StateDatabase:
+    """The state database, on each backend in turn (the spool's logic is the same)."""
+    return open_state()
 
 
 def outcome(deferred: Deferred[Any]) -> list[Any]:

@@ -8,7 +8,7 @@ grace, and no SQL on the table anywhere else.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,9 @@ def _opened(session_id: str) -> OpenedRow:
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[StateDatabase]:
-    opened = StateDatabase(tmp_path / "state.db")
-    yield opened
-    opened.close()
+def database(open_state: Callable[[], StateDatabase]) -> StateDatabase:
+    """A fresh state database of each backend (SQLite, PostgreSQL)."""
+    return open_state()
 
 
 def _row(database: StateDatabase, session_id: str) -> dict[str, Any]:
