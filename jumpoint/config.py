@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from jumpoint.audit_spool_file import LIMIT_BYTES as SPOOL_LIMIT_BYTES
 from jumpoint.network.settings import NetworkSettings, network_settings
 from jumpoint.policy import Group, JumpPolicy, Policies, Restrictions, SessionPolicy
 from jumpoint.schedule import schedule_checker
@@ -104,6 +105,9 @@ class JumpointConfig:
     policies: Policies = field(default_factory=Policies)
     allowed_targets: AllowList | None = None
     audit_file: Path | None = None
+    audit_spool_file: Path | None = None
+    """Where records wait while the database cannot take them (default: by the state database)."""
+    audit_spool_limit_bytes: int = SPOOL_LIMIT_BYTES
     recordings_directory: Path | None = None
     recording_buffer_limit: int = 8 * 1024 * 1024
     credentials: tuple[CredentialRef, ...] = ()
@@ -116,6 +120,13 @@ class JumpointConfig:
     @property
     def directory(self) -> Path:
         return self.path.parent
+
+    @property
+    def spool_path(self) -> Path:
+        """The audit spool file: C{audit.spool_file}, else next to the state database."""
+        if self.audit_spool_file is not None:
+            return self.audit_spool_file
+        return self.state_database.with_name("audit-spool.jsonl")
 
     def item(self, name: str) -> Item | None:
         for entry in self.items:
@@ -426,7 +437,13 @@ def _credential_checker(base: Path) -> schema.Checker[CredentialRef]:
     return check
 
 
-_AUDIT_FIELDS = {"file": Field(schema.optional_string(), default="audit.jsonl")}
+_AUDIT_FIELDS = {
+    "file": Field(schema.optional_string(), default="audit.jsonl"),
+    "spool_file": Field(schema.optional_string(), default=None),
+    "spool_limit_bytes": Field(
+        schema.integer(1024 * 1024, 64 * 1024 * 1024 * 1024), default=SPOOL_LIMIT_BYTES
+    ),
+}
 _RECORDINGS_FIELDS = {
     "directory": Field(schema.string(), default="recordings"),
     "buffer_limit": Field(schema.integer(64 * 1024, 1024 * 1024 * 1024), default=8 * 1024 * 1024),
@@ -630,7 +647,7 @@ def parse_config(text: str, path: Path) -> JumpointConfig:
                 top["credentials"], Where(filename, "credentials")
             )
         )
-    audit = top["audit"] or {"file": "audit.jsonl"}
+    audit = top["audit"] or {name: spec.default for name, spec in _AUDIT_FIELDS.items()}
     recordings = top["recordings"] or {
         name: spec.default for name, spec in _RECORDINGS_FIELDS.items()
     }
@@ -662,6 +679,8 @@ def parse_config(text: str, path: Path) -> JumpointConfig:
         policies=policies,
         allowed_targets=top["allowed_targets"],
         audit_file=resolve(audit["file"]) if audit["file"] else None,
+        audit_spool_file=resolve(audit["spool_file"]) if audit["spool_file"] else None,
+        audit_spool_limit_bytes=audit["spool_limit_bytes"],
         recordings_directory=resolve(recordings["directory"]),
         recording_buffer_limit=recordings["buffer_limit"],
         credentials=credentials,

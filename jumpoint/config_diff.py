@@ -31,6 +31,8 @@ RESTART_ONLY: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("state_database", ("state_database",)),
     ("state", ("state",)),
     ("audit.file", ("audit_file",)),
+    ("audit.spool_file", ("audit_spool_file",)),
+    ("audit.spool_limit_bytes", ("audit_spool_limit_bytes",)),
     ("recordings.directory", ("recordings_directory",)),
     ("recordings.buffer_limit", ("recording_buffer_limit",)),
     ("network", ("network",)),

@@ -152,6 +152,9 @@ _POLICIES = """\
 #> example: audit
 # audit:
 #   file: audit.jsonl             # the default
+#   spool_file: audit-spool.jsonl # the default, next to the state database: events kept
+#                                 # on this disk while the database cannot take them
+#   spool_limit_bytes: 268435456  # the default (256 MiB); full: new sessions are refused
 #<
 
 # Session recordings (see session_policies).

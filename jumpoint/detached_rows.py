@@ -11,10 +11,12 @@ is no longer detached.  L{jumpoint.session_store} has the other statements.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from jumpoint.session_store import Write
+from jumpoint.session_store import SpooledWrite, Write
 from jumpoint.state import User, user_for_certificate
 from jumpoint.store.connection import Connection
 from shared.errors import SESSION_GONE_MESSAGE, SessionGone
@@ -98,27 +100,48 @@ def read_for_resume(session_id: str, serial: str) -> Callable[[Connection], Resu
     return read
 
 
-def detaching(session_id: str, at: float, reason: str, grace: float, totals: Totals) -> Write:
-    """The write that marks an open session's row detached, with its totals so far."""
-    values = (
-        at,
-        reason,
-        grace,
-        totals.connections,
-        totals.bytes_to_target,
-        totals.bytes_from_target,
-        session_id,
-    )
+@dataclass(frozen=True)
+class Detaching:
+    """The write that marks an open session's row detached, with its totals so far.
 
-    def update(db: Connection) -> None:
+    A record's write (it may wait in the audit spool file): rebuilt from its
+    JSON form (L{DETACHED_WRITES}); it changes only a row that is still open.
+    """
+
+    session_id: str
+    at: float
+    reason: str
+    grace: float
+    totals: Totals
+    name: ClassVar[str] = "session_detaching"
+
+    def __call__(self, db: Connection) -> None:
         db.execute(
             "UPDATE sessions SET detached_at = ?, detach_reason = ?, reconnect_grace = ?,"
             " connections = ?, bytes_to_target = ?, bytes_from_target = ?"
             " WHERE id = ? AND closed_at IS NULL",
-            values,
+            (
+                self.at,
+                self.reason,
+                self.grace,
+                self.totals.connections,
+                self.totals.bytes_to_target,
+                self.totals.bytes_from_target,
+                self.session_id,
+            ),
         )
 
-    return update
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Detaching:
+        return cls(**{**data, "totals": Totals(**data["totals"])})
+
+
+def detaching(session_id: str, at: float, reason: str, grace: float, totals: Totals) -> Detaching:
+    """The write that marks an open session's row detached (L{Detaching})."""
+    return Detaching(session_id, at, reason, grace, totals)
 
 
 def claiming(session_id: str, token_hash: str, reconnects: int, now: float) -> Write:
@@ -202,14 +225,41 @@ def attached_rows(db: Connection) -> list[AttachedRow]:
     return [AttachedRow(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
 
-def detaching_left_open(session_id: str, at: float, reason: str, grace: float) -> Write:
-    """The write that detaches a row a stopped Jumpoint left attached (its totals unknown)."""
+@dataclass(frozen=True)
+class DetachingLeftOpen:
+    """The write that detaches a row a stopped Jumpoint left attached (its totals unknown).
 
-    def update(db: Connection) -> None:
+    A record's write, like L{Detaching}: it changes only an open, attached row.
+    """
+
+    session_id: str
+    at: float
+    reason: str
+    grace: float
+    name: ClassVar[str] = "session_detaching_left_open"
+
+    def __call__(self, db: Connection) -> None:
         db.execute(
             "UPDATE sessions SET detached_at = ?, detach_reason = ?, reconnect_grace = ?"
             " WHERE id = ? AND closed_at IS NULL AND detached_at IS NULL",
-            (at, reason, grace, session_id),
+            (self.at, self.reason, self.grace, self.session_id),
         )
 
-    return update
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DetachingLeftOpen:
+        return cls(**data)
+
+
+def detaching_left_open(session_id: str, at: float, reason: str, grace: float) -> DetachingLeftOpen:
+    """The write that detaches a row a stopped Jumpoint left attached (L{DetachingLeftOpen})."""
+    return DetachingLeftOpen(session_id, at, reason, grace)
+
+
+DETACHED_WRITES: dict[str, Callable[[dict[str, Any]], SpooledWrite]] = {
+    Detaching.name: Detaching.from_json,
+    DetachingLeftOpen.name: DetachingLeftOpen.from_json,
+}
+"""How a detachment waiting in the audit spool file is rebuilt, by its C{name}."""

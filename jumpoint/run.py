@@ -106,6 +106,18 @@ def _ignored(signum: int) -> None:
     log.warn("received {signal}: ignored", signal=signal.Signals(signum).name)
 
 
+AUDIT_STATUS = {
+    "ok": "serving; the state database takes writes again",
+    "failing": "the state database is busy: audit events wait",
+    "unavailable": "the state database is unavailable: new sessions are refused",
+}
+"""The systemd status line of each state of the audit log (L{jumpoint.audit.AuditLog.state})."""
+
+
+def _audit_status(state: str, counters: str) -> None:
+    sd_notify.status(f"{AUDIT_STATUS.get(state, state)} ({counters})")
+
+
 def _reloader(service: JumpointService, reactor: Any) -> Reloader:
     config = service.core.config
 
@@ -132,6 +144,7 @@ def run_foreground(config: JumpointConfig, log_format: str) -> None:
     service = makeService(config, reactor)
     assert isinstance(service, JumpointService)
     reloader = _reloader(service, reactor)
+    service.core.log_audit.on_state_change = _audit_status
     try:
         service.startService()
     except CannotListenError as error:

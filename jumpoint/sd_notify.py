@@ -65,6 +65,11 @@ def ready(status: str, environ: Mapping[str, str] | None = None) -> bool:
     return notify(f"READY=1\nSTATUS={status_line(status)}", environ)
 
 
+def status(text: str, environ: Mapping[str, str] | None = None) -> bool:
+    """A new C{STATUS=} line only (what C{systemctl status} shows)."""
+    return notify(f"STATUS={status_line(text)}", environ)
+
+
 def reloading(environ: Mapping[str, str] | None = None) -> bool:
     return notify(
         f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}\nSTATUS=reloading the configuration",

@@ -4,7 +4,9 @@ The launchers (the C{jumpoint serve} command, the systemd unit, the Windows
 service) only load the configuration, call L{makeService} and start it.
 L{makeService} first takes the instance lock (L{jumpoint.instance_lock}),
 before it touches any state, then opens the state database for reads on the
-reactor thread and starts the database thread that does every write.
+reactor thread and starts the database thread that does every write, and
+replays into the database what a stopped Jumpoint left in the audit spool
+file (L{jumpoint.audit_spooler}) before it serves.
 """
 
 from __future__ import annotations
@@ -17,20 +19,24 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
-from jumpoint.audit import AuditLog
+from jumpoint.audit import BATCH_LIMIT, AuditLog
+from jumpoint.audit_spool_file import SpoolFile
+from jumpoint.audit_spooler import Spooler
 from jumpoint.config import JumpointConfig
 from jumpoint.db_thread import DatabaseThread, DatabaseWriter
-from jumpoint.detached_rows import attached_rows, detaching_left_open
+from jumpoint.detached_rows import DETACHED_WRITES, attached_rows, detaching_left_open
 from jumpoint.dialing import thread_resolver
 from jumpoint.instance_lock import InstanceLock
 from jumpoint.notify import Delivery, Notifier
 from jumpoint.recording import SessionRecorder
 from jumpoint.server import JumpointCore, JumpointFactory
 from jumpoint.session_lifecycle import RecorderFactory
+from jumpoint.session_store import SPOOLED_WRITES
 from jumpoint.session_sweep import SWEEP_INTERVAL, sweep_expired_sessions
 from jumpoint.state import READ_BUSY_TIMEOUT, StateDatabase
 from jumpoint.targets import make_connector
 from jumpoint.udp_flows import reactor_udp
+from jumpoint.worker_thread import WorkerThread
 from shared.errors import ConfigError
 from shared.pki import KeyPair, load_pair
 from shared.protocol.frames import ErrorCode
@@ -146,6 +152,13 @@ def detach_left_open_sessions(
     return len(left_open)
 
 
+def _audit_spooler(config: JumpointConfig, reactor: Any) -> Spooler:
+    """The audit spool file (mode 0600, next to the state database) and its worker thread."""
+    spool_file = SpoolFile(config.spool_path, config.audit_spool_limit_bytes)
+    worker = WorkerThread("jumpoint-audit-spool", reactor.callFromThread)
+    return Spooler(spool_file, worker, {**SPOOLED_WRITES, **DETACHED_WRITES}, BATCH_LIMIT)
+
+
 def _recorder_factory(config: JumpointConfig, reactor: Any) -> RecorderFactory | None:
     directory = config.recordings_directory
     if directory is None:
@@ -194,13 +207,21 @@ def _signing_ca(config: JumpointConfig) -> tuple[KeyPair | None, str | None]:
 
 def _build(config: JumpointConfig, reactor: Any, lock: InstanceLock) -> IService:
     database = StateDatabase(config.state_database)
-    database.set_busy_timeout(READ_BUSY_TIMEOUT)  # reads only here; writes: the thread
     writer = DatabaseThread(config.state_database, reactor.callFromThread)
     try:
-        audit = AuditLog(writer, config.audit_file, reactor)
+        spooler = _audit_spooler(config, reactor)
     except OSError as error:
         writer.stop()
+        raise ConfigError(f"{config.path}: audit.spool_file: cannot open it: {error}") from None
+    try:
+        audit = AuditLog(writer, config.audit_file, reactor, spooler=spooler)
+    except OSError as error:
+        writer.stop()
+        spooler.worker.stop()
         raise ConfigError(f"{config.path}: audit.file: cannot open it: {error}") from None
+    # before serving, and before the stale rows are closed: what a crash left in the spool file
+    audit.replay_spool_now(lambda job: job(database.connection))
+    database.set_busy_timeout(READ_BUSY_TIMEOUT)  # reads only here; writes: the thread
     grace = config.limits.reconnect_grace
     stale = detach_left_open_sessions(database, audit, reactor.seconds(), grace)
     if stale:

@@ -129,7 +129,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX enrollment_tokens_by_user ON enrollment_tokens(user_name);
     """,
-    # 4: resumable sessions (jumpoint.session_resume): the resume token's hash, detachment
+    # 4: each audit event's identity (jumpoint.audit): a UUID made when it is recorded, so that
+    # a retry (a lost commit reply, a replay of the local spool) never adds it twice
+    """
+    ALTER TABLE audit ADD COLUMN event_id TEXT;
+    CREATE UNIQUE INDEX audit_by_event_id ON audit(event_id);
+    """,
+    # 5: resumable sessions (jumpoint.session_resume): the resume token's hash, detachment
     """
     ALTER TABLE sessions ADD COLUMN token_hash TEXT;
     ALTER TABLE sessions ADD COLUMN detached_at REAL;

@@ -70,10 +70,13 @@ def admit_stream(
         )
     elif not core.log_audit.accepting:
         # a connection is a decision: without room in the audit spool, none is taken
-        reason = (
-            f"the Jumpoint cannot write its audit log ({core.log_audit.spooled} events"
-            " are waiting for the database)"
+        audit = core.log_audit
+        waiting = (
+            "its spool file is full"
+            if audit.spooler is not None and audit.spooler.full
+            else f"{audit.spooled} events are waiting for the database"
         )
+        reason = f"the Jumpoint cannot write its audit log ({waiting})"
         log.warn(
             "session {session}: refused stream {stream_id}: {reason} (rule: {rule})",
             session=session.session_id,

@@ -26,6 +26,7 @@ class ExitCode:
     LOCAL_BIND = 7
     DENIED = 8
     SESSION_LOST = 9
+    STATE_UNAVAILABLE = 10
     INTERNAL = 70
 
 
@@ -191,6 +192,17 @@ class ProtocolViolation(JumpError):
 
     code = "protocol_error"
     exit_code = ExitCode.FAILURE
+
+
+class StateUnavailable(JumpError):
+    """The Jumpoint cannot write its state database: it refuses new sessions and decisions.
+
+    Refused at once (fail closed) until the database takes writes again;
+    sessions already open continue.  Worth retrying later.
+    """
+
+    code = "state_unavailable"
+    exit_code = ExitCode.STATE_UNAVAILABLE
 
 
 class InternalError(JumpError):

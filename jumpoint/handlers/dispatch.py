@@ -8,7 +8,8 @@ sends back as an error reply, and every denial is recorded here
 (L{DENIAL_EVENTS}) and committed before the refusal is sent.  Handlers that
 must wait return coroutines: a decision and the state change it makes are
 committed before the reply, without the reactor ever waiting for the
-database.
+database.  While the state database is unavailable, the requests that take
+a decision (L{DECISIONS}) are refused at once with C{state_unavailable}.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def handle(channel: RequestChannel, kind: str, message: dict[str, Any]) -> Outco
     if handler is None:
         raise ProtocolViolation(f"unexpected request {kind!r}")
     control.check_text_fields(kind, message)
+    if kind in DECISIONS:  # fail closed, before any read
+        item = message.get("item")
+        channel.core.log_audit.refuse_if_unavailable(
+            kind, channel.user.name, item if isinstance(item, str) else None
+        )
     try:
         grant = channel.core.grant_for(channel.user)
         check_groups_defined(grant, channel.user.name)
@@ -105,6 +111,20 @@ DENIAL_EVENTS: Final[Mapping[str, str]] = {
     control.CLOSE_FLOW: "request_denied",
 }
 """The audit event of a denied request, by request type (every handler has one)."""
+
+
+DECISIONS: Final = frozenset(
+    {
+        control.OPEN_SESSION,
+        control.CREATE_ITEM,
+        control.CHANGE_ITEM,
+        control.DELETE_ITEM,
+        control.REQUEST_ACCESS,
+        control.DECIDE_REQUEST,
+    }
+)
+"""Requests that take a decision the audit log must commit: refused at once while the
+state database is unavailable (L{jumpoint.audit.AuditLog.refuse_if_unavailable})."""
 
 
 SESSION_REQUESTS: Final = frozenset(

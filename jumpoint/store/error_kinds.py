@@ -14,17 +14,19 @@ import sqlite3
 
 import psycopg
 
-from shared.errors import InternalError
+from shared.errors import StateUnavailable
 
 BUSY = "busy"
 UNAVAILABLE = "unavailable"
 OTHER = "other"
 
 
-class DatabaseUnavailable(InternalError):
-    """The shared database cannot be reached now (its connection is being re-made)."""
+class DatabaseUnavailable(StateUnavailable):
+    """The shared database cannot be reached now (its connection is being re-made).
 
-    code = "database_unavailable"
+    Shown to a console as C{state_unavailable} (status 10), as the audit
+    log's refusals while the database is away.
+    """
 
 
 # SQLSTATE classes/codes of a server going away or refusing connections

@@ -299,8 +299,11 @@ def test_audit_json_prints_only_json_lines(config_path: Path) -> None:
     assert len(lines) == len(FILTER_EVENTS) + 1
     objects = [json.loads(line) for line in lines]
     assert all(isinstance(obj, dict) for obj in objects)
+    event_ids = [obj["event_id"] for obj in objects]
+    assert len(set(event_ids)) == len(objects) and all(len(e) == 36 for e in event_ids)
     assert objects[0] == {
         "id": 1,
+        "event_id": event_ids[0],
         "time": "2026-12-01T10:00:00.000Z",
         "event": "session_opened",
         "user": "alice",
@@ -310,6 +313,7 @@ def test_audit_json_prints_only_json_lines(config_path: Path) -> None:
     assert objects[3]["rule"] == "groups.jump_groups.open"
     assert objects[-1] == {
         "id": 6,
+        "event_id": event_ids[-1],
         "time": "2026-12-01T10:00:05.250Z",
         "event": "approval_requested",
         "user": "bob",

@@ -224,8 +224,9 @@ def test_a_durable_audit_event_that_cannot_be_written_fails_the_request(tmp_path
 
     from twisted.internet.defer import fail
 
-    from jumpoint.audit import AuditLog, AuditUnavailable, query
+    from jumpoint.audit import AuditLog, query
     from jumpoint.db_thread import InlineDatabase
+    from shared.errors import StateUnavailable
 
     database = StateDatabase(tmp_path / "state.db")
     inline = InlineDatabase(database.connection)
@@ -252,8 +253,9 @@ def test_a_durable_audit_event_that_cannot_be_written_fails_the_request(tmp_path
     audit.record("session_opened", user="bob", durable=True).addErrback(
         lambda failure: outcomes.append(failure.value)
     )
-    assert isinstance(outcomes[-1], AuditUnavailable)
-    assert "cannot write its audit log" in outcomes[-1].message
+    assert isinstance(outcomes[-1], StateUnavailable)  # a full disk: unavailable, fail closed
+    assert outcomes[-1].code == "state_unavailable"
+    assert "cannot reach its state database" in outcomes[-1].message
     assert audit.spooled == 0  # the refused decision is not retried later
     writer.full = False
     assert [e.user for e in query(database)] == ["alice"]  # nothing half-written

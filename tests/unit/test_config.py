@@ -123,6 +123,8 @@ items:
             "items[0].tunnels[1]: two tunnels use the same local port (80/tcp)",
         ),
         ("limits: {max_connections_per_session: 257}\n", "limits.max_connections_per_session"),
+        ("audit: {spool_limit_bytes: 1000}\n", "audit.spool_limit_bytes: must be between"),
+        ("audit: {spool_limit_bytes: lots}\n", "audit.spool_limit_bytes"),
         ("limits: {connect_timeout: soon}\n", "limits.connect_timeout: 'soon' is not a duration"),
         ("limits: {reconnect_grace: later}\n", "limits.reconnect_grace: 'later' is not a duration"),
         ("limits: {reconnect_grace: 25h}\n", "limits.reconnect_grace: must be at most 86400"),
@@ -189,3 +191,12 @@ def test_host_port() -> None:
     for bad in ("db.corp", "db.corp:0", "db.corp:99999", ":80", "[::1]7443"):
         with pytest.raises(ValueError):
             parse_host_port(bad)
+
+
+def test_the_audit_spool_file_is_by_the_state_database_unless_given() -> None:
+    default = parse(BASE + "state_database: /var/lib/jumpoint/state.db\n")
+    assert default.spool_path == Path("/var/lib/jumpoint/audit-spool.jsonl")
+    assert default.audit_spool_limit_bytes == 256 * 1024 * 1024
+    given = parse(BASE + "audit: {spool_file: spool/a.jsonl, spool_limit_bytes: 2097152}\n")
+    assert given.spool_path == Path("/etc/jumpoint/spool/a.jsonl")
+    assert given.audit_spool_limit_bytes == 2097152

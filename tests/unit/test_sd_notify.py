@@ -60,3 +60,13 @@ def test_without_notify_socket_nothing_is_sent_and_a_dead_socket_is_not_fatal(
 def test_status_text_is_one_bounded_line() -> None:
     assert sd_notify.status_line("a\nb\tc") == "a b c"
     assert len(sd_notify.status_line("x" * 1000)) == sd_notify.MAX_STATUS
+
+
+def test_a_status_line_alone_reaches_the_socket(
+    receiver: tuple[socket.socket, dict[str, str]],
+) -> None:
+    listening, environ = receiver
+    assert sd_notify.status("the state database is unavailable (in_file=3)", environ)
+    assert _fields(listening.recv(4096)) == {
+        "STATUS": "the state database is unavailable (in_file=3)"
+    }

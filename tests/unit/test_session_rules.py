@@ -16,10 +16,11 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from sqlite3 import OperationalError
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -39,7 +40,9 @@ from shared.errors import (
     AccessDenied,
     ConfigError,
     ConsentRequired,
+    ExitCode,
     JumpError,
+    StateUnavailable,
     UsageError,
 )
 from shared.protocol import control
@@ -1228,3 +1231,42 @@ def test_the_jumpoints_own_listener_is_no_target(
     denied = alice.refused(control.CREATE_ITEM, item=_spec("10.1.0.1", 7443))
     assert isinstance(denied, AccessDenied) and "own listener" in denied.message
     assert alice.ask(control.CREATE_ITEM, item=_spec("10.1.0.1", 22))["item"]
+
+
+# -- the state database unavailable ----------------------------------------------
+
+
+def test_new_sessions_fail_closed_while_the_state_database_is_unavailable(world: World) -> None:
+    """Open sessions continue; a new one is refused at once (state_unavailable), then opens."""
+    audit = world.core.log_audit
+    working = audit.writer
+    alice = world.connect("alice")
+    alice.open("web")
+
+    class Gone:
+        def submit(self, job: Any) -> Deferred[Any]:
+            return fail(OperationalError("unable to open database file"))
+
+        def stop(self) -> Deferred[None]:
+            return succeed(None)
+
+    audit.writer = Gone()
+    audit.record("connection_closed", user="alice", stream=1)
+    world.advance(1.0, step=0.25)  # the commit failed: the database is unavailable
+    assert not audit.available
+    bob = world.connect("bob")
+    refused = bob.refused(control.OPEN_SESSION, item="web")
+    assert isinstance(refused, StateUnavailable) and refused.code == "state_unavailable"
+    assert refused.exit_code == ExitCode.STATE_UNAVAILABLE
+    assert "cannot reach its state database" in refused.message
+    assert alice.closed_code() is None and len(world.core.sessions()) == 1  # it continues
+    assert audit.counters()["refused_decisions"] >= 1
+    audit.writer = working
+    world.advance(3.0, step=0.5)  # a retry succeeds
+    assert audit.available
+    assert bob.open("web")["session"]
+    assert [e.detail.get("stream") for e in world.audit("connection_closed")] == [1]
+    (refusal,) = world.audit("request_refused")
+    assert refusal.user == "bob" and refusal.item == "web"
+    assert refusal.detail["action"] == "open_session"
+    assert refusal.detail["code"] == "state_unavailable"

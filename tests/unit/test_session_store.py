@@ -120,3 +120,13 @@ def test_no_module_but_the_store_speaks_sql_to_the_sessions_table() -> None:
     )
     # the store and its part for detached (resumable) sessions
     assert speaking == ["jumpoint/detached_rows.py", "jumpoint/session_store.py"]
+
+
+def test_the_detachments_can_wait_in_the_audit_spool_file() -> None:
+    from jumpoint.detached_rows import DETACHED_WRITES, detaching_left_open
+
+    for write in (
+        detaching("s1", 50.0, "lost", 300.0, Totals(2, 10, 20)),
+        detaching_left_open("s1", 50.0, "the Jumpoint stopped", 300.0),
+    ):
+        assert DETACHED_WRITES[write.name](write.to_json()) == write
