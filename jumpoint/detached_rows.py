@@ -11,12 +11,11 @@ is no longer detached.  L{jumpoint.session_store} has the other statements.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
-from jumpoint.session_store import SpooledWrite, Write
+from jumpoint.session_store import FlatJsonWrite, SpooledWrite, Write
 from jumpoint.state import User, user_for_certificate
 from jumpoint.store.connection import Connection
 from shared.errors import SESSION_GONE_MESSAGE, SessionGone
@@ -101,7 +100,7 @@ def read_for_resume(session_id: str, serial: str) -> Callable[[Connection], Resu
 
 
 @dataclass(frozen=True)
-class Detaching:
+class Detaching(FlatJsonWrite):
     """The write that marks an open session's row detached, with its totals so far.
 
     A record's write (it may wait in the audit spool file): rebuilt from its
@@ -131,11 +130,8 @@ class Detaching:
             ),
         )
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Detaching:
+    def from_json(cls, data: dict[str, Any]) -> Self:
         return cls(**{**data, "totals": Totals(**data["totals"])})
 
 
@@ -226,7 +222,7 @@ def attached_rows(db: Connection) -> list[AttachedRow]:
 
 
 @dataclass(frozen=True)
-class DetachingLeftOpen:
+class DetachingLeftOpen(FlatJsonWrite):
     """The write that detaches a row a stopped Jumpoint left attached (its totals unknown).
 
     A record's write, like L{Detaching}: it changes only an open, attached row.
@@ -244,13 +240,6 @@ class DetachingLeftOpen:
             " WHERE id = ? AND closed_at IS NULL AND detached_at IS NULL",
             (self.at, self.reason, self.grace, self.session_id),
         )
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DetachingLeftOpen:
-        return cls(**data)
 
 
 def detaching_left_open(session_id: str, at: float, reason: str, grace: float) -> DetachingLeftOpen:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 from jumpoint.store.connection import Connection
 
@@ -122,8 +122,20 @@ def closing(row: ClosedRow) -> SessionClosing:
     return SessionClosing(row)
 
 
+class FlatJsonWrite:
+    """The JSON form of a spooled write that is a dataclass of plain fields."""
+
+    def to_json(self) -> dict[str, Any]:
+        fields: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return fields
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(**data)
+
+
 @dataclass(frozen=True)
-class StaleClosing:
+class StaleClosing(FlatJsonWrite):
     """The write that closes a row a killed daemon left open, if it still is (L{closing_stale})."""
 
     session_id: str
@@ -137,13 +149,6 @@ class StaleClosing:
             " WHERE id = ? AND closed_at IS NULL",
             (self.closed_at, self.reason, self.session_id),
         )
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> StaleClosing:
-        return cls(**data)
 
 
 def closing_stale(session_id: str, closed_at: float, reason: str) -> StaleClosing:
