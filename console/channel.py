@@ -21,7 +21,7 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from console import __version__
-from console.profiles import Profile
+from console.profiles import Profile, format_address
 from shared.errors import (
     CertificateRejected,
     JumpError,
@@ -35,6 +35,7 @@ from shared.protocol import control
 from shared.protocol.channel import CONSOLE_HELLO, ChannelEvent, ChannelProtocol
 from shared.protocol.frames import PROTOCOL_VERSION, ErrorCode, describe_code
 from shared.protocol.mux import MuxSettings, Stream
+from shared.protocol.sockets import tune_transport
 from shared.protocol.tls import CONSOLE_EXPIRED, client_options, describe_tls_failure, wrap_client
 
 CONNECT_TIMEOUT = 15.0
@@ -79,17 +80,30 @@ def keepalive_settings(settings: MuxSettings, welcome: dict[str, Any]) -> MuxSet
     )
 
 
+class ConsoleRefused(CertificateRejected):
+    """The Jumpoint refused this console at its hello (revoked, denied): its decision."""
+
+
 class ConsoleChannel(ChannelProtocol):
     """The console's connection to one Jumpoint."""
 
     is_client = True
     hello_transitions = CONSOLE_HELLO
 
-    def __init__(self, clock: IReactorTime, profile: Profile) -> None:
-        super().__init__(clock, MuxSettings(), handshake_timeout=CONNECT_TIMEOUT)
+    def __init__(
+        self,
+        clock: IReactorTime,
+        profile: Profile,
+        address: str | None = None,
+        timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        super().__init__(clock, MuxSettings(), handshake_timeout=timeout)
         self.profile = profile
+        self.address = address or profile.address
+        """The member dialled (C{host:port}); its certificate is checked for the profile's name."""
         self._transcript = _open_transcript()
         self.welcome: Deferred[dict[str, Any]] = Deferred()
+        self.welcome_message: dict[str, Any] = {}
         self.lost: Deferred[JumpError] = Deferred()
         self.session_closed_reason: tuple[str, str] | None = None
         self.on_flow_closed: Callable[[int, str], None] | None = None
@@ -142,8 +156,8 @@ class ConsoleChannel(ChannelProtocol):
         welcomed = self.welcome.called
         if self.handshake_timed_out and not welcomed:
             return JumpointUnreachable(
-                f"the TLS handshake with the Jumpoint at {self.profile.address} did not finish"
-                f" within {CONNECT_TIMEOUT:g}s",
+                f"the TLS handshake with the Jumpoint at {self.address} did not finish"
+                f" within {self.handshake_timeout:g}s",
                 hint="check that the address is a Jumpoint and that nothing in between"
                 " intercepts TLS",
             )
@@ -168,20 +182,20 @@ class ConsoleChannel(ChannelProtocol):
                 who = "this console rejected the Jumpoint's certificate"
                 hint = (
                     f"check the address of profile {self.profile.name!r}"
-                    f" ({self.profile.address}): the Jumpoint's certificate does not name it"
+                    f" ({self.address}): the Jumpoint's certificate does not name it"
                 )
             else:
                 who = "this console rejected the Jumpoint's certificate"
                 hint = (
                     f"the CA of profile {self.profile.name!r} did not sign the certificate of"
-                    f" {self.profile.address}: is it the right Jumpoint? If it was set up"
+                    f" {self.address}: is it the right Jumpoint? If it was set up"
                     " again, enroll again"
                 )
             return CertificateRejected(f"{who}: {why}", hint=hint)
         if self._goaway is not None:
             code, why = self._goaway
             if code in (ErrorCode.REVOKED, ErrorCode.DENIED) and not welcomed:
-                return CertificateRejected(
+                return ConsoleRefused(
                     f"the Jumpoint rejected this console's certificate: {why}",
                     hint="ask your administrator for a new enrollment file",
                 )
@@ -189,6 +203,10 @@ class ConsoleChannel(ChannelProtocol):
                 return SessionLost(
                     f"the Jumpoint closed the session: {self.session_closed_reason[1]}"
                 )
+            if self._goaway_by_peer and code == ErrorCode.RESTARTING:
+                return SessionLost(f"the Jumpoint is restarting: {why}")
+            if self._goaway_by_peer and code == ErrorCode.CANCEL:  # the transport went away
+                return SessionLost(f"the connection to the Jumpoint was lost: {why}")
             if not self._goaway_by_peer and code in (ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.LIMIT):
                 # This console gave up on a dead or stuck link: the Jumpoint closed nothing.
                 return SessionLost(f"the connection to the Jumpoint was lost: {why}")
@@ -200,10 +218,27 @@ class ConsoleChannel(ChannelProtocol):
             return SessionLost(f"the Jumpoint closed the connection ({describe_code(code)}): {why}")
         if not welcomed:
             return JumpointUnreachable(
-                f"the connection to the Jumpoint at {self.profile.address} closed during the"
+                f"the connection to the Jumpoint at {self.address} closed during the"
                 f" handshake: {reason.getErrorMessage()}"
             )
         return SessionLost(f"the connection to the Jumpoint was lost: {reason.getErrorMessage()}")
+
+    def loss_is_reconnectable(self) -> bool:
+        """Whether the channel was lost rather than ended by a decision (then: reconnect).
+
+        The Jumpoint ending the session (C{session_closed}: revoked, denied,
+        idle timeout...) or the channel (any GOAWAY but C{RESTARTING} and its
+        own keepalive timeout) is a decision; a reset, a dead link this
+        console detected, a stuck link, a Jumpoint killed are not.
+        """
+        if self.session_closed_reason is not None:
+            return False
+        if self._goaway is None:
+            return True
+        code = self._goaway[0]
+        if self._goaway_by_peer:  # CANCEL: the transport was lost (reset, closed, killed)
+            return code in (ErrorCode.RESTARTING, ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.CANCEL)
+        return code in (ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.LIMIT)
 
     def dataReceived(self, data: bytes) -> None:
         if self._transcript is not None:
@@ -226,7 +261,11 @@ class ConsoleChannel(ChannelProtocol):
         if kind == control.WELCOME:
             self.mux.establish()
             self.mux.settings = keepalive_settings(self.mux.settings, message)
+            settings = self.mux.settings
+            # the kernel gives up on unacknowledged data within the keepalive timeout too
+            tune_transport(self.transport, settings.keepalive_interval, settings.keepalive_timeout)
             self.mux.start_keepalive()
+            self.welcome_message = message
             self.welcome.callback(message)
         elif kind in (control.RESULT, control.ERROR):
             pending = self._requests.pop(message["id"], None)
@@ -282,12 +321,12 @@ class ConsoleChannel(ChannelProtocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
-def _connect_error(failure: Failure, profile: Profile) -> JumpError:
+def _connect_error(failure: Failure, profile: Profile, address: str, host: str) -> JumpError:
     hint = (
         f"check that `jumpoint serve` runs there and that profile {profile.name!r}"
         " has the right address"
     )
-    return connect_failure(failure, profile.address, profile.host, hint)
+    return connect_failure(failure, address, host, hint)
 
 
 def connect_failure(failure: Failure, address: str, host: str, hint: str) -> JumpError:
@@ -305,17 +344,27 @@ def connect_failure(failure: Failure, address: str, host: str, hint: str) -> Jum
     return JumpointUnreachable(f"cannot reach {where}: {failure.getErrorMessage()}", hint=hint)
 
 
-async def connect(reactor: Any, profile: Profile) -> ConsoleChannel:
-    """Connect to the profile's Jumpoint and wait for its welcome."""
+async def connect(
+    reactor: Any,
+    profile: Profile,
+    member: tuple[str, int] | None = None,
+    timeout: float = CONNECT_TIMEOUT,
+) -> ConsoleChannel:
+    """Connect to the profile's Jumpoint (or the C{member} given) and wait for its welcome.
+
+    Every member's certificate is checked against the profile's server name.
+    C{timeout} bounds the TCP connect and the TLS handshake (each).
+    """
+    host, port = member or (profile.host, profile.port)
     ca, certificate, key = profile.read_credentials()
     options = client_options(profile.server_name, ca, certificate, key)
-    endpoint = HostnameEndpoint(reactor, profile.host, profile.port, timeout=CONNECT_TIMEOUT)
-    channel = ConsoleChannel(reactor, profile)
+    endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    channel = ConsoleChannel(reactor, profile, format_address(host, port), timeout)
     factory = Factory.forProtocol(lambda: channel)
     factory.noisy = False
     try:
         await endpoint.connect(wrap_client(options, factory))
     except Exception:
-        raise _connect_error(Failure(), profile) from None
+        raise _connect_error(Failure(), profile, channel.address, host) from None
     await channel.welcome
     return channel

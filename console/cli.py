@@ -214,6 +214,17 @@ def _duration(option: str, text: str | None, allow_zero: bool = False) -> float 
 @click.option("--yes", "consent", is_flag=True, help="Consent to recording without asking.")
 @click.option("--auto-close", help="Ask the Jumpoint to close the session after this long.")
 @click.option("--idle-timeout", help="Ask for this idle timeout (0 or off: none, if allowed).")
+@click.option(
+    "--reconnect-for",
+    help="After a lost connection, try to reconnect for this long (default 5m).",
+)
+@click.option(
+    "--no-reconnect", is_flag=True, help="Do not reconnect: exit 9 at the first lost connection."
+)
+@click.option(
+    "--connect-wait",
+    help="How long a local connection made while reconnecting waits (default 10s).",
+)
 @profile_option
 def open(
     item: str,
@@ -226,10 +237,18 @@ def open(
     consent: bool,
     auto_close: str | None,
     idle_timeout: str | None,
+    reconnect_for: str | None,
+    no_reconnect: bool,
+    connect_wait: str | None,
     profile: str | None,
 ) -> None:
     """Open ITEM's tunnels; with `-- CMD ARG...` run CMD with them, then close."""
-    from console.open_command import OpenOptions, run_open
+    from console.open_command import CONNECT_WAIT, RECONNECT_FOR, OpenOptions, run_open
+
+    if no_reconnect and reconnect_for is not None:
+        raise UsageError("--no-reconnect and --reconnect-for exclude each other")
+    reconnect_seconds = None if no_reconnect else _duration("--reconnect-for", reconnect_for)
+    wait_seconds = _duration("--connect-wait", connect_wait)
 
     # Off loopback without --acl: the Jumpoint decides (rule tunnels_restricted.acl), audited.
     seconds = _duration("--for", duration)
@@ -248,6 +267,8 @@ def open(
         consent=consent,
         auto_close=auto_close_seconds,
         idle_timeout=idle_seconds,
+        reconnect_for=None if no_reconnect else reconnect_seconds or RECONNECT_FOR,
+        connect_wait=wait_seconds or CONNECT_WAIT,
     )
 
     async def main(reactor: Any) -> int:

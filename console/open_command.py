@@ -1,8 +1,10 @@
 """`jump open ITEM`: open a session, bind its tunnels, show them, close cleanly.
 
 The session ends at the first of: Ctrl-C or SIGTERM, the C{--for} duration,
-the command given after C{--} exiting, or the Jumpoint closing the session
-(revocation, shutdown, connection lost).  L{run_open} returns the exit status:
+the command given after C{--} exiting, the Jumpoint closing the session
+(revocation, shutdown), or a lost connection that reconnecting could not
+bring back within C{--reconnect-for} (L{console.session_watch}; at once with
+C{--no-reconnect}).  L{run_open} returns the exit status:
 the command's own status with C{-- CMD}, 0 for a requested close, and the
 L{SessionLost} code when the Jumpoint ended it.
 """
@@ -23,9 +25,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from console.channel import connect
+from console.channel import ConsoleChannel, ConsoleRefused, connect
 from console.logrouter import LOG_ROUTER
-from console.profiles import load_profile
+from console.profiles import Profile, load_profile
+from console.session_resume import SessionResumer, remember_members
+from console.session_watch import SessionWatch
 from console.tunnels import MAX_PACKET, TunnelSession
 from console.view import JsonView, PlainView, SessionView, TerminalView
 from shared.errors import ConsentRequired, ExitCode, JumpError, SessionLost, UsageError
@@ -36,6 +40,10 @@ from shared.text import printable
 log = Logger()
 
 STATS_INTERVAL = 1.0
+RECONNECT_FOR = 300.0
+"""Seconds `jump open` tries to reconnect after a loss (C{--reconnect-for})."""
+CONNECT_WAIT = 10.0
+"""Seconds a local connection accepted while reconnecting waits (C{--connect-wait})."""
 CLOSE_TIMEOUT = 3.0
 CHILD_GRACE = 5.0
 
@@ -54,6 +62,9 @@ class OpenOptions:
     auto_close: float | None = None
     idle_timeout: float | None = None
     stats_interval: float = STATS_INTERVAL
+    reconnect_for: float | None = RECONNECT_FOR
+    """C{None}: C{--no-reconnect}."""
+    connect_wait: float = CONNECT_WAIT
 
     def request_fields(self) -> dict[str, Any]:
         """The members of the C{open_session} request."""
@@ -134,7 +145,8 @@ async def run_open(reactor: Any, options: OpenOptions, out: TextIO) -> int:
     if options.command and shutil.which(options.command[0]) is None:
         raise UsageError(f"command not found: {options.command[0]}")
     profile = load_profile(options.profile)
-    channel = await connect(reactor, profile)
+    channel = await connect_first(reactor, profile)
+    profile = remember_members(profile, channel.welcome_message)
     session: TunnelSession | None = None
     try:
         try:
@@ -162,7 +174,7 @@ async def run_open(reactor: Any, options: OpenOptions, out: TextIO) -> int:
             reason = error.message if isinstance(error, JumpError) else "console error"
             await channel.close_and_wait(reactor, reason)
             raise
-        return await _run_session(reactor, options, out, session)
+        return await _run_session(reactor, options, out, session, profile)
     finally:
         # An error after the kind set up its part (a kubeconfig): remove it all the same.
         if session is not None:
@@ -170,9 +182,8 @@ async def run_open(reactor: Any, options: OpenOptions, out: TextIO) -> int:
 
 
 async def _run_session(
-    reactor: Any, options: OpenOptions, out: TextIO, session: TunnelSession
+    reactor: Any, options: OpenOptions, out: TextIO, session: TunnelSession, profile: Profile
 ) -> int:
-    channel = session.channel
     part = session.part
     view = choose_view(options, out, reactor.seconds)
     if isinstance(view, TerminalView):
@@ -202,12 +213,21 @@ async def _run_session(
         if not ending.called:
             ending.callback(end)
 
-    def lost(error: JumpError) -> None:
-        closed = channel.session_closed_reason
-        code = closed[0] if closed else "jumpoint_lost"
+    def lost(error: JumpError, code: str) -> None:
         finish(Ending(code, error.message, error.exit_code, error))
 
-    channel.lost.addCallback(lost)
+    resumer = SessionResumer(reactor, profile, session, options.request_fields(), lambda c: None)
+    watcher = SessionWatch(
+        reactor,
+        session,
+        view,
+        lost,
+        resumer,
+        options.reconnect_for,
+        options.connect_wait,
+    )
+    resumer.on_channel = watcher.watch
+    watcher.watch(session.channel)
     part.watch(lambda error: finish(Ending(error.code, error.message, error.exit_code, error)))
 
     calls = []
@@ -265,6 +285,7 @@ async def _run_session(
         for call in calls:
             if call.active():
                 call.cancel()
+        watcher.close()
     if child is not None and not child.ended.called:
         await _stop_child(reactor, child)
     end = await _close_session(reactor, session, end)
@@ -279,6 +300,20 @@ async def _run_session(
     if end.error is not None:
         raise end.error
     return end.status
+
+
+async def connect_first(reactor: Any, profile: Profile) -> ConsoleChannel:
+    """The first channel: the profile's addresses in order, the first that welcomes us."""
+    error: JumpError | None = None
+    for member in profile.dial_list():
+        try:
+            return await connect(reactor, profile, member)
+        except ConsoleRefused:
+            raise
+        except JumpError as failed:
+            error = failed
+    assert error is not None
+    raise error
 
 
 async def _request_session(channel: Any, options: OpenOptions) -> dict[str, Any]:

@@ -3,17 +3,21 @@
 Layout under the jump home (C{$JUMP_HOME}, else C{$XDG_CONFIG_HOME/jump}, else
 C{~/.config/jump}; C{%APPDATA%\\jump} on Windows)::
 
-    profiles/NAME/profile.yaml   address, server name, user, Jumpoint name
+    profiles/NAME/profile.yaml   addresses, server name, user, Jumpoint name
     profiles/NAME/ca.pem         the Jumpoint's CA
     profiles/NAME/client.pem     the user's certificate
     profiles/NAME/client.key     the user's private key (mode 0600)
     current                      the profile chosen last
 
-Directories are created with mode 0700.
+Directories are created with mode 0700.  C{profile.yaml} holds the ordered
+C{addresses} of the Jumpoint's members (C{host} and C{port} stay the first,
+for older consoles; a file with only those still loads); `jump open` replaces
+them with the members the Jumpoint's welcome lists (L{store_addresses}).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -25,11 +29,18 @@ import yaml
 from shared.enrollment import Enrollment
 from shared.errors import ProfileError
 from shared.files import write_private
+from shared.schema import parse_host_port
 from shared.text import printable
 
 HOME_ENV = "JUMP_HOME"
 PROFILE_ENV = "JUMP_PROFILE"
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+MAX_ADDRESSES = 32
+"""Member addresses a profile keeps (the first ones of a longer list)."""
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def jump_home() -> Path:
@@ -59,10 +70,18 @@ class Profile:
     port: int
     server_name: str
     user: str
+    addresses: tuple[str, ...] = ()
+    """Every member's C{host:port}, in order (empty: only C{host}:C{port})."""
 
     @property
     def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
+
+    def dial_list(self) -> list[tuple[str, int]]:
+        """The addresses to dial, in order: C{addresses}, else C{host}:C{port}."""
+        if not self.addresses:
+            return [(self.host, self.port)]
+        return [parse_host_port(text) for text in self.addresses]
 
     def read_credentials(self) -> tuple[bytes, bytes, bytes]:
         """CA certificate, client certificate and client key (PEM)."""
@@ -112,12 +131,45 @@ def save_profile(
         "jumpoint": enrollment.jumpoint_name,
         "host": enrollment.host,
         "port": enrollment.port,
+        "addresses": list(enrollment.addresses) or [enrollment.address],
         "server_name": enrollment.server_name,
         "user": enrollment.user,
     }
-    (directory / "profile.yaml").write_text(yaml.safe_dump(document), encoding="utf-8")
+    _write_document(directory, document)
     set_current(profile_name, home)
     return load_profile(profile_name, home)
+
+
+def _write_document(directory: Path, document: dict[str, object]) -> None:
+    """profile.yaml, replaced atomically (mode 0600)."""
+    write_private(directory / "profile.yaml", yaml.safe_dump(document).encode("utf-8"))
+
+
+def checked_addresses(values: object) -> tuple[str, ...] | None:
+    """A list of C{host:port} texts, or C{None} when it is not one (at most L{MAX_ADDRESSES})."""
+    if not isinstance(values, list) or not values:
+        return None
+    out: list[str] = []
+    for value in values[:MAX_ADDRESSES]:
+        if not isinstance(value, str):
+            return None
+        try:
+            out.append(format_address(*parse_host_port(value)))
+        except ValueError:
+            return None
+    return tuple(dict.fromkeys(out))
+
+
+def store_addresses(profile: Profile, addresses: tuple[str, ...]) -> Profile:
+    """Replace the profile's addresses (the Jumpoint's members); returns the new profile."""
+    if not addresses or addresses == profile.addresses:
+        return profile
+    path = profile.directory / "profile.yaml"
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    host, port = parse_host_port(addresses[0])
+    document.update({"host": host, "port": port, "addresses": list(addresses)})
+    _write_document(profile.directory, document)
+    return dataclasses.replace(profile, host=host, port=port, addresses=addresses)
 
 
 def set_current(name: str, home: Path | None = None) -> None:
@@ -156,6 +208,12 @@ def load_profile(name: str | None = None, home: Path | None = None) -> Profile:
     directory = home / "profiles" / chosen
     try:
         data = yaml.safe_load((directory / "profile.yaml").read_text(encoding="utf-8"))
+        addresses: tuple[str, ...] = ()
+        if data.get("addresses") is not None:
+            checked = checked_addresses(data["addresses"])
+            if checked is None:
+                raise ValueError("addresses: expected a list of HOST:PORT")
+            addresses = checked
         return Profile(
             name=chosen,
             directory=directory,
@@ -164,6 +222,7 @@ def load_profile(name: str | None = None, home: Path | None = None) -> Profile:
             port=int(data["port"]),
             server_name=str(data["server_name"]),
             user=str(data["user"]),
+            addresses=addresses,
         )
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as error:
         raise ProfileError(

@@ -30,6 +30,7 @@ from twisted.internet.protocol import DatagramProtocol, Protocol, ServerFactory
 from twisted.logger import Logger
 
 from console.channel import ConsoleChannel
+from console.held_connections import HeldConnections
 from console.kinds import sessions
 from console.kinds.session_part import Accept, SessionContext, SessionPart, refuse
 from console.listeners import Listen, bind
@@ -80,10 +81,21 @@ class TunnelFactory(ServerFactory):
         return self._target[1]
 
     def buildProtocol(self, addr: Any) -> Protocol:
+        session = self.session
+        if session.closing:
+            return refuse()
+        held = session.held
+        if held is not None and session.peer_allowed(str(getattr(addr, "host", ""))):
+            # reconnecting: the connection waits for the new channel
+            return held.hold(lambda: self._admit(addr))
+        return self._admit(addr) or refuse()
+
+    def _admit(self, addr: Any) -> Protocol | None:
+        """The connection's protocol on the current channel (C{None}: refused)."""
         session, tunnel = self.session, self.tunnel
         mux = session.channel.mux
         if mux is None or mux.closing or session.closing:
-            return refuse()
+            return None
         peer = str(getattr(addr, "host", ""))
         if not session.peer_allowed(peer):
             tunnel.refused_connections += 1
@@ -93,7 +105,7 @@ class TunnelFactory(ServerFactory):
                 local=f"{tunnel.local_address}:{tunnel.local_port}",
                 acl=", ".join(str(n) for n in session.acl),
             )
-            return refuse()
+            return None
         if session.current_connections() >= session.max_connections + REFUSALS_IN_FLIGHT:
             # the Jumpoint refuses these anyway; the console bounds what waits for it
             tunnel.refused_connections += 1
@@ -104,7 +116,7 @@ class TunnelFactory(ServerFactory):
                 limit=session.max_connections,
                 rule=CAP_RULE,
             )
-            return refuse()
+            return None
         target = self._encoded_target()
 
         def open_stream() -> Stream | None:
@@ -191,6 +203,8 @@ class TunnelSession:
         self.login_timeout = _login_timeout(result)
         """mssql, k8s: seconds a local connection has to finish its login (C{None}: no limit)."""
         self.closing = False
+        self.held: HeldConnections | None = None
+        """While reconnecting: where new local connections wait (L{console.held_connections})."""
         self.result = result
         spec = result.get("item")
         spec = spec if isinstance(spec, dict) else {}
@@ -221,6 +235,22 @@ class TunnelSession:
             )
             self.udp_link.table = self.udp
             channel.on_flow_closed = self.udp.remote_closed
+
+    def attach(self, channel: ConsoleChannel) -> None:
+        """Carry the session on a new channel (after a reconnect): new connections use it."""
+        self.channel = channel
+        if self.udp_link is not None and self.udp is not None:
+            self.udp_link.channel = channel
+            channel.on_flow_closed = self.udp.remote_closed
+
+    def connection_lost(self) -> tuple[int, int]:
+        """The channel is gone: reset what it carried; returns (connections, UDP flows) reset."""
+        mux = self.channel.mux
+        streams = mux.streams_at_close if mux is not None else 0
+        logins = sum(len(t.logins) for t in self.tunnels)
+        self.abort_connections()
+        flows = self.udp.drop_flows("the connection to the Jumpoint was lost") if self.udp else 0
+        return streams + logins, flows
 
     def peer_allowed(self, peer: str) -> bool:
         """Loopback peers always; others only inside the session's acl."""

@@ -375,6 +375,13 @@ class UdpFlowTable:
             flow.timer.cancel()
         flow.timer = None
 
+    def drop_flows(self, reason: str) -> int:
+        """The channel is lost: every flow closes, the table stays open; returns how many."""
+        flows = list(self._by_client.values())
+        for flow in flows:
+            self._close(flow, reason, False)
+        return len(flows)
+
     def close_all(self, reason: str, *, tell_jumpoint: bool = False) -> None:
         """The session ends: every flow closes (the Jumpoint closes its own with the session)."""
         self.closed = True

@@ -5,6 +5,9 @@ bound, L{SessionView.update} periodically with the tunnels' counters and
 those of the kind's own data path, its C{link} (a network session's
 interface: L{console.kinds.session_part.SessionPart.counters}; its bytes
 count in the session's totals), and L{SessionView.closed} with the reason.
+While the channel is down and reconnecting (L{console.reconnect}),
+L{SessionView.news} gets each C{reconnecting}, C{reconnected} and
+C{connection_refused} event (JSON lines, or one line for people).
 L{RateMeter} turns byte counters into throughput.  The plain and terminal
 views escape everything they write (L{shared.text.printable}): item names,
 the Jumpoint's notes and close reasons come from other people.
@@ -36,6 +39,8 @@ class SessionView(Protocol):
     def update(self, counters: list[dict[str, Any]], link: Link = None) -> None: ...
 
     def note(self, text: str) -> None: ...
+
+    def news(self, event: dict[str, Any]) -> None: ...
 
     def closed(
         self, code: str, reason: str, counters: list[dict[str, Any]], link: Link = None
@@ -141,6 +146,24 @@ def _json_fields(tunnel: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in tunnel.items() if key != "service"}
 
 
+def news_line(event: dict[str, Any]) -> str:
+    """A reconnect event in one sentence, for people (escaped by the view)."""
+    kind = event["event"]
+    if kind == "reconnecting":
+        reset = event.get("reset_connections", 0)
+        lost = f"; {reset} open connections were reset" if reset else ""
+        return (
+            f"connection to the Jumpoint lost ({event['reason']}){lost}: reconnecting,"
+            f" attempt {event['attempt']} in {event['retry_in']:.1f}s"
+        )
+    if kind == "reconnected":
+        return (
+            f"reconnected to {event['address']} after {event['down_for']:.1f}s"
+            f" (attempt {event['attempt']})"
+        )
+    return f"refused a local connection: {event.get('reason', '')}"
+
+
 class JsonView:
     """JSON lines on stdout, and nothing else there."""
 
@@ -198,6 +221,9 @@ class JsonView:
     def note(self, text: str) -> None:
         """Notes go to the log (stderr), never to stdout."""
 
+    def news(self, event: dict[str, Any]) -> None:
+        self._emit({"event": event["event"], "item": self.item, "session": self.session, **event})
+
     def closed(
         self,
         code: str,
@@ -251,6 +277,9 @@ class PlainView:
         self.out.write(f"jump: {printable(text)}\n")
         self.out.flush()
 
+    def news(self, event: dict[str, Any]) -> None:
+        self.note(news_line(event))
+
     def closed(
         self, code: str, reason: str, counters: list[dict[str, Any]], link: Link = None
     ) -> None:
@@ -300,6 +329,9 @@ class TerminalView:
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def news(self, event: dict[str, Any]) -> None:
+        self.note(news_line(event))
 
     def update(self, counters: list[dict[str, Any]], link: Link = None) -> None:
         self._draw(counters, link, "up")

@@ -1,12 +1,14 @@
 """The enrollment file: a one-time token and what a console needs to redeem it.
 
 Written by C{jumpoint user add} (mode 0600) and read by C{jump enroll}.  It
-holds the Jumpoint's name and address, the name the console checks the
-Jumpoint's certificate against, the CA certificate (PEM), the user's name,
-and a single-use token that expires at C{expires_at}.  It holds no private
-key: C{jump enroll} makes the key on the engineer's machine and gets its
-certificate from the Jumpoint over TLS (the exchange C{jumpoint-enroll/1},
-L{shared.protocol.enroll}), so the key never leaves that machine.
+holds the Jumpoint's name and addresses (C{addresses}: every member's, in
+order; C{address} is the first, and a file with only C{address} loads), the
+name the console checks every member's certificate against, the CA
+certificate (PEM), the user's name, and a single-use token that expires at
+C{expires_at}.  It holds no private key: C{jump enroll} makes the key on the
+engineer's machine and gets its certificate from the Jumpoint over TLS (the
+exchange C{jumpoint-enroll/1}, L{shared.protocol.enroll}), so the key never
+leaves that machine.
 
 Version 1 files (a certificate and a private key made on the Jumpoint) are
 refused with a sentence saying so.
@@ -53,6 +55,8 @@ class Enrollment:
     ca_certificate: str
     token: str
     expires_at: datetime.datetime
+    addresses: tuple[str, ...] = ()
+    """Every member's C{HOST:PORT}, in order (empty: only C{host}:C{port})."""
 
     @property
     def address(self) -> str:
@@ -65,6 +69,7 @@ class Enrollment:
             "jumpoint": {
                 "name": self.jumpoint_name,
                 "address": self.address,
+                **({"addresses": list(self.addresses)} if self.addresses else {}),
                 "server_name": self.server_name,
             },
             "user": self.user,
@@ -106,7 +111,8 @@ def _token(node: yaml.Node, where: Where) -> str:
 
 _JUMPOINT_FIELDS = {
     "name": Field(schema.string(1, 128), required=True),
-    "address": Field(schema.host_port, required=True),
+    "address": Field(schema.host_port),
+    "addresses": Field(schema.list_of(schema.host_port, 1, 32)),
     "server_name": Field(schema.host, required=True),
 }
 
@@ -142,7 +148,14 @@ def parse_enrollment(text: str, filename: str) -> Enrollment:
     except Exception as error:
         message = getattr(error, "message", str(error))
         raise EnrollmentError(message, hint=_ASK_AGAIN) from None
-    host, port = values["jumpoint"]["address"]
+    jumpoint = values["jumpoint"]
+    listed: list[tuple[str, int]] = jumpoint.get("addresses") or []
+    if jumpoint.get("address") is None and not listed:
+        raise EnrollmentError(
+            f"{filename}: jumpoint: needs address or addresses (HOST:PORT)", hint=_ASK_AGAIN
+        )
+    host, port = listed[0] if listed else jumpoint["address"]
+    addresses = tuple(dict.fromkeys(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in listed))
     enrollment = Enrollment(
         jumpoint_name=values["jumpoint"]["name"],
         host=host,
@@ -152,6 +165,7 @@ def parse_enrollment(text: str, filename: str) -> Enrollment:
         ca_certificate=values["ca_certificate"],
         token=values["token"],
         expires_at=values["expires_at"],
+        addresses=addresses,
     )
     try:
         x509.load_pem_x509_certificate(enrollment.ca_certificate.encode())

@@ -63,6 +63,9 @@ class NetworkSetupFailed(JumpError):
 class NetworkSession(SessionPart):
     """One network session's interface and packets (module docstring)."""
 
+    reconnects = False
+    """Its interface and datagram source are bound to the first channel: a loss ends it."""
+
     def __init__(
         self,
         terms: NetworkTerms,

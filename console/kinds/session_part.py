@@ -90,6 +90,14 @@ def accept_plain(accept: Accept) -> Protocol:
 class SessionPart:
     """A kind's part of one open session; the defaults carry each connection as plain TCP."""
 
+    reconnects = True
+    """Whether the session can move to a new channel after a loss (`jump open` reconnects).
+
+    Connections are served per accepted connection (on the channel of the
+    moment), so tunnels can; a part bound to its first channel (a network
+    session's interface and datagram source) says no: a loss then ends it.
+    """
+
     def listener(self, factory: ServerFactory) -> ServerFactory:
         """The factory a tunnel's port is bound with (C{factory} accepts the connections)."""
         return factory

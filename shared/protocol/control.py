@@ -110,7 +110,12 @@ _FIELDS: dict[str, dict[str, Types]] = {
 }
 
 _OPTIONAL: dict[str, dict[str, Types]] = {
-    WELCOME: {"groups": list, "keepalive_interval": _NUMBER, "keepalive_timeout": _NUMBER},
+    WELCOME: {
+        "groups": list,
+        "keepalive_interval": _NUMBER,
+        "keepalive_timeout": _NUMBER,
+        "members": list,
+    },
     LIST_ITEMS: {"search": str, "tag": str, "jump_group": str},
     OPEN_SESSION: {
         "ticket": str,
@@ -239,6 +244,7 @@ RANGES: dict[str, Range] = {
     "keepalive_timeout": Number(MAX_SECONDS),
     "acl": Entries(64),
     "groups": Entries(MAX_STRING),
+    "members": Entries(300),
     "tunnels": Entries(64, (("local_address", str, None), ("local_port", int, Integer(0, 65535)))),
     "item": Bounded(),
     "error": Bounded(),

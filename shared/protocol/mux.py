@@ -521,6 +521,8 @@ class Multiplexer:
         self._bytes_while_paused = 0
         self._total_windows = 0
         self._keepalive_call: IDelayedCall | None = None
+        self.streams_at_close = 0
+        """Streams that were open when the channel closed (reset with it)."""
         self._ping_deadline: IDelayedCall | None = None
         self._abort_call: IDelayedCall | None = None
         self._ping_outstanding = False
@@ -968,6 +970,7 @@ class Multiplexer:
         else:
             self._write_held()
         self.closing = True
+        self.streams_at_close = len(self.streams)
         for call in (self._keepalive_call, self._ping_deadline):
             if call is not None and call.active():
                 call.cancel()

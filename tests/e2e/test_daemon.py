@@ -79,7 +79,7 @@ def test_serve_logs_json_and_stops_cleanly_on_sigterm(deployment: Deployment) ->
     ]
     deployment.serve_args = ["--log-format", "json"]
     server = deployment.create().serve()
-    session = deployment.open("web")
+    session = deployment.open("web", "--no-reconnect")  # it ends with the daemon
     session.wait_for_event("ready")
     server.signal(signal.SIGTERM)
     assert server.wait() == 0

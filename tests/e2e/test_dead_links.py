@@ -1,9 +1,10 @@
 """End to end: dead links are dropped (issue 9, point 11).
 
 A frozen process (`kill -STOP`) keeps its sockets open and its kernel keeps
-acknowledging TCP, so only the channel keepalive can notice it: `jump open`
-must give up within the keepalive timeout plus a second, exit 9 with its
-listeners closed and say the connection was lost; the Jumpoint must abort a
+acknowledging TCP, so only the channel keepalive can notice it: `jump open
+--no-reconnect` must give up within the keepalive timeout plus a second, exit
+9 with its listeners closed and say the connection was lost (without
+`--no-reconnect` it reconnects: tests/e2e/test_reconnect.py); the Jumpoint must abort a
 frozen console's connection instead of waiting for its TLS close.
 """
 
@@ -74,7 +75,7 @@ def test_a_frozen_jumpoint_makes_jump_open_exit_9_with_its_listeners_closed(
     deployment: Deployment,
 ) -> None:
     server = _deploy(deployment, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-    session = deployment.open("web")
+    session = deployment.open("web", "--no-reconnect")
     host, port = tunnel_address(session.wait_for_event("ready"))
     assert port_open(host, port)
     with frozen(server):

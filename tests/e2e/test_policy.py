@@ -464,7 +464,7 @@ def test_the_database_survives_a_killed_daemon(deployment: Deployment) -> None:
             "team-a",
         )
         assert made.returncode == 0, made.stderr
-    session = deployment.open("svc0")
+    session = deployment.open("svc0", "--no-reconnect")  # it ends with the daemon
     session.wait_for_event("ready")
     os.killpg(server.pid, 9)  # no clean shutdown
     server.wait()
