@@ -71,6 +71,10 @@ class CredentialRef:
         )
 
 
+RECONNECT_GRACE_DEFAULT = 300.0
+"""Seconds a detached session stays resumable unless C{limits.reconnect_grace} says otherwise."""
+
+
 @dataclass(frozen=True)
 class Limits:
     max_connections_per_session: int = MAX_CONNECTIONS_PER_SESSION
@@ -79,6 +83,8 @@ class Limits:
     keepalive_interval: float = 15.0
     keepalive_timeout: float = 45.0
     revocation_poll_interval: float = 1.0
+    reconnect_grace: float = RECONNECT_GRACE_DEFAULT
+    """Seconds a session whose channel was lost stays resumable (L{jumpoint.detached_sessions})."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,7 @@ _LIMIT_FIELDS = {
     "keepalive_interval": Field(schema.duration(3600), default=15.0),
     "keepalive_timeout": Field(schema.duration(3600), default=45.0),
     "revocation_poll_interval": Field(schema.duration(600), default=1.0),
+    "reconnect_grace": Field(schema.duration(86400), default=RECONNECT_GRACE_DEFAULT),
 }
 
 _PATTERN = schema.name(128)  # a jump group name, or a pattern of them

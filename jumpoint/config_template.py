@@ -287,6 +287,7 @@ limits:
   keepalive_interval: 15s            # ping the console this often
   keepalive_timeout: 45s             # drop a console that stops answering
   revocation_poll_interval: 1s       # how fast `jumpoint user revoke` takes effect
+  reconnect_grace: 5m                # a session whose link is lost stays resumable this long
 
 """
     return head + _GROUPS + "\n" + _POLICIES + "\n" + _ITEMS.replace("{ca_pem}", ca_lines)

@@ -4,7 +4,9 @@ L{JumpointCore} is the daemon's shared state (configuration, state
 database, items, approvals, audit log, live channels); L{JumpointChannel} is
 one console's connection.  After the TLS handshake the channel maps the
 client certificate to an active user, closes the channel when the user is
-revoked or the certificate expires, and ends the session with it.  The
+revoked or the certificate expires, and ends the session with it.  A channel
+lost without the console ending its session (L{DETACHING_CODES}) leaves the
+session detached and resumable (L{jumpoint.detached_sessions}).  The
 console's control requests are answered by L{jumpoint.handlers} (the
 channel only checks the envelope and sends the reply), the streams it opens
 are admitted, dialled and audited by L{jumpoint.streams}.
@@ -29,6 +31,7 @@ from jumpoint.audit import AuditLog, state_unavailable
 from jumpoint.config import JumpointConfig
 from jumpoint.credentials import CredentialStore
 from jumpoint.db_thread import DatabaseWriter, InlineDatabase
+from jumpoint.detached_sessions import DetachedSessions
 from jumpoint.dialing import ConnectTarget, Resolve, no_resolver
 from jumpoint.enroll_exchange import EnrollExchange, EnrollmentDesk
 from jumpoint.handlers.dispatch import handle
@@ -69,6 +72,10 @@ log = Logger()
 
 WAITING_CONTROLS = 8
 """Control messages a console may send while its certificate's user is being read."""
+DETACHING_CODES = frozenset({ErrorCode.CANCEL, ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.RESTARTING})
+"""The channel closes that keep its session resumable (detached): the transport was lost, the
+link fell silent, or the Jumpoint restarts.  Any other close (the console's GOAWAY, its close
+request, a protocol error) ends the session now."""
 
 STREAMS_OVER_CAP = 64
 """Streams the mux accepts beyond the session cap, so that the session refuses and audits
@@ -105,6 +112,8 @@ class JumpointCore:
     """Each kind's state for the Jumpoint's life (the network tunnels' interface), by kind."""
     reader: DatabaseWriter | None = None
     """Runs the daemon's reads: inline on SQLite, on reader threads on PostgreSQL."""
+    detached: DetachedSessions = field(init=False)
+    """The sessions whose channel was lost, resumable for C{limits.reconnect_grace}."""
     recheck_session: Callable[[JumpointChannel, JumpointConfig], object] | None = None
     """Set by the reloader (L{jumpoint.reload_sessions}): decides again a session set up after
     a reload replaced the configuration it was decided with."""
@@ -125,6 +134,7 @@ class JumpointCore:
             self.ca, self.database, self.audit, self.clock, self.ca_unavailable, self.reader
         )
         self.kind_services = kinds.make_services(self.config, self.clock)
+        self.detached = DetachedSessions(self)
         self.handshakes = PendingHandshakes(
             self.clock,
             self.config.max_pending_handshakes,
@@ -406,7 +416,17 @@ class JumpointChannel(ChannelProtocol):
 
     def mux_closing(self, code: int, reason: str, by_peer: bool) -> None:
         self.close_reason = reason if by_peer else f"{describe_code(code)}: {reason}"
-        self.end_session(self.close_reason, "connection_closed")
+        if code in DETACHING_CODES:
+            self.detach_session(self.close_reason, describe_code(code))
+        else:
+            self.end_session(self.close_reason, "connection_closed")
+
+    def detach_session(self, reason: str, code: str) -> None:
+        """The channel is lost, not ended by the console: keep its session resumable."""
+        session, self.session = self.session, None
+        if session is None or session.closed:
+            return
+        self.core.detached.detach(session, reason, code)
 
     def channel_lost(self, reason: Failure) -> None:
         self._lost = True
@@ -414,7 +434,7 @@ class JumpointChannel(ChannelProtocol):
             self._expiry.cancel()
         self._expiry = None
         self.core.channels.discard(self)
-        self.end_session("connection lost", "connection_lost")
+        self.detach_session("connection lost", "connection_lost")
         if self.user is not None:
             log.info(
                 "console {peer} (user {user}) disconnected: {reason}",

@@ -24,13 +24,15 @@ from jumpoint.audit_spool_file import SpoolFile
 from jumpoint.audit_spooler import Spooler
 from jumpoint.config import JumpointConfig
 from jumpoint.db_thread import DatabaseThread, DatabaseWriter, postgres_opener
+from jumpoint.detached_rows import DETACHED_WRITES, attached_rows, detaching_left_open
 from jumpoint.dialing import thread_resolver
 from jumpoint.instance_lock import InstanceLock
 from jumpoint.notify import Delivery, Notifier
 from jumpoint.recording import SessionRecorder
 from jumpoint.server import JumpointCore, JumpointFactory
 from jumpoint.session_lifecycle import RecorderFactory
-from jumpoint.session_store import SPOOLED_WRITES, SessionStore, closing_stale
+from jumpoint.session_store import SPOOLED_WRITES
+from jumpoint.session_sweep import SWEEP_INTERVAL, sweep_expired_sessions
 from jumpoint.state import READ_BUSY_TIMEOUT, StateDatabase, open_state
 from jumpoint.store import postgres
 from jumpoint.store.change_feed import ChangeFeed, ListenFeed
@@ -41,11 +43,15 @@ from shared.errors import ConfigError
 from shared.pki import KeyPair, load_pair
 from shared.protocol.frames import ErrorCode
 from shared.protocol.tls import server_options, wrap_server
+from shared.schema import format_duration
 
 log = Logger()
 
 READER_THREADS = 2
 """PostgreSQL: threads (each with its connection) that run the daemon's reads."""
+
+STOPPING_REASON = "the Jumpoint is shutting down (restarting: sessions stay resumable)"
+"""The reason of the GOAWAY C{RESTARTING} a stopping Jumpoint sends every console."""
 
 
 class JumpointService(MultiService):
@@ -72,6 +78,13 @@ class JumpointService(MultiService):
             poller.clock = core.clock
             poller.setServiceParent(self)
         self.changes = changes
+        sweeper = TimerService(SWEEP_INTERVAL, self.sweep)
+        sweeper.clock = core.clock
+        sweeper.setServiceParent(self)
+
+    def sweep(self) -> Deferred[int]:
+        """Close the detached sessions past their grace (L{sweep_expired_sessions})."""
+        return sweep_expired_sessions(self.core.log_audit, self.core.detached.ids())
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -91,7 +104,8 @@ class JumpointService(MultiService):
             self.changes.stop()
         for channel in list(self.core.channels):
             if channel.mux is not None:
-                channel.mux.go_away(ErrorCode.SHUTDOWN, "the Jumpoint is shutting down")
+                channel.mux.go_away(ErrorCode.RESTARTING, STOPPING_REASON)
+        self.core.detached.stop()  # their rows stay detached: resumable after a restart
         result: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
 
         def close_audit(passed: object) -> Deferred[object]:
@@ -131,33 +145,39 @@ class JumpointService(MultiService):
         return result
 
 
-def close_stale_sessions(database: StateDatabase, audit: AuditLog, now: float) -> int:
-    """Sessions a killed daemon left open are closed in the database (and audited).
+def detach_left_open_sessions(
+    database: StateDatabase, audit: AuditLog, now: float, grace: float
+) -> int:
+    """Sessions a killed daemon left attached become detached now (and audited).
 
-    Only under the instance lock: the open sessions are then certainly dead.
-    Each row is closed in the same transaction as its audit event.
+    Only under the instance lock: their channels are certainly gone.  They
+    stay resumable for C{grace} from now; the sweep closes those that are not
+    resumed in time (and, at its first run, the detached rows already past
+    their grace).  Each row changes in the same transaction as its event.
     """
-    stale = SessionStore(database).open_rows()
+    left_open = attached_rows(database.connection)
     reason = "the Jumpoint stopped while the session was open"
-    for row in stale:
+    for row in left_open:
         audit.record(
-            "session_closed",
+            "session_detached",
             user=row.user,
             session=row.session_id,
             item=row.item,
-            apply=closing_stale(row.session_id, now, reason),
+            apply=detaching_left_open(row.session_id, now, reason, grace),
             code="jumpoint_stopped",
             reason=reason,
+            connections_reset=None,
+            reconnect_grace=grace,
         )
     audit.flush()
-    return len(stale)
+    return len(left_open)
 
 
 def _audit_spooler(config: JumpointConfig, reactor: Any) -> Spooler:
     """The audit spool file (mode 0600, next to the state database) and its worker thread."""
     spool_file = SpoolFile(config.spool_path, config.audit_spool_limit_bytes)
     worker = WorkerThread("jumpoint-audit-spool", reactor.callFromThread)
-    return Spooler(spool_file, worker, SPOOLED_WRITES, BATCH_LIMIT)
+    return Spooler(spool_file, worker, {**SPOOLED_WRITES, **DETACHED_WRITES}, BATCH_LIMIT)
 
 
 def _recorder_factory(config: JumpointConfig, reactor: Any) -> RecorderFactory | None:
@@ -241,9 +261,14 @@ def _build(config: JumpointConfig, reactor: Any, lock: InstanceLock) -> IService
     # before serving, and before the stale rows are closed: what a crash left in the spool file
     audit.replay_spool_now(lambda job: job(database.connection))
     database.set_busy_timeout(READ_BUSY_TIMEOUT)  # reads only here; writes: the thread
-    stale = close_stale_sessions(database, audit, reactor.seconds())
+    grace = config.limits.reconnect_grace
+    stale = detach_left_open_sessions(database, audit, reactor.seconds(), grace)
     if stale:
-        log.warn("closed {count} sessions left open by a stopped Jumpoint", count=stale)
+        log.warn(
+            "{count} sessions left open by a stopped Jumpoint are resumable for {grace}",
+            count=stale,
+            grace=format_duration(grace),
+        )
 
     def delivered(delivery: Delivery) -> None:
         audit.record(

@@ -54,6 +54,7 @@ def record_opened(
     terms: SessionTerms,
     details: dict[str, Any],
     recording: str | None,
+    token_hash: str | None = None,
 ) -> Deferred[None]:
     """Commit the session's row and its C{session_opened} event together."""
     row = session_store.OpenedRow(
@@ -64,6 +65,7 @@ def record_opened(
         ticket=terms.ticket,
         approval_id=terms.approval_id,
         recording=recording,
+        token_hash=token_hash,
     )
     return audit.record(
         "session_opened",
@@ -102,8 +104,8 @@ def session_ended(
     context.log_audit.record(
         "session_closed",
         **session.audit_fields(),
-        apply=session_store.closing(row),
         rule=rule,
+        apply=session_store.closing(row),
         code=code,
         reason=reason,
         connections=session.total_connections,

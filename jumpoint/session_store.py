@@ -1,10 +1,11 @@
-"""The C{sessions} table: one row per access session, opened, closed, and the stale ones.
+"""The C{sessions} table: one row per access session, opened and closed.
 
-Every statement on the table lives here.  A write is a job (L{opening},
-L{closing}, L{closing_stale}) that the audit log commits on the database
-thread in the same transaction as the event that records it
-(C{session_opened}, C{session_closed}); L{SessionStore.open_rows} reads the
-rows a killed daemon left open, at start-up under the instance lock.
+Every statement on the table lives here or, for detached (resumable)
+sessions and the rows a killed daemon left open, in L{jumpoint.detached_rows}.
+A write is a job (L{opening}, L{closing}) that the audit log commits on the
+database thread in the same transaction as the event that records it
+(C{session_opened}, C{session_closed}).  L{closing_stale} is kept for the
+records an older Jumpoint left in the spool file.
 
 The two writes that go with records rather than decisions (a session's end,
 a stale row's end) may wait in the audit log's spool file while the database
@@ -17,9 +18,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
-from jumpoint.state import StateDatabase
 from jumpoint.store.change_notice import SESSIONS, announce
 from jumpoint.store.connection import Connection
 
@@ -49,6 +49,8 @@ class OpenedRow:
     ticket: str | None
     approval_id: int | None
     recording: str | None
+    token_hash: str | None = None
+    """The SHA-256 of the session's resume token (the token itself is never stored)."""
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,13 @@ def opening(row: OpenedRow) -> Write:
         row.ticket,
         row.approval_id,
         row.recording,
+        row.token_hash,
     )
 
     def insert(db: Connection) -> None:
         db.execute(
             "INSERT INTO sessions (id, user_name, item, opened_at, ticket, approval_id,"
-            " recording) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " recording, token_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             values,
         )
         announce(db, SESSIONS, row.session_id)
@@ -122,8 +125,20 @@ def closing(row: ClosedRow) -> SessionClosing:
     return SessionClosing(row)
 
 
+class FlatJsonWrite:
+    """The JSON form of a spooled write that is a dataclass of plain fields."""
+
+    def to_json(self) -> dict[str, Any]:
+        fields: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return fields
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(**data)
+
+
 @dataclass(frozen=True)
-class StaleClosing:
+class StaleClosing(FlatJsonWrite):
     """The write that closes a row a killed daemon left open, if it still is (L{closing_stale})."""
 
     session_id: str
@@ -139,13 +154,6 @@ class StaleClosing:
         )
         announce(db, SESSIONS, self.session_id)
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> StaleClosing:
-        return cls(**data)
-
 
 def closing_stale(session_id: str, closed_at: float, reason: str) -> StaleClosing:
     """The write that closes a row a killed daemon left open (if it still is)."""
@@ -157,26 +165,3 @@ SPOOLED_WRITES: dict[str, Callable[[dict[str, Any]], SpooledWrite]] = {
     StaleClosing.name: StaleClosing.from_json,
 }
 """How a write waiting in the audit spool file is rebuilt, by its C{name}."""
-
-
-@dataclass(frozen=True)
-class StaleSession:
-    """A session row without an end."""
-
-    session_id: str
-    user: str
-    item: str
-
-
-class SessionStore:
-    """Reads of the C{sessions} table (the writes are the jobs above)."""
-
-    def __init__(self, database: StateDatabase) -> None:
-        self.database = database
-
-    def open_rows(self) -> list[StaleSession]:
-        """The sessions whose rows have no end (at start-up: left by a stopped daemon)."""
-        rows = self.database.connection.execute(
-            "SELECT id, user_name, item FROM sessions WHERE closed_at IS NULL"
-        ).fetchall()
-        return [StaleSession(session_id, user, item) for session_id, user, item in rows]

@@ -136,6 +136,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE audit ADD COLUMN event_id TEXT;
     CREATE UNIQUE INDEX audit_by_event_id ON audit(event_id);
     """,
+    # 5: resumable sessions (jumpoint.session_resume): the resume token's hash, detachment
+    """
+    ALTER TABLE sessions ADD COLUMN token_hash TEXT;
+    ALTER TABLE sessions ADD COLUMN detached_at REAL;
+    ALTER TABLE sessions ADD COLUMN detach_reason TEXT;
+    ALTER TABLE sessions ADD COLUMN reconnect_grace REAL;
+    ALTER TABLE sessions ADD COLUMN reconnects INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX sessions_detached ON sessions(detached_at);
+    """,
 ]
 
 

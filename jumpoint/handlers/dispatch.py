@@ -20,7 +20,13 @@ from typing import Any, Final
 from twisted.internet.defer import Deferred
 
 from jumpoint.handlers import approval_requests, flow_requests, item_requests, session_requests
-from jumpoint.handlers.request_context import Handler, Outcome, Reply, RequestChannel
+from jumpoint.handlers.request_context import (
+    Handler,
+    Outcome,
+    Reply,
+    RequestChannel,
+    check_groups_defined,
+)
 from shared.errors import AccessDenied, ProtocolViolation
 from shared.protocol import control
 
@@ -58,13 +64,7 @@ def handle(channel: RequestChannel, kind: str, message: dict[str, Any]) -> Outco
         )
     try:
         grant = channel.core.grant_for(channel.user)
-        if grant.missing_groups and not grant.groups:
-            raise AccessDenied(
-                f"user {channel.user.name!r} is in group {grant.missing_groups[0]!r}, which"
-                " jumpoint.yaml does not define",
-                hint="ask your administrator to define the group or move you to another one",
-                rule="groups",
-            )
+        check_groups_defined(grant, channel.user.name)
         outcome: Outcome = handler(channel, grant, message)
     except AccessDenied as denial:
         return _refused_when_audited(_audit_denial(channel, kind, message, denial), denial)

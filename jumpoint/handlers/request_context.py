@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from jumpoint.approvals import ApprovalStore
 from jumpoint.config import JumpointConfig
+from jumpoint.detached_sessions import DetachedSessions
 from jumpoint.dialing import DialContext
 from jumpoint.item_store import Catalog
 from jumpoint.kinds.base import KindService
@@ -69,6 +70,11 @@ class RequestCore(DialContext, SessionContext, Protocol):
 
     def find_session(self, session_id: str) -> RequestChannel | None: ...
 
+    @property
+    def detached(self) -> DetachedSessions:
+        """The sessions whose channel was lost, resumable for a while."""
+        ...
+
 
 class RequestChannel(Protocol):
     """The requesting console's channel, as the handlers use it."""
@@ -80,6 +86,8 @@ class RequestChannel(Protocol):
     peer: str
     peer_host: str
     """The console's address (the client side of recorded connections and flows)."""
+    certificate_serial: str | None
+    """The serial of the console's certificate (its user is looked up again at a resume)."""
 
     @property
     def core(self) -> RequestCore: ...
@@ -93,6 +101,8 @@ class RequestChannel(Protocol):
 
     def session_expired(self, session: Session, code: str, reason: str) -> None: ...
 
+    def detach_session(self, reason: str, code: str) -> None: ...
+
 
 Handler = Callable[[RequestChannel, Grant, dict[str, Any]], Outcome]
 """Answers one request type (see the module docstring)."""
@@ -103,6 +113,17 @@ def denied(message: str, *, rule: str, hint: str | None = None, **context: objec
     denial = AccessDenied(message, hint, rule)
     denial.context.update(context)
     return denial
+
+
+def check_groups_defined(grant: Grant, user: str) -> None:
+    """Refuse a user none of whose groups jumpoint.yaml defines (rule C{groups})."""
+    if grant.missing_groups and not grant.groups:
+        raise AccessDenied(
+            f"user {user!r} is in group {grant.missing_groups[0]!r}, which"
+            " jumpoint.yaml does not define",
+            hint="ask your administrator to define the group or move you to another one",
+            rule="groups",
+        )
 
 
 async def visible(core: RequestCore, grant: Grant, name: str) -> Item:

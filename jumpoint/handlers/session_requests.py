@@ -18,20 +18,18 @@ from typing import Any
 from twisted.logger import Logger
 
 from jumpoint import kinds
-from jumpoint.access import SessionRequest, decide
-from jumpoint.approvals import ApprovalsOf
-from jumpoint.config import JumpointConfig
-from jumpoint.dialing import check_item_targets
+from jumpoint.access import SessionRequest
 from jumpoint.handlers.request_context import (
     Outcome,
     Reply,
     RequestChannel,
-    RequestCore,
     denied,
     visible,
 )
-from jumpoint.kinds.base import SessionStart
+from jumpoint.handlers.session_admission import admit, connection_gone, start_link
+from jumpoint.handlers.session_resume import ResumeRequest, resume_session
 from jumpoint.policy import Grant
+from jumpoint.resume_tokens import new_resume_token
 from jumpoint.session import Session, new_session_id
 from jumpoint.session_lifecycle import notify, record_opened, session_ended
 from shared.errors import (
@@ -51,6 +49,8 @@ def open_session(channel: RequestChannel, grant: Grant, message: dict[str, Any])
     if channel.session is not None or channel.opening:
         raise UsageError("a session is already open on this connection")
     request = SessionRequest.from_message(message)
+    if message.get("resume") is not None:
+        return resume_session(channel, grant, request, ResumeRequest.from_message(message))
     return _open(channel, grant, request)
 
 
@@ -70,16 +70,6 @@ async def _open(channel: RequestChannel, grant: Grant, request: SessionRequest) 
         channel.opening = False
 
 
-async def _approvals_for(
-    config: JumpointConfig, core: RequestCore, user: str, item: Item, now: float
-) -> ApprovalsOf:
-    """The user's requests for C{item}, read off the reactor when its jump policy needs one."""
-    policy = config.policies.jump.get(item.jump_policy) if item.jump_policy else None
-    if policy is None or not policy.approval_required:
-        return ApprovalsOf(None, None)
-    return await core.approvals.of(user, item.name, now)
-
-
 async def _decide_and_open(
     channel: RequestChannel, grant: Grant, request: SessionRequest, item: Item
 ) -> Reply:
@@ -89,14 +79,11 @@ async def _decide_and_open(
     audit = core.log_audit
     config = core.config
     try:
-        now = core.clock.seconds()
-        approvals = await _approvals_for(config, core, user, item, now)
-        terms = decide(config, grant, item, request, now, approvals)
-        await check_item_targets(core, item)
+        terms = await admit(core, config, grant, item, request)
     except ConsentRequired:
         await audit.record("consent_requested", user=user, item=item.name, durable=True)
         raise
-    if _connection_gone(channel):
+    if connection_gone(channel):
         raise UsageError("the connection closed while the session was being opened")
     session = Session(
         session_id=new_session_id(),
@@ -109,22 +96,23 @@ async def _decide_and_open(
         request=request,
     )
     details = terms.to_json()
+    token, token_hash = new_resume_token()
     if terms.recording and core.new_recorder is not None:
         link_type = kinds.kind_of(item).recording_link_type
         session.recorder = core.new_recorder(session.session_id, link_type)
-    link_fields = _start_link(channel, grant, session)
+    link_fields = start_link(channel, grant, session)
     recording_path = str(session.recorder.path) if session.recorder else None
     # the audit row and the session's row are committed together before the session is set
     # up: if they cannot be written, there is no session
     try:
-        await record_opened(audit, session, terms, details, recording_path)
+        await record_opened(audit, session, terms, details, recording_path, token_hash)
     except BaseException:
         if session.recorder is not None:
             session.recorder.close()
         if session.link is not None:
             session.link.close("the session could not be recorded")
         raise
-    if _connection_gone(channel):
+    if connection_gone(channel):
         why = "the connection closed while the session was being opened"
         session.closed = True
         session_ended(core, session, why, "connection_closed")
@@ -143,38 +131,14 @@ async def _decide_and_open(
         host=item.host or ", ".join(rule.describe() for rule in item.filters),
     )
     notify(core, session, "session_start", None)
-    return {"session": session.session_id, "item": item.to_json(), **details, **link_fields}
-
-
-def _start_link(channel: RequestChannel, grant: Grant, session: Session) -> dict[str, Any]:
-    """The kind's own data path of the session (network packets), if it has one: reply fields."""
-    start = kinds.kind_of(session.item).start_session
-    mux = channel.mux
-    if start is None or mux is None:
-        return {}
-    core = channel.core
-    audit = core.log_audit
-    fields = session.audit_fields()
-
-    def record(event: str, **details: Any) -> None:
-        audit.record(event, **fields, **details)
-
-    session.link = start(
-        SessionStart(
-            session=session,
-            recorder=session.recorder,
-            config=core.config,
-            restrictions=grant.restrictions,
-            datagrams=mux.datagrams,
-            service=core.kind_services.get(session.item.type),
-            record=record,
-        )
-    )
-    return session.link.reply_fields()
-
-
-def _connection_gone(channel: RequestChannel) -> bool:
-    return channel.mux is None or channel.mux.closing
+    return {
+        "session": session.session_id,
+        "item": item.to_json(),
+        **details,
+        **link_fields,
+        "resume_token": token,
+        "reconnect_grace": core.config.limits.reconnect_grace,
+    }
 
 
 async def tunnels_bound(channel: RequestChannel, grant: Grant, message: dict[str, Any]) -> Reply:
@@ -235,9 +199,9 @@ async def close_session(channel: RequestChannel, grant: Grant, message: dict[str
         channel.end_session(f"closed by the user: {reason}", "closed_by_user")
         return {"session": session_id}
     owner = core.find_session(target_id)
-    if owner is None or owner.session is None:
+    session = owner.session if owner is not None else core.detached.peek(target_id)
+    if session is None:
         raise UnknownSession(f"no open session {target_id!r}", hint="see `jump sessions`")
-    session = owner.session
     if session.user != channel.user.name and not grant.restrictions.terminate_foreign_tunnels:
         raise denied(
             f"session {target_id} belongs to {session.user!r}; your {grant.rule_groups()} may"
@@ -257,8 +221,11 @@ async def close_session(channel: RequestChannel, grant: Grant, message: dict[str
         owner=session.user,
         reason=reason,
     )
-    if owner.session is session:  # it may have ended while the decision was committed
+    # it may have ended, been resumed or detached while the decision was committed
+    if owner is not None and owner.session is session:
         owner.close_session("closed_by_other", why, ErrorCode.SESSION_CLOSED)
+    elif core.detached.peek(target_id) is session:
+        core.detached.close(target_id, why, "closed_by_other")
     return {"session": target_id}
 
 

@@ -116,13 +116,16 @@ def test_the_jumpoint_aborts_a_frozen_consoles_connection(deployment: Deployment
     ready = session.wait_for_event("ready")
     assert established_connections(deployment.port) == 1
     with frozen(session):
+        # detached, not closed: the session stays resumable for its reconnect grace
         audit_until(
             deployment,
             lambda rows: any(
-                r["event"] == "session_closed" and r.get("session") == ready["session"]
+                r["event"] == "session_detached"
+                and r.get("session") == ready["session"]
+                and r.get("code") == "keepalive_timeout"
                 for r in rows
             ),
-            what="the session_closed row of the frozen console",
+            what="the session_detached row of the frozen console",
         )
         # Not only audited: the TCP connection is gone too (aborted, not waiting for TLS).
         wait_until(

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.e2e.harness import (
@@ -38,7 +37,6 @@ from tests.e2e.servers import EchoServer
 
 KEEPALIVE_INTERVAL = 1.0
 KEEPALIVE_TIMEOUT = 3.0
-NEEDS_RESUME = pytest.mark.xfail(strict=False, reason="needs the Jumpoint resume track")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -118,7 +116,6 @@ def relay_to(port: int) -> Iterator[tuple[Process, int]]:
         relay.stop()
 
 
-@NEEDS_RESUME
 def test_a_jumpoint_killed_and_restarted_is_reconnected_with_the_listener_kept(
     deployment: Deployment,
 ) -> None:
@@ -154,7 +151,6 @@ def test_a_jumpoint_killed_and_restarted_is_reconnected_with_the_listener_kept(
         echo.close()
 
 
-@NEEDS_RESUME
 def test_a_silent_link_is_noticed_within_the_keepalive_timeout_and_failed_over(
     deployment: Deployment,
 ) -> None:

@@ -126,6 +126,8 @@ items:
         ("audit: {spool_limit_bytes: 1000}\n", "audit.spool_limit_bytes: must be between"),
         ("audit: {spool_limit_bytes: lots}\n", "audit.spool_limit_bytes"),
         ("limits: {connect_timeout: soon}\n", "limits.connect_timeout: 'soon' is not a duration"),
+        ("limits: {reconnect_grace: later}\n", "limits.reconnect_grace: 'later' is not a duration"),
+        ("limits: {reconnect_grace: 25h}\n", "limits.reconnect_grace: must be at most 86400"),
         ("listen: 1.2.3.4:1\n", "listen: unknown key"),
         ("items:\n  - [1, 2]\n", "items[0]: expected a mapping"),
     ],
@@ -144,6 +146,12 @@ def test_yaml_syntax_errors_have_a_line() -> None:
 
 def test_missing_required_section() -> None:
     assert "missing required key 'jumpoint'" in error_of("items: []\n")
+
+
+def test_reconnect_grace_defaults_to_five_minutes() -> None:
+    assert parse_config(BASE, Path("/etc/jumpoint/jumpoint.yaml")).limits.reconnect_grace == 300
+    text = BASE + "limits: {reconnect_grace: 90s}\n"
+    assert parse_config(text, Path("/etc/jumpoint/jumpoint.yaml")).limits.reconnect_grace == 90
 
 
 def test_keepalive_timeout_must_exceed_the_interval() -> None:
