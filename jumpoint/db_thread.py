@@ -130,8 +130,12 @@ class DatabaseThread:
         threads: int = 1,
         name: str = "jumpoint-database",
         monotonic: Callable[[], float] = time.monotonic,
+        retry_lost: bool = False,
     ) -> None:
         self._call_from_thread = call_from_thread
+        self._retry_lost = retry_lost
+        """Readers: a job whose connection turns out lost (the server restarted while it was
+        idle) runs once more on a new one; reads can be repeated, writes are never retried."""
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_limit)
         self._stopped: Deferred[None] | None = None
         self._monotonic = monotonic
@@ -227,10 +231,20 @@ class DatabaseThread:
                 )
                 continue
             try:
-                value = job(connection)
+                try:
+                    value = job(connection)
+                except Exception as error:
+                    if not (self._retry_lost and reconnects and is_unavailable(error)):
+                        raise
+                    self._drop(connection)
+                    connection = None
+                    connection = self._open()
+                    value = job(connection)
             except BaseException as error:
                 failure = Failure()
-                if reconnects and is_unavailable(error):
+                if connection is None:
+                    pass
+                elif reconnects and is_unavailable(error):
                     connection = self._drop(connection)
                 elif connection.in_transaction:
                     connection = self._rollback(connection, reconnects)

@@ -240,6 +240,7 @@ def _build(config: JumpointConfig, reactor: Any, lock: InstanceLock) -> IService
             reactor.callFromThread,
             threads=READER_THREADS,
             name="jumpoint-reader",
+            retry_lost=True,
         )
         changes = ListenFeed(
             lambda: postgres.connect(dsn, application_name=f"jumpoint {config.name} changes"),
