@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from console.channel import ConsoleChannel, ConsoleRefused, connect
 from console.logrouter import LOG_ROUTER
 from console.profiles import Profile, load_profile
-from console.session_resume import SessionResumer, remember_members
+from console.reconnect_attempt import SessionResumer, remember_members
 from console.session_watch import SessionWatch
 from console.tunnels import MAX_PACKET, TunnelSession
 from console.view import JsonView, PlainView, SessionView, TerminalView

@@ -1,7 +1,7 @@
 """The reconnect lifecycle of `jump open`: lost, wait, dial, up again or give up.
 
 L{Reconnector} is sans-IO: it gets the clock, the function that makes one
-attempt (dial an address, resume the session: L{console.session_resume}) and
+attempt (dial an address, resume the session: L{console.reconnect_attempt}) and
 a L{ReconnectListener} that shows and acts on what happens.  On a loss it
 waits a jittered backoff (L{console.backoff}), makes an attempt, and repeats
 until one succeeds (the backoff starts again from its base) or

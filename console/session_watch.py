@@ -7,7 +7,7 @@ resume token, or a kind that cannot move to a new channel (a network
 session's interface), ends the session as before.  Any other loss keeps the
 listeners bound: the open connections are reset (and counted), UDP flows
 dropped, new local connections wait (L{console.held_connections}) and the
-L{console.reconnect.Reconnector} makes attempts (L{console.session_resume})
+L{console.reconnect.Reconnector} makes attempts (L{console.reconnect_attempt})
 until the session is back or it gives up.
 """
 
@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from console.channel import ConsoleChannel
 from console.held_connections import HeldConnections
 from console.reconnect import Reconnected, Reconnecting, Reconnector, describe
-from console.session_resume import SessionResumer
+from console.reconnect_attempt import SessionResumer
 from console.tunnels import TunnelSession
 from console.view import SessionView
 from shared.errors import JumpError, SessionLost

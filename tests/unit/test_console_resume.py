@@ -1,4 +1,4 @@
-"""console.session_resume and the profile's addresses: the order members are dialled in,
+"""console.reconnect_attempt and the profile's addresses: the order members are dialled in,
 the welcome's members stored in the profile, and what a resume answer means.
 
 Channels and the session are small fakes (the resume is a sequence of control
@@ -18,7 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 
 from console.profiles import Profile, checked_addresses, load_profile
 from console.reconnect import Final
-from console.session_resume import SessionResumer, resume_token
+from console.reconnect_attempt import SessionResumer, resume_token
 from shared.errors import AccessDenied, JumpError, JumpointUnreachable, SessionGone, SessionLost
 from shared.protocol import control
 
