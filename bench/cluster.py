@@ -569,6 +569,9 @@ def benchmark(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     log(f"results written to {path}")
     print(table)
+    for key in ("failover_to_b", "restart_in_place"):
+        for closed in out.get(key, {}).get("failures", []):
+            print(f"\n{key}: jump open ended: {closed.get('code')}: {closed.get('reason')}")
     for key, message in errors.items():
         print(f"\nfailed: {key}: {message.splitlines()[0] if message else ''}")
     return 1 if errors else 0

@@ -1,10 +1,11 @@
-"""The benchmarks still run: `bench/run.py --quick` and `bench/network.py --quick`, for real.
+"""The benchmarks still run: `bench/run.py`, `bench/network.py` and `bench/cluster.py` --quick.
 
 A benchmark nobody runs breaks silently (twice: the egress default and online
 enrollment each stopped it).  This runs the quick variant of the loopback
 benchmark on the direct and jump paths, and of the network benchmark (three
-namespaces, as root) on all of its paths, and checks that every figure was
-measured; it asserts no speed (speed is the benchmark's report, never a
+namespaces, as root) on all of its paths, and of the cluster benchmark (its
+throwaway PostgreSQL, members, revocations, kill -9), and checks that every
+figure was measured (a failover the product cannot do yet may say "failed"); it asserts no speed (speed is the benchmark's report, never a
 test's verdict).
 """
 
@@ -62,3 +63,30 @@ def test_the_quick_network_benchmark_measures_every_path() -> None:
         if row[0].strip().startswith(("direct", "network", "TCP", "UDP")):
             figures = [cell.strip() for cell in row[1:3]]
             assert all(re.fullmatch(r"[0-9][0-9,.]*(Mbit/s)?", f) for f in figures), row
+
+
+CLUSTER_ROWS = 14
+"""Rows of bench/cluster.py's table: 8 of sessions/s, 2 of revocation, 4 of failover."""
+
+
+def test_the_quick_cluster_benchmark_prints_its_whole_table() -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, str(ROOT / "bench" / "cluster.py"), "--quick"),
+            *("--sessions", "5", "--revocations", "2", "--failovers", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [cell.strip() for cell in rows[0]] == ["measurement", "value"]
+    body = [(label.strip(), value.strip()) for label, value in rows[1:]]
+    assert len(body) == CLUSTER_ROWS, done.stdout
+    for label, value in body:
+        if label.startswith("kill -9"):  # a failover the product cannot do yet says so
+            assert re.fullmatch(r"[0-9][0-9,.]*|failed", value), (label, value)
+        else:
+            assert re.fullmatch(r"[0-9][0-9,.]*", value), (label, value)
