@@ -326,6 +326,7 @@ def bench_revocation(
     b = further_member(a, "b")
     delays: list[float] = []
     failures: list[str] = []
+    seen_as: list[str] = []
     try:
         a.serve()
         b.serve()
@@ -349,11 +350,13 @@ def bench_revocation(
                 failures.append(f"{user}: no revoked_at in the database")
                 continue
             delays.append(ended["at"] - committed)
+            seen_as.append(ended["event"])
     finally:
         b.deployment.stop_all()
         a.deployment.stop_all()
     out["revocation"] = {
         "delays_s": delays,
+        "seen_as": seen_as,  # "ended": session_closed message; "lost": the channel's end
         "median_s": statistics.median(delays) if delays else None,
         "p99_s": percentile(delays, 99) if delays else None,
         "failures": failures,
@@ -570,8 +573,10 @@ def benchmark(args: argparse.Namespace) -> int:
     log(f"results written to {path}")
     print(table)
     for key in ("failover_to_b", "restart_in_place"):
-        for closed in out.get(key, {}).get("failures", []):
-            print(f"\n{key}: jump open ended: {closed.get('code')}: {closed.get('reason')}")
+        failures = out.get(key, {}).get("failures", [])
+        for why in sorted({f"{c.get('code')}: {c.get('reason')}" for c in failures}):
+            count = sum(f"{c.get('code')}: {c.get('reason')}" == why for c in failures)
+            print(f"\n{key}: {count} run(s): jump open ended with {why}")
     for key, message in errors.items():
         print(f"\nfailed: {key}: {message.splitlines()[0] if message else ''}")
     return 1 if errors else 0
